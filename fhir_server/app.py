@@ -1,0 +1,53 @@
+"""The application factory: configuration in, a ready Flask app out.
+
+Everything the server needs is built once here — the search-parameter registry compiled from
+``ig/``, the terminology, the store — and handed to the HTTP layer.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from fhir_server.config import Config
+from fhir_server.http import register_routes
+from fhir_server.search.parser import SearchParser
+from fhir_server.service import SERVED_TYPES, FhirService
+from fhir_server.validation import ResourceValidator
+from fhirmodel.indexing import extract_index
+from fhirmodel.searchparams import SearchParamRegistry
+from fhirmodel.terminology import Terminology
+from storage import open_store
+
+
+def create_service(config: Config) -> FhirService:
+    registry = SearchParamRegistry.load(config.ig_dir / "SearchParameter", SERVED_TYPES)
+    terminology = Terminology.load(config.ig_dir / "CodeSystem", config.ig_dir / "ValueSet")
+
+    def param_type(rtype: str, code: str) -> str | None:
+        param = registry.get(rtype, code)
+        return param.type if param else None
+
+    store = open_store(
+        config.store_url,
+        default_sqlite=config.sqlite_path,
+        indexer=lambda resource: extract_index(registry, resource, config.base_url),
+        param_type=param_type,
+    )
+    return FhirService(
+        config=config,
+        store=store,
+        registry=registry,
+        terminology=terminology,
+        parser=SearchParser(registry, terminology, config.base_url, config.max_count),
+        validator=ResourceValidator(frozenset(SERVED_TYPES)),
+    )
+
+
+def create_app(config: Config | None = None, service: FhirService | None = None) -> Flask:
+    config = config or (service.config if service else Config.from_env())
+    service = service or create_service(config)
+    app = Flask("dmp_server")
+    app.config["MAX_CONTENT_LENGTH"] = max(config.max_body, config.max_binary_body or 0)
+    app.extensions["fhir_service"] = service
+    register_routes(app, service)
+    return app

@@ -1,0 +1,69 @@
+"""Server configuration: environment variables with the ``DMP_`` prefix, sane defaults.
+
+Every setting is listed in the README. Nothing here reads the environment after start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+#: The repository root, where the data folders ``ig/``, ``profiles/`` and ``capability/`` live.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("./data")
+    base_url: str = "http://127.0.0.1:8080/fhir"
+    store_url: str | None = None  # sqlite:///path or mongodb://...; default SQLite in data_dir
+    max_body: int = 10 * 1024 * 1024
+    max_binary_body: int | None = None  # a larger limit for Binary only, if configured
+    default_count: int = 20
+    max_count: int = 1000
+    search_session_seconds: int = 3600
+    ig_dir: Path = field(default=PROJECT_ROOT / "ig")
+    capability_dir: Path = field(default=PROJECT_ROOT / "capability")
+
+    @property
+    def base_path(self) -> str:
+        """The URL path the FHIR API is mounted at (``/fhir`` for the default base URL)."""
+        return urlsplit(self.base_url).path.rstrip("/")
+
+    @property
+    def sqlite_path(self) -> Path:
+        if self.store_url and self.store_url.startswith("sqlite:///"):
+            return Path(self.store_url[len("sqlite:///") :])
+        return self.data_dir / "dmp.sqlite3"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        defaults = cls()
+        binary = env.get("DMP_MAX_BINARY_BODY")
+        return cls(
+            data_dir=Path(env.get("DMP_DATA_DIR") or defaults.data_dir),
+            base_url=(env.get("DMP_BASE_URL") or defaults.base_url).rstrip("/"),
+            store_url=env.get("DMP_STORE") or None,
+            max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
+            max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
+            default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),
+            max_count=_int(env, "DMP_MAX_COUNT", defaults.max_count),
+            search_session_seconds=_int(env, "DMP_SEARCH_SESSION_SECONDS", defaults.search_session_seconds),
+        )
+
+    def with_(self, **changes: object) -> Config:
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,152 @@
+"""HTTP ↔ FHIR: turn a Flask request into a :class:`FhirRequest` and the answer back into HTTP.
+
+Only transport concerns live here: formats, body limits, raw Binary content, status codes and
+headers. What the request means is decided by :meth:`FhirService.handle`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from fhir_server.errors import FhirError, operation_outcome
+from fhir_server.formats.negotiation import (
+    CONTENT_TYPES,
+    JSON,
+    format_of,
+    media_type,
+    parse_body,
+    render,
+    response_format,
+)
+from fhir_server.messages import FhirRequest, FhirResponse, RawJson
+from fhir_server.service import FhirService
+
+log = logging.getLogger(__name__)
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+_FORM = "application/x-www-form-urlencoded"
+
+
+def register_routes(app: Flask, svc: FhirService) -> None:
+    base = svc.config.base_path
+
+    def view(path: str = "") -> Response:
+        return _dispatch(svc, path)
+
+    app.add_url_rule(base or "/", "fhir_base", view, methods=METHODS, strict_slashes=False)
+    app.add_url_rule(f"{base}/<path:path>", "fhir", view, methods=METHODS)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if isinstance(exc, RequestEntityTooLarge):
+            message = f"the request body is larger than the {svc.config.max_body} bytes allowed"
+        else:
+            message = exc.description or exc.name
+        code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(status, "processing")
+        return _outcome_response(status, operation_outcome("error", code, message), JSON)
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        outcome = operation_outcome("fatal", "exception", "internal server error")
+        return _outcome_response(500, outcome, JSON)
+
+
+def _outcome_response(
+    status: int, outcome: dict[str, Any], fmt: str, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(render(outcome, fmt), status=status, headers=headers or {}, content_type=CONTENT_TYPES[fmt])
+
+
+def _dispatch(svc: FhirService, path: str) -> Response:
+    fmt: str = JSON
+    try:
+        accepted = response_format(request.args.get("_format"), request.headers.get("Accept"))
+        fmt = accepted or JSON
+        fhir_req = _fhir_request(svc, path)
+        resp = svc.handle(fhir_req)
+        if accepted is None:
+            raw = _raw_binary(fhir_req, resp)
+            if raw is not None:
+                return raw
+            raise FhirError(
+                406, "this server answers in application/fhir+json or application/fhir+xml", "not-supported"
+            )
+        return _http_response(resp, fmt, request.method == "HEAD", request.args.get("_pretty") == "true")
+    except FhirError as exc:
+        return _outcome_response(exc.status, exc.outcome(), fmt, exc.headers)
+
+
+def _limit_for(svc: FhirService, path: str) -> int:
+    is_binary = path.split("/")[0] == "Binary"
+    if is_binary and svc.config.max_binary_body:
+        return svc.config.max_binary_body
+    return svc.config.max_body
+
+
+def _fhir_request(svc: FhirService, path: str) -> FhirRequest:
+    method = "GET" if request.method == "HEAD" else request.method
+    params = list(request.args.items(multi=True))
+    content_type = request.headers.get("Content-Type")
+    body: Any = None
+    limit = _limit_for(svc, path)
+    if request.content_length is not None and request.content_length > limit:
+        raise FhirError(413, f"the request body is larger than the {limit} bytes allowed", "too-costly")
+    if media_type(content_type) == _FORM:
+        params += list(request.form.items(multi=True))
+    elif method in ("POST", "PUT", "PATCH"):
+        data = request.get_data(cache=False)
+        if len(data) > limit:
+            raise FhirError(413, f"the request body is larger than the {limit} bytes allowed", "too-costly")
+        if data:
+            body = _binary_body(path, data, content_type)
+            if body is None:
+                body = parse_body(data, content_type)
+    return FhirRequest(
+        method=method,
+        path=path,
+        params=params,
+        body=body,
+        headers=dict(request.headers),
+        content_type=content_type,
+    )
+
+
+def _binary_body(path: str, data: bytes, content_type: str | None) -> dict[str, Any] | None:
+    """Raw content sent to ``Binary`` (a PDF, a CDA document...) becomes a Binary resource."""
+    segments = path.split("/")
+    if segments[0] != "Binary" or len(segments) > 2 or format_of(content_type or "") is not None:
+        return None
+    binary: dict[str, Any] = {
+        "resourceType": "Binary",
+        "contentType": media_type(content_type) or "application/octet-stream",
+        "data": base64.b64encode(data).decode("ascii"),
+    }
+    if len(segments) == 2:
+        binary["id"] = segments[1]
+    security_context = request.headers.get("X-Security-Context")
+    if security_context:
+        binary["securityContext"] = {"reference": security_context}
+    return binary
+
+
+def _raw_binary(req: FhirRequest, resp: FhirResponse) -> Response | None:
+    """A Binary read by a client that does not ask for FHIR gets the content itself."""
+    if req.method != "GET" or req.path.split("/")[0] != "Binary" or not isinstance(resp.body, RawJson):
+        return None
+    binary = resp.body.load()
+    data = base64.b64decode(binary.get("data", ""))
+    return Response(data, status=resp.status, headers=resp.headers, content_type=binary.get("contentType"))
+
+
+def _http_response(resp: FhirResponse, fmt: str, head: bool, pretty: bool) -> Response:
+    if resp.body is None:
+        return Response(status=resp.status, headers=resp.headers)
+    payload = b"" if head else render(resp.body, fmt, pretty)
+    return Response(payload, status=resp.status, headers=resp.headers, content_type=CONTENT_TYPES[fmt])

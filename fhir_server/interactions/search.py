@@ -1,0 +1,154 @@
+"""The search interaction: a ``searchset`` Bundle with totals, includes and paging links.
+
+Page links carry only an opaque key to a server-side session (the parameters, the caller and a
+watermark), so search values never appear in paging URLs, later pages are computed over the same
+set of resources even as new ones arrive, and a key is useless to another caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from fhir_server.errors import FhirError, bad_request, operation_outcome
+from fhir_server.messages import FhirRequest, FhirResponse, RawJson
+from fhir_server.search.parser import PAGING_PARAMS, ParsedSearch
+from fhir_server.service import FhirService
+from fhir_server.summary import select_elements, summarize
+from storage.interface import Stored
+
+
+def shape(stored: Stored, summary: str | None, elements: tuple[str, ...] | None) -> RawJson | dict[str, Any]:
+    """A stored resource as the response embeds it, subset if ``_summary``/``_elements`` ask."""
+    assert stored.content is not None
+    if (summary is None or summary == "false") and not elements:
+        return RawJson(stored.content)
+    resource = stored.json()
+    if elements:
+        return select_elements(resource, elements)
+    return summarize(resource, summary or "false")
+
+
+def result_params(params: list[tuple[str, str]]) -> tuple[str | None, tuple[str, ...] | None]:
+    """``_summary`` and ``_elements`` of a read."""
+    summary = elements = None
+    for name, value in params:
+        if name == "_summary":
+            if value not in ("true", "text", "data", "false"):
+                raise bad_request("_summary on a read must be true, text, data or false")
+            summary = value
+        elif name == "_elements":
+            elements = tuple(e.strip() for e in value.split(",") if e.strip())
+    return summary, elements
+
+
+def page_state(svc: FhirService, req: FhirRequest) -> tuple[dict[str, Any] | None, int]:
+    values = dict(p for p in req.params if p[0] in PAGING_PARAMS)
+    key = values.get("_getpages")
+    if key is None:
+        return None, 0
+    raw = svc.store.load_session(key)
+    if raw is None:
+        raise FhirError(410, "this search has expired: run it again", "expired")
+    state: dict[str, Any] = orjson.loads(raw)
+    if state.get("principal") != req.principal:
+        raise FhirError(410, "this search has expired: run it again", "expired")
+    offset = values.get("_getpagesoffset", "0")
+    if not offset.isdigit():
+        raise bad_request("_getpagesoffset must be a non-negative integer")
+    return state, int(offset)
+
+
+def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
+    state, offset = page_state(svc, req)
+    if state is not None:
+        if state["type"] != rtype:
+            raise bad_request("this paging key belongs to another search")
+        params = [tuple(p) for p in state["params"]]
+        count_override = [p for p in req.params if p[0] == "_count"]
+        params = [p for p in params if p[0] != "_count"] + (count_override or [p for p in params if p[0] == "_count"])
+        parsed = svc.parser.parse(rtype, params, strict=state["strict"], default_count=svc.config.default_count)
+        query = replace(parsed.query, offset=offset, watermark=state["watermark"])
+        session_key: str | None = dict(req.params)["_getpages"]
+    else:
+        parsed = svc.parser.parse(rtype, req.params, strict=req.strict, default_count=svc.config.default_count)
+        query = parsed.query
+        session_key = None
+    result = svc.store.search(query, req.scope)
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if result.total is not None:
+        bundle["total"] = result.total
+    links = [{"relation": "self", "url": _self_url(svc, rtype, parsed, session_key, query.offset)}]
+    has_next = len(result.matches) == query.count and (
+        result.total is None or query.offset + query.count < result.total
+    )
+    if has_next or query.offset > 0:
+        if session_key is None:
+            session_key = _save_session(svc, req, rtype, parsed, result.watermark)
+        page = page_url(svc, session_key, query.count)
+        links.append({"relation": "first", "url": page(0)})
+        if query.offset > 0:
+            links.append({"relation": "previous", "url": page(max(0, query.offset - query.count))})
+        if has_next:
+            links.append({"relation": "next", "url": page(query.offset + query.count)})
+        if result.total is not None and query.count:
+            last = ((result.total - 1) // query.count) * query.count if result.total else 0
+            links.append({"relation": "last", "url": page(last)})
+    bundle["link"] = links
+    entries = [_entry(svc, s, "match", parsed) for s in result.matches]
+    entries += [_entry(svc, s, "include", parsed) for s in result.included]
+    if parsed.ignored:
+        outcome = operation_outcome("warning", "not-supported", "ignored: " + "; ".join(parsed.ignored))
+        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+    if entries:
+        bundle["entry"] = entries
+    return FhirResponse(200, bundle)
+
+
+def _entry(svc: FhirService, stored: Stored, mode: str, parsed: ParsedSearch) -> dict[str, Any]:
+    return {
+        "fullUrl": f"{svc.config.base_url}/{stored.resource_type}/{stored.id}",
+        "resource": shape(stored, parsed.summary, parsed.elements),
+        "search": {"mode": mode},
+    }
+
+
+def _self_url(svc: FhirService, rtype: str, parsed: ParsedSearch, key: str | None, offset: int) -> str:
+    if key is not None:
+        return page_url(svc, key, parsed.query.count)(offset)
+    query = urlencode(parsed.applied)
+    return f"{svc.config.base_url}/{rtype}" + (f"?{query}" if query else "")
+
+
+def page_url(svc: FhirService, key: str, count: int) -> Any:
+    def url(offset: int) -> str:
+        return f"{svc.config.base_url}?" + urlencode({"_getpages": key, "_getpagesoffset": offset, "_count": count})
+
+    return url
+
+
+def _save_session(svc: FhirService, req: FhirRequest, rtype: str, parsed: ParsedSearch, watermark: int) -> str:
+    state = {
+        "kind": "search",
+        "type": rtype,
+        "params": parsed.applied,
+        "strict": req.strict,
+        "watermark": watermark,
+        "principal": req.principal,
+    }
+    return svc.store.save_session(orjson.dumps(state), svc.config.search_session_seconds)
+
+
+def page(svc: FhirService, req: FhirRequest) -> FhirResponse:
+    """``GET [base]?_getpages=...``: a later page of a search or a history."""
+    from fhir_server.interactions import history
+
+    state, _ = page_state(svc, req)
+    if state is None:
+        raise bad_request("_getpages is required")
+    if state.get("kind") == "history":
+        return history.history(svc, req, state.get("type"), state.get("id"))
+    return search(svc, req, state["type"])

@@ -1,0 +1,92 @@
+"""A FHIR request and response, independent of HTTP.
+
+The HTTP layer builds a :class:`FhirRequest` from Flask's request, and a batch or transaction
+builds one from each Bundle entry, so every interaction has exactly one implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from storage.query import OPEN_SCOPE, AccessScope
+
+
+class RawJson:
+    """A resource's JSON exactly as stored: embedded in responses without re-serialising.
+
+    Deliberately not a dataclass: orjson would serialise a dataclass field by field.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def load(self) -> dict[str, Any]:
+        return orjson.loads(self.data)
+
+
+@dataclass
+class FhirRequest:
+    method: str
+    path: str  # relative to the FHIR base, without a leading slash: "Patient/1/_history/2"
+    params: list[tuple[str, str]] = field(default_factory=list)
+    body: Any = None  # the parsed resource, if any
+    headers: Mapping[str, str] = field(default_factory=dict)
+    scope: AccessScope = OPEN_SCOPE
+    content_type: str | None = None  # the media type of the body as sent
+    principal: str = "anonymous"  # who is asking: paging sessions are bound to it
+    assigned_id: str | None = None  # a create inside a transaction: the id chosen beforehand
+
+    def header(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        if value is None:
+            value = self.headers.get(name.lower())
+        return value
+
+    @property
+    def prefer(self) -> dict[str, str]:
+        """``Prefer`` preferences (``return``, ``handling``), RFC 7240."""
+        out: dict[str, str] = {}
+        for part in (self.header("Prefer") or "").split(","):
+            key, _, value = part.strip().partition("=")
+            if key:
+                out[key.strip().lower()] = value.strip().strip('"')
+        return out
+
+    @property
+    def strict(self) -> bool:
+        return self.prefer.get("handling") == "strict"
+
+
+@dataclass
+class FhirResponse:
+    status: int
+    body: dict[str, Any] | RawJson | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def dumps(body: Any) -> bytes:
+    """Serialise a response body; stored resources are spliced in as they are."""
+    return orjson.dumps(body, default=_raw_fragment)
+
+
+def _raw_fragment(obj: Any) -> Any:
+    if isinstance(obj, RawJson):
+        return orjson.Fragment(obj.data)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def materialize(body: Any) -> Any:
+    """The same body with every :class:`RawJson` parsed: for XML and for ``_elements``."""
+    if isinstance(body, RawJson):
+        return body.load()
+    if isinstance(body, dict):
+        return {k: materialize(v) for k, v in body.items()}
+    if isinstance(body, list):
+        return [materialize(v) for v in body]
+    return body

@@ -1,0 +1,82 @@
+"""FHIR date, dateTime and instant values as half-open ranges of UTC microseconds.
+
+Search compares ranges, never strings: ``2024`` is the whole year, ``2024-03-01T10:00`` the whole
+minute. Values without a time zone are taken as UTC (the server's zone), as R4 lets a server do.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import UTC, datetime, timedelta
+
+MIN_US = -(2**62)
+MAX_US = 2**62
+
+_DATE_RE = re.compile(
+    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
+    r"(?:T(?P<H>\d{2})(?::(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d+))?)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class DateFormatError(ValueError):
+    """A value that is not a FHIR date, dateTime or instant."""
+
+
+def _to_us(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def date_range(text: str) -> tuple[int, int]:
+    """The range ``[low, high)`` in UTC microseconds that a FHIR date/dateTime/instant covers."""
+    m = _DATE_RE.match(text.strip())
+    if not m:
+        raise DateFormatError(f"'{text}' is not a valid FHIR date/dateTime")
+    try:
+        year = int(m["y"])
+        month = int(m["m"] or 1)
+        day = int(m["d"] or 1)
+        hour, minute, second = int(m["H"] or 0), int(m["M"] or 0), int(m["S"] or 0)
+        frac = m["f"] or ""
+        micro = int((frac + "000000")[:6]) if frac else 0
+        tz = m["tz"]
+        offset = timedelta(0)
+        if tz and tz != "Z":
+            sign = 1 if tz[0] == "+" else -1
+            offset = sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+        start = datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC) - offset
+    except ValueError as exc:
+        raise DateFormatError(f"'{text}' is not a valid date: {exc}") from None
+    if m["f"]:
+        width = timedelta(microseconds=10 ** max(0, 6 - len(frac)))
+    elif m["S"]:
+        width = timedelta(seconds=1)
+    elif m["M"]:
+        width = timedelta(minutes=1)
+    elif m["H"]:
+        width = timedelta(hours=1)
+    elif m["d"]:
+        width = timedelta(days=1)
+    elif m["m"]:
+        width = timedelta(days=calendar.monthrange(year, month)[1])
+    else:
+        width = timedelta(days=366 if calendar.isleap(year) else 365)
+    low = _to_us(start)
+    return low, low + int(width / timedelta(microseconds=1))
+
+
+def now_us() -> int:
+    return _to_us(datetime.now(UTC))
+
+
+def instant_now() -> str:
+    """The current instant as FHIR writes it (UTC, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def us_to_instant(us: int) -> str:
+    moment = _EPOCH + timedelta(microseconds=us)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,267 @@
+"""Compile the FHIRPath expressions of SearchParameters into fast value extractors.
+
+Nearly every search expression is a plain path with a few well-known filters
+(``.where(resolve() is Patient)``, ``.where(system='email')``, ``as dateTime``,
+``.extension('url')``, ``.value.ofType(Identifier)``, ``[0]``). Those are compiled into a list of
+steps walked over the JSON with the type schema at hand, so every value comes out with its FHIR
+type (a ``Coding`` is told from an ``Identifier`` by the definition, not by guessing from its
+keys). Anything else falls back to fhirpathpy, compiled once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fhirmodel.schema import RESOURCE, is_resource_type, type_info
+
+#: A value found by an expression, with its FHIR type name (``None`` when not known).
+Typed = tuple[Any, str | None]
+Extractor = Callable[[dict[str, Any]], list[Typed]]
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+
+
+@dataclass(frozen=True)
+class _OfType:
+    type: str
+
+
+@dataclass(frozen=True)
+class _ResolveIs:
+    type: str
+
+
+@dataclass(frozen=True)
+class _WhereEq:
+    field: str
+    value: str
+
+
+@dataclass(frozen=True)
+class _Extension:
+    url: str
+
+
+@dataclass(frozen=True)
+class _Index:
+    index: int
+
+
+_Step = _Field | _OfType | _ResolveIs | _WhereEq | _Extension | _Index
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<resolve>\.where\(\s*resolve\(\)\s+is\s+(?P<rtype>\w+)\s*\))
+    | (?P<whereeq>\.where\(\s*(?P<wfield>\w+)\s*=\s*'(?P<wvalue>[^']*)'\s*\))
+    | (?P<ext>\.extension\(\s*'(?P<url>[^']+)'\s*\))
+    | (?P<oftype>\.(?:ofType|as)\(\s*(?P<otype>\w+)\s*\))
+    | (?P<as>\s+as\s+(?P<atype>\w+))
+    | (?P<index>\[(?P<n>\d+)\])
+    | (?P<field>\.?(?P<fname>\w+))
+    )""",
+    re.VERBOSE,
+)
+
+
+def split_union(expression: str) -> list[str]:
+    """Split ``a | b | (c | d)`` on its top-level bars."""
+    parts: list[str] = []
+    depth, start = 0, 0
+    in_str = False
+    for i, ch in enumerate(expression):
+        if ch == "'":
+            in_str = not in_str
+        elif not in_str and ch == "(":
+            depth += 1
+        elif not in_str and ch == ")":
+            depth -= 1
+        elif not in_str and ch == "|" and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+    parts.append(expression[start:].strip())
+    return [p for p in parts if p]
+
+
+def _strip_parens(expr: str) -> str:
+    while expr.startswith("(") and expr.endswith(")") and _balanced(expr[1:-1]):
+        expr = expr[1:-1].strip()
+    return expr
+
+
+def _balanced(expr: str) -> bool:
+    depth = 0
+    for ch in expr:
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _parse_steps(expr: str) -> list[_Step] | None:
+    """Steps of a simple path, or ``None`` when the expression needs a real FHIRPath engine."""
+    steps: list[_Step] = []
+    pos = 0
+    expr = expr.strip()
+    while pos < len(expr):
+        m = _TOKEN.match(expr, pos)
+        if not m or m.end() == pos:
+            return None
+        if m["resolve"]:
+            steps.append(_ResolveIs(m["rtype"]))
+        elif m["whereeq"]:
+            steps.append(_WhereEq(m["wfield"], m["wvalue"]))
+        elif m["ext"]:
+            steps.append(_Extension(m["url"]))
+        elif m["oftype"]:
+            steps.append(_OfType(m["otype"]))
+        elif m["as"]:
+            steps.append(_OfType(m["atype"]))
+        elif m["index"]:
+            steps.append(_Index(int(m["n"])))
+        else:
+            steps.append(_Field(m["fname"]))
+        pos = m.end()
+    return steps
+
+
+def _children(node: Any, ntype: str | None, name: str) -> Iterator[Typed]:
+    """The values of element ``name`` under ``node``, choice types included, with their types."""
+    if not isinstance(node, dict):
+        return
+    info = _info(ntype)
+    element = info.element(name) if info else None
+    if element is not None:
+        yield from _typed_values(node.get(name), element.type)
+        return
+    # A choice element (``value`` → ``valueQuantity`` ...) or an unknown type: look at the keys.
+    if info:
+        for choice in info.choice_elements(name):
+            if choice.name in node:
+                yield from _typed_values(node[choice.name], choice.type)
+        return
+    for key, value in node.items():
+        if key == name:
+            yield from _typed_values(value, None)
+        elif key.startswith(name) and key[len(name) : len(name) + 1].isupper():
+            yield from _typed_values(value, key[len(name) :])
+
+
+def _typed_values(value: Any, vtype: str | None) -> Iterator[Typed]:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if item is None:
+            continue
+        if vtype == RESOURCE and isinstance(item, dict):
+            yield item, item.get("resourceType")
+        else:
+            yield item, vtype
+
+
+def _info(type_name: str | None) -> Any:
+    if not type_name or not type_name[:1].isupper():
+        return None
+    try:
+        return type_info(type_name)
+    except (KeyError, ValueError, AttributeError):
+        return None
+
+
+def _type_matches(value: Any, vtype: str | None, wanted: str) -> bool:
+    if vtype is None:
+        return False
+    return vtype.lower() == wanted.lower() or (vtype == "uri" and wanted == "oid")
+
+
+def _reference_type(value: Any) -> str | None:
+    """The target type of a Reference, from its ``reference`` or ``type``."""
+    if not isinstance(value, dict):
+        return None
+    ref = value.get("reference")
+    if isinstance(ref, str) and not ref.startswith("#"):
+        segments = ref.split("?")[0].split("/")
+        if "_history" in segments:
+            segments = segments[: segments.index("_history")]
+        if len(segments) >= 2 and is_resource_type(segments[-2]):
+            return segments[-2]
+    rtype = value.get("type")
+    return rtype if isinstance(rtype, str) else None
+
+
+def _walk(steps: list[_Step], start: list[Typed]) -> list[Typed]:
+    current = start
+    for step in steps:
+        if isinstance(step, _Field):
+            current = [c for node, ntype in current for c in _children(node, ntype, step.name)]
+        elif isinstance(step, _OfType):
+            current = [(v, t) for v, t in current if _type_matches(v, t, step.type)]
+        elif isinstance(step, _ResolveIs):
+            current = [(v, t) for v, t in current if _reference_type(v) == step.type]
+        elif isinstance(step, _WhereEq):
+            current = [(v, t) for v, t in current if isinstance(v, dict) and v.get(step.field) == step.value]
+        elif isinstance(step, _Extension):
+            current = [
+                (ext, "Extension")
+                for node, _ in current
+                if isinstance(node, dict)
+                for ext in node.get("extension") or ()
+                if isinstance(ext, dict) and ext.get("url") == step.url
+            ]
+        else:
+            current = current[step.index : step.index + 1]
+    return current
+
+
+def _compile_path(resource_type: str, expr: str) -> Extractor | None:
+    """A simple-path extractor for one union member, or ``None`` when it needs fhirpathpy."""
+    expr = _strip_parens(expr)
+    steps = _parse_steps(expr)
+    if not steps or not isinstance(steps[0], _Field):
+        return None
+    root = steps[0].name
+    if root not in (resource_type, "Resource", "DomainResource"):
+        return None
+    rest = steps[1:]
+
+    def extract(resource: dict[str, Any]) -> list[Typed]:
+        return _walk(rest, [(resource, resource_type)])
+
+    return extract
+
+
+def _compile_fhirpath(expr: str) -> Extractor:
+    import fhirpathpy  # imported lazily: only the rare complex expressions need it
+
+    compiled = fhirpathpy.compile(expr)
+
+    def extract(resource: dict[str, Any]) -> list[Typed]:
+        return [(v, None) for v in compiled(resource) if v is not None]
+
+    return extract
+
+
+def compile_expression(resource_type: str, expression: str) -> Extractor | None:
+    """Compile the members of ``expression`` that apply to ``resource_type``.
+
+    Returns ``None`` when no member of the union is about that type.
+    """
+    members = [m for m in split_union(expression) if re.match(rf"\(*\s*({resource_type}|Resource|DomainResource)\b", m)]
+    if not members:
+        return None
+    extractors: list[Extractor] = []
+    for member in members:
+        simple = _compile_path(resource_type, member)
+        extractors.append(simple or _compile_fhirpath(member))
+    if len(extractors) == 1:
+        return extractors[0]
+
+    def extract_all(resource: dict[str, Any]) -> list[Typed]:
+        return [value for extractor in extractors for value in extractor(resource)]
+
+    return extract_all

@@ -1,0 +1,224 @@
+"""Turn a resource into the typed search-index values every backend stores.
+
+This is where FHIR data types meet search parameter types (R4 §3.1.1.4): a ``token`` over a
+CodeableConcept indexes each coding, a ``string`` over a HumanName each name part, a ``date``
+over a Period its range, and so on. The output is backend-neutral; each store lays it out its own
+way (SQLite tables, MongoDB sub-documents).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from fhirmodel.dates import MAX_US, MIN_US, DateFormatError, date_range
+from fhirmodel.fhirpath import Typed
+from fhirmodel.schema import is_resource_type
+from fhirmodel.searchparams import SearchParam, SearchParamRegistry
+
+
+@dataclass(frozen=True)
+class TokenValue:
+    system: str | None
+    code: str | None
+    text: str | None  # normalised display/text, for ``:text``
+
+
+@dataclass(frozen=True)
+class StringValue:
+    norm: str  # accent- and case-folded, for the default prefix match
+    exact: str
+
+
+@dataclass(frozen=True)
+class DateValue:
+    low: int  # UTC microseconds, inclusive
+    high: int  # exclusive
+
+
+@dataclass(frozen=True)
+class NumberValue:
+    value: float
+
+
+@dataclass(frozen=True)
+class QuantityValue:
+    value: float
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class ReferenceValue:
+    target_type: str | None
+    target_id: str | None
+    url: str | None  # absolute or canonical URL not resolvable locally
+    identifier_system: str | None = None
+    identifier_value: str | None = None
+
+
+@dataclass(frozen=True)
+class UriValue:
+    value: str
+
+
+IndexValue = TokenValue | StringValue | DateValue | NumberValue | QuantityValue | ReferenceValue | UriValue
+
+
+def normalize_string(text: str) -> str:
+    """Fold case and accents: ``Élodie`` and ``elodie`` match, as FHIR string search asks."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def parse_reference(ref: str, base_url: str | None) -> tuple[str | None, str | None, str | None]:
+    """Split a reference string into ``(type, id, url)``; local references lose the base URL."""
+    if base_url and ref.startswith(base_url.rstrip("/") + "/"):
+        ref = ref[len(base_url.rstrip("/")) + 1 :]
+    if "://" in ref or ref.startswith(("urn:", "#")):
+        return None, None, ref
+    segments = ref.split("/")
+    if "_history" in segments:
+        segments = segments[: segments.index("_history")]
+    if len(segments) == 2 and is_resource_type(segments[0]) and segments[1]:
+        return segments[0], segments[1], None
+    return None, None, ref
+
+
+def _text_of(value: dict[str, Any]) -> str | None:
+    text = value.get("text") or value.get("display")
+    return normalize_string(text) if isinstance(text, str) else None
+
+
+def _tokens(value: Any, vtype: str | None) -> list[TokenValue]:
+    if isinstance(value, bool):
+        return [TokenValue(None, "true" if value else "false", None)]
+    if isinstance(value, str | int | float):
+        return [TokenValue(None, str(value), None)]
+    if not isinstance(value, dict):
+        return []
+    if vtype == "CodeableConcept" or (vtype is None and "coding" in value):
+        text = _text_of(value)
+        codings = [c for c in value.get("coding") or () if isinstance(c, dict)]
+        out = [TokenValue(c.get("system"), c.get("code"), _text_of(c) or text) for c in codings]
+        return out or ([TokenValue(None, None, text)] if text else [])
+    if vtype in ("Identifier", "ContactPoint") or (vtype is None and "value" in value and "code" not in value):
+        # ContactPoint's system (phone, email...) plays the part of the token system, as in HAPI.
+        type_text = _text_of(value["type"]) if isinstance(value.get("type"), dict) else None
+        return [TokenValue(value.get("system"), value.get("value"), type_text)]
+    # Coding, and anything shaped like one.
+    return [TokenValue(value.get("system"), value.get("code"), _text_of(value))]
+
+
+_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
+_ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
+
+
+def _strings(value: Any, vtype: str | None) -> list[StringValue]:
+    texts: list[str] = []
+    if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, dict):
+        parts = _ADDRESS_PARTS if vtype == "Address" or "city" in value or "line" in value else _NAME_PARTS
+        for part in parts:
+            item = value.get(part)
+            texts.extend(t for t in (item if isinstance(item, list) else [item]) if isinstance(t, str))
+    return [StringValue(normalize_string(t), t) for t in texts]
+
+
+def _dates(value: Any, vtype: str | None) -> list[DateValue]:
+    try:
+        if isinstance(value, str):
+            return [DateValue(*date_range(value))]
+        if isinstance(value, dict):
+            if "start" in value or "end" in value:  # Period
+                low = date_range(value["start"])[0] if value.get("start") else MIN_US
+                high = date_range(value["end"])[1] if value.get("end") else MAX_US
+                return [DateValue(low, high)]
+            events = value.get("event")  # Timing
+            if isinstance(events, list):
+                return [DateValue(*date_range(e)) for e in events if isinstance(e, str)]
+    except DateFormatError:
+        return []
+    return []
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(Decimal(value))
+        except InvalidOperation:
+            return None
+    return None
+
+
+def _quantities(value: Any) -> list[QuantityValue]:
+    if isinstance(value, dict):
+        number = _number(value.get("value"))
+        if number is not None:
+            return [QuantityValue(number, value.get("system"), value.get("code") or value.get("unit"))]
+    number = _number(value)
+    return [QuantityValue(number, None, None)] if number is not None else []
+
+
+def _references(value: Any, base_url: str | None) -> list[ReferenceValue]:
+    if isinstance(value, str):  # canonical or uri used as a reference
+        rtype, rid, url = parse_reference(value, base_url)
+        return [ReferenceValue(rtype, rid, url)]
+    if not isinstance(value, dict):
+        return []
+    out: list[ReferenceValue] = []
+    ref = value.get("reference")
+    if isinstance(ref, str) and not ref.startswith("#"):
+        rtype, rid, url = parse_reference(ref, base_url)
+        out.append(ReferenceValue(rtype, rid, url))
+    ident = value.get("identifier")
+    if isinstance(ident, dict) and ident.get("value"):
+        out.append(ReferenceValue(None, None, None, ident.get("system"), ident.get("value")))
+    return out
+
+
+def _uris(value: Any) -> list[UriValue]:
+    return [UriValue(value)] if isinstance(value, str) else []
+
+
+def values_for(param: SearchParam, typed: list[Typed], base_url: str | None) -> list[IndexValue]:
+    """Index values of one parameter from the values its expression found."""
+    out: list[IndexValue] = []
+    for value, vtype in typed:
+        match param.type:
+            case "token":
+                out.extend(t for t in _tokens(value, vtype) if t.code is not None or t.text)
+            case "string":
+                out.extend(_strings(value, vtype))
+            case "date":
+                out.extend(_dates(value, vtype))
+            case "number":
+                number = _number(value)
+                if number is not None:
+                    out.append(NumberValue(number))
+            case "quantity":
+                out.extend(_quantities(value))
+            case "reference":
+                out.extend(_references(value, base_url))
+            case "uri":
+                out.extend(_uris(value))
+    return list(dict.fromkeys(out))  # drop duplicates, keep order
+
+
+def extract_index(
+    registry: SearchParamRegistry, resource: dict[str, Any], base_url: str | None
+) -> dict[str, list[IndexValue]]:
+    """Every search parameter's index values for ``resource`` (parameters with none are left out)."""
+    index: dict[str, list[IndexValue]] = {}
+    for code, param in registry.for_type(resource["resourceType"]).items():
+        values = values_for(param, param.extractor(resource), base_url)
+        if values:
+            index[code] = values
+    return index

@@ -1,0 +1,107 @@
+"""The search parameters the server supports, loaded from SearchParameter resources in ``ig/``.
+
+Search parameters are data: adding one means dropping its SearchParameter JSON into
+``ig/SearchParameter``. Each is compiled once, at start, for every served resource type it
+applies to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fhirmodel.fhirpath import Extractor, compile_expression
+
+#: Search parameter types of FHIR R4, and the modifiers each allows on this server.
+MODIFIERS: dict[str, frozenset[str]] = {
+    "number": frozenset({"missing"}),
+    "date": frozenset({"missing"}),
+    "string": frozenset({"missing", "exact", "contains"}),
+    "token": frozenset({"missing", "text", "not", "in", "not-in", "of-type"}),
+    "reference": frozenset({"missing", "identifier"}),  # plus ":<Type>", checked separately
+    "quantity": frozenset({"missing"}),
+    "uri": frozenset({"missing", "below", "above"}),
+    "composite": frozenset(),
+    "special": frozenset(),
+}
+PREFIXED_TYPES = frozenset({"number", "date", "quantity"})
+INDEXED_TYPES = frozenset({"number", "date", "string", "token", "reference", "quantity", "uri"})
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One search parameter as it applies to one resource type."""
+
+    code: str
+    type: str
+    resource_type: str
+    expression: str
+    url: str
+    targets: tuple[str, ...]
+    extractor: Extractor = field(compare=False, repr=False)
+    definition: dict[str, Any] = field(compare=False, repr=False)
+
+    @property
+    def modifiers(self) -> frozenset[str]:
+        return MODIFIERS.get(self.type, frozenset())
+
+
+class SearchParamRegistry:
+    """All supported search parameters, per resource type and code."""
+
+    def __init__(self, params: Iterable[SearchParam]):
+        self._by_type: dict[str, dict[str, SearchParam]] = {}
+        for param in params:
+            self._by_type.setdefault(param.resource_type, {})[param.code] = param
+
+    def get(self, resource_type: str, code: str) -> SearchParam | None:
+        return self._by_type.get(resource_type, {}).get(code)
+
+    def for_type(self, resource_type: str) -> dict[str, SearchParam]:
+        return self._by_type.get(resource_type, {})
+
+    def reference_params(self, resource_type: str) -> list[SearchParam]:
+        return [p for p in self.for_type(resource_type).values() if p.type == "reference"]
+
+    @classmethod
+    def load(cls, folder: Path, resource_types: Iterable[str]) -> SearchParamRegistry:
+        """Read every SearchParameter in ``folder`` and compile it for the served types.
+
+        A definition given for a type overrides one inherited from ``Resource``/``DomainResource``,
+        and among several for the same type and code the file read last wins (files are read in
+        name order) so that a local definition can replace a base one.
+        """
+        served = list(resource_types)
+        params: dict[tuple[str, str], SearchParam] = {}
+        for path in sorted(folder.glob("*.json")):
+            definition = json.loads(path.read_text(encoding="utf-8"))
+            if definition.get("resourceType") != "SearchParameter":
+                continue
+            expression = definition.get("expression")
+            if not expression or definition.get("type") not in INDEXED_TYPES:
+                continue
+            bases = set(definition.get("base", ()))
+            for rtype in served:
+                generic = bases & {"Resource", "DomainResource"}
+                if rtype not in bases and not generic:
+                    continue
+                key = (rtype, definition["code"])
+                if key in params and rtype not in bases:
+                    continue
+                extractor = compile_expression(rtype, expression)
+                if extractor is None:
+                    continue
+                params[key] = SearchParam(
+                    code=definition["code"],
+                    type=definition["type"],
+                    resource_type=rtype,
+                    expression=expression,
+                    url=definition.get("url", ""),
+                    targets=tuple(definition.get("target", ())),
+                    extractor=extractor,
+                    definition=definition,
+                )
+        return cls(params.values())

@@ -1,0 +1,103 @@
+"""Local CodeSystems and ValueSets from ``ig/``, for ``:in``/``:not-in`` and binding checks.
+
+Only what a simple expansion needs: ``compose.include`` of listed concepts or of a whole local
+CodeSystem (``filter`` is not supported and makes a ValueSet unexpandable), minus
+``compose.exclude``, plus ``expansion.contains`` when a ValueSet ships pre-expanded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+Code = tuple[str, str]  # (system, code)
+
+
+class Terminology:
+    def __init__(self, resources: Iterable[dict[str, Any]]):
+        self._code_systems: dict[str, dict[str, Any]] = {}
+        self._value_sets: dict[str, dict[str, Any]] = {}
+        for res in resources:
+            url = res.get("url")
+            if not url:
+                continue
+            if res.get("resourceType") == "CodeSystem":
+                self._code_systems[url] = res
+            elif res.get("resourceType") == "ValueSet":
+                self._value_sets[url] = res
+        self._expanded: dict[str, frozenset[Code] | None] = {}
+
+    @classmethod
+    def load(cls, *folders: Path) -> Terminology:
+        resources = []
+        for folder in folders:
+            if folder.is_dir():
+                for path in sorted(folder.glob("*.json")):
+                    resources.append(json.loads(path.read_text(encoding="utf-8")))
+        return cls(resources)
+
+    def code_system(self, url: str) -> dict[str, Any] | None:
+        return self._code_systems.get(url)
+
+    def value_set(self, url: str) -> dict[str, Any] | None:
+        return self._value_sets.get(url.split("|")[0])
+
+    def _system_codes(self, system: str) -> list[str] | None:
+        cs = self._code_systems.get(system)
+        if cs is None:
+            return None
+        out: list[str] = []
+
+        def walk(concepts: list[dict[str, Any]]) -> None:
+            for concept in concepts:
+                out.append(concept["code"])
+                walk(concept.get("concept") or [])
+
+        walk(cs.get("concept") or [])
+        return out
+
+    def _codes_of(self, parts: list[dict[str, Any]]) -> set[Code] | None:
+        codes: set[Code] = set()
+        for part in parts:
+            if part.get("filter"):
+                return None
+            for vs_url in part.get("valueSet") or ():
+                nested = self.expand(vs_url)
+                if nested is None:
+                    return None
+                codes |= nested
+            system = part.get("system")
+            if not system:
+                continue
+            listed = part.get("concept")
+            if listed:
+                codes |= {(system, c["code"]) for c in listed}
+            elif not part.get("valueSet"):
+                whole = self._system_codes(system)
+                if whole is None:
+                    return None
+                codes |= {(system, c) for c in whole}
+        return codes
+
+    def expand(self, url: str) -> frozenset[Code] | None:
+        """The codes of a local ValueSet, or ``None`` when it is unknown or cannot be expanded."""
+        key = url.split("|")[0]
+        if key in self._expanded:
+            return self._expanded[key]
+        self._expanded[key] = None  # guards against cycles
+        vs = self._value_sets.get(key)
+        result: frozenset[Code] | None = None
+        if vs is not None:
+            contains = (vs.get("expansion") or {}).get("contains")
+            if contains:
+                result = frozenset((c["system"], c["code"]) for c in contains if "code" in c)
+            else:
+                compose = vs.get("compose") or {}
+                included = self._codes_of(compose.get("include") or [])
+                excluded = self._codes_of(compose.get("exclude") or [])
+                if included is not None and excluded is not None:
+                    result = frozenset(included - excluded)
+        self._expanded[key] = result
+        return result

@@ -1,0 +1,20 @@
+"""Resource storage: one interface (:mod:`storage.interface`), one query model
+(:mod:`storage.query`), and the backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storage.interface import Store
+from storage.sqlite.compiler import ParamType
+from storage.sqlite.store import Indexer, SqliteStore
+
+
+def open_store(url: str | None, *, default_sqlite: Path, indexer: Indexer, param_type: ParamType) -> Store:
+    """The store a ``DMP_STORE`` URL names (SQLite in the data directory by default)."""
+    if url is None or url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :]) if url else default_sqlite
+        return SqliteStore(path, indexer, param_type)
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        raise ValueError("the MongoDB backend is not available yet: use sqlite:///path")
+    raise ValueError(f"DMP_STORE: unsupported store URL {url!r} (sqlite:///path or mongodb://...)")

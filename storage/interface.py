@@ -1,0 +1,146 @@
+"""The store interface every backend implements, and what it returns.
+
+The store knows FHIR resources, versions and search indexes; it knows nothing of HTTP, tokens
+or DMP rules. It executes the filter it is given (see :mod:`storage.query`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from storage.query import AccessScope, Query
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises about the data (never about its own failures)."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Gone(StoreError):
+    """The resource existed and was deleted."""
+
+    def __init__(self, resource_type: str, resource_id: str, version: int):
+        super().__init__(f"{resource_type}/{resource_id} was deleted")
+        self.version = version
+
+
+class VersionConflict(StoreError):
+    """The caller's expected version is not the current one (``If-Match``)."""
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One version of a resource as kept by the store."""
+
+    pk: int  # creation sequence of the resource (stable across versions)
+    seq: int  # sequence of this version in the whole history
+    resource_type: str
+    id: str
+    version: int
+    last_updated: str
+    method: str  # POST, PUT, PATCH or DELETE: what produced this version
+    content: bytes | None  # JSON, None for a deletion
+
+    @property
+    def deleted(self) -> bool:
+        return self.content is None
+
+    def json(self) -> dict[str, Any]:
+        if self.content is None:
+            raise ValueError("a deleted version has no content")
+        return orjson.loads(self.content)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    matches: list[Stored]
+    included: list[Stored]
+    total: int | None
+    watermark: int
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    entries: list[Stored]
+    total: int
+    watermark: int
+
+
+class Store(ABC):
+    """A FHIR resource store. Writes happen inside :meth:`transaction`; reads may too, and then
+    see the transaction's own writes."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """All writes inside land together or not at all."""
+
+    @abstractmethod
+    def create(self, resource: dict[str, Any], *, method: str = "POST") -> Stored:
+        """Store a new resource. ``resource['id']`` must be set by the caller."""
+
+    @abstractmethod
+    def update(self, resource: dict[str, Any], *, expected_version: int | None = None, method: str = "PUT") -> Stored:
+        """Store a new version of an existing (possibly deleted) resource."""
+
+    @abstractmethod
+    def delete(self, resource_type: str, resource_id: str, *, expected_version: int | None = None) -> Stored:
+        """Mark a resource deleted (a new, empty version); returns that version."""
+
+    @abstractmethod
+    def read(self, resource_type: str, resource_id: str, scope: AccessScope) -> Stored:
+        """The current version; :class:`NotFound` if absent or outside ``scope``, :class:`Gone` if
+        deleted."""
+
+    @abstractmethod
+    def vread(self, resource_type: str, resource_id: str, version: int, scope: AccessScope) -> Stored:
+        """One version (a deletion is returned as a version with no content)."""
+
+    @abstractmethod
+    def search(self, query: Query, scope: AccessScope) -> SearchResult:
+        """Matches of ``query AND scope``, a page of them, and their includes (also scoped)."""
+
+    @abstractmethod
+    def history(
+        self,
+        scope: AccessScope,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        *,
+        since: str | None = None,
+        offset: int = 0,
+        count: int = 20,
+        watermark: int | None = None,
+    ) -> HistoryPage:
+        """Versions, newest first, of one resource, one type or everything, within ``scope``."""
+
+    @abstractmethod
+    def exists(self, resource_type: str, resource_id: str) -> int | None:
+        """The current version number, or None when the id was never used (deleted counts)."""
+
+    @abstractmethod
+    def iter_all(self, resource_type: str) -> Iterator[Stored]:
+        """Every current, non-deleted resource of a type (maintenance: reindexing, export)."""
+
+    @abstractmethod
+    def save_session(self, data: bytes, ttl_seconds: int) -> str:
+        """Keep an opaque paging state; returns an unguessable key for it."""
+
+    @abstractmethod
+    def load_session(self, key: str) -> bytes | None:
+        """The paging state saved under ``key``, or None when unknown or expired."""
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,258 @@
+"""The backend-neutral query a store executes.
+
+A search is a tree of predicates over search-parameter index values. The same tree type carries
+the access **filter** the policy hands down, so the store runs ``query AND filter`` as one
+statement: totals, paging, includes, chains and ``_has`` never see what the filter excludes.
+Every backend compiles this tree its own way (SQL for SQLite, a query document for MongoDB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
+
+
+class _AnySystem:
+    """Marker: a token search without ``|`` matches whatever the system."""
+
+    def __repr__(self) -> str:
+        return "ANY_SYSTEM"
+
+
+ANY_SYSTEM = _AnySystem()
+
+
+@dataclass(frozen=True)
+class Token:
+    """``code``, ``system|code``, ``|code`` (system must be absent) or ``system|`` (code=None)."""
+
+    param: str
+    system: str | _AnySystem | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class TokenText:
+    """``:text``: the display or text starts with (folded) ``text``."""
+
+    param: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TokenIn:
+    """``:in``: the coding is one of ``codes`` (pairs of system and code, from a ValueSet)."""
+
+    param: str
+    codes: frozenset[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class String:
+    param: str
+    value: str  # already folded for "start"/"contains"
+    mode: Literal["start", "exact", "contains"]
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """A date search: ``prefix`` applied to the search range ``[low, high)`` (UTC microseconds)."""
+
+    param: str
+    prefix: Prefix
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """A number or quantity search: ``value`` with its implicit precision ``[low, high)``.
+
+    For a quantity, ``system`` and ``code`` narrow the unit (``None`` = not constrained).
+    """
+
+    param: str
+    prefix: Prefix
+    value: float
+    low: float
+    high: float
+    quantity: bool = False
+    system: str | None = None
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference to ``target_type/target_id`` (type ``None`` = any type), or an external ``url``."""
+
+    param: str
+    target_type: str | None
+    target_id: str | None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceIdentifier:
+    """``:identifier`` on a reference: ``Reference.identifier`` matches."""
+
+    param: str
+    system: str | None
+    value: str
+
+
+@dataclass(frozen=True)
+class Uri:
+    param: str
+    value: str
+    mode: Literal["eq", "below", "above"]
+
+
+@dataclass(frozen=True)
+class Missing:
+    """``:missing=true`` (no value indexed for ``param``) or ``false``."""
+
+    param: str
+    missing: bool
+
+
+@dataclass(frozen=True)
+class Chain:
+    """``param.target_param=...``: some referenced resource of ``target_types`` matches ``where``."""
+
+    param: str
+    target_types: tuple[str, ...]
+    where: Expr
+
+
+@dataclass(frozen=True)
+class Has:
+    """``_has:Source:param:...``: some ``source_type`` resource referencing this one via ``param``
+    matches ``where``."""
+
+    source_type: str
+    param: str
+    where: Expr
+
+
+@dataclass(frozen=True)
+class And:
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Expr
+
+
+@dataclass(frozen=True)
+class Everything:
+    """No restriction."""
+
+
+@dataclass(frozen=True)
+class Nothing:
+    """Matches no resource: what a policy returns for a type the caller may not see at all."""
+
+
+Leaf = (
+    Token
+    | TokenText
+    | TokenIn
+    | String
+    | DateRange
+    | NumberRange
+    | Reference
+    | ReferenceIdentifier
+    | Uri
+    | Missing
+    | Chain
+    | Has
+)
+Expr = Leaf | And | Or | Not | Everything | Nothing
+
+EVERYTHING = Everything()
+NOTHING = Nothing()
+
+
+def all_of(*items: Expr) -> Expr:
+    """Conjunction, simplified: ``Everything`` vanishes, ``Nothing`` wins, nested Ands flatten."""
+    flat: list[Expr] = []
+    for item in items:
+        if isinstance(item, Nothing):
+            return NOTHING
+        if isinstance(item, Everything):
+            continue
+        flat.extend(item.items if isinstance(item, And) else (item,))
+    if not flat:
+        return EVERYTHING
+    return flat[0] if len(flat) == 1 else And(tuple(flat))
+
+
+def any_of(*items: Expr) -> Expr:
+    """Disjunction, simplified like :func:`all_of`."""
+    flat: list[Expr] = []
+    for item in items:
+        if isinstance(item, Everything):
+            return EVERYTHING
+        if isinstance(item, Nothing):
+            continue
+        flat.extend(item.items if isinstance(item, Or) else (item,))
+    if not flat:
+        return NOTHING
+    return flat[0] if len(flat) == 1 else Or(tuple(flat))
+
+
+class AccessScope(Protocol):
+    """What a caller may see, per resource type, as a predicate the store adds to every query."""
+
+    def filter(self, resource_type: str) -> Expr: ...
+
+
+class OpenScope:
+    """No restriction: for the server's own internal work, never for a client request."""
+
+    def filter(self, resource_type: str) -> Expr:
+        return EVERYTHING
+
+
+OPEN_SCOPE = OpenScope()
+
+
+@dataclass(frozen=True)
+class SortKey:
+    param: str
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class Include:
+    """``_include`` (``reverse=False``: follow ``source_type.param`` from the matches) or
+    ``_revinclude`` (``reverse=True``: resources of ``source_type`` whose ``param`` points at a
+    match). ``target_type`` narrows the referenced type; ``iterate`` applies it to what was
+    included too."""
+
+    source_type: str
+    param: str | None  # None = every reference parameter (``*``)
+    target_type: str | None = None
+    reverse: bool = False
+    iterate: bool = False
+
+
+@dataclass(frozen=True)
+class Query:
+    resource_type: str
+    where: Expr = EVERYTHING
+    sort: tuple[SortKey, ...] = ()
+    offset: int = 0
+    count: int = 20
+    total: bool = True
+    includes: tuple[Include, ...] = field(default=())
+    #: Only resources created up to this sequence number: keeps paging stable under inserts.
+    watermark: int | None = None

@@ -1,0 +1,315 @@
+"""Compile a :mod:`storage.query` expression into SQL over the index tables.
+
+Every predicate has two forms: a *condition* correlated to a resource alias (``EXISTS`` over the
+``(res, param)`` index, cheap for a candidate row) and, where it can, a *driver*: a sub-select of
+resource keys that starts from the value index. A conjunction uses its most selective driver as
+``pk IN (...)`` and the rest as conditions, so a search by patient touches that patient's rows,
+not the whole table — whatever the filter the policy adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from storage.query import (
+    ANY_SYSTEM,
+    And,
+    Chain,
+    DateRange,
+    Everything,
+    Expr,
+    Has,
+    Missing,
+    Not,
+    Nothing,
+    NumberRange,
+    Or,
+    Reference,
+    ReferenceIdentifier,
+    String,
+    Token,
+    TokenIn,
+    TokenText,
+    Uri,
+)
+
+#: The last code point: ``v <= x < v + TOP`` is "x starts with v" on an index.
+TOP = "\U0010ffff"
+
+#: Which index table holds each search parameter type.
+TABLE_OF_TYPE = {
+    "token": "idx_token",
+    "string": "idx_string",
+    "date": "idx_date",
+    "number": "idx_number",
+    "quantity": "idx_quantity",
+    "reference": "idx_reference",
+    "uri": "idx_uri",
+}
+
+#: The scope filter of a resource type, as an expression (given by the store per query).
+ScopeFilter = Callable[[str], Expr]
+#: The type of a search parameter of a resource type, or None when unknown.
+ParamType = Callable[[str, str], str | None]
+
+
+class SqlCompiler:
+    """Collects SQL text and its bound arguments for one statement."""
+
+    def __init__(self, param_type: ParamType, scope: ScopeFilter):
+        self.args: list[Any] = []
+        self._param_type = param_type
+        self._scope = scope
+        self._aliases = 0
+
+    def _alias(self, prefix: str) -> str:
+        self._aliases += 1
+        return f"{prefix}{self._aliases}"
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return "?"
+
+    # -- the two forms ---------------------------------------------------------------------
+
+    def condition(self, expr: Expr, alias: str, rtype: str) -> str:
+        """SQL boolean: the resource ``alias`` (of type ``rtype``) satisfies ``expr``."""
+        match expr:
+            case Everything():
+                return "1"
+            case Nothing():
+                return "0"
+            case And(items):
+                return "(" + " AND ".join(self.condition(i, alias, rtype) for i in items) + ")"
+            case Or(items):
+                return "(" + " OR ".join(self.condition(i, alias, rtype) for i in items) + ")"
+            case Not(item):
+                return f"NOT {self.condition(item, alias, rtype)}"
+            case Missing(param, missing):
+                table = self._table(rtype, param)
+                if table is None:
+                    return "1" if missing else "0"
+                i = self._alias("m")
+                exists = (
+                    f"EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(param)})"
+                )
+                return f"NOT {exists}" if missing else exists
+            case Chain():
+                return self._chain_condition(expr, alias)
+            case Has():
+                return self._has_condition(expr, alias, rtype)
+            case _:
+                table, where = self._leaf(expr, "i0")
+                i = self._alias("i")
+                where = where.replace("i0.", f"{i}.")
+                return f"EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.res = {alias}.pk AND {where})"
+
+    def driver(self, expr: Expr, rtype: str) -> str | None:
+        """SQL sub-select of the ``pk`` of resources of ``rtype`` that may satisfy ``expr``, starting
+        from an index; ``None`` when the expression cannot narrow the candidates."""
+        match expr:
+            case And(items):
+                for item in _by_selectivity(items):
+                    sql = self.driver(item, rtype)
+                    if sql is not None:
+                        return sql
+                return None
+            case Or(items):
+                parts = []
+                for item in items:
+                    sql = self.driver(item, rtype)
+                    if sql is None:
+                        return None
+                    parts.append(sql)
+                return " UNION ".join(parts)
+            case Everything() | Nothing() | Not() | Missing():
+                return None
+            case Chain(param, target_types, where):
+                t, i = self._alias("t"), self._alias("c")
+                branches = []
+                for ttype in target_types:
+                    inner = self._filtered(where, ttype)
+                    narrowed = self.driver(inner, ttype)
+                    restrict = f" AND {t}.pk IN ({narrowed})" if narrowed else ""
+                    branches.append(
+                        f"SELECT {i}.res FROM resource {t} JOIN idx_reference {i}"
+                        f" ON {i}.target_type = {t}.type AND {i}.target_id = {t}.id"
+                        f" WHERE {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
+                        f" AND {i}.param = {self.arg(param)}{restrict}"
+                        f" AND {self.condition(inner, t, ttype)}"
+                    )
+                return " UNION ".join(branches) if branches else None
+            case Has():
+                return None
+            case _:
+                table, where = self._leaf(expr, "d0")
+                d = self._alias("d")
+                return f"SELECT {d}.res FROM {table} {d} WHERE " + where.replace("d0.", f"{d}.")
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _filtered(self, where: Expr, rtype: str) -> Expr:
+        """A related resource is seen only within the caller's scope for its type."""
+        scope = self._scope(rtype)
+        if isinstance(scope, Everything):
+            return where
+        if isinstance(where, Everything):
+            return scope
+        return And((where, scope))
+
+    def _table(self, rtype: str, param: str) -> str | None:
+        ptype = self._param_type(rtype, param)
+        return TABLE_OF_TYPE.get(ptype) if ptype else None
+
+    def _chain_condition(self, expr: Chain, alias: str) -> str:
+        branches = []
+        for ttype in expr.target_types:
+            t, i = self._alias("t"), self._alias("c")
+            inner = self._filtered(expr.where, ttype)
+            branches.append(
+                f"EXISTS (SELECT 1 FROM idx_reference {i} JOIN resource {t}"
+                f" ON {t}.type = {i}.target_type AND {t}.id = {i}.target_id"
+                f" WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(expr.param)}"
+                f" AND {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
+                f" AND {self.condition(inner, t, ttype)})"
+            )
+        return "(" + " OR ".join(branches) + ")" if branches else "0"
+
+    def _has_condition(self, expr: Has, alias: str, rtype: str) -> str:
+        s, i = self._alias("s"), self._alias("h")
+        inner = self._filtered(expr.where, expr.source_type)
+        return (
+            f"EXISTS (SELECT 1 FROM idx_reference {i} JOIN resource {s} ON {s}.pk = {i}.res"
+            f" WHERE {i}.target_id = {alias}.id AND {i}.target_type = {self.arg(rtype)}"
+            f" AND {i}.param = {self.arg(expr.param)} AND {s}.type = {self.arg(expr.source_type)}"
+            f" AND {s}.deleted = 0 AND {self.condition(inner, s, expr.source_type)})"
+        )
+
+    def _leaf(self, expr: Expr, a: str) -> tuple[str, str]:
+        """The index table of a value predicate and its condition on the index row alias ``a``."""
+        arg = self.arg
+        match expr:
+            case Token(param, system, code):
+                parts = [f"{a}.param = {arg(param)}"]
+                if code is not None:
+                    parts.append(f"{a}.code = {arg(code)}")
+                if system is None:
+                    parts.append(f"{a}.system IS NULL")
+                elif system is not ANY_SYSTEM:
+                    parts.append(f"{a}.system = {arg(system)}")
+                return "idx_token", " AND ".join(parts)
+            case TokenText(param, text):
+                return "idx_token", (
+                    f"{a}.param = {arg(param)} AND {a}.text >= {arg(text)} AND {a}.text < {arg(text + TOP)}"
+                )
+            case TokenIn(param, codes):
+                if not codes:
+                    return "idx_token", "0"
+                pairs = " OR ".join(
+                    f"({a}.code = {arg(code)} AND {a}.system = {arg(system)})" for system, code in sorted(codes)
+                )
+                return "idx_token", f"{a}.param = {arg(param)} AND ({pairs})"
+            case String(param, value, mode):
+                head = f"{a}.param = {arg(param)} AND "
+                if mode == "exact":
+                    return "idx_string", head + f"{a}.exact = {arg(value)}"
+                if mode == "contains":
+                    return "idx_string", head + f"instr({a}.norm, {arg(value)}) > 0"
+                return "idx_string", head + f"{a}.norm >= {arg(value)} AND {a}.norm < {arg(value + TOP)}"
+            case DateRange(param, prefix, low, high):
+                return "idx_date", f"{a}.param = {arg(param)} AND " + self._date(a, prefix, low, high)
+            case NumberRange():
+                table = "idx_quantity" if expr.quantity else "idx_number"
+                parts = [f"{a}.param = {arg(expr.param)}", self._number(a, expr)]
+                if expr.quantity and expr.system is not None:
+                    parts.append(f"{a}.system = {arg(expr.system)}")
+                if expr.quantity and expr.code is not None:
+                    parts.append(f"{a}.code = {arg(expr.code)}")
+                return table, " AND ".join(parts)
+            case Reference(param, target_type, target_id, url):
+                parts = [f"{a}.param = {arg(param)}"]
+                if url is not None:
+                    parts.append(f"{a}.url = {arg(url)}")
+                else:
+                    parts.append(f"{a}.target_id = {arg(target_id)}")
+                    if target_type is not None:
+                        parts.append(f"{a}.target_type = {arg(target_type)}")
+                return "idx_reference", " AND ".join(parts)
+            case ReferenceIdentifier(param, system, value):
+                parts = [f"{a}.param = {arg(param)}", f"{a}.id_value = {arg(value)}"]
+                if system is not None:
+                    parts.append(f"{a}.id_system = {arg(system)}")
+                return "idx_reference", " AND ".join(parts)
+            case Uri(param, value, mode):
+                head = f"{a}.param = {arg(param)} AND "
+                if mode == "below":
+                    return "idx_uri", head + f"{a}.value >= {arg(value)} AND {a}.value < {arg(value + TOP)}"
+                if mode == "above":
+                    return "idx_uri", head + f"substr({arg(value)}, 1, length({a}.value)) = {a}.value"
+                return "idx_uri", head + f"{a}.value = {arg(value)}"
+        raise TypeError(f"not a value predicate: {expr!r}")
+
+    def _date(self, a: str, prefix: str, low: int, high: int) -> str:
+        arg = self.arg
+        match prefix:
+            case "eq":
+                return f"{a}.low >= {arg(low)} AND {a}.high <= {arg(high)}"
+            case "ne":
+                return f"NOT ({a}.low >= {arg(low)} AND {a}.high <= {arg(high)})"
+            case "gt":
+                return f"{a}.high > {arg(high)}"
+            case "lt":
+                return f"{a}.low < {arg(low)}"
+            case "ge":
+                return f"{a}.high > {arg(low)}"
+            case "le":
+                return f"{a}.low < {arg(high)}"
+            case "sa":
+                return f"{a}.low >= {arg(high)}"
+            case "eb":
+                return f"{a}.high <= {arg(low)}"
+            case _:  # ap: overlaps the search range, already widened by the parser
+                return f"{a}.low < {arg(high)} AND {a}.high > {arg(low)}"
+
+    def _number(self, a: str, expr: NumberRange) -> str:
+        arg = self.arg
+        v = f"{a}.value"
+        match expr.prefix:
+            case "eq" | "ap":
+                return f"{v} >= {arg(expr.low)} AND {v} < {arg(expr.high)}"
+            case "ne":
+                return f"NOT ({v} >= {arg(expr.low)} AND {v} < {arg(expr.high)})"
+            case "gt" | "sa":
+                return f"{v} > {arg(expr.value)}"
+            case "lt" | "eb":
+                return f"{v} < {arg(expr.value)}"
+            case "ge":
+                return f"{v} >= {arg(expr.value)}"
+            case _:  # le
+                return f"{v} <= {arg(expr.value)}"
+
+
+def _by_selectivity(items: tuple[Expr, ...]) -> list[Expr]:
+    """Order conjuncts so the likely most selective one drives the query."""
+
+    def rank(item: Expr) -> int:
+        match item:
+            case Reference(target_id=tid) if tid is not None:
+                return 0
+            case Token(code=code) if code is not None:
+                return 1
+            case ReferenceIdentifier() | Reference() | Uri(mode="eq") | String(mode="exact"):
+                return 2
+            case Chain():
+                return 3
+            case String() | TokenIn() | TokenText():
+                return 4
+            case DateRange() | NumberRange():
+                return 5
+            case And():
+                return 6
+            case _:
+                return 7
+
+    return sorted(items, key=rank)

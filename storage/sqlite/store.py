@@ -1,0 +1,466 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+One connection per thread (SQLite connections are not shared across threads); writes take the
+database lock up front (``BEGIN IMMEDIATE``) so two writers queue instead of deadlocking on a
+lock upgrade. A transaction is the unit of atomicity for FHIR transactions and conditional
+operations: reads inside it see its own writes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhirmodel.dates import instant_now
+from fhirmodel.indexing import (
+    DateValue,
+    IndexValue,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+from storage.interface import (
+    AlreadyExists,
+    Gone,
+    HistoryPage,
+    NotFound,
+    SearchResult,
+    Store,
+    Stored,
+    VersionConflict,
+)
+from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
+from storage.sqlite.compiler import TABLE_OF_TYPE, ParamType, SqlCompiler
+from storage.sqlite.schema import DDL, INDEX_TABLES, SCHEMA_VERSION
+
+Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
+
+#: Sort expression per parameter type: the lowest value ascending, the highest descending (R4 §3.1.1.5.6).
+_SORT_COLUMN = {
+    "idx_token": "code",
+    "idx_string": "norm",
+    "idx_date": ("low", "high"),
+    "idx_number": "value",
+    "idx_quantity": "value",
+    "idx_reference": "target_id",
+    "idx_uri": "value",
+}
+_INSERTS = {
+    TokenValue: ("idx_token", "system, code, text", lambda v: (v.system, v.code, v.text)),
+    StringValue: ("idx_string", "norm, exact", lambda v: (v.norm, v.exact)),
+    DateValue: ("idx_date", "low, high", lambda v: (v.low, v.high)),
+    NumberValue: ("idx_number", "value", lambda v: (v.value,)),
+    QuantityValue: ("idx_quantity", "value, system, code", lambda v: (v.value, v.system, v.code)),
+    ReferenceValue: (
+        "idx_reference",
+        "target_type, target_id, url, id_system, id_value",
+        lambda v: (v.target_type, v.target_id, v.url, v.identifier_system, v.identifier_value),
+    ),
+    UriValue: ("idx_uri", "value", lambda v: (v.value,)),
+}
+_MAX_INCLUDE_ROUNDS = 4
+_STORED_COLUMNS = "r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, v.content"
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path | str, indexer: Indexer, param_type: ParamType):
+        self.path = str(path)
+        self._indexer = indexer
+        self._param_type = param_type
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        conn.executescript(DDL)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- connections and transactions --------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA cache_size = -65536")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            self._local.conn = conn
+            self._local.depth = 0
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        conn = self._conn()
+        if self._local.depth:
+            self._local.depth += 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        self._local.depth = 1
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+        finally:
+            self._local.depth = 0
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _stamp(self, resource: dict[str, Any], version: int) -> tuple[bytes, str]:
+        last_updated = instant_now()
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = last_updated
+        resource["meta"] = meta
+        return orjson.dumps(resource), last_updated
+
+    def _write_version(self, pk: int, version: int, last_updated: str, method: str, content: bytes | None) -> int:
+        cur = self._conn().execute(
+            "INSERT INTO version (res, version, last_updated, method, content) VALUES (?, ?, ?, ?, ?)",
+            (pk, version, last_updated, method, content),
+        )
+        return int(cur.lastrowid or 0)
+
+    def _reindex(self, pk: int, resource: dict[str, Any]) -> None:
+        conn = self._conn()
+        for table in INDEX_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
+        rows: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        for param, values in self._indexer(resource).items():
+            for value in values:
+                table, columns, row = _INSERTS[type(value)]
+                rows.setdefault((table, columns), []).append((pk, param, *row(value)))
+        for (table, columns), batch in rows.items():
+            marks = ", ".join("?" * (len(columns.split(",")) + 2))
+            conn.executemany(f"INSERT INTO {table} (res, param, {columns}) VALUES ({marks})", batch)
+
+    def create(self, resource: dict[str, Any], *, method: str = "POST") -> Stored:
+        with self.transaction():
+            rtype, rid = resource["resourceType"], resource["id"]
+            conn = self._conn()
+            if conn.execute("SELECT 1 FROM resource WHERE type = ? AND id = ?", (rtype, rid)).fetchone():
+                raise AlreadyExists(f"{rtype}/{rid} already exists")
+            content, last_updated = self._stamp(resource, 1)
+            cur = conn.execute(
+                "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, 1, ?, ?)",
+                (rtype, rid, last_updated, content),
+            )
+            pk = int(cur.lastrowid or 0)
+            seq = self._write_version(pk, 1, last_updated, method, content)
+            self._reindex(pk, resource)
+            return Stored(pk, seq, rtype, rid, 1, last_updated, method, content)
+
+    def _current(self, rtype: str, rid: str) -> tuple[int, int, int] | None:
+        row = (
+            self._conn()
+            .execute("SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?", (rtype, rid))
+            .fetchone()
+        )
+        return (int(row[0]), int(row[1]), int(row[2])) if row else None
+
+    def update(self, resource: dict[str, Any], *, expected_version: int | None = None, method: str = "PUT") -> Stored:
+        with self.transaction():
+            rtype, rid = resource["resourceType"], resource["id"]
+            current = self._current(rtype, rid)
+            if current is None:
+                raise NotFound(f"{rtype}/{rid} does not exist")
+            pk, version, _deleted = current
+            if expected_version is not None and expected_version != version:
+                raise VersionConflict(f"{rtype}/{rid} is at version {version}, not {expected_version}")
+            new_version = version + 1
+            content, last_updated = self._stamp(resource, new_version)
+            self._conn().execute(
+                "UPDATE resource SET version = ?, last_updated = ?, deleted = 0, content = ? WHERE pk = ?",
+                (new_version, last_updated, content, pk),
+            )
+            seq = self._write_version(pk, new_version, last_updated, method, content)
+            self._reindex(pk, resource)
+            return Stored(pk, seq, rtype, rid, new_version, last_updated, method, content)
+
+    def delete(self, resource_type: str, resource_id: str, *, expected_version: int | None = None) -> Stored:
+        with self.transaction():
+            current = self._current(resource_type, resource_id)
+            if current is None:
+                raise NotFound(f"{resource_type}/{resource_id} does not exist")
+            pk, version, deleted = current
+            if expected_version is not None and expected_version != version:
+                raise VersionConflict(f"{resource_type}/{resource_id} is at version {version}")
+            if deleted:
+                raise Gone(resource_type, resource_id, version)
+            new_version = version + 1
+            last_updated = instant_now()
+            # The index of the last live version stays: it lets the access filter decide whether
+            # the caller may learn that this resource was deleted (410) or not (404).
+            self._conn().execute(
+                "UPDATE resource SET version = ?, last_updated = ?, deleted = 1, content = NULL WHERE pk = ?",
+                (new_version, last_updated, pk),
+            )
+            seq = self._write_version(pk, new_version, last_updated, "DELETE", None)
+            return Stored(pk, seq, resource_type, resource_id, new_version, last_updated, "DELETE", None)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _compiler(self, scope: AccessScope) -> SqlCompiler:
+        return SqlCompiler(self._param_type, scope.filter)
+
+    def _visible(self, pk: int, rtype: str, scope: AccessScope) -> bool:
+        scope_expr = scope.filter(rtype)
+        if isinstance(scope_expr, Everything):
+            return True
+        if isinstance(scope_expr, Nothing):
+            return False
+        compiler = self._compiler(scope)
+        cond = compiler.condition(scope_expr, "r", rtype)
+        sql = f"SELECT 1 FROM resource r WHERE r.pk = ? AND {cond}"
+        return self._conn().execute(sql, [pk, *compiler.args]).fetchone() is not None
+
+    def exists(self, resource_type: str, resource_id: str) -> int | None:
+        current = self._current(resource_type, resource_id)
+        return current[1] if current else None
+
+    def read(self, resource_type: str, resource_id: str, scope: AccessScope) -> Stored:
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk AND v.version = r.version"
+                " WHERE r.type = ? AND r.id = ?",
+                (resource_type, resource_id),
+            )
+            .fetchone()
+        )
+        if row is None or not self._visible(row[0], resource_type, scope):
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        stored = Stored(*row)
+        if stored.deleted:
+            raise Gone(resource_type, resource_id, stored.version)
+        return stored
+
+    def vread(self, resource_type: str, resource_id: str, version: int, scope: AccessScope) -> Stored:
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk"
+                " WHERE r.type = ? AND r.id = ? AND v.version = ?",
+                (resource_type, resource_id, version),
+            )
+            .fetchone()
+        )
+        if row is None or not self._visible(row[0], resource_type, scope):
+            raise NotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
+        return Stored(*row)
+
+    def _where(self, compiler: SqlCompiler, rtype: str, expr: Expr, watermark: int | None) -> str:
+        parts = [f"r.type = {compiler.arg(rtype)}", "r.deleted = 0"]
+        if watermark is not None:
+            parts.append(f"r.pk <= {compiler.arg(watermark)}")
+        driver = compiler.driver(expr, rtype)
+        if driver is not None:
+            parts.append(f"r.pk IN ({driver})")
+        parts.append(compiler.condition(expr, "r", rtype))
+        return " AND ".join(parts)
+
+    def _order(self, compiler: SqlCompiler, rtype: str, sort: tuple[SortKey, ...]) -> str:
+        keys: list[str] = []
+        for key in sort:
+            ptype = self._param_type(rtype, key.param)
+            table = TABLE_OF_TYPE.get(ptype or "")
+            if table is None:
+                continue
+            column = _SORT_COLUMN[table]
+            if isinstance(column, tuple):
+                column = column[1] if key.descending else column[0]
+            agg = "MAX" if key.descending else "MIN"
+
+            def value(table: str = table, column: str = column, agg: str = agg, param: str = key.param) -> str:
+                return f"(SELECT {agg}(x.{column}) FROM {table} x WHERE x.res = r.pk AND x.param = {compiler.arg(param)})"
+
+            missing_last = f"{value()} IS NULL"
+            keys.append(f"{missing_last}, {value()} {'DESC' if key.descending else 'ASC'}")
+        keys.append("r.pk ASC")
+        return ", ".join(keys)
+
+    def search(self, query: Query, scope: AccessScope) -> SearchResult:
+        conn = self._conn()
+        rtype = query.resource_type
+        expr = all_of(query.where, scope.filter(rtype))
+        watermark = query.watermark
+        if watermark is None:
+            watermark = int(conn.execute("SELECT COALESCE(MAX(pk), 0) FROM resource").fetchone()[0])
+        total: int | None = None
+        if isinstance(expr, Nothing):
+            return SearchResult([], [], 0 if query.total else None, watermark)
+        if query.total:
+            compiler = self._compiler(scope)
+            where = self._where(compiler, rtype, expr, watermark)
+            total = int(conn.execute(f"SELECT COUNT(*) FROM resource r WHERE {where}", compiler.args).fetchone()[0])
+        matches: list[Stored] = []
+        if query.count > 0 and (total is None or total > query.offset):
+            compiler = self._compiler(scope)
+            where = self._where(compiler, rtype, expr, watermark)
+            order = self._order(compiler, rtype, query.sort)
+            sql = (
+                f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk AND v.version = r.version"
+                f" WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
+            )
+            rows = conn.execute(sql, [*compiler.args, query.count, query.offset]).fetchall()
+            matches = [Stored(*row) for row in rows]
+        included = self._includes(matches, query.includes, scope) if query.includes else []
+        return SearchResult(matches, included, total, watermark)
+
+    def _includes(self, matches: list[Stored], includes: tuple[Include, ...], scope: AccessScope) -> list[Stored]:
+        seen = {m.pk for m in matches}
+        included: list[Stored] = []
+        frontier = matches
+        for round_no in range(_MAX_INCLUDE_ROUNDS):
+            found: list[Stored] = []
+            for inc in includes:
+                if round_no > 0 and not inc.iterate:
+                    continue
+                sources = [m for m in frontier if inc.reverse or m.resource_type == inc.source_type]
+                if sources:
+                    found.extend(self._include_one(sources, inc, scope))
+            batch: list[Stored] = []
+            for stored in found:
+                if stored.pk not in seen:
+                    seen.add(stored.pk)
+                    batch.append(stored)
+            included.extend(batch)
+            frontier = batch
+            if not frontier:
+                break
+        return included
+
+    def _include_one(self, sources: list[Stored], inc: Include, scope: AccessScope) -> list[Stored]:
+        conn = self._conn()
+        compiler = self._compiler(scope)
+        if not inc.reverse:
+            marks = ", ".join(compiler.arg(s.pk) for s in sources)
+            param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
+            target_types = [inc.target_type] if inc.target_type else None
+            type_cond = f" AND t.type = {compiler.arg(inc.target_type)}" if inc.target_type else ""
+            scope_sql = self._scope_sql(compiler, scope, "t", target_types)
+            sql = (
+                f"SELECT DISTINCT {_STORED_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
+                " JOIN resource t ON t.type = i.target_type AND t.id = i.target_id"
+                " JOIN version v ON v.res = t.pk AND v.version = t.version"
+                f" WHERE i.res IN ({marks}){param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
+            )
+        else:
+            targets = " OR ".join(
+                f"(i.target_type = {compiler.arg(s.resource_type)} AND i.target_id = {compiler.arg(s.id)})"
+                for s in sources
+            )
+            param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
+            scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type])
+            sql = (
+                f"SELECT DISTINCT {_STORED_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
+                " JOIN resource t ON t.pk = i.res JOIN version v ON v.res = t.pk AND v.version = t.version"
+                f" WHERE ({targets}){param_cond} AND t.type = {compiler.arg(inc.source_type)}"
+                f" AND t.deleted = 0 AND {scope_sql}"
+            )
+        return [Stored(*row) for row in conn.execute(sql, compiler.args).fetchall()]
+
+    def _scope_sql(self, compiler: SqlCompiler, scope: AccessScope, alias: str, types: list[str] | None) -> str:
+        """The scope filter for an included resource whose type may not be known in advance."""
+        if types is None:
+            # Any type may come back: apply each served type's filter to rows of that type.
+            types_in_scope = self._served_types()
+            branches = [
+                f"({alias}.type = {compiler.arg(t)} AND {compiler.condition(scope.filter(t), alias, t)})"
+                for t in types_in_scope
+            ]
+            return "(" + " OR ".join(branches) + ")" if branches else "0"
+        return " AND ".join(compiler.condition(scope.filter(t), alias, t) for t in types)
+
+    def _served_types(self) -> list[str]:
+        rows = self._conn().execute("SELECT DISTINCT type FROM resource").fetchall()
+        return [r[0] for r in rows]
+
+    def history(
+        self,
+        scope: AccessScope,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        *,
+        since: str | None = None,
+        offset: int = 0,
+        count: int = 20,
+        watermark: int | None = None,
+    ) -> HistoryPage:
+        conn = self._conn()
+        if watermark is None:
+            watermark = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM version").fetchone()[0])
+        compiler = self._compiler(scope)
+        parts = [f"v.seq <= {compiler.arg(watermark)}"]
+        if resource_type is not None:
+            parts.append(f"r.type = {compiler.arg(resource_type)}")
+            parts.append(compiler.condition(scope.filter(resource_type), "r", resource_type))
+        else:
+            parts.append(self._scope_sql(compiler, scope, "r", None))
+        if resource_id is not None:
+            parts.append(f"r.id = {compiler.arg(resource_id)}")
+        if since is not None:
+            parts.append(f"v.last_updated >= {compiler.arg(since)}")
+        where = " AND ".join(parts)
+        base = "FROM version v JOIN resource r ON r.pk = v.res WHERE " + where
+        total = int(conn.execute(f"SELECT COUNT(*) {base}", compiler.args).fetchone()[0])
+        rows = conn.execute(
+            f"SELECT {_STORED_COLUMNS} {base} ORDER BY v.seq DESC LIMIT ? OFFSET ?",
+            [*compiler.args, count, offset],
+        ).fetchall()
+        return HistoryPage([Stored(*row) for row in rows], total, watermark)
+
+    def save_session(self, data: bytes, ttl_seconds: int) -> str:
+        key = secrets.token_urlsafe(24)
+        now = int(time.time())
+        with self.transaction():
+            conn = self._conn()
+            conn.execute("DELETE FROM search_session WHERE expires < ?", (now,))
+            conn.execute("INSERT INTO search_session VALUES (?, ?, ?)", (key, now + ttl_seconds, data))
+        return key
+
+    def load_session(self, key: str) -> bytes | None:
+        row = (
+            self._conn()
+            .execute("SELECT data FROM search_session WHERE key = ? AND expires >= ?", (key, int(time.time())))
+            .fetchone()
+        )
+        return bytes(row[0]) if row else None
+
+    def iter_all(self, resource_type: str) -> Iterator[Stored]:
+        rows = self._conn().execute(
+            f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk AND v.version = r.version"
+            " WHERE r.type = ? AND r.deleted = 0 ORDER BY r.pk",
+            (resource_type,),
+        )
+        for row in rows:
+            yield Stored(*row)
