@@ -123,7 +123,7 @@ _STEP = re.compile(r"\.?(?P<name>[A-Za-z_]\w*)(?:\[(?P<index>\d+)\])?|\.where\((
 
 
 def _parts(param: dict[str, Any]) -> dict[str, Any]:
-    return {p.get("name"): p for p in param.get("part") or [] if isinstance(p, dict)}
+    return {str(p.get("name")): p for p in param.get("part") or [] if isinstance(p, dict)}
 
 
 def _part_value(part: dict[str, Any] | None) -> Any:

@@ -31,6 +31,7 @@ from typing import Any, TypeGuard
 from fhir.resources.R4B import get_fhir_model_class
 from lxml import etree
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from fhir_server.errors import FhirError, outcome_issue
 from fhirmodel.schema import (
@@ -157,7 +158,7 @@ def _is_concrete_resource_type(name: Any) -> TypeGuard[str]:
 
 
 class _IssueLimitReached(Exception):
-    """Stops the walk once MAX_ISSUES problems are known: more would not help the client."""
+    """Stops the walk once more than MAX_ISSUES problems are known: more would not help the client."""
 
 
 class _Walk:
@@ -170,7 +171,7 @@ class _Walk:
 
     def add(self, path: str, code: str, message: str) -> None:
         self.issues.append((path, code, message))
-        if len(self.issues) >= MAX_ISSUES:
+        if len(self.issues) > MAX_ISSUES:
             raise _IssueLimitReached
 
     def resource(self, obj: Any, path: str, depth: int, scope: frozenset[str] | None) -> None:
@@ -181,7 +182,7 @@ class _Walk:
             return
         resource_type = obj.get("resourceType")
         if not _is_concrete_resource_type(resource_type):
-            self.add(path, "structure", f"{path}: missing or unknown resourceType {resource_type!r}")
+            self.add(path, "structure", f"{path}: {_resource_type_problem(resource_type)}")
             return
         if scope is None:
             contained = obj.get(_CONTAINED)
@@ -253,12 +254,14 @@ class _Walk:
             for index, item in enumerate(value):
                 item_path = f"{child}[{index}]"
                 if item is None:
-                    if partner is None or index >= len(partner) or partner[index] is None:
+                    if not prop.element.is_primitive:
+                        self.add(item_path, "structure", f"{item_path}: null is not allowed")
+                    elif partner is None or index >= len(partner) or partner[index] is None:
                         self.add(
                             item_path,
                             "structure",
-                            f"{item_path}: null is only allowed as a placeholder matched by "
-                            "the other of a primitive array and its '_' array",
+                            f"{item_path}: null is only allowed where the matching item of the other "
+                            f"array ('{prop.element.name}' / '_{prop.element.name}') has content",
                         )
                     continue
                 self.item(item, prop, item_path, depth + 1, scope)
@@ -426,6 +429,12 @@ def _is_active_url(value: str, *, inline_image: bool) -> bool:
     return url.startswith(_ACTIVE_SCHEMES)
 
 
+def _resource_type_problem(resource_type: Any) -> str:
+    if isinstance(resource_type, str):
+        return f"unknown resourceType {_quote(resource_type)}"
+    return "no resourceType string"
+
+
 def _json_kind(value: Any) -> str:
     """The JSON type of a value, for messages."""
     if value is None:
@@ -458,7 +467,7 @@ def _loc_path(root: str, loc: tuple[int | str, ...]) -> str:
     return "".join(parts)
 
 
-def _model_issue(error: Any, root: str) -> tuple[str, str, str]:
+def _model_issue(error: ErrorDetails, root: str) -> tuple[str, str, str]:
     """One pydantic error as (expression, code, message), in words a client understands."""
     path = _loc_path(root, tuple(error["loc"]))
     kind = error["type"]
@@ -503,18 +512,18 @@ class ResourceValidator:
         with contextlib.suppress(_IssueLimitReached):
             walk.resource(resource, resource_type, 0, None)
         issues = list(walk.issues)
-        if len(issues) < MAX_ISSUES and not walk.too_deep:
+        if len(issues) <= MAX_ISSUES and not walk.too_deep:
             issues.extend(_model_issues(resource, resource_type, walk))
-        if issues:
-            del issues[MAX_ISSUES:]
-            raise FhirError(
-                422,
-                f"{resource_type} is not valid: {issues[0][2]}"
-                + (f" (and {len(issues) - 1} more problems)" if len(issues) > 1 else ""),
-                issues[0][1],
-                expression=[issues[0][0]],
-                issues=[outcome_issue("error", code, message, [path]) for path, code, message in issues],
+        if not issues:
+            return
+        outcome = [outcome_issue("error", code, message, [path]) for path, code, message in issues[:MAX_ISSUES]]
+        if len(issues) > MAX_ISSUES:
+            outcome.append(
+                outcome_issue("information", "informational", f"only the first {MAX_ISSUES} problems are reported")
             )
+        path, code, message = issues[0]
+        more = f" (and {len(issues) - 1} more problems)" if len(issues) > 1 else ""
+        raise FhirError(422, f"{resource_type} is not valid: {message}{more}", code, expression=[path], issues=outcome)
 
     def _resource_type(self, resource: Any, expected_type: str | None) -> str:
         """The resource type, once the body is known to be a resource this request may carry."""
@@ -522,11 +531,7 @@ class ResourceValidator:
             raise FhirError(400, "the body is not a FHIR resource (a JSON object)", "structure")
         resource_type = resource.get("resourceType")
         if not _is_concrete_resource_type(resource_type):
-            problem = (
-                f"unknown resourceType {_quote(resource_type)}"
-                if isinstance(resource_type, str)
-                else "no resourceType string"
-            )
+            problem = _resource_type_problem(resource_type)
             raise FhirError(400, f"the body is not a FHIR resource: {problem}", "structure")
         if resource_type not in self.served_types:
             raise FhirError(400, f"resource type {resource_type} is not served here", "not-supported")

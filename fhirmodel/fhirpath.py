@@ -237,11 +237,12 @@ def _compile_path(resource_type: str, expr: str) -> Extractor | None:
 
 def _compile_fhirpath(expr: str) -> Extractor:
     import fhirpathpy  # imported lazily: only the rare complex expressions need it
+    from fhirpathpy.models import models
 
-    compiled = fhirpathpy.compile(expr)
+    compiled = fhirpathpy.compile(expr, models["r4"])  # the R4 model resolves choice types
 
     def extract(resource: dict[str, Any]) -> list[Typed]:
-        return [(v, None) for v in compiled(resource) if v is not None]
+        return [(v, None) for v in compiled(resource, {}) if v is not None]
 
     return extract
 

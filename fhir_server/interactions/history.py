@@ -50,7 +50,7 @@ def history(svc: FhirService, req: FhirRequest, rtype: str | None, rid: str | No
     has_next = offset + count < result.total
     if has_next or offset > 0:
         if key is None:
-            session = {
+            session: dict[str, Any] = {
                 "kind": "history",
                 "type": rtype,
                 "id": rid,

@@ -143,9 +143,9 @@ class SqlCompiler:
             case Has():
                 return None
             case _:
-                table, where = self._leaf(expr, "d0")
+                table, cond = self._leaf(expr, "d0")
                 d = self._alias("d")
-                return f"SELECT {d}.res FROM {table} {d} WHERE " + where.replace("d0.", f"{d}.")
+                return f"SELECT {d}.res FROM {table} {d} WHERE " + cond.replace("d0.", f"{d}.")
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from storage.sqlite.schema import DDL, INDEX_TABLES, SCHEMA_VERSION
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
 
 #: Sort expression per parameter type: the lowest value ascending, the highest descending (R4 §3.1.1.5.6).
-_SORT_COLUMN = {
+_SORT_COLUMN: dict[str, str | tuple[str, str]] = {
     "idx_token": "code",
     "idx_string": "norm",
     "idx_date": ("low", "high"),
@@ -71,6 +71,10 @@ _INSERTS = {
 }
 _MAX_INCLUDE_ROUNDS = 4
 _STORED_COLUMNS = "r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, v.content"
+
+
+def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param: str) -> str:
+    return f"(SELECT {agg}(x.{column}) FROM {table} x WHERE x.res = r.pk AND x.param = {compiler.arg(param)})"
 
 
 class SqliteStore(Store):
@@ -296,15 +300,13 @@ class SqliteStore(Store):
             if table is None:
                 continue
             column = _SORT_COLUMN[table]
-            if isinstance(column, tuple):
+            if not isinstance(column, str):
                 column = column[1] if key.descending else column[0]
             agg = "MAX" if key.descending else "MIN"
-
-            def value(table: str = table, column: str = column, agg: str = agg, param: str = key.param) -> str:
-                return f"(SELECT {agg}(x.{column}) FROM {table} x WHERE x.res = r.pk AND x.param = {compiler.arg(param)})"
-
-            missing_last = f"{value()} IS NULL"
-            keys.append(f"{missing_last}, {value()} {'DESC' if key.descending else 'ASC'}")
+            # The value appears twice (missing values last, then the value): bind it twice.
+            missing = _sort_value(compiler, table, column, agg, key.param)
+            value = _sort_value(compiler, table, column, agg, key.param)
+            keys.append(f"{missing} IS NULL, {value} {'DESC' if key.descending else 'ASC'}")
         keys.append("r.pk ASC")
         return ", ".join(keys)
 

@@ -1,0 +1,127 @@
+"""Shared fixtures: a real service on a fresh SQLite file, the Flask test client, and a real
+server process for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from fhir_server.app import create_app, create_service
+from fhir_server.config import Config
+from fhir_server.service import FhirService
+from tests.paths import ROOT
+
+BASE = "/fhir"
+FHIR_JSON = "application/fhir+json"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def service(config: Config) -> Iterator[FhirService]:
+    svc = create_service(config)
+    yield svc
+    svc.store.close()
+
+
+@pytest.fixture
+def app(service: FhirService) -> Flask:
+    return create_app(service=service)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+class Fhir:
+    """A thin FHIR client over the Flask test client: JSON in, status and JSON out."""
+
+    def __init__(self, client: FlaskClient):
+        self.client = client
+
+    def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+        headers = kwargs.pop("headers", {})
+        if body is not None:
+            kwargs["json"] = body
+            headers.setdefault("Content-Type", FHIR_JSON)
+        return self.client.open(f"{BASE}/{path.lstrip('/')}", method=method, headers=headers, **kwargs)
+
+    def create(self, resource: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        response = self.request("POST", resource["resourceType"], resource, **kwargs)
+        assert response.status_code == 201, response.get_data(as_text=True)
+        created: dict[str, Any] = response.get_json()
+        return created
+
+    def search(self, query: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.request("GET", query, **kwargs)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        bundle: dict[str, Any] = response.get_json()
+        return bundle
+
+    def ids(self, query: str) -> set[str]:
+        bundle = self.search(query)
+        return {e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"}
+
+
+@pytest.fixture
+def fhir(client: FlaskClient) -> Fhir:
+    return Fhir(client)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``dmp-server serve`` in its own process, on a free loopback port; yields the FHIR base URL."""
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}/fhir"
+    env = {
+        **os.environ,
+        "DMP_DATA_DIR": str(tmp_path_factory.mktemp("live") / "data"),
+        "DMP_BASE_URL": base_url,
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    raise RuntimeError(f"the server did not start: {err}") from None
+                time.sleep(0.1)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
