@@ -154,14 +154,16 @@ def _batch(svc: FhirService, req: FhirRequest, raw_entries: list[Any]) -> FhirRe
     with_resource = req.prefer.get("return") == "representation"
     out = []
     for i, raw in enumerate(raw_entries):
+        is_get = False
         try:
             entry = _parse_entry(svc, i, raw)
+            is_get = entry.method == "GET"
             if not entry.path:
                 raise bad_request("a batch entry cannot itself be a batch or transaction")
             resp = svc.handle(_request_for(req, entry))
         except FhirError as exc:
             resp = FhirResponse(exc.status, exc.outcome(), exc.headers)
-        out.append(_response_entry(svc, resp, with_resource))
+        out.append(_response_entry(svc, resp, with_resource or is_get))
     return FhirResponse(200, {"resourceType": "Bundle", "type": "batch-response", "entry": out})
 
 
@@ -200,7 +202,7 @@ def _transaction(svc: FhirService, req: FhirRequest, entries: list[_Entry]) -> F
                         exc.code,
                         expression=exc.expression,
                     ) from None
-            entry.response = _response_entry(svc, resp, with_resource)
+            entry.response = _response_entry(svc, resp, with_resource or entry.method == "GET")
     return FhirResponse(
         200,
         {

@@ -1,0 +1,1 @@
+"""Benchmarks of the DMP FHIR server over real HTTP (see ``bench/README.md``)."""
