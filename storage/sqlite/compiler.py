@@ -55,10 +55,14 @@ ParamType = Callable[[str, str], str | None]
 
 
 class SqlCompiler:
-    """Collects SQL text and its bound arguments for one statement."""
+    """Collects SQL text and its bound arguments for one statement.
+
+    Arguments are named (``:p0``, ``:p1``...), so fragments can be built in any order and
+    assembled freely without their values going out of step with the text.
+    """
 
     def __init__(self, param_type: ParamType, scope: ScopeFilter):
-        self.args: list[Any] = []
+        self.args: dict[str, Any] = {}
         self._param_type = param_type
         self._scope = scope
         self._aliases = 0
@@ -68,8 +72,9 @@ class SqlCompiler:
         return f"{prefix}{self._aliases}"
 
     def arg(self, value: Any) -> str:
-        self.args.append(value)
-        return "?"
+        name = f"p{len(self.args)}"
+        self.args[name] = value
+        return f":{name}"
 
     # -- the two forms ---------------------------------------------------------------------
 

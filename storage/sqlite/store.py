@@ -244,8 +244,8 @@ class SqliteStore(Store):
             return False
         compiler = self._compiler(scope)
         cond = compiler.condition(scope_expr, "r", rtype)
-        sql = f"SELECT 1 FROM resource r WHERE r.pk = ? AND {cond}"
-        return self._conn().execute(sql, [pk, *compiler.args]).fetchone() is not None
+        sql = f"SELECT 1 FROM resource r WHERE r.pk = {compiler.arg(pk)} AND {cond}"
+        return self._conn().execute(sql, compiler.args).fetchone() is not None
 
     def exists(self, resource_type: str, resource_id: str) -> int | None:
         current = self._current(resource_type, resource_id)
@@ -303,10 +303,8 @@ class SqliteStore(Store):
             if not isinstance(column, str):
                 column = column[1] if key.descending else column[0]
             agg = "MAX" if key.descending else "MIN"
-            # The value appears twice (missing values last, then the value): bind it twice.
-            missing = _sort_value(compiler, table, column, agg, key.param)
             value = _sort_value(compiler, table, column, agg, key.param)
-            keys.append(f"{missing} IS NULL, {value} {'DESC' if key.descending else 'ASC'}")
+            keys.append(f"{value} IS NULL, {value} {'DESC' if key.descending else 'ASC'}")  # missing last
         keys.append("r.pk ASC")
         return ", ".join(keys)
 
@@ -331,9 +329,9 @@ class SqliteStore(Store):
             order = self._order(compiler, rtype, query.sort)
             sql = (
                 f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk AND v.version = r.version"
-                f" WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
+                f" WHERE {where} ORDER BY {order} LIMIT {compiler.arg(query.count)} OFFSET {compiler.arg(query.offset)}"
             )
-            rows = conn.execute(sql, [*compiler.args, query.count, query.offset]).fetchall()
+            rows = conn.execute(sql, compiler.args).fetchall()
             matches = [Stored(*row) for row in rows]
         included = self._includes(matches, query.includes, scope) if query.includes else []
         return SearchResult(matches, included, total, watermark)
@@ -435,10 +433,8 @@ class SqliteStore(Store):
         where = " AND ".join(parts)
         base = "FROM version v JOIN resource r ON r.pk = v.res WHERE " + where
         total = int(conn.execute(f"SELECT COUNT(*) {base}", compiler.args).fetchone()[0])
-        rows = conn.execute(
-            f"SELECT {_STORED_COLUMNS} {base} ORDER BY v.seq DESC LIMIT ? OFFSET ?",
-            [*compiler.args, count, offset],
-        ).fetchall()
+        page = f"LIMIT {compiler.arg(count)} OFFSET {compiler.arg(offset)}"
+        rows = conn.execute(f"SELECT {_STORED_COLUMNS} {base} ORDER BY v.seq DESC {page}", compiler.args).fetchall()
         return HistoryPage([Stored(*row) for row in rows], total, watermark)
 
     def save_session(self, data: bytes, ttl_seconds: int) -> str:
