@@ -59,7 +59,7 @@ _IMG = f"{{{XHTML_NS}}}img"
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 #: ``Type/id`` and ``Type/id/_history/vid``, relative or at the end of an absolute URL.
 _LITERAL_REFERENCE = re.compile(
-    r"(?:(?:https?|ftp)://\S*/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?"
+    r"(?:https?://\S*/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?"
 )
 #: A conditional reference (``Patient?identifier=...``), resolved by the transaction.
 _CONDITIONAL_REFERENCE = re.compile(r"([A-Z][A-Za-z]+)\?\S+")

@@ -10,7 +10,9 @@ from typing import Any
 from fhir_server.formats.xml import xml_to_json
 
 
-def _call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def _call(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
@@ -77,7 +79,9 @@ def test_transaction_and_errors_over_http(live_server: str) -> None:
     status, _, body = _call("POST", f"{live_server}/", bundle)
     assert status == 200, body
     patient_id = json.loads(body)["entry"][0]["response"]["location"].split("/")[-3]
-    status, _, body = _call("GET", f"{live_server}/DocumentReference?patient={patient_id}&_include=DocumentReference:subject")
+    status, _, body = _call(
+        "GET", f"{live_server}/DocumentReference?patient={patient_id}&_include=DocumentReference:subject"
+    )
     assert status == 200
     kinds = sorted(e["resource"]["resourceType"] for e in json.loads(body)["entry"])
     assert kinds == ["DocumentReference", "Patient"]

@@ -13,6 +13,7 @@ from fhir_server.config import Config
 from tests.conftest import Fhir
 
 JSON = {"Content-Type": "application/fhir+json"}
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
 
 
 def patient(family: str = "Martin", **extra: Any) -> dict[str, Any]:
@@ -52,6 +53,24 @@ def test_read_and_vread(fhir: Fhir) -> None:
     assert first.status_code == 200 and "active" not in first.get_json()
     assert fhir.request("GET", f"Patient/{pid}/_history/9").status_code == 404
     assert fhir.request("GET", f"Patient/{pid}/_history/x").status_code == 404
+
+
+def test_read_with_summary_and_elements(fhir: Fhir) -> None:
+    pid = fhir.create(
+        patient(
+            gender="female", text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">M</div>'}
+        )
+    )["id"]
+    summary = fhir.request("GET", f"Patient/{pid}?_summary=true").get_json()
+    assert "text" not in summary and summary["gender"] == "female"
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"} in summary[
+        "meta"
+    ]["tag"]
+    elements = fhir.request("GET", f"Patient/{pid}?_elements=gender").get_json()
+    assert set(elements) == {"resourceType", "id", "meta", "gender"}
+    data = fhir.request("GET", f"Patient/{pid}?_summary=data").get_json()
+    assert "text" not in data and data["name"][0]["family"] == "Martin"
+    assert fhir.request("GET", f"Patient/{pid}?_summary=bogus").status_code == 400
 
 
 def test_read_unknown_is_404_with_outcome(fhir: Fhir) -> None:
@@ -110,7 +129,9 @@ def test_if_match(fhir: Fhir) -> None:
     assert fresh.status_code == 200
     garbage = fhir.request("PUT", f"Patient/{pid}", patient(id=pid), headers={"If-Match": "nonsense"})
     assert garbage.status_code == 400
-    assert fhir.request("PUT", "Patient/new-one", patient(id="new-one"), headers={"If-Match": 'W/"1"'}).status_code == 412
+    assert (
+        fhir.request("PUT", "Patient/new-one", patient(id="new-one"), headers={"If-Match": 'W/"1"'}).status_code == 412
+    )
 
 
 def test_conditional_update(fhir: Fhir) -> None:
@@ -130,7 +151,10 @@ def test_conditional_update(fhir: Fhir) -> None:
 
 def test_json_patch(fhir: Fhir) -> None:
     pid = fhir.create(patient())["id"]
-    ops = [{"op": "replace", "path": "/name/0/family", "value": "Durand"}, {"op": "add", "path": "/active", "value": True}]
+    ops = [
+        {"op": "replace", "path": "/name/0/family", "value": "Durand"},
+        {"op": "add", "path": "/active", "value": True},
+    ]
     response = fhir.client.patch(
         f"/fhir/Patient/{pid}", data=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"}
     )

@@ -14,9 +14,7 @@ from fhir_server.service import SERVED_TYPES
 from tests.paths import HL7_EXAMPLES
 
 EXAMPLES = [
-    path
-    for path in sorted(HL7_EXAMPLES.glob("*.json"))
-    if json.loads(path.read_text())["resourceType"] in SERVED_TYPES
+    path for path in sorted(HL7_EXAMPLES.glob("*.json")) if json.loads(path.read_text())["resourceType"] in SERVED_TYPES
 ]
 
 

@@ -102,7 +102,9 @@ def _doc(subject: str, **extra: Any) -> dict[str, Any]:
         "resourceType": "DocumentReference",
         "status": "current",
         "subject": {"reference": subject},
-        "content": [{"attachment": {"contentType": "text/plain", "url": "urn:uuid:00000000-0000-4000-8000-000000000002"}}],
+        "content": [
+            {"attachment": {"contentType": "text/plain", "url": "urn:uuid:00000000-0000-4000-8000-000000000002"}}
+        ],
         **extra,
     }
 
@@ -115,12 +117,21 @@ def test_references_to_entries_are_rewritten(fhir: Fhir) -> None:
     patient_url = "urn:uuid:00000000-0000-4000-8000-000000000001"
     binary_url = "urn:uuid:00000000-0000-4000-8000-000000000002"
     bundle = _tx(
-        {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000003", "resource": _doc(patient_url),
-         "request": {"method": "POST", "url": "DocumentReference"}},
-        {"fullUrl": patient_url, "resource": {"resourceType": "Patient", "name": [{"family": "Tx"}]},
-         "request": {"method": "POST", "url": "Patient"}},
-        {"fullUrl": binary_url, "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "aGk="},
-         "request": {"method": "POST", "url": "Binary"}},
+        {
+            "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000003",
+            "resource": _doc(patient_url),
+            "request": {"method": "POST", "url": "DocumentReference"},
+        },
+        {
+            "fullUrl": patient_url,
+            "resource": {"resourceType": "Patient", "name": [{"family": "Tx"}]},
+            "request": {"method": "POST", "url": "Patient"},
+        },
+        {
+            "fullUrl": binary_url,
+            "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "aGk="},
+            "request": {"method": "POST", "url": "Binary"},
+        },
     )
     response = fhir.request("POST", "", bundle)
     assert response.status_code == 200, response.get_data(as_text=True)
@@ -134,7 +145,10 @@ def test_references_to_entries_are_rewritten(fhir: Fhir) -> None:
 
 def test_transaction_is_atomic(fhir: Fhir) -> None:
     bundle = _tx(
-        {"resource": {"resourceType": "Patient", "name": [{"family": "Kept?"}]}, "request": {"method": "POST", "url": "Patient"}},
+        {
+            "resource": {"resourceType": "Patient", "name": [{"family": "Kept?"}]},
+            "request": {"method": "POST", "url": "Patient"},
+        },
         {"resource": {"resourceType": "Patient", "gender": "bogus"}, "request": {"method": "POST", "url": "Patient"}},
     )
     response = fhir.request("POST", "", bundle)
@@ -146,15 +160,27 @@ def test_transaction_is_atomic(fhir: Fhir) -> None:
 
 def test_conditional_reference_must_match_exactly_one(fhir: Fhir) -> None:
     fhir.create(INS_PATIENT)
-    ok = fhir.request("POST", "", _tx({
-        "resource": _doc("Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|123456789012345"),
-        "request": {"method": "POST", "url": "DocumentReference"},
-    }))
+    ok = fhir.request(
+        "POST",
+        "",
+        _tx(
+            {
+                "resource": _doc("Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|123456789012345"),
+                "request": {"method": "POST", "url": "DocumentReference"},
+            }
+        ),
+    )
     assert ok.status_code == 200
-    missing = fhir.request("POST", "", _tx({
-        "resource": _doc("Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|000"),
-        "request": {"method": "POST", "url": "DocumentReference"},
-    }))
+    missing = fhir.request(
+        "POST",
+        "",
+        _tx(
+            {
+                "resource": _doc("Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|000"),
+                "request": {"method": "POST", "url": "DocumentReference"},
+            }
+        ),
+    )
     assert missing.status_code == 412
     assert fhir.search("DocumentReference")["total"] == 1
 
@@ -162,11 +188,22 @@ def test_conditional_reference_must_match_exactly_one(fhir: Fhir) -> None:
 def test_if_none_exist_in_a_transaction_maps_the_full_url_to_the_match(fhir: Fhir) -> None:
     existing = fhir.create(INS_PATIENT)["id"]
     patient_url = "urn:uuid:00000000-0000-4000-8000-00000000000a"
-    response = fhir.request("POST", "", _tx(
-        {"fullUrl": patient_url, "resource": INS_PATIENT, "request": {
-            "method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:oid:1.2.250.1.213.1.4.8|123456789012345"}},
-        {"resource": _doc(patient_url), "request": {"method": "POST", "url": "DocumentReference"}},
-    ))
+    response = fhir.request(
+        "POST",
+        "",
+        _tx(
+            {
+                "fullUrl": patient_url,
+                "resource": INS_PATIENT,
+                "request": {
+                    "method": "POST",
+                    "url": "Patient",
+                    "ifNoneExist": "identifier=urn:oid:1.2.250.1.213.1.4.8|123456789012345",
+                },
+            },
+            {"resource": _doc(patient_url), "request": {"method": "POST", "url": "DocumentReference"}},
+        ),
+    )
     assert response.status_code == 200
     entries = response.get_json()["entry"]
     assert entries[0]["response"]["status"].startswith("200")
@@ -176,11 +213,18 @@ def test_if_none_exist_in_a_transaction_maps_the_full_url_to_the_match(fhir: Fhi
 
 def test_transaction_processing_order_and_get_entries(fhir: Fhir) -> None:
     victim = fhir.create({"resourceType": "Patient", "name": [{"family": "Old"}]})["id"]
-    response = fhir.request("POST", "", _tx(
-        {"request": {"method": "GET", "url": "Patient?family=New"}},
-        {"resource": {"resourceType": "Patient", "name": [{"family": "New"}]}, "request": {"method": "POST", "url": "Patient"}},
-        {"request": {"method": "DELETE", "url": f"Patient/{victim}"}},
-    ))
+    response = fhir.request(
+        "POST",
+        "",
+        _tx(
+            {"request": {"method": "GET", "url": "Patient?family=New"}},
+            {
+                "resource": {"resourceType": "Patient", "name": [{"family": "New"}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"request": {"method": "DELETE", "url": f"Patient/{victim}"}},
+        ),
+    )
     assert response.status_code == 200
     entries = response.get_json()["entry"]
     assert entries[0]["resource"]["total"] == 1  # GET runs after the POST
@@ -188,23 +232,38 @@ def test_transaction_processing_order_and_get_entries(fhir: Fhir) -> None:
 
 
 def test_transaction_rejects_duplicate_full_urls_and_nested_bundles(fhir: Fhir) -> None:
-    entry = {"fullUrl": "urn:uuid:00000000-0000-4000-8000-00000000000b",
-             "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}
+    entry = {
+        "fullUrl": "urn:uuid:00000000-0000-4000-8000-00000000000b",
+        "resource": {"resourceType": "Patient"},
+        "request": {"method": "POST", "url": "Patient"},
+    }
     assert fhir.request("POST", "", _tx(entry, entry)).status_code == 400
-    assert fhir.request("POST", "", _tx({"request": {"method": "POST", "url": ""}, "resource": _tx()})).status_code == 400
+    assert (
+        fhir.request("POST", "", _tx({"request": {"method": "POST", "url": ""}, "resource": _tx()})).status_code == 400
+    )
     assert fhir.request("POST", "", {"resourceType": "Bundle", "type": "collection"}).status_code == 400
     assert fhir.request("POST", "", _tx({"request": {"method": "POST"}})).status_code == 400
 
 
 def test_batch_entries_succeed_or_fail_alone(fhir: Fhir) -> None:
-    response = fhir.request("POST", "", _tx(
-        {"resource": {"resourceType": "Patient", "name": [{"family": "Ok"}]}, "request": {"method": "POST", "url": "Patient"}},
-        {"resource": {"resourceType": "Patient", "gender": "bogus"}, "request": {"method": "POST", "url": "Patient"}},
-        {"request": {"method": "GET", "url": "Patient/unknown"}},
-        {"request": {"method": "TRACE", "url": "Patient"}},
-        {"request": {"method": "GET", "url": "Patient?family=Ok"}},
-        kind="batch",
-    ))
+    response = fhir.request(
+        "POST",
+        "",
+        _tx(
+            {
+                "resource": {"resourceType": "Patient", "name": [{"family": "Ok"}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {"resourceType": "Patient", "gender": "bogus"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"request": {"method": "GET", "url": "Patient/unknown"}},
+            {"request": {"method": "TRACE", "url": "Patient"}},
+            {"request": {"method": "GET", "url": "Patient?family=Ok"}},
+            kind="batch",
+        ),
+    )
     assert response.status_code == 200
     body = response.get_json()
     assert body["type"] == "batch-response"
@@ -216,6 +275,8 @@ def test_batch_entries_succeed_or_fail_alone(fhir: Fhir) -> None:
 
 
 def test_bundle_accepted_at_base_with_and_without_slash(fhir: Fhir) -> None:
-    bundle = _tx({"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}, kind="batch")
+    bundle = _tx(
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}, kind="batch"
+    )
     assert fhir.client.post("/fhir", json=bundle).status_code == 200
     assert fhir.client.post("/fhir/", json=bundle).status_code == 200

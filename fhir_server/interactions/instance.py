@@ -9,7 +9,8 @@ from urllib.parse import parse_qsl
 
 from fhir_server.errors import FhirError, bad_request, not_found
 from fhir_server.interactions.common import new_id, parse_etag, version_headers, written
-from fhir_server.messages import FhirRequest, FhirResponse, RawJson
+from fhir_server.interactions.search import result_params, shape
+from fhir_server.messages import FhirRequest, FhirResponse
 from fhir_server.patching import apply_patch
 from fhir_server.service import FhirService
 from storage.interface import Gone, NotFound, Stored, VersionConflict
@@ -35,8 +36,7 @@ def read(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirRespon
     if_none_match = req.header("If-None-Match")
     if if_none_match and parse_etag(if_none_match) == stored.version:
         return FhirResponse(304, None, headers)
-    assert stored.content is not None
-    return FhirResponse(200, RawJson(stored.content), headers)
+    return FhirResponse(200, shape(stored, *result_params(req.params)), headers)
 
 
 def vread(svc: FhirService, req: FhirRequest, rtype: str, rid: str, vid: str) -> FhirResponse:
@@ -48,8 +48,7 @@ def vread(svc: FhirService, req: FhirRequest, rtype: str, rid: str, vid: str) ->
         raise not_found(f"{rtype}/{rid}/_history/{vid} is not known") from None
     if stored.deleted:
         raise FhirError(410, f"{rtype}/{rid} version {vid} is a deletion", "deleted")
-    assert stored.content is not None
-    return FhirResponse(200, RawJson(stored.content), version_headers(svc, stored))
+    return FhirResponse(200, shape(stored, *result_params(req.params)), version_headers(svc, stored))
 
 
 def _body(svc: FhirService, req: FhirRequest, rtype: str) -> dict[str, Any]:
