@@ -57,7 +57,7 @@ def process(svc: FhirService, req: FhirRequest) -> FhirResponse:
     kind = bundle.get("type")
     if kind not in ("batch", "transaction"):
         raise bad_request(f"Bundle.type must be batch or transaction, not {kind!r}", expression=["Bundle.type"])
-    raw_entries = bundle.get("entry") or []
+    raw_entries = bundle.get("entry", [])
     if not isinstance(raw_entries, list) or len(raw_entries) > MAX_ENTRIES:
         raise bad_request(f"Bundle.entry must be a list of at most {MAX_ENTRIES} entries")
     if kind == "batch":
