@@ -129,6 +129,10 @@ def test_garbage_searches_get_200_or_400(client: FlaskClient, service: FhirServi
                 assert response.status_code in (200, 400), (rtype, params, response.get_data(as_text=True))
 
 
+def _bundle(kind: str, *entries: Any) -> bytes:
+    return json.dumps({"resourceType": "Bundle", "type": kind, "entry": list(entries)}).encode()
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -137,11 +141,14 @@ def test_garbage_searches_get_200_or_400(client: FlaskClient, service: FhirServi
         b"null",
         b'{"resourceType": "Bundle"}',
         b'{"resourceType": "Bundle", "type": "transaction", "entry": {}}',
-        b'{"resourceType": "Bundle", "type": "transaction", "entry": [null]}',
-        b'{"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "POST", "url": "Nope"}, "resource": {}}]}',
-        b'{"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "PATCH", "url": "Patient/1"}, "resource": 7}]}',
-        b'{"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "PUT", "url": "Patient?name="}, "resource": {"resourceType": "Patient"}}]}',
-        b'{"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "DELETE", "url": "Patient/../../x"}}]}',
+        _bundle("transaction", None),
+        _bundle("transaction", {"request": {"method": "POST", "url": "Nope"}, "resource": {}}),
+        _bundle("batch", {"request": {"method": "PATCH", "url": "Patient/1"}, "resource": 7}),
+        _bundle(
+            "transaction",
+            {"request": {"method": "PUT", "url": "Patient?name="}, "resource": {"resourceType": "Patient"}},
+        ),
+        _bundle("transaction", {"request": {"method": "DELETE", "url": "Patient/../../x"}}),
     ],
 )
 def test_broken_bundles_get_4xx(client: FlaskClient, body: bytes) -> None:
