@@ -32,6 +32,7 @@ def create_service(config: Config) -> FhirService:
         default_sqlite=config.sqlite_path,
         indexer=lambda resource: extract_index(registry, resource, config.base_url),
         param_type=param_type,
+        resource_types=SERVED_TYPES,
     )
     return FhirService(
         config=config,

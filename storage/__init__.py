@@ -10,11 +10,18 @@ from storage.sqlite.compiler import ParamType
 from storage.sqlite.store import Indexer, SqliteStore
 
 
-def open_store(url: str | None, *, default_sqlite: Path, indexer: Indexer, param_type: ParamType) -> Store:
+def open_store(
+    url: str | None,
+    *,
+    default_sqlite: Path,
+    indexer: Indexer,
+    param_type: ParamType,
+    resource_types: tuple[str, ...],
+) -> Store:
     """The store a ``DMP_STORE`` URL names (SQLite in the data directory by default)."""
     if url is None or url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :]) if url else default_sqlite
-        return SqliteStore(path, indexer, param_type)
+        return SqliteStore(path, indexer, param_type, resource_types)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         raise ValueError("the MongoDB backend is not available yet: use sqlite:///path")
     raise ValueError(f"DMP_STORE: unsupported store URL {url!r} (sqlite:///path or mongodb://...)")

@@ -42,7 +42,7 @@ def _param_type(rtype: str, code: str) -> str | None:
 
 
 def _sqlite(tmp: Path) -> Store:
-    return SqliteStore(tmp / "store.sqlite3", lambda r: extract_index(REGISTRY, r, BASE), _param_type)
+    return SqliteStore(tmp / "store.sqlite3", lambda r: extract_index(REGISTRY, r, BASE), _param_type, SERVED_TYPES)
 
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": _sqlite}

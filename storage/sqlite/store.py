@@ -78,10 +78,11 @@ def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param:
 
 
 class SqliteStore(Store):
-    def __init__(self, path: Path | str, indexer: Indexer, param_type: ParamType):
+    def __init__(self, path: Path | str, indexer: Indexer, param_type: ParamType, resource_types: tuple[str, ...]):
         self.path = str(path)
         self._indexer = indexer
         self._param_type = param_type
+        self._resource_types = resource_types
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -393,17 +394,12 @@ class SqliteStore(Store):
         """The scope filter for an included resource whose type may not be known in advance."""
         if types is None:
             # Any type may come back: apply each served type's filter to rows of that type.
-            types_in_scope = self._served_types()
             branches = [
                 f"({alias}.type = {compiler.arg(t)} AND {compiler.condition(scope.filter(t), alias, t)})"
-                for t in types_in_scope
+                for t in self._resource_types
             ]
             return "(" + " OR ".join(branches) + ")" if branches else "0"
         return " AND ".join(compiler.condition(scope.filter(t), alias, t) for t in types)
-
-    def _served_types(self) -> list[str]:
-        rows = self._conn().execute("SELECT DISTINCT type FROM resource").fetchall()
-        return [r[0] for r in rows]
 
     def history(
         self,
