@@ -61,7 +61,7 @@ _TOKEN = re.compile(
     | (?P<whereeq>\.where\(\s*(?P<wfield>\w+)\s*=\s*'(?P<wvalue>[^']*)'\s*\))
     | (?P<ext>\.extension\(\s*'(?P<url>[^']+)'\s*\))
     | (?P<oftype>\.(?:ofType|as)\(\s*(?P<otype>\w+)\s*\))
-    | (?P<as>\s+as\s+(?P<atype>\w+))
+    | (?P<as>(?<=\s)as\s+(?P<atype>\w+))  # the leading \s* has eaten the space before ``as``
     | (?P<index>\[(?P<n>\d+)\])
     | (?P<field>\.?(?P<fname>\w+))
     )""",
@@ -250,9 +250,19 @@ def _compile_fhirpath(expr: str) -> Extractor:
 def compile_expression(resource_type: str, expression: str) -> Extractor | None:
     """Compile the members of ``expression`` that apply to ``resource_type``.
 
-    Returns ``None`` when no member of the union is about that type.
+    Returns ``None`` when no member of the union is about that type. A member without a type
+    root (IHE MHD writes ``(extension('...').value.ofType(Identifier))``) is a path from the
+    resource itself, so it applies to every type the parameter is defined on.
     """
-    members = [m for m in split_union(expression) if re.match(rf"\(*\s*({resource_type}|Resource|DomainResource)\b", m)]
+    members: list[str] = []
+    for member in split_union(expression):
+        root = re.match(r"\(*\s*(\w+)", member)
+        if root is None:
+            continue
+        if root[1] in (resource_type, "Resource", "DomainResource"):
+            members.append(member)
+        elif root[1][:1].islower():
+            members.append(f"{resource_type}.{_strip_parens(member)}")
     if not members:
         return None
     extractors: list[Extractor] = []

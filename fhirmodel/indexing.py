@@ -103,7 +103,11 @@ def _tokens(value: Any, vtype: str | None) -> list[TokenValue]:
         text = _text_of(value)
         codings = [c for c in value.get("coding") or () if isinstance(c, dict)]
         out = [TokenValue(c.get("system"), c.get("code"), _text_of(c) or text) for c in codings]
-        return out or ([TokenValue(None, None, text)] if text else [])
+        if text and all(t.text != text for t in out):
+            # ``:text`` matches CodeableConcept.text as well as each Coding.display (R4 §3.1.1.5.5);
+            # when every coding carries its own display, the concept's text needs a row of its own.
+            out.append(TokenValue(None, None, text))
+        return out
     if vtype in ("Identifier", "ContactPoint") or (vtype is None and "value" in value and "code" not in value):
         # ContactPoint's system (phone, email...) plays the part of the token system, as in HAPI.
         type_text = _text_of(value["type"]) if isinstance(value.get("type"), dict) else None

@@ -82,8 +82,11 @@ def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
     if result.total is not None:
         bundle["total"] = result.total
     links = [{"relation": "self", "url": _self_url(svc, rtype, parsed, session_key, query.offset)}]
-    has_next = len(result.matches) == query.count and (
-        result.total is None or query.offset + query.count < result.total
+    # ``_count=0`` (and ``_summary=count``) asks for the total only: there is no page to go to.
+    has_next = (
+        query.count > 0
+        and len(result.matches) == query.count
+        and (result.total is None or query.offset + query.count < result.total)
     )
     if has_next or query.offset > 0:
         if session_key is None:
