@@ -36,6 +36,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reindex(args: argparse.Namespace) -> int:
+    from fhir_server.app import create_service
+
+    service = create_service(Config.from_env())
+    try:
+        count = service.store.reindex(args.type)
+    finally:
+        service.store.close()
+    print(f"reindexed {count} resource(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmp-server", description="DMP FHIR R4 document server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (1 = built-in server)")
     serve.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker")
     serve.set_defaults(func=_serve)
+    reindex = sub.add_parser("reindex", help="recompute search indexes (after SearchParameters in ig/ change)")
+    reindex.add_argument("--type", help="only this resource type")
+    reindex.set_defaults(func=_reindex)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -64,6 +64,3 @@ class Config:
             max_count=_int(env, "DMP_MAX_COUNT", defaults.max_count),
             search_session_seconds=_int(env, "DMP_SEARCH_SESSION_SECONDS", defaults.search_session_seconds),
         )
-
-    def with_(self, **changes: object) -> Config:
-        return replace(self, **changes)  # type: ignore[arg-type]

@@ -65,8 +65,6 @@ _LITERAL_REFERENCE = re.compile(
 _CONDITIONAL_REFERENCE = re.compile(r"([A-Z][A-Za-z]+)\?\S+")
 #: References resolved inside a transaction (``Bundle.entry.fullUrl``), which hold no type.
 _BUNDLE_LOCAL_PREFIXES = ("urn:uuid:", "urn:oid:")
-#: These abstract bases never appear as a ``resourceType`` on the wire.
-_ABSTRACT_RESOURCES = frozenset({"Resource", "DomainResource"})
 #: The ``_x`` object of a primitive holds what the FHIR ``Element`` type defines (id, extension).
 _PRIMITIVE_EXTRAS = "Element"
 _XHTML = "xhtml"
@@ -154,7 +152,7 @@ def _shape(type_name: str) -> _Shape:
 
 
 def _is_concrete_resource_type(name: Any) -> TypeGuard[str]:
-    return isinstance(name, str) and name not in _ABSTRACT_RESOURCES and is_resource_type(name)
+    return isinstance(name, str) and is_resource_type(name)
 
 
 class _IssueLimitReached(Exception):

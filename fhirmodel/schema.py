@@ -163,7 +163,3 @@ def is_resource_type(name: str) -> bool:
         return False
     return bool(model.has_resource_base()) and getattr(model, "__resource_type__", None) == name
 
-
-def child_type(parent: TypeInfo, name: str) -> Element | None:
-    """The element ``name`` of ``parent``; ``None`` for anything the type does not define."""
-    return parent.elements.get(name)

@@ -27,7 +27,6 @@ MODIFIERS: dict[str, frozenset[str]] = {
     "composite": frozenset(),
     "special": frozenset(),
 }
-PREFIXED_TYPES = frozenset({"number", "date", "quantity"})
 INDEXED_TYPES = frozenset({"number", "date", "string", "token", "reference", "quantity", "uri"})
 
 
@@ -62,9 +61,6 @@ class SearchParamRegistry:
 
     def for_type(self, resource_type: str) -> dict[str, SearchParam]:
         return self._by_type.get(resource_type, {})
-
-    def reference_params(self, resource_type: str) -> list[SearchParam]:
-        return [p for p in self.for_type(resource_type).values() if p.type == "reference"]
 
     @classmethod
     def load(cls, folder: Path, resource_types: Iterable[str]) -> SearchParamRegistry:

@@ -38,12 +38,6 @@ class Terminology:
                     resources.append(json.loads(path.read_text(encoding="utf-8")))
         return cls(resources)
 
-    def code_system(self, url: str) -> dict[str, Any] | None:
-        return self._code_systems.get(url)
-
-    def value_set(self, url: str) -> dict[str, Any] | None:
-        return self._value_sets.get(url.split("|")[0])
-
     def _system_codes(self, system: str) -> list[str] | None:
         cs = self._code_systems.get(system)
         if cs is None:

@@ -7,7 +7,6 @@ or DMP rules. It executes the filter it is given (see :mod:`storage.query`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -131,8 +130,9 @@ class Store(ABC):
         """The current version number, or None when the id was never used (deleted counts)."""
 
     @abstractmethod
-    def iter_all(self, resource_type: str) -> Iterator[Stored]:
-        """Every current, non-deleted resource of a type (maintenance: reindexing, export)."""
+    def reindex(self, resource_type: str | None = None) -> int:
+        """Recompute the search index of every current resource (of one type, or all): needed
+        after SearchParameters in ``ig/`` change. Returns how many resources were reindexed."""
 
     @abstractmethod
     def save_session(self, data: bytes, ttl_seconds: int) -> str:

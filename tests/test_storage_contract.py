@@ -14,7 +14,7 @@ import pytest
 
 from fhir_server.config import PROJECT_ROOT
 from fhir_server.service import SERVED_TYPES
-from fhirmodel.indexing import extract_index
+from fhirmodel.indexing import IndexValue, extract_index
 from fhirmodel.searchparams import SearchParamRegistry
 from storage.interface import AlreadyExists, Gone, NotFound, Store, VersionConflict
 from storage.query import (
@@ -30,7 +30,7 @@ from storage.query import (
     String,
     Token,
 )
-from storage.sqlite.store import SqliteStore
+from storage.sqlite.store import Indexer, SqliteStore
 
 REGISTRY = SearchParamRegistry.load(PROJECT_ROOT / "ig" / "SearchParameter", SERVED_TYPES)
 BASE = "http://127.0.0.1:8080/fhir"
@@ -41,18 +41,27 @@ def _param_type(rtype: str, code: str) -> str | None:
     return param.type if param else None
 
 
-def _sqlite(tmp: Path) -> Store:
-    return SqliteStore(tmp / "store.sqlite3", lambda r: extract_index(REGISTRY, r, BASE), _param_type, SERVED_TYPES)
+def _index(resource: dict[str, Any]) -> dict[str, list[IndexValue]]:
+    return extract_index(REGISTRY, resource, BASE)
 
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": _sqlite}
+def _sqlite(tmp: Path, indexer: Indexer = _index) -> Store:
+    return SqliteStore(tmp / "store.sqlite3", indexer, _param_type, SERVED_TYPES)
+
+
+BACKENDS: dict[str, Callable[..., Store]] = {"sqlite": _sqlite}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend = BACKENDS[request.param](tmp_path)
-    yield backend
-    backend.close()
+def backend(request: pytest.FixtureRequest) -> Callable[..., Store]:
+    return BACKENDS[request.param]
+
+
+@pytest.fixture
+def store(backend: Callable[..., Store], tmp_path: Path) -> Iterator[Store]:
+    opened = backend(tmp_path)
+    yield opened
+    opened.close()
 
 
 class Scope:
@@ -169,8 +178,15 @@ def test_sessions(store: Store) -> None:
     assert store.load_session(expired) is None
 
 
-def test_iter_all_skips_deleted(store: Store) -> None:
-    store.create(patient("a", "A"))
-    store.create(patient("b", "B"))
-    store.delete("Patient", "a")
-    assert [s.id for s in store.iter_all("Patient")] == ["b"]
+def test_reindex_applies_new_search_parameters(backend: Callable[..., Store], tmp_path: Path) -> None:
+    blind = backend(tmp_path, lambda resource: {})  # a store whose parameters index nothing
+    blind.create(patient("a", "Martin"))
+    blind.create(patient("b", "Durand"))
+    blind.delete("Patient", "b")
+    blind.close()
+    store = backend(tmp_path)
+    martin = Query("Patient", String("family", "martin", "start"))
+    assert store.search(martin, OPEN_SCOPE).total == 0
+    assert store.reindex("Patient") == 1  # the deleted one is not reindexed
+    assert [s.id for s in store.search(martin, OPEN_SCOPE).matches] == ["a"]
+    store.close()

@@ -46,8 +46,6 @@ _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _INTEGER_TYPES = JSON_NUMBER_TYPES - {"decimal"}
 _XHTML = "xhtml"
-#: fhirmodel.schema.is_resource_type accepts these abstract bases, which never appear on the wire.
-_ABSTRACT_RESOURCES = frozenset({"Resource", "DomainResource"})
 #: The JSON ``_x`` object of a primitive holds exactly what the FHIR ``Element`` type defines.
 _PRIMITIVE_EXTRAS = "Element"
 
@@ -104,11 +102,7 @@ def _has_json_extras(element: Element, attributes: set[str]) -> bool:
 
 
 def _resource_layout(resource_type: Any, path: str) -> _Layout:
-    if (
-        not isinstance(resource_type, str)
-        or resource_type in _ABSTRACT_RESOURCES
-        or not is_resource_type(resource_type)
-    ):
+    if not isinstance(resource_type, str) or not is_resource_type(resource_type):
         raise XmlFormatError(path, f"unknown resource type {resource_type!r}")
     return _layout(resource_type)
 
@@ -196,9 +190,7 @@ def _items(element: Element, value: Any, path: str) -> list[tuple[int, Any]]:
     return list(enumerate(value if isinstance(value, list) else [value]))
 
 
-def _write_primitives(
-    node: etree._Element, element: Element, value: Any, extras: Any, path: str, depth: int
-) -> None:
+def _write_primitives(node: etree._Element, element: Element, value: Any, extras: Any, path: str, depth: int) -> None:
     """Merge a primitive's values with its ``_x`` id/extensions, index by index in arrays."""
     if element.is_list:
         values = [] if value is None else value
@@ -208,9 +200,7 @@ def _write_primitives(
         if values and more and len(values) != len(more):
             raise XmlFormatError(path, f"_{element.name} and {element.name} differ in length")
         count = max(len(values), len(more))
-        pairs = [
-            (values[i] if values else None, more[i] if more else None, f"{path}[{i}]") for i in range(count)
-        ]
+        pairs = [(values[i] if values else None, more[i] if more else None, f"{path}[{i}]") for i in range(count)]
     elif isinstance(value, list) or isinstance(extras, list):
         raise XmlFormatError(path, "unexpected array")
     else:

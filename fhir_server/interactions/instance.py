@@ -198,8 +198,3 @@ def conditional_delete(svc: FhirService, req: FhirRequest, rtype: str) -> FhirRe
             raise not_found(f"no {rtype} matches the criteria")
         stored = svc.store.delete(rtype, found[0].id)
     return FhirResponse(204, None, {"ETag": f'W/"{stored.version}"'})
-
-
-def reference_for(params: str) -> list[tuple[str, str]]:
-    """Query-string pairs of a conditional reference or ``ifNoneExist`` (``identifier=a|b``)."""
-    return parse_qsl(params.lstrip("?"), keep_blank_values=True)

@@ -450,11 +450,18 @@ class SqliteStore(Store):
         )
         return bytes(row[0]) if row else None
 
-    def iter_all(self, resource_type: str) -> Iterator[Stored]:
-        rows = self._conn().execute(
-            f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk AND v.version = r.version"
-            " WHERE r.type = ? AND r.deleted = 0 ORDER BY r.pk",
-            (resource_type,),
-        )
-        for row in rows:
-            yield Stored(*row)
+    def reindex(self, resource_type: str | None = None) -> int:
+        conn = self._conn()
+        where, args = ("AND type = ?", (resource_type,)) if resource_type else ("", ())
+        last, done = 0, 0
+        while True:
+            rows = conn.execute(
+                f"SELECT pk, content FROM resource WHERE deleted = 0 AND pk > ? {where} ORDER BY pk LIMIT 500",
+                (last, *args),
+            ).fetchall()
+            if not rows:
+                return done
+            with self.transaction():
+                for pk, content in rows:
+                    self._reindex(pk, orjson.loads(content))
+            last, done = rows[-1][0], done + len(rows)
