@@ -79,7 +79,12 @@ class SqlCompiler:
     # -- the two forms ---------------------------------------------------------------------
 
     def condition(self, expr: Expr, alias: str, rtype: str) -> str:
-        """SQL boolean: the resource ``alias`` (of type ``rtype``) satisfies ``expr``."""
+        """SQL boolean: the resource ``alias`` (of type ``rtype``) satisfies ``expr``.
+
+        Probes name their index (``INDEXED BY ..._res``): left to itself the planner may pick a
+        value index whose only usable column is ``param`` and scan every row of a parameter for
+        each candidate, which is linear in the database size.
+        """
         match expr:
             case Everything():
                 return "1"
@@ -97,7 +102,8 @@ class SqlCompiler:
                     return "1" if missing else "0"
                 i = self._alias("m")
                 exists = (
-                    f"EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(param)})"
+                    f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res"
+                    f" WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(param)})"
                 )
                 return f"NOT {exists}" if missing else exists
             case Chain():
@@ -108,7 +114,9 @@ class SqlCompiler:
                 table, where = self._leaf(expr, "i0")
                 i = self._alias("i")
                 where = where.replace("i0.", f"{i}.")
-                return f"EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.res = {alias}.pk AND {where})"
+                return (
+                    f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res WHERE {i}.res = {alias}.pk AND {where})"
+                )
 
     def driver(self, expr: Expr, rtype: str) -> str | None:
         """SQL sub-select of the ``pk`` of resources of ``rtype`` that may satisfy ``expr``, starting
@@ -173,7 +181,7 @@ class SqlCompiler:
             t, i = self._alias("t"), self._alias("c")
             inner = self._filtered(expr.where, ttype)
             branches.append(
-                f"EXISTS (SELECT 1 FROM idx_reference {i} JOIN resource {t}"
+                f"EXISTS (SELECT 1 FROM idx_reference {i} INDEXED BY idx_reference_res JOIN resource {t}"
                 f" ON {t}.type = {i}.target_type AND {t}.id = {i}.target_id"
                 f" WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(expr.param)}"
                 f" AND {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
@@ -185,7 +193,7 @@ class SqlCompiler:
         s, i = self._alias("s"), self._alias("h")
         inner = self._filtered(expr.where, expr.source_type)
         return (
-            f"EXISTS (SELECT 1 FROM idx_reference {i} JOIN resource {s} ON {s}.pk = {i}.res"
+            f"EXISTS (SELECT 1 FROM idx_reference {i} INDEXED BY idx_reference_target JOIN resource {s} ON {s}.pk = {i}.res"
             f" WHERE {i}.target_id = {alias}.id AND {i}.target_type = {self.arg(rtype)}"
             f" AND {i}.param = {self.arg(expr.param)} AND {s}.type = {self.arg(expr.source_type)}"
             f" AND {s}.deleted = 0 AND {self.condition(inner, s, expr.source_type)})"
