@@ -143,4 +143,16 @@ class Store(ABC):
         """The paging state saved under ``key``, or None when unknown or expired."""
 
     @abstractmethod
+    def enqueue(self, topic: str, payload: bytes) -> int:
+        """Queue a message (an alert to deliver...) durably, inside the current transaction."""
+
+    @abstractmethod
+    def pending(self, topic: str, limit: int = 100) -> list[tuple[int, bytes]]:
+        """Queued messages of ``topic`` not yet acknowledged, oldest first."""
+
+    @abstractmethod
+    def acknowledge(self, message_id: int) -> None:
+        """Mark a queued message as delivered."""
+
+    @abstractmethod
     def close(self) -> None: ...

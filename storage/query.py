@@ -119,11 +119,16 @@ class Missing:
 
 @dataclass(frozen=True)
 class Chain:
-    """``param.target_param=...``: some referenced resource of ``target_types`` matches ``where``."""
+    """``param.target_param=...``: some referenced resource of ``target_types`` matches ``where``.
+
+    A client's chain only sees targets within the caller's scope (``scoped``); a policy may build
+    an unscoped one to ask about resources the caller cannot see ("refers to a hidden document").
+    """
 
     param: str
     target_types: tuple[str, ...]
     where: Expr
+    scoped: bool = True
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,22 @@ def test_sessions(store: Store) -> None:
     assert store.load_session(expired) is None
 
 
+def test_outbox_is_durable_and_transactional(backend: Callable[..., Store], tmp_path: Path) -> None:
+    store = backend(tmp_path)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.enqueue("alert", b"lost")
+        raise RuntimeError("rolled back")
+    first = store.enqueue("alert", b"one")
+    store.enqueue("other", b"elsewhere")
+    store.close()
+    reopened = backend(tmp_path)
+    assert reopened.pending("alert") == [(first, b"one")]
+    reopened.acknowledge(first)
+    assert reopened.pending("alert") == []
+    assert [p for _, p in reopened.pending("other")] == [b"elsewhere"]
+    reopened.close()
+
+
 def test_reindex_applies_new_search_parameters(backend: Callable[..., Store], tmp_path: Path) -> None:
     blind = backend(tmp_path, lambda resource: {})  # a store whose parameters index nothing
     blind.create(patient("a", "Martin"))

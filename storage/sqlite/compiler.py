@@ -138,11 +138,11 @@ class SqlCompiler:
                 return " UNION ".join(parts)
             case Everything() | Nothing() | Not() | Missing():
                 return None
-            case Chain(param, target_types, where):
+            case Chain(param, target_types, where, scoped):
                 t, i = self._alias("t"), self._alias("c")
                 branches = []
                 for ttype in target_types:
-                    inner = self._filtered(where, ttype)
+                    inner = self._filtered(where, ttype) if scoped else where
                     narrowed = self.driver(inner, ttype)
                     restrict = f" AND {t}.pk IN ({narrowed})" if narrowed else ""
                     branches.append(
@@ -179,7 +179,7 @@ class SqlCompiler:
         branches = []
         for ttype in expr.target_types:
             t, i = self._alias("t"), self._alias("c")
-            inner = self._filtered(expr.where, ttype)
+            inner = self._filtered(expr.where, ttype) if expr.scoped else expr.where
             branches.append(
                 f"EXISTS (SELECT 1 FROM idx_reference {i} INDEXED BY idx_reference_res JOIN resource {t}"
                 f" ON {t}.type = {i}.target_type AND {t}.id = {i}.target_id"

@@ -91,6 +91,12 @@ CREATE TABLE IF NOT EXISTS search_session (
     key TEXT PRIMARY KEY, expires INTEGER NOT NULL, data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS search_session_expires ON search_session (expires);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL, created TEXT NOT NULL, payload BLOB NOT NULL, delivered TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (topic, id) WHERE delivered IS NULL;
 """
 
 INDEX_TABLES = (

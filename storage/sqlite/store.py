@@ -450,6 +450,28 @@ class SqliteStore(Store):
         )
         return bytes(row[0]) if row else None
 
+    def enqueue(self, topic: str, payload: bytes) -> int:
+        with self.transaction():
+            cur = self._conn().execute(
+                "INSERT INTO outbox (topic, created, payload) VALUES (?, ?, ?)", (topic, instant_now(), payload)
+            )
+            return int(cur.lastrowid or 0)
+
+    def pending(self, topic: str, limit: int = 100) -> list[tuple[int, bytes]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, payload FROM outbox WHERE topic = ? AND delivered IS NULL ORDER BY id LIMIT ?",
+                (topic, limit),
+            )
+            .fetchall()
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    def acknowledge(self, message_id: int) -> None:
+        with self.transaction():
+            self._conn().execute("UPDATE outbox SET delivered = ? WHERE id = ?", (instant_now(), message_id))
+
     def reindex(self, resource_type: str | None = None) -> int:
         conn = self._conn()
         where, args = ("AND type = ?", (resource_type,)) if resource_type else ("", ())
