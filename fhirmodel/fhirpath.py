@@ -53,13 +53,19 @@ class _Index:
     index: int
 
 
-_Step = _Field | _OfType | _ResolveIs | _WhereEq | _Extension | _Index
+@dataclass(frozen=True)
+class _Resolve:
+    """``resolve()``: at index time only contained resources (``#id``) can be resolved."""
+
+
+_Step = _Field | _OfType | _ResolveIs | _WhereEq | _Extension | _Index | _Resolve
 
 _TOKEN = re.compile(
     r"""\s*(?:
       (?P<resolve>\.where\(\s*resolve\(\)\s+is\s+(?P<rtype>\w+)\s*\))
     | (?P<whereeq>\.where\(\s*(?P<wfield>\w+)\s*=\s*'(?P<wvalue>[^']*)'\s*\))
     | (?P<ext>\.extension\(\s*'(?P<url>[^']+)'\s*\))
+    | (?P<resolveplain>\.resolve\(\s*\))
     | (?P<oftype>\.(?:ofType|as)\(\s*(?P<otype>\w+)\s*\))
     | (?P<as>(?<=\s)as\s+(?P<atype>\w+))  # the leading \s* has eaten the space before ``as``
     | (?P<index>\[(?P<n>\d+)\])
@@ -119,6 +125,8 @@ def _parse_steps(expr: str) -> list[_Step] | None:
             steps.append(_WhereEq(m["wfield"], m["wvalue"]))
         elif m["ext"]:
             steps.append(_Extension(m["url"]))
+        elif m["resolveplain"]:
+            steps.append(_Resolve())
         elif m["oftype"]:
             steps.append(_OfType(m["otype"]))
         elif m["as"]:
@@ -194,7 +202,18 @@ def _reference_type(value: Any) -> str | None:
     return rtype if isinstance(rtype, str) else None
 
 
-def _walk(steps: list[_Step], start: list[Typed]) -> list[Typed]:
+def _contained(root: dict[str, Any], reference: Any) -> Typed | None:
+    """The contained resource a ``#id`` Reference points at, with its type."""
+    ref = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return None
+    for item in root.get("contained") or ():
+        if isinstance(item, dict) and f"#{item.get('id')}" == ref:
+            return item, item.get("resourceType")
+    return None
+
+
+def _walk(steps: list[_Step], start: list[Typed], root: dict[str, Any]) -> list[Typed]:
     current = start
     for step in steps:
         if isinstance(step, _Field):
@@ -203,6 +222,8 @@ def _walk(steps: list[_Step], start: list[Typed]) -> list[Typed]:
             current = [(v, t) for v, t in current if _type_matches(v, t, step.type)]
         elif isinstance(step, _ResolveIs):
             current = [(v, t) for v, t in current if _reference_type(v) == step.type]
+        elif isinstance(step, _Resolve):
+            current = [c for c in (_contained(root, v) for v, _ in current) if c is not None]
         elif isinstance(step, _WhereEq):
             current = [(v, t) for v, t in current if isinstance(v, dict) and v.get(step.field) == step.value]
         elif isinstance(step, _Extension):
@@ -230,7 +251,7 @@ def _compile_path(resource_type: str, expr: str) -> Extractor | None:
     rest = steps[1:]
 
     def extract(resource: dict[str, Any]) -> list[Typed]:
-        return _walk(rest, [(resource, resource_type)])
+        return _walk(rest, [(resource, resource_type)], resource)
 
     return extract
 
@@ -256,11 +277,13 @@ def compile_expression(resource_type: str, expression: str) -> Extractor | None:
     """
     members: list[str] = []
     for member in split_union(expression):
-        root = re.match(r"\(*\s*(\w+)", member)
+        root = re.match(r"\(*\s*(\w+)(\s*\()?", member)
         if root is None:
             continue
         if root[1] in (resource_type, "Resource", "DomainResource"):
             members.append(member)
+        elif root[2] and re.search(rf"\b{resource_type}\.", member):
+            members.append(member)  # a function at the root (``iif(Type.x.exists(), ...)``)
         elif root[1][:1].islower():
             members.append(f"{resource_type}.{_strip_parens(member)}")
     if not members:
