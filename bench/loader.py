@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from bench.datagen import Population, documents, reference_resources
+from bench.datagen import Population, documents, patient_id, reference_resources
 
 #: Documents per store transaction in direct mode: large enough to amortise the commit.
 DIRECT_BATCH = 2000
@@ -282,3 +282,18 @@ def _post_all(
     if failures:
         raise failures[0]
     return sent[0]
+
+
+def sample_ids(target: Target, pop: Population, searches: int, rng: random.Random, sample: IdSample) -> None:
+    """Document ids of a reused directory, found the way a client would: searching random patients."""
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=120)
+    try:
+        for _ in range(searches):
+            path = f"{target.base_path}/DocumentReference?patient=Patient/{patient_id(rng.randrange(pop.patients))}"
+            conn.request("GET", path, headers={"Accept": "application/fhir+json"})
+            resp = conn.getresponse()
+            bundle = orjson.loads(resp.read())
+            for entry in bundle.get("entry", []):
+                sample.add(entry["resource"]["id"])
+    finally:
+        conn.close()
