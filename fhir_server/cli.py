@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from authz.devtoken import add_token_command
 from fhir_server.config import Config
 
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     reindex = sub.add_parser("reindex", help="recompute search indexes (after SearchParameters in ig/ change)")
     reindex.add_argument("--type", help="only this resource type")
     reindex.set_defaults(func=_reindex)
+    add_token_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

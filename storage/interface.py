@@ -45,12 +45,12 @@ class Stored:
     """One version of a resource as kept by the store."""
 
     pk: int  # creation sequence of the resource (stable across versions)
-    seq: int  # sequence of this version in the whole history
+    seq: int | None  # sequence of this version in the whole history (None: read as the current one)
     resource_type: str
     id: str
     version: int
     last_updated: str
-    method: str  # POST, PUT, PATCH or DELETE: what produced this version
+    method: str | None  # POST, PUT, PATCH or DELETE: what produced it (None: read as the current one)
     content: bytes | None  # JSON, None for a deletion
 
     @property

@@ -125,6 +125,17 @@ def test_transaction_is_all_or_nothing(store: Store) -> None:
     assert store.exists("Patient", "a") == 1
 
 
+def test_a_failing_inner_transaction_is_undone_alone(store: Store) -> None:
+    with store.transaction():
+        store.create(patient("kept", "A"))
+        with pytest.raises(RuntimeError), store.transaction():
+            store.create(patient("undone", "B"))
+            raise RuntimeError("inner failure")
+        store.create(patient("also-kept", "C"))
+    assert store.exists("Patient", "kept") == 1 and store.exists("Patient", "also-kept") == 1
+    assert store.exists("Patient", "undone") is None
+
+
 def test_search_counts_and_pages_inside_the_filter(store: Store) -> None:
     store.create(patient("p1", "Martin"))
     for n in range(7):

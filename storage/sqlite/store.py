@@ -71,6 +71,8 @@ _INSERTS = {
 }
 _MAX_INCLUDE_ROUNDS = 4
 _STORED_COLUMNS = "r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, v.content"
+#: The current version straight from ``resource``: one row per match, no join to ``version``.
+_CURRENT_COLUMNS = "r.pk, NULL, r.type, r.id, r.version, r.last_updated, NULL, r.content"
 
 
 def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param: str) -> str:
@@ -113,9 +115,18 @@ class SqliteStore(Store):
     def transaction(self) -> Iterator[None]:
         conn = self._conn()
         if self._local.depth:
+            # Nested: a savepoint, so that a failing inner unit (one batch entry) is undone alone.
             self._local.depth += 1
+            savepoint = f"sp{self._local.depth}"
+            conn.execute(f"SAVEPOINT {savepoint}")
             try:
                 yield
+            except BaseException:
+                conn.execute(f"ROLLBACK TO {savepoint}")
+                conn.execute(f"RELEASE {savepoint}")
+                raise
+            else:
+                conn.execute(f"RELEASE {savepoint}")
             finally:
                 self._local.depth -= 1
             return
@@ -256,8 +267,7 @@ class SqliteStore(Store):
         row = (
             self._conn()
             .execute(
-                f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk AND v.version = r.version"
-                " WHERE r.type = ? AND r.id = ?",
+                f"SELECT {_CURRENT_COLUMNS} FROM resource r WHERE r.type = ? AND r.id = ?",
                 (resource_type, resource_id),
             )
             .fetchone()
@@ -329,7 +339,7 @@ class SqliteStore(Store):
             where = self._where(compiler, rtype, expr, watermark)
             order = self._order(compiler, rtype, query.sort)
             sql = (
-                f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk AND v.version = r.version"
+                f"SELECT {_CURRENT_COLUMNS} FROM resource r"
                 f" WHERE {where} ORDER BY {order} LIMIT {compiler.arg(query.count)} OFFSET {compiler.arg(query.offset)}"
             )
             rows = conn.execute(sql, compiler.args).fetchall()
@@ -370,9 +380,8 @@ class SqliteStore(Store):
             type_cond = f" AND t.type = {compiler.arg(inc.target_type)}" if inc.target_type else ""
             scope_sql = self._scope_sql(compiler, scope, "t", target_types)
             sql = (
-                f"SELECT DISTINCT {_STORED_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
+                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
                 " JOIN resource t ON t.type = i.target_type AND t.id = i.target_id"
-                " JOIN version v ON v.res = t.pk AND v.version = t.version"
                 f" WHERE i.res IN ({marks}){param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
             )
         else:
@@ -383,8 +392,8 @@ class SqliteStore(Store):
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
             scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type])
             sql = (
-                f"SELECT DISTINCT {_STORED_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
-                " JOIN resource t ON t.pk = i.res JOIN version v ON v.res = t.pk AND v.version = t.version"
+                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
+                " JOIN resource t ON t.pk = i.res"
                 f" WHERE ({targets}){param_cond} AND t.type = {compiler.arg(inc.source_type)}"
                 f" AND t.deleted = 0 AND {scope_sql}"
             )
