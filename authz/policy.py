@@ -254,6 +254,7 @@ class DmpPolicy:
         foreign = Not(self._belongs(access.state, "subject"))
         return all_of(
             Has("DocumentReference", "attachment", self.documents(access)),
+            Not(Has("DocumentReference", "attachment", foreign, scoped=False)),
         )
 
     def _trail_hides(self, access: Access) -> Expr:
