@@ -103,6 +103,12 @@ class DmpGuard:
         except Denied as exc:
             raise _denied(exc) from None
 
+    def check_search(self, resource_type: str, parameters: list[str]) -> None:
+        try:
+            self._gate.policy.check_search(resource_type, parameters)
+        except Denied as exc:
+            raise FhirError(400, str(exc), "required") from None
+
     def check_write(
         self, method: str, resource_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> None:

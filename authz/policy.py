@@ -65,6 +65,13 @@ RECORD_TYPES = {
     "AuditEvent": "patient",
     "RelatedPerson": "patient",
 }
+#: The parameters that name the patient, one of which every search of these types must carry
+#: (CONTRACT §7; IHE MHD ITI-67 requires ``patient`` or ``patient.identifier``).
+PATIENT_PARAMETERS = {
+    "DocumentReference": frozenset({"patient", "subject"}),
+    "Consent": frozenset({"patient"}),
+    "AuditEvent": frozenset({"patient", "entity-identifier"}),
+}
 #: Content resources reachable only through the DocumentReference that points at them.
 CONTENT_TYPES = frozenset({"Binary", "Bundle"})
 
@@ -191,6 +198,14 @@ class DmpPolicy:
             raise Denied(f"{access.role} may not read this patient's {resource_type}", rule="R9")
         if resource_type == "AuditEvent" and not access.reads_trail:
             raise Denied("the access trail is read by the patient and the médecin traitant", rule="R17")
+
+    @staticmethod
+    def check_search(resource_type: str, parameters: list[str]) -> None:
+        """Searches of a record's documents, decisions and trail name the patient (CONTRACT §7)."""
+        required = PATIENT_PARAMETERS.get(resource_type)
+        if required and not required & {p.split(".")[0].split(":")[0] for p in parameters}:
+            names = " or ".join(sorted(required))
+            raise Denied(f"a {resource_type} search must name the patient ({names})", status=400)
 
     def filter(self, access: Access, resource_type: str) -> Expr:
         """What of ``resource_type`` the actor sees: a predicate added inside every query.

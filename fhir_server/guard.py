@@ -27,6 +27,9 @@ class Guard(Protocol):
     def check_read(self, resource_type: str, interaction: str) -> None:
         """Raise FhirError (403) when the caller may not read this type here at all."""
 
+    def check_search(self, resource_type: str, parameters: list[str]) -> None:
+        """Raise FhirError (400) when a search lacks a parameter the server requires."""
+
     def check_write(
         self, method: str, resource_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> None:

@@ -33,6 +33,9 @@ class OpenGuard:
     def check_read(self, resource_type: str, interaction: str) -> None:
         return None
 
+    def check_search(self, resource_type: str, parameters: list[str]) -> None:
+        return None
+
     def check_write(
         self, method: str, resource_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> None:

@@ -350,7 +350,10 @@ def test_r1_a_token_about_patient_a_never_reads_patient_b(world: World, who: str
     assert client.total(f"Patient?identifier={INS_SYSTEM}|{INS_B}") == 0
     assert docs_of(client, pb) == set()
     assert docs_of(client, pa) == {da}
-    assert client.ids("DocumentReference?_count=100") == {da}  # no patient parameter: still bound
+    # A search must name the patient (CONTRACT §7); naming one is still bound to the token's.
+    assert client.get("DocumentReference?_count=100").status_code == 400
+    assert client.ids(f"DocumentReference?patient={pb}") == set()
+    assert client.ids(f"DocumentReference?patient={pa}") == {da}
     assert client.ids(f"DocumentReference?patient.identifier={INS_SYSTEM}|{INS_B}") == set()
     assert client.ids(f"DocumentReference?subject:Patient.identifier={INS_SYSTEM}|{INS_B}") == set()
     assert client.ids(f"Consent?patient.identifier={INS_SYSTEM}|{INS_B}") == set()
@@ -358,7 +361,7 @@ def test_r1_a_token_about_patient_a_never_reads_patient_b(world: World, who: str
     found = entries(client.get("Patient?_revinclude=DocumentReference:subject&_count=100"), "include")
     assert found == {"DocumentReference": {da}}
     assert entries(client.get("Patient?_count=100"), "match") == {"Patient": {pa}}
-    found = entries(client.get("DocumentReference?_include=DocumentReference:subject"), "include")
+    found = entries(client.get(f"DocumentReference?patient={pa}&_include=DocumentReference:subject"), "include")
     assert found == {"Patient": {pa}}
     assert client.ids(f"Patient?_has:DocumentReference:subject:_id={db}") == set()
     assert client.ids(f"Patient?_has:DocumentReference:subject:_id={da}") == {pa}
@@ -434,7 +437,8 @@ def test_r1_content_of_another_patient_is_not_reached_through_a_document(world: 
     world.store.create({**pointer, "id": "pointer"})
     not_found(hcp.get(f"Binary/bin-{db}"))
     not_found(world.patient(INS_A).get(f"Binary/bin-{db}"))
-    assert entries(hcp.get("DocumentReference?_id=pointer&_include=DocumentReference:attachment"), "include") == {}
+    query = f"DocumentReference?patient={pa}&_id=pointer&_include=DocumentReference:attachment"
+    assert entries(hcp.get(query), "include") == {}
     not_found(world.doctor(DR, INS_B).get(f"Binary/bin-{db}"))
 
 
@@ -1093,15 +1097,22 @@ def test_r14_who_sees_which_consents(world: World) -> None:
     literal = consent(ACCESS, INS_A, (IDNATPS_SYSTEM, DR_2))  # naming the Patient by reference
     world.store.create({**literal, "id": "literal", "patient": {"reference": f"Patient/{pid}"}})
     every = emergency | {mine, theirs, team, blocked, mt, rep, "literal"}
-    assert world.patient(INS_A).ids("Consent?_count=100") == every
+    everything = f"Consent?patient={pid}&_count=100"
+    assert world.patient(INS_A).get("Consent?_count=100").status_code == 400  # name the patient (CONTRACT §7)
+    assert (
+        world.patient(INS_A).ids(everything)
+        | world.patient(INS_A).ids(f"Consent?patient:identifier={INS_SYSTEM}|{INS_A}&_count=100")
+        == every
+    )
     assert world.patient(INS_A).ids(f"Consent?patient:identifier={INS_SYSTEM}|{INS_A}&_count=100") == every - {
         "literal"
     }
-    assert legrep(world, INS_A, REP_1).ids("Consent?_count=100") == every
-    assert world.doctor(MT, INS_A).ids("Consent?_count=100") == every
+    by_identifier = f"Consent?patient:identifier={INS_SYSTEM}|{INS_A}&_count=100"
+    for reader in (legrep(world, INS_A, REP_1), world.doctor(MT, INS_A)):
+        assert reader.ids(everything) | reader.ids(by_identifier) == every
     doctor = world.doctor(DR, INS_A, organization=HOSPITAL_ORG)
     assert doctor.ids(f"Consent?patient:identifier={INS_SYSTEM}|{INS_A}&_count=100") == {mine}
-    assert doctor.ids("Consent?_count=100") == {mine}
+    assert doctor.ids(everything) == set()  # the grant names the patient by identifier only
     assert doctor.total(f"Consent?patient:identifier={INS_SYSTEM}|{INS_A}&_summary=count") == 1
     assert doctor.get(f"Consent/{mine}").status_code == 200
     not_found(doctor.get(f"Consent/{theirs}"))
@@ -1391,7 +1402,8 @@ def test_r17_only_the_patient_representatives_and_medecin_traitant_read_the_trai
         # Nor sideways: includes, _has, the system history.
         for include in ("AuditEvent:patient", "AuditEvent:entity"):
             assert entries(client.get(f"Patient?_id={pid}&_revinclude={include}"), "include") == {}
-        assert entries(client.get(f"DocumentReference?_id={doc}&_revinclude=AuditEvent:entity"), "include") == {}
+        query = f"DocumentReference?patient={pid}&_id={doc}&_revinclude=AuditEvent:entity"
+        assert entries(client.get(query), "include") == {}
         assert client.ids("Patient?_has:AuditEvent:entity:outcome=0") == set()
         history = client.get("_history?_count=1000").get_json()
         assert "AuditEvent" not in {e["resource"]["resourceType"] for e in history.get("entry", [])}
