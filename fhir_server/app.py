@@ -21,6 +21,7 @@ from fhirmodel.indexing import extract_index
 from fhirmodel.searchparams import SearchParamRegistry
 from fhirmodel.terminology import Terminology
 from storage import open_store
+from storage.crypto import EnvelopeCipher, MasterKeys
 from storage.interface import Store
 
 #: Builds a server's access control from its configuration, store and terminology.
@@ -42,6 +43,7 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekee
         indexer=lambda resource: extract_index(registry, resource, config.base_url),
         param_type=param_type,
         resource_types=SERVED_TYPES,
+        cipher=EnvelopeCipher(MasterKeys.load_or_create(config.data_dir)),
     )
     return FhirService(
         config=config,

@@ -155,4 +155,14 @@ class Store(ABC):
         """Mark a queued message as delivered."""
 
     @abstractmethod
+    def rewrap_all(self, batch: int = 500) -> int:
+        """Re-wrap every stored data key under the active master key (after a rotation), in
+        transactions of ``batch`` rows; contents are not re-encrypted. Returns how many blobs were
+        re-wrapped (those already under the active key are left alone)."""
+
+    @abstractmethod
+    def key_ids_in_use(self) -> set[str]:
+        """The ids of the master keys still wrapping stored data: only the others may be retired."""
+
+    @abstractmethod
     def close(self) -> None: ...
