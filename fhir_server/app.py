@@ -6,9 +6,13 @@ Everything the server needs is built once here — the search-parameter registry
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Flask
 
+from authz.gate import build_gatekeeper
 from fhir_server.config import Config
+from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
 from fhir_server.search.parser import SearchParser
 from fhir_server.service import SERVED_TYPES, FhirService
@@ -17,9 +21,15 @@ from fhirmodel.indexing import extract_index
 from fhirmodel.searchparams import SearchParamRegistry
 from fhirmodel.terminology import Terminology
 from storage import open_store
+from storage.crypto import EnvelopeCipher, MasterKeys
+from storage.interface import Store
+
+#: Builds a server's access control from its configuration, store and terminology.
+GatekeeperFactory = Callable[[Config, Store, Terminology], Gatekeeper]
 
 
-def create_service(config: Config) -> FhirService:
+def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekeeper) -> FhirService:
+    """The service of a configuration; access control is the DMP's unless a test says otherwise."""
     registry = SearchParamRegistry.load(config.ig_dir / "SearchParameter", SERVED_TYPES)
     terminology = Terminology.load(config.ig_dir / "CodeSystem", config.ig_dir / "ValueSet")
 
@@ -33,6 +43,7 @@ def create_service(config: Config) -> FhirService:
         indexer=lambda resource: extract_index(registry, resource, config.base_url),
         param_type=param_type,
         resource_types=SERVED_TYPES,
+        cipher=EnvelopeCipher(MasterKeys.load_or_create(config.data_dir)),
     )
     return FhirService(
         config=config,
@@ -41,6 +52,7 @@ def create_service(config: Config) -> FhirService:
         terminology=terminology,
         parser=SearchParser(registry, terminology, config.base_url, config.max_count),
         validator=ResourceValidator(frozenset(SERVED_TYPES)),
+        gatekeeper=gatekeeper(config, store, terminology),
     )
 
 

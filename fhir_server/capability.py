@@ -83,6 +83,21 @@ def capability_statement(registry: SearchParamRegistry, served_types: tuple[str,
         "rest": [
             {
                 "mode": "server",
+                "security": {
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "Every request but this statement carries a bearer JWT (RS256 or ES256) from a "
+                    "trusted issuer, with the IHE IUA claims of the DMP contract; SMART v2 scopes are a coarse "
+                    "gate, the DMP access rules decide the rest.",
+                },
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": [

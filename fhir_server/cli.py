@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from authz.devtoken import add_token_command
 from fhir_server.config import Config
 
 
@@ -48,6 +49,34 @@ def _reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate(args: argparse.Namespace) -> int:
+    """Rotate the master key: new active key, every data key re-wrapped, unused old keys deleted.
+
+    Safe while servers run: they pick the new key up on their next write, and an old key is
+    retired only once no stored blob uses it any more.
+    """
+    from fhir_server.app import create_service
+    from storage.crypto import MasterKeys
+
+    config = Config.from_env()
+    service = create_service(config)
+    keys = MasterKeys.load_or_create(config.data_dir)
+    try:
+        new_kid = keys.rotate()
+        rewrapped = service.store.rewrap_all()
+        in_use = service.store.key_ids_in_use()
+    finally:
+        service.store.close()
+    retired = [kid for kid in keys.kids if kid != new_kid and kid not in in_use]
+    for kid in retired:
+        keys.retire(kid, in_use=in_use)
+    kept = [kid for kid in keys.kids if kid != new_kid]
+    print(f"new master key {new_kid}: re-wrapped {rewrapped} data key(s), retired {len(retired)} old master key(s)")
+    if kept:
+        print(f"kept {len(kept)} old master key(s) still in use: {', '.join(kept)}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmp-server", description="DMP FHIR R4 document server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     reindex = sub.add_parser("reindex", help="recompute search indexes (after SearchParameters in ig/ change)")
     reindex.add_argument("--type", help="only this resource type")
     reindex.set_defaults(func=_reindex)
+    rotate = sub.add_parser("rotate-master-key", help="new master key for encryption at rest; re-wraps data keys")
+    rotate.set_defaults(func=_rotate)
+    add_token_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -35,6 +35,7 @@ class Config:
     default_count: int = 20
     max_count: int = 1000
     search_session_seconds: int = 3600
+    trusted_issuers: Path | None = None  # JSON file of trusted token issuers (CONTRACT §1)
     ig_dir: Path = field(default=PROJECT_ROOT / "ig")
     capability_dir: Path = field(default=PROJECT_ROOT / "capability")
 
@@ -58,6 +59,7 @@ class Config:
             data_dir=Path(env.get("DMP_DATA_DIR") or defaults.data_dir),
             base_url=(env.get("DMP_BASE_URL") or defaults.base_url).rstrip("/"),
             store_url=env.get("DMP_STORE") or None,
+            trusted_issuers=Path(env["DMP_TRUSTED_ISSUERS"]) if env.get("DMP_TRUSTED_ISSUERS") else None,
             max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
             max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),

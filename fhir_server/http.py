@@ -70,7 +70,7 @@ def _dispatch(svc: FhirService, path: str) -> Response:
         accepted = response_format(request.args.get("_format"), request.headers.get("Accept"))
         fmt = accepted or JSON
         fhir_req = _fhir_request(svc, path)
-        resp = svc.handle(fhir_req)
+        resp = svc.process(fhir_req)
         if accepted is None:
             raw = _raw_binary(fhir_req, resp)
             if raw is not None:
@@ -115,6 +115,7 @@ def _fhir_request(svc: FhirService, path: str) -> FhirRequest:
         body=body,
         headers=dict(request.headers),
         content_type=content_type,
+        client_address=request.remote_addr,
     )
 
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from storage.query import OPEN_SCOPE, AccessScope
+from storage.query import CLOSED_SCOPE, AccessScope
+
+if TYPE_CHECKING:
+    from fhir_server.guard import Guard
 
 
 class RawJson:
@@ -37,10 +40,27 @@ class FhirRequest:
     params: list[tuple[str, str]] = field(default_factory=list)
     body: Any = None  # the parsed resource, if any
     headers: Mapping[str, str] = field(default_factory=dict)
-    scope: AccessScope = OPEN_SCOPE
     content_type: str | None = None  # the media type of the body as sent
-    principal: str = "anonymous"  # who is asking: paging sessions are bound to it
     assigned_id: str | None = None  # a create inside a transaction: the id chosen beforehand
+    guard: Guard | None = None  # access control of this request, set by FhirService.process
+    client_address: str | None = None  # the network peer, for the trail
+
+    @property
+    def scope(self) -> AccessScope:
+        """What the caller may see, as the store's filter; nothing before access control ran."""
+        return self.guard.scope if self.guard is not None else CLOSED_SCOPE
+
+    @property
+    def principal(self) -> str:
+        """Who is asking: paging sessions are bound to it."""
+        return self.guard.principal if self.guard is not None else ""
+
+    @property
+    def checks(self) -> Guard:
+        """The request's guard; a request that reached an interaction without one is a bug."""
+        if self.guard is None:
+            raise RuntimeError("a request reached an interaction without access control")
+        return self.guard
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)

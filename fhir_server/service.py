@@ -7,11 +7,13 @@ than in Flask so that Bundle entries (batch/transaction) are routed exactly like
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_server.config import Config
 from fhir_server.errors import FhirError, bad_request
+from fhir_server.guard import Gatekeeper
 from fhir_server.messages import FhirRequest, FhirResponse
 from fhir_server.search.parser import SearchParser
 from fhir_server.validation import ResourceValidator
@@ -41,6 +43,15 @@ SERVED_TYPES: tuple[str, ...] = (
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
+@dataclass(frozen=True)
+class Route:
+    """A routed request: its FHIR interaction (restful-interaction code) and how to run it."""
+
+    interaction: str
+    run: Callable[[], FhirResponse]
+    public: bool = False  # answered without credentials (the CapabilityStatement)
+
+
 @dataclass
 class FhirService:
     config: Config
@@ -49,6 +60,7 @@ class FhirService:
     terminology: Terminology
     parser: SearchParser
     validator: ResourceValidator
+    gatekeeper: Gatekeeper
     served_types: tuple[str, ...] = SERVED_TYPES
     capability: dict[str, Any] = field(init=False)
 
@@ -60,64 +72,99 @@ class FhirService:
     def index(self, resource: dict[str, Any]) -> Any:
         return extract_index(self.registry, resource, self.config.base_url)
 
+    def process(self, req: FhirRequest) -> FhirResponse:
+        """A client's request, end to end: access control, the interaction, the trail.
+
+        A write and its AuditEvent land in one transaction; a refused or failed request still
+        leaves its AuditEvent, written after the rollback.
+        """
+        try:
+            route: Route | FhirError = self.route(req)
+        except FhirError as exc:
+            route = exc
+        if isinstance(route, Route) and route.public:
+            return route.run()
+        interaction = route.interaction if isinstance(route, Route) else "unknown"
+        guard = self.gatekeeper.guard(req, interaction)
+        if isinstance(route, FhirError):
+            raise route
+        req.guard = guard
+        try:
+            if req.method.upper() in ("GET", "HEAD"):
+                response = route.run()
+                guard.record(req, interaction, response.status, None)
+                return response
+            with self.store.transaction():
+                response = route.run()
+                guard.finish()
+                guard.record(req, interaction, response.status, None)
+                return response
+        except FhirError as exc:
+            guard.record(req, interaction, exc.status, exc.message)
+            raise
+
     def handle(self, req: FhirRequest) -> FhirResponse:
-        """Route a request to its interaction."""
+        """Carry out a request whose access control is already in place (Bundle entries)."""
+        return self.route(req).run()
+
+    def route(self, req: FhirRequest) -> Route:
+        """The interaction a request asks for, ready to run."""
         from fhir_server.interactions import bundle, history, instance, search, system
 
         segments = [s for s in req.path.split("/") if s] if req.path else []
         method = req.method.upper()
         if not segments:
             if method == "POST":
-                return bundle.process(self, req)
+                kind = req.body.get("type") if isinstance(req.body, dict) else None
+                return Route("batch" if kind == "batch" else "transaction", lambda: bundle.process(self, req))
             if method == "GET" and any(name == "_getpages" for name, _ in req.params):
-                return search.page(self, req)
+                return Route("search-type", lambda: search.page(self, req))
             raise FhirError(405, f"{method} is not supported at the server base", "not-supported")
         head = segments[0]
         if head == "metadata" and len(segments) == 1:
-            if method != "GET":
-                raise FhirError(405, "metadata supports GET only", "not-supported")
-            return system.capabilities(self, req)
+            self._only(method, "GET")
+            return Route("capabilities", lambda: system.capabilities(self, req), public=True)
         if head == "_history" and len(segments) == 1:
             self._only(method, "GET")
-            return history.history(self, req, None, None)
+            return Route("history-system", lambda: history.history(self, req, None, None))
         rtype = self.resource_type(head)
         if len(segments) == 1:
             match method:
                 case "GET":
-                    return search.search(self, req, rtype)
+                    return Route("search-type", lambda: search.search(self, req, rtype))
                 case "POST":
-                    return instance.create(self, req, rtype)
+                    return Route("create", lambda: instance.create(self, req, rtype))
                 case "PUT":
-                    return instance.conditional_update(self, req, rtype)
+                    return Route("update", lambda: instance.conditional_update(self, req, rtype))
                 case "PATCH":
-                    return instance.conditional_patch(self, req, rtype)
+                    return Route("patch", lambda: instance.conditional_patch(self, req, rtype))
                 case "DELETE":
-                    return instance.conditional_delete(self, req, rtype)
+                    return Route("delete", lambda: instance.conditional_delete(self, req, rtype))
             raise FhirError(405, f"{method} is not supported on {rtype}", "not-supported")
         second = segments[1]
         if second == "_search" and len(segments) == 2:
             self._only(method, "POST")
-            return search.search(self, req, rtype)
+            return Route("search-type", lambda: search.search(self, req, rtype))
         if second == "_history" and len(segments) == 2:
             self._only(method, "GET")
-            return history.history(self, req, rtype, None)
+            return Route("history-type", lambda: history.history(self, req, rtype, None))
         rid = self.resource_id(second)
         if len(segments) == 2:
             match method:
                 case "GET":
-                    return instance.read(self, req, rtype, rid)
+                    return Route("read", lambda: instance.read(self, req, rtype, rid))
                 case "PUT":
-                    return instance.update(self, req, rtype, rid)
+                    return Route("update", lambda: instance.update(self, req, rtype, rid))
                 case "PATCH":
-                    return instance.patch(self, req, rtype, rid)
+                    return Route("patch", lambda: instance.patch(self, req, rtype, rid))
                 case "DELETE":
-                    return instance.delete(self, req, rtype, rid)
+                    return Route("delete", lambda: instance.delete(self, req, rtype, rid))
             raise FhirError(405, f"{method} is not supported on {rtype}/{rid}", "not-supported")
         if segments[2] == "_history" and len(segments) in (3, 4):
             self._only(method, "GET")
             if len(segments) == 3:
-                return history.history(self, req, rtype, rid)
-            return instance.vread(self, req, rtype, rid, segments[3])
+                return Route("history-instance", lambda: history.history(self, req, rtype, rid))
+            return Route("vread", lambda: instance.vread(self, req, rtype, rid, segments[3]))
         raise FhirError(404, f"no such path: {req.path}", "not-found")
 
     def resource_type(self, name: str) -> str:

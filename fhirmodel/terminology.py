@@ -28,6 +28,7 @@ class Terminology:
             elif res.get("resourceType") == "ValueSet":
                 self._value_sets[url] = res
         self._expanded: dict[str, frozenset[Code] | None] = {}
+        self._system_code_sets: dict[str, frozenset[str]] = {}
 
     @classmethod
     def load(cls, *folders: Path) -> Terminology:
@@ -37,6 +38,14 @@ class Terminology:
                 for path in sorted(folder.glob("*.json")):
                     resources.append(json.loads(path.read_text(encoding="utf-8")))
         return cls(resources)
+
+    def has_code(self, system: str, code: str) -> bool:
+        """Whether ``code`` is defined by the local CodeSystem ``system`` (False if unknown)."""
+        codes = self._system_code_sets.get(system)
+        if codes is None:
+            codes = frozenset(self._system_codes(system) or ())
+            self._system_code_sets[system] = codes
+        return code in codes
 
     def _system_codes(self, system: str) -> list[str] | None:
         cs = self._code_systems.get(system)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from storage.crypto import EnvelopeCipher
 from storage.interface import Store
 from storage.sqlite.compiler import ParamType
 from storage.sqlite.store import Indexer, SqliteStore
@@ -17,11 +18,13 @@ def open_store(
     indexer: Indexer,
     param_type: ParamType,
     resource_types: tuple[str, ...],
+    cipher: EnvelopeCipher | None = None,
 ) -> Store:
-    """The store a ``DMP_STORE`` URL names (SQLite in the data directory by default)."""
+    """The store a ``DMP_STORE`` URL names (SQLite in the data directory by default); with a
+    ``cipher``, contents are encrypted at rest."""
     if url is None or url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :]) if url else default_sqlite
-        return SqliteStore(path, indexer, param_type, resource_types)
+        return SqliteStore(path, indexer, param_type, resource_types, cipher)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         raise ValueError("the MongoDB backend is not available yet: use sqlite:///path")
     raise ValueError(f"DMP_STORE: unsupported store URL {url!r} (sqlite:///path or mongodb://...)")

@@ -45,12 +45,12 @@ class Stored:
     """One version of a resource as kept by the store."""
 
     pk: int  # creation sequence of the resource (stable across versions)
-    seq: int  # sequence of this version in the whole history
+    seq: int | None  # sequence of this version in the whole history (None: read as the current one)
     resource_type: str
     id: str
     version: int
     last_updated: str
-    method: str  # POST, PUT, PATCH or DELETE: what produced this version
+    method: str | None  # POST, PUT, PATCH or DELETE: what produced it (None: read as the current one)
     content: bytes | None  # JSON, None for a deletion
 
     @property
@@ -153,6 +153,16 @@ class Store(ABC):
     @abstractmethod
     def acknowledge(self, message_id: int) -> None:
         """Mark a queued message as delivered."""
+
+    @abstractmethod
+    def rewrap_all(self, batch: int = 500) -> int:
+        """Re-wrap every stored data key under the active master key (after a rotation), in
+        transactions of ``batch`` rows; contents are not re-encrypted. Returns how many blobs were
+        re-wrapped (those already under the active key are left alone)."""
+
+    @abstractmethod
+    def key_ids_in_use(self) -> set[str]:
+        """The ids of the master keys still wrapping stored data: only the others may be retired."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -134,11 +134,17 @@ class Chain:
 @dataclass(frozen=True)
 class Has:
     """``_has:Source:param:...``: some ``source_type`` resource referencing this one via ``param``
-    matches ``where``."""
+    matches ``where``.
+
+    Like :class:`Chain`, a client's ``_has`` only sees sources within the caller's scope
+    (``scoped``); a policy may build an unscoped one to ask about resources the caller cannot see
+    ("a document of another patient points at this content").
+    """
 
     source_type: str
     param: str
     where: Expr
+    scoped: bool = True
 
 
 @dataclass(frozen=True)
@@ -228,6 +234,16 @@ class OpenScope:
 
 
 OPEN_SCOPE = OpenScope()
+
+
+class ClosedScope:
+    """Nothing at all: what a request sees until access control has decided otherwise."""
+
+    def filter(self, resource_type: str) -> Expr:
+        return NOTHING
+
+
+CLOSED_SCOPE = ClosedScope()
 
 
 @dataclass(frozen=True)

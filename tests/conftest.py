@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from authz.devtoken import make_dev_token
+from authz.keys import load_or_create_server_key
+from authz.tokens import own_issuer
 from fhir_server.app import create_app, create_service
 from fhir_server.config import Config
 from fhir_server.service import FhirService
 from tests.paths import ROOT
+from tests.support import open_gatekeeper
 
 BASE = "/fhir"
 FHIR_JSON = "application/fhir+json"
@@ -32,7 +37,8 @@ def config(tmp_path: Path) -> Config:
 
 @pytest.fixture
 def service(config: Config) -> Iterator[FhirService]:
-    svc = create_service(config)
+    """The FHIR core with an open gatekeeper (see tests/support.py); DMP tests build their own."""
+    svc = create_service(config, gatekeeper=open_gatekeeper)
     yield svc
     svc.store.close()
 
@@ -89,17 +95,28 @@ def _free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class LiveServer:
+    """A running ``dmp-server serve`` process and how to get tokens it accepts."""
+
+    base_url: str
+    data_dir: Path
+
+    def token(self, role: str, **claims: Any) -> str:
+        key = load_or_create_server_key(self.data_dir)
+        sub = claims.pop("sub", None) or claims.get("idnatps") or claims.get("person_id") or f"{role}-user"
+        return make_dev_token(
+            key, issuer=own_issuer(self.base_url), audience=self.base_url, role=role, sub=sub, **claims
+        )
+
+
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``dmp-server serve`` in its own process, on a free loopback port; yields the FHIR base URL."""
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """``dmp-server serve`` in its own process, on a free loopback port, with the DMP rules on."""
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}/fhir"
-    env = {
-        **os.environ,
-        "DMP_DATA_DIR": str(tmp_path_factory.mktemp("live") / "data"),
-        "DMP_BASE_URL": base_url,
-        "PYTHONPATH": str(ROOT),
-    }
+    data_dir = tmp_path_factory.mktemp("live") / "data"
+    env = {**os.environ, "DMP_DATA_DIR": str(data_dir), "DMP_BASE_URL": base_url, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(port)],
         env=env,
@@ -118,7 +135,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     err = proc.stderr.read().decode() if proc.stderr else ""
                     raise RuntimeError(f"the server did not start: {err}") from None
                 time.sleep(0.1)
-        yield base_url
+        yield LiveServer(base_url, data_dir)
     finally:
         proc.terminate()
         try:

@@ -34,6 +34,7 @@ from storage.query import (
     Token,
 )
 from tests.conftest import Fhir
+from tests.support import OpenGatekeeper, OpenGuard
 
 BASE_URL = "http://127.0.0.1:8080/fhir"
 STRICT = {"Prefer": "handling=strict"}
@@ -1189,19 +1190,21 @@ def test_paging_is_stable_when_resources_are_added(fhir: Fhir) -> None:
 def test_paging_key_is_bound_to_the_principal(service: FhirService) -> None:
     for i in range(3):
         service.store.create(patient(f"p{i}", "Dupont"))
-    first = service.handle(FhirRequest(method="GET", path="Patient", params=[("_count", "1")], principal="alice"))
+    first = service.handle(
+        FhirRequest(method="GET", path="Patient", params=[("_count", "1")], guard=OpenGuard("alice"))
+    )
     body = first.body
     assert isinstance(body, dict)
     next_url = link(body, "next")
     assert next_url is not None
     params = parse_qsl(urlsplit(next_url).query)
     with pytest.raises(FhirError) as refused:
-        service.handle(FhirRequest(method="GET", path="", params=params, principal="mallory"))
+        service.handle(FhirRequest(method="GET", path="", params=params, guard=OpenGuard("mallory")))
     assert refused.value.status == 410
     with pytest.raises(FhirError) as refused_on_type:
-        service.handle(FhirRequest(method="GET", path="Patient", params=params, principal="mallory"))
+        service.handle(FhirRequest(method="GET", path="Patient", params=params, guard=OpenGuard("mallory")))
     assert refused_on_type.value.status == 410
-    page2 = service.handle(FhirRequest(method="GET", path="", params=params, principal="alice"))
+    page2 = service.handle(FhirRequest(method="GET", path="", params=params, guard=OpenGuard("alice")))
     assert isinstance(page2.body, dict) and page2.body["total"] == 3
     assert len(entries(page2.body, "match")) == 1
 
@@ -1394,14 +1397,8 @@ def filtered(fhir: Fhir, service: FhirService, monkeypatch: pytest.MonkeyPatch) 
         doc_list("l1", "DocumentReference/cur0", "DocumentReference/old0", "Patient/p2"),
         audit_event("a1", "2024-03-01T10:00:00Z"),
     )
-    original = service.handle
-
     def apply(scope: AccessScope) -> None:
-        def handle(req: FhirRequest) -> Any:
-            req.scope = scope
-            return original(req)
-
-        monkeypatch.setattr(service, "handle", handle)
+        monkeypatch.setattr(service, "gatekeeper", OpenGatekeeper(scope))
 
     return apply
 

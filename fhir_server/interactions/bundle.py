@@ -113,9 +113,9 @@ def _request_for(req: FhirRequest, entry: _Entry) -> FhirRequest:
         params=entry.params,
         body=body,
         headers={**entry.headers, "Prefer": req.header("Prefer") or ""},
-        scope=req.scope,
         content_type=content_type,
-        principal=req.principal,
+        guard=req.guard,
+        client_address=req.client_address,
         assigned_id=entry.assigned.split("/")[1] if entry.assigned and entry.method == "POST" else None,
     )
 
@@ -186,7 +186,7 @@ def _transaction(svc: FhirService, req: FhirRequest, entries: list[_Entry]) -> F
             if entry.existing is not None:
                 resp = FhirResponse(
                     200,
-                    RawJson(entry.existing.content),
+                    req.checks.present(entry.existing),
                     {
                         "Location": f"{svc.config.base_url}/{entry.assigned}/_history/{entry.existing.version}",
                         "ETag": f'W/"{entry.existing.version}"',

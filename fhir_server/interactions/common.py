@@ -6,7 +6,7 @@ import re
 import uuid
 
 from fhir_server.errors import bad_request, operation_outcome
-from fhir_server.messages import FhirRequest, FhirResponse, RawJson
+from fhir_server.messages import FhirRequest, FhirResponse
 from fhir_server.service import FhirService
 from storage.interface import Stored
 
@@ -60,5 +60,4 @@ def written(svc: FhirService, req: FhirRequest, stored: Stored, status: int) -> 
                 "information", "informational", f"{stored.resource_type}/{stored.id} version {stored.version} stored"
             )
             return FhirResponse(status, outcome, headers)
-    assert stored.content is not None
-    return FhirResponse(status, RawJson(stored.content), headers)
+    return FhirResponse(status, req.checks.present(stored), headers)

@@ -9,7 +9,7 @@ import orjson
 from fhir_server.errors import bad_request, not_found
 from fhir_server.interactions.common import etag
 from fhir_server.interactions.search import page_state, page_url
-from fhir_server.messages import FhirRequest, FhirResponse, RawJson
+from fhir_server.messages import FhirRequest, FhirResponse
 from fhir_server.service import FhirService
 from fhirmodel.dates import DateFormatError, date_range, us_to_instant
 from storage.interface import Gone, NotFound, Stored
@@ -41,6 +41,8 @@ def history(svc: FhirService, req: FhirRequest, rtype: str | None, rid: str | No
     if not count_text.isdigit():
         raise bad_request("_count must be a non-negative integer")
     count = min(int(count_text), svc.config.max_count)
+    if rtype is not None:
+        req.checks.check_read(rtype, "history-instance" if rid else "history-type")
     if rtype is not None and rid is not None:
         _check_instance(svc, req, rtype, rid)
     result = svc.store.history(req.scope, rtype, rid, since=since, offset=offset, count=count, watermark=watermark)
@@ -68,7 +70,7 @@ def history(svc: FhirService, req: FhirRequest, rtype: str | None, rid: str | No
             links.append({"relation": "next", "url": page(offset + count)})
     bundle["link"] = links
     if result.entries:
-        bundle["entry"] = [_entry(svc, s) for s in result.entries]
+        bundle["entry"] = [_entry(svc, req, s) for s in result.entries]
     return FhirResponse(200, bundle)
 
 
@@ -82,15 +84,15 @@ def _check_instance(svc: FhirService, req: FhirRequest, rtype: str, rid: str) ->
         pass
 
 
-def _entry(svc: FhirService, stored: Stored) -> dict[str, Any]:
+def _entry(svc: FhirService, req: FhirRequest, stored: Stored) -> dict[str, Any]:
     url = f"{stored.resource_type}/{stored.id}"
     entry: dict[str, Any] = {"fullUrl": f"{svc.config.base_url}/{url}"}
     if stored.content is not None:
-        entry["resource"] = RawJson(stored.content)
-    method = stored.method
+        entry["resource"] = req.checks.present(stored)
+    method = stored.method or "PUT"  # history rows always carry their method
     entry["request"] = {"method": method, "url": url if method != "POST" else stored.resource_type}
     entry["response"] = {
-        "status": _STATUS.get(stored.method, "200 OK"),
+        "status": _STATUS.get(method, "200 OK"),
         "etag": etag(stored.version),
         "lastModified": stored.last_updated,
     }

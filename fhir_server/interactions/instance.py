@@ -26,6 +26,7 @@ def _conflict(exc: VersionConflict) -> FhirError:
 
 
 def read(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirResponse:
+    req.checks.check_read(rtype, "read")
     try:
         stored = svc.store.read(rtype, rid, req.scope)
     except NotFound:
@@ -36,10 +37,11 @@ def read(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirRespon
     if_none_match = req.header("If-None-Match")
     if if_none_match and parse_etag(if_none_match) == stored.version:
         return FhirResponse(304, None, headers)
-    return FhirResponse(200, shape(stored, *result_params(req.params)), headers)
+    return FhirResponse(200, shape(req, stored, *result_params(req.params)), headers)
 
 
 def vread(svc: FhirService, req: FhirRequest, rtype: str, rid: str, vid: str) -> FhirResponse:
+    req.checks.check_read(rtype, "vread")
     if not vid.isdigit():
         raise not_found(f"{rtype}/{rid} has no version '{vid}'")
     try:
@@ -48,7 +50,7 @@ def vread(svc: FhirService, req: FhirRequest, rtype: str, rid: str, vid: str) ->
         raise not_found(f"{rtype}/{rid}/_history/{vid} is not known") from None
     if stored.deleted:
         raise FhirError(410, f"{rtype}/{rid} version {vid} is a deletion", "deleted")
-    return FhirResponse(200, shape(stored, *result_params(req.params)), version_headers(svc, stored))
+    return FhirResponse(200, shape(req, stored, *result_params(req.params)), version_headers(svc, stored))
 
 
 def _body(svc: FhirService, req: FhirRequest, rtype: str) -> dict[str, Any]:
@@ -82,7 +84,9 @@ def create(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
                 return written(svc, req, existing, 200)
         resource = dict(resource)
         resource["id"] = req.assigned_id or new_id()  # the server assigns the id of a create (R4 3.1.0.8)
+        req.checks.check_write("POST", rtype, resource, None)
         stored = svc.store.create(resource)
+        req.checks.after_write("POST", stored, None)
     return written(svc, req, stored, 201)
 
 
@@ -103,12 +107,18 @@ def _store_update(svc: FhirService, req: FhirRequest, resource: dict[str, Any], 
     if current is None:
         if expected is not None:
             raise FhirError(412, f"If-Match given but {rtype}/{rid} does not exist", "conflict")
-        return written(svc, req, svc.store.create(resource, method="PUT"), 201)
-    _visible_or_404(svc, req, rtype, rid)
+        req.checks.check_write("PUT", rtype, resource, None)
+        created = svc.store.create(resource, method="PUT")
+        req.checks.after_write("PUT", created, None)
+        return written(svc, req, created, 201)
+    current_version = _visible_or_404(svc, req, rtype, rid)
+    old = current_version.json() if current_version else None
+    req.checks.check_write("PUT", rtype, resource, old)
     try:
         stored = svc.store.update(resource, expected_version=expected)
     except VersionConflict as exc:
         raise _conflict(exc) from None
+    req.checks.after_write("PUT", stored, old)
     return written(svc, req, stored, 200)
 
 
@@ -157,10 +167,12 @@ def _apply_patch(svc: FhirService, req: FhirRequest, current: Stored, expected: 
     if patched.get("resourceType") != current.resource_type or patched.get("id") != current.id:
         raise FhirError(422, "a patch may not change the resource type or id", "invalid")
     svc.validator.validate(patched, expected_type=current.resource_type)
+    req.checks.check_write("PATCH", current.resource_type, patched, original)
     try:
         stored = svc.store.update(patched, expected_version=current.version, method="PATCH")
     except VersionConflict as exc:
         raise _conflict(exc) from None
+    req.checks.after_write("PATCH", stored, original)
     return written(svc, req, stored, 200)
 
 
@@ -181,10 +193,13 @@ def delete(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirResp
         current = _visible_or_404(svc, req, rtype, rid)
         if current is None:  # already deleted: nothing to do (R4 3.1.0.7.1)
             return FhirResponse(204)
+        old = current.json()
+        req.checks.check_write("DELETE", rtype, None, old)
         try:
             stored = svc.store.delete(rtype, rid, expected_version=expected)
         except VersionConflict as exc:
             raise _conflict(exc) from None
+        req.checks.after_write("DELETE", stored, old)
     return FhirResponse(204, None, {"ETag": f'W/"{stored.version}"'})
 
 
@@ -196,5 +211,8 @@ def conditional_delete(svc: FhirService, req: FhirRequest, rtype: str) -> FhirRe
             raise FhirError(412, "the criteria match more than one resource", "multiple-matches")
         if not found:
             raise not_found(f"no {rtype} matches the criteria")
+        old = found[0].json()
+        req.checks.check_write("DELETE", rtype, None, old)
         stored = svc.store.delete(rtype, found[0].id)
+        req.checks.after_write("DELETE", stored, old)
     return FhirResponse(204, None, {"ETag": f'W/"{stored.version}"'})

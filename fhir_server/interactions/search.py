@@ -21,12 +21,15 @@ from fhir_server.summary import select_elements, summarize
 from storage.interface import Stored
 
 
-def shape(stored: Stored, summary: str | None, elements: tuple[str, ...] | None) -> RawJson | dict[str, Any]:
-    """A stored resource as the response embeds it, subset if ``_summary``/``_elements`` ask."""
-    assert stored.content is not None
+def shape(
+    req: FhirRequest, stored: Stored, summary: str | None, elements: tuple[str, ...] | None
+) -> RawJson | dict[str, Any]:
+    """A stored resource as the response embeds it: as the caller may see it, subset if
+    ``_summary``/``_elements`` ask."""
+    presented = req.checks.present(stored)
     if (summary is None or summary == "false") and not elements:
-        return RawJson(stored.content)
-    resource = stored.json()
+        return presented
+    resource = presented.load() if isinstance(presented, RawJson) else presented
     if elements:
         return select_elements(resource, elements)
     return summarize(resource, summary or "false")
@@ -63,6 +66,7 @@ def page_state(svc: FhirService, req: FhirRequest) -> tuple[dict[str, Any] | Non
 
 
 def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
+    req.checks.check_read(rtype, "search-type")
     state, offset = page_state(svc, req)
     if state is not None:
         if state["type"] != rtype:
@@ -74,6 +78,7 @@ def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
         query = replace(parsed.query, offset=offset, watermark=state["watermark"])
         session_key: str | None = dict(req.params)["_getpages"]
     else:
+        req.checks.check_search(rtype, [name for name, _ in req.params])
         parsed = svc.parser.parse(rtype, req.params, strict=req.strict, default_count=svc.config.default_count)
         query = parsed.query
         session_key = None
@@ -101,8 +106,8 @@ def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
             last = ((result.total - 1) // query.count) * query.count if result.total else 0
             links.append({"relation": "last", "url": page(last)})
     bundle["link"] = links
-    entries = [_entry(svc, s, "match", parsed) for s in result.matches]
-    entries += [_entry(svc, s, "include", parsed) for s in result.included]
+    entries = [_entry(svc, req, s, "match", parsed) for s in result.matches]
+    entries += [_entry(svc, req, s, "include", parsed) for s in result.included]
     if parsed.ignored:
         outcome = operation_outcome("warning", "not-supported", "ignored: " + "; ".join(parsed.ignored))
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
@@ -111,10 +116,10 @@ def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
     return FhirResponse(200, bundle)
 
 
-def _entry(svc: FhirService, stored: Stored, mode: str, parsed: ParsedSearch) -> dict[str, Any]:
+def _entry(svc: FhirService, req: FhirRequest, stored: Stored, mode: str, parsed: ParsedSearch) -> dict[str, Any]:
     return {
         "fullUrl": f"{svc.config.base_url}/{stored.resource_type}/{stored.id}",
-        "resource": shape(stored, parsed.summary, parsed.elements),
+        "resource": shape(req, stored, parsed.summary, parsed.elements),
         "search": {"mode": mode},
     }
 

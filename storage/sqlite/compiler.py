@@ -191,9 +191,10 @@ class SqlCompiler:
 
     def _has_condition(self, expr: Has, alias: str, rtype: str) -> str:
         s, i = self._alias("s"), self._alias("h")
-        inner = self._filtered(expr.where, expr.source_type)
+        inner = self._filtered(expr.where, expr.source_type) if expr.scoped else expr.where
         return (
-            f"EXISTS (SELECT 1 FROM idx_reference {i} INDEXED BY idx_reference_target JOIN resource {s} ON {s}.pk = {i}.res"
+            f"EXISTS (SELECT 1 FROM idx_reference {i} INDEXED BY idx_reference_target"
+            f" JOIN resource {s} ON {s}.pk = {i}.res"
             f" WHERE {i}.target_id = {alias}.id AND {i}.target_type = {self.arg(rtype)}"
             f" AND {i}.param = {self.arg(expr.param)} AND {s}.type = {self.arg(expr.source_type)}"
             f" AND {s}.deleted = 0 AND {self.condition(inner, s, expr.source_type)})"

@@ -4,6 +4,11 @@ One connection per thread (SQLite connections are not shared across threads); wr
 database lock up front (``BEGIN IMMEDIATE``) so two writers queue instead of deadlocking on a
 lock upgrade. A transaction is the unit of atomicity for FHIR transactions and conditional
 operations: reads inside it see its own writes.
+
+With a cipher, every content blob (resource versions, search sessions, outbox payloads) is
+sealed before it reaches SQLite and opened on the way out, its row's identity bound as associated
+data: callers only ever see plaintext in :class:`Stored`, the file holds none of it. The search
+index tables are not encrypted: they hold the indexed values that SQL must compare.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from fhirmodel.indexing import (
     TokenValue,
     UriValue,
 )
+from storage.crypto import MAX_HEADER_BYTES, DecryptionError, EnvelopeCipher, MasterKeyError, is_sealed
 from storage.interface import (
     AlreadyExists,
     Gone,
@@ -71,6 +77,25 @@ _INSERTS = {
 }
 _MAX_INCLUDE_ROUNDS = 4
 _STORED_COLUMNS = "r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, v.content"
+#: The current version straight from ``resource``: one row per match, no join to ``version``.
+_CURRENT_COLUMNS = "r.pk, NULL, r.type, r.id, r.version, r.last_updated, NULL, r.content"
+#: Every sealed column: (table, row key, blob column), for re-wrapping and key accounting.
+_SEALED_COLUMNS = (
+    ("resource", "pk", "content"),
+    ("version", "seq", "content"),
+    ("search_session", "rowid", "data"),
+    ("outbox", "id", "payload"),
+)
+
+
+def _resource_aad(resource_type: str, resource_id: str, version: int) -> str:
+    """What a resource blob is bound to: another row's, or another version's, blob does not open."""
+    return f"{resource_type}/{resource_id}/{version}"
+
+
+def _outbox_aad(message_id: int, topic: str) -> str:
+    """A queued payload is bound to its message id and topic: it cannot be replayed elsewhere."""
+    return f"outbox/{message_id}/{topic}"
 
 
 def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param: str) -> str:
@@ -78,11 +103,19 @@ def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param:
 
 
 class SqliteStore(Store):
-    def __init__(self, path: Path | str, indexer: Indexer, param_type: ParamType, resource_types: tuple[str, ...]):
+    def __init__(
+        self,
+        path: Path | str,
+        indexer: Indexer,
+        param_type: ParamType,
+        resource_types: tuple[str, ...],
+        cipher: EnvelopeCipher | None = None,
+    ):
         self.path = str(path)
         self._indexer = indexer
         self._param_type = param_type
         self._resource_types = resource_types
+        self._cipher = cipher
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -91,6 +124,56 @@ class SqliteStore(Store):
         conn = self._conn()
         conn.executescript(DDL)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        try:
+            self._check_keys()
+        except MasterKeyError:
+            self.close()
+            raise
+
+    def _check_keys(self) -> None:
+        """Refuse to start when the data and the keys do not belong together.
+
+        Checked on the newest version only, so it is cheap. Without this a server given a lost or
+        another directory's key file would start, accept writes, and fail every older read.
+        """
+        row = self._conn().execute("SELECT content FROM version WHERE content IS NOT NULL ORDER BY seq DESC LIMIT 1")
+        newest = row.fetchone()
+        if newest is None:
+            return
+        blob = bytes(newest[0])
+        if self._cipher is None:
+            if is_sealed(blob):
+                raise MasterKeyError(f"{self.path} holds encrypted content: open it with its master keys")
+            return
+        if not is_sealed(blob):
+            raise MasterKeyError(f"{self.path} holds unencrypted content, written before encryption at rest")
+        kid = self._cipher.kid_of(blob)
+        if kid not in self._cipher.master_keys.kids:
+            raise MasterKeyError(
+                f"{self.path} was written with master key {kid!r}, which {self._cipher.master_keys.path}"
+                " does not hold (another data directory's keys, or a lost key file?)"
+            )
+
+    # -- encryption --------------------------------------------------------------------------
+
+    def _seal(self, aad: str, plaintext: bytes) -> bytes:
+        return plaintext if self._cipher is None else self._cipher.seal(plaintext, aad.encode())
+
+    def _open(self, aad: str, blob: bytes) -> bytes:
+        """The plaintext of a stored blob; a blob that does not open is an error, never data."""
+        if self._cipher is None:
+            return bytes(blob)
+        try:
+            return self._cipher.open(blob, aad.encode())
+        except DecryptionError as exc:
+            raise DecryptionError(f"{self.path}: stored content of {aad} does not open: {exc}") from None
+
+    def _stored(self, row: tuple[Any, ...]) -> Stored:
+        """A :class:`Stored` from a row of ``_STORED_COLUMNS`` or ``_CURRENT_COLUMNS``, opened."""
+        pk, seq, rtype, rid, version, last_updated, method, content = row
+        if content is not None:
+            content = self._open(_resource_aad(rtype, rid, version), content)
+        return Stored(pk, seq, rtype, rid, version, last_updated, method, content)
 
     # -- connections and transactions --------------------------------------------------------
 
@@ -113,9 +196,18 @@ class SqliteStore(Store):
     def transaction(self) -> Iterator[None]:
         conn = self._conn()
         if self._local.depth:
+            # Nested: a savepoint, so that a failing inner unit (one batch entry) is undone alone.
             self._local.depth += 1
+            savepoint = f"sp{self._local.depth}"
+            conn.execute(f"SAVEPOINT {savepoint}")
             try:
                 yield
+            except BaseException:
+                conn.execute(f"ROLLBACK TO {savepoint}")
+                conn.execute(f"RELEASE {savepoint}")
+                raise
+            else:
+                conn.execute(f"RELEASE {savepoint}")
             finally:
                 self._local.depth -= 1
             return
@@ -148,10 +240,11 @@ class SqliteStore(Store):
         resource["meta"] = meta
         return orjson.dumps(resource), last_updated
 
-    def _write_version(self, pk: int, version: int, last_updated: str, method: str, content: bytes | None) -> int:
+    def _write_version(self, pk: int, version: int, last_updated: str, method: str, blob: bytes | None) -> int:
+        """Insert a version row; ``blob`` is already sealed (the same blob as the resource row's)."""
         cur = self._conn().execute(
             "INSERT INTO version (res, version, last_updated, method, content) VALUES (?, ?, ?, ?, ?)",
-            (pk, version, last_updated, method, content),
+            (pk, version, last_updated, method, blob),
         )
         return int(cur.lastrowid or 0)
 
@@ -175,12 +268,13 @@ class SqliteStore(Store):
             if conn.execute("SELECT 1 FROM resource WHERE type = ? AND id = ?", (rtype, rid)).fetchone():
                 raise AlreadyExists(f"{rtype}/{rid} already exists")
             content, last_updated = self._stamp(resource, 1)
+            blob = self._seal(_resource_aad(rtype, rid, 1), content)
             cur = conn.execute(
                 "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, 1, ?, ?)",
-                (rtype, rid, last_updated, content),
+                (rtype, rid, last_updated, blob),
             )
             pk = int(cur.lastrowid or 0)
-            seq = self._write_version(pk, 1, last_updated, method, content)
+            seq = self._write_version(pk, 1, last_updated, method, blob)
             self._reindex(pk, resource)
             return Stored(pk, seq, rtype, rid, 1, last_updated, method, content)
 
@@ -203,11 +297,12 @@ class SqliteStore(Store):
                 raise VersionConflict(f"{rtype}/{rid} is at version {version}, not {expected_version}")
             new_version = version + 1
             content, last_updated = self._stamp(resource, new_version)
+            blob = self._seal(_resource_aad(rtype, rid, new_version), content)
             self._conn().execute(
                 "UPDATE resource SET version = ?, last_updated = ?, deleted = 0, content = ? WHERE pk = ?",
-                (new_version, last_updated, content, pk),
+                (new_version, last_updated, blob, pk),
             )
-            seq = self._write_version(pk, new_version, last_updated, method, content)
+            seq = self._write_version(pk, new_version, last_updated, method, blob)
             self._reindex(pk, resource)
             return Stored(pk, seq, rtype, rid, new_version, last_updated, method, content)
 
@@ -256,15 +351,14 @@ class SqliteStore(Store):
         row = (
             self._conn()
             .execute(
-                f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk AND v.version = r.version"
-                " WHERE r.type = ? AND r.id = ?",
+                f"SELECT {_CURRENT_COLUMNS} FROM resource r WHERE r.type = ? AND r.id = ?",
                 (resource_type, resource_id),
             )
             .fetchone()
         )
         if row is None or not self._visible(row[0], resource_type, scope):
             raise NotFound(f"{resource_type}/{resource_id} is not known")
-        stored = Stored(*row)
+        stored = self._stored(row)
         if stored.deleted:
             raise Gone(resource_type, resource_id, stored.version)
         return stored
@@ -281,7 +375,7 @@ class SqliteStore(Store):
         )
         if row is None or not self._visible(row[0], resource_type, scope):
             raise NotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
-        return Stored(*row)
+        return self._stored(row)
 
     def _where(self, compiler: SqlCompiler, rtype: str, expr: Expr, watermark: int | None) -> str:
         parts = [f"r.type = {compiler.arg(rtype)}", "r.deleted = 0"]
@@ -329,11 +423,11 @@ class SqliteStore(Store):
             where = self._where(compiler, rtype, expr, watermark)
             order = self._order(compiler, rtype, query.sort)
             sql = (
-                f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk AND v.version = r.version"
+                f"SELECT {_CURRENT_COLUMNS} FROM resource r"
                 f" WHERE {where} ORDER BY {order} LIMIT {compiler.arg(query.count)} OFFSET {compiler.arg(query.offset)}"
             )
             rows = conn.execute(sql, compiler.args).fetchall()
-            matches = [Stored(*row) for row in rows]
+            matches = [self._stored(row) for row in rows]
         included = self._includes(matches, query.includes, scope) if query.includes else []
         return SearchResult(matches, included, total, watermark)
 
@@ -370,9 +464,8 @@ class SqliteStore(Store):
             type_cond = f" AND t.type = {compiler.arg(inc.target_type)}" if inc.target_type else ""
             scope_sql = self._scope_sql(compiler, scope, "t", target_types)
             sql = (
-                f"SELECT DISTINCT {_STORED_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
+                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
                 " JOIN resource t ON t.type = i.target_type AND t.id = i.target_id"
-                " JOIN version v ON v.res = t.pk AND v.version = t.version"
                 f" WHERE i.res IN ({marks}){param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
             )
         else:
@@ -383,12 +476,12 @@ class SqliteStore(Store):
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
             scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type])
             sql = (
-                f"SELECT DISTINCT {_STORED_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
-                " JOIN resource t ON t.pk = i.res JOIN version v ON v.res = t.pk AND v.version = t.version"
+                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
+                " JOIN resource t ON t.pk = i.res"
                 f" WHERE ({targets}){param_cond} AND t.type = {compiler.arg(inc.source_type)}"
                 f" AND t.deleted = 0 AND {scope_sql}"
             )
-        return [Stored(*row) for row in conn.execute(sql, compiler.args).fetchall()]
+        return [self._stored(row) for row in conn.execute(sql, compiler.args).fetchall()]
 
     def _scope_sql(self, compiler: SqlCompiler, scope: AccessScope, alias: str, types: list[str] | None) -> str:
         """The scope filter for an included resource whose type may not be known in advance."""
@@ -431,7 +524,7 @@ class SqliteStore(Store):
         total = int(conn.execute(f"SELECT COUNT(*) {base}", compiler.args).fetchone()[0])
         page = f"LIMIT {compiler.arg(count)} OFFSET {compiler.arg(offset)}"
         rows = conn.execute(f"SELECT {_STORED_COLUMNS} {base} ORDER BY v.seq DESC {page}", compiler.args).fetchall()
-        return HistoryPage([Stored(*row) for row in rows], total, watermark)
+        return HistoryPage([self._stored(row) for row in rows], total, watermark)
 
     def save_session(self, data: bytes, ttl_seconds: int) -> str:
         key = secrets.token_urlsafe(24)
@@ -439,7 +532,8 @@ class SqliteStore(Store):
         with self.transaction():
             conn = self._conn()
             conn.execute("DELETE FROM search_session WHERE expires < ?", (now,))
-            conn.execute("INSERT INTO search_session VALUES (?, ?, ?)", (key, now + ttl_seconds, data))
+            blob = self._seal(f"search_session/{key}", data)
+            conn.execute("INSERT INTO search_session VALUES (?, ?, ?)", (key, now + ttl_seconds, blob))
         return key
 
     def load_session(self, key: str) -> bytes | None:
@@ -448,14 +542,22 @@ class SqliteStore(Store):
             .execute("SELECT data FROM search_session WHERE key = ? AND expires >= ?", (key, int(time.time())))
             .fetchone()
         )
-        return bytes(row[0]) if row else None
+        return self._open(f"search_session/{key}", row[0]) if row else None
 
     def enqueue(self, topic: str, payload: bytes) -> int:
         with self.transaction():
-            cur = self._conn().execute(
-                "INSERT INTO outbox (topic, created, payload) VALUES (?, ?, ?)", (topic, instant_now(), payload)
+            conn = self._conn()
+            first = payload if self._cipher is None else b""
+            cur = conn.execute(
+                "INSERT INTO outbox (topic, created, payload) VALUES (?, ?, ?)", (topic, instant_now(), first)
             )
-            return int(cur.lastrowid or 0)
+            message_id = int(cur.lastrowid or 0)
+            if self._cipher is not None:
+                # The id the payload is bound to is only known once the row exists: seal it now,
+                # in the same transaction, so that no plaintext is ever committed.
+                blob = self._seal(_outbox_aad(message_id, topic), payload)
+                conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (blob, message_id))
+            return message_id
 
     def pending(self, topic: str, limit: int = 100) -> list[tuple[int, bytes]]:
         rows = (
@@ -466,7 +568,7 @@ class SqliteStore(Store):
             )
             .fetchall()
         )
-        return [(int(r[0]), bytes(r[1])) for r in rows]
+        return [(int(r[0]), self._open(_outbox_aad(int(r[0]), topic), r[1])) for r in rows]
 
     def acknowledge(self, message_id: int) -> None:
         with self.transaction():
@@ -478,12 +580,58 @@ class SqliteStore(Store):
         last, done = 0, 0
         while True:
             rows = conn.execute(
-                f"SELECT pk, content FROM resource WHERE deleted = 0 AND pk > ? {where} ORDER BY pk LIMIT 500",
+                "SELECT pk, type, id, version, content FROM resource"
+                f" WHERE deleted = 0 AND pk > ? {where} ORDER BY pk LIMIT 500",
                 (last, *args),
             ).fetchall()
             if not rows:
                 return done
             with self.transaction():
-                for pk, content in rows:
-                    self._reindex(pk, orjson.loads(content))
+                for pk, rtype, rid, version, blob in rows:
+                    self._reindex(pk, orjson.loads(self._open(_resource_aad(rtype, rid, version), blob)))
             last, done = rows[-1][0], done + len(rows)
+
+    # -- master key rotation -----------------------------------------------------------------
+
+    def rewrap_all(self, batch: int = 500) -> int:
+        """Re-wrap every blob whose data key is not under the active master key.
+
+        Each batch is read and rewritten inside one write transaction, so a concurrent update is
+        never overwritten by an older blob; short batches keep the write lock for little time.
+        """
+        cipher = self._require_cipher()
+        done = 0
+        for table, key, column in _SEALED_COLUMNS:
+            last: Any = None
+            while True:
+                with self.transaction():
+                    rows = self._sealed_batch(table, key, column, last, batch)
+                    if not rows:
+                        break
+                    active = cipher.master_keys.active.kid
+                    stale = [(cipher.rewrap(blob), row_key) for row_key, blob in rows if cipher.kid_of(blob) != active]
+                    self._conn().executemany(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", stale)
+                last, done = rows[-1][0], done + len(stale)
+        return done
+
+    def _sealed_batch(self, table: str, key: str, column: str, after: Any, limit: int) -> list[tuple[Any, bytes]]:
+        """The next ``limit`` non-empty blobs of ``table`` in key order, after key ``after``."""
+        where = f"length({column}) > 0" + ("" if after is None else f" AND {key} > ?")
+        args = () if after is None else (after,)
+        sql = f"SELECT {key}, {column} FROM {table} WHERE {where} ORDER BY {key} LIMIT {int(limit)}"
+        return [(row[0], bytes(row[1])) for row in self._conn().execute(sql, args).fetchall()]
+
+    def key_ids_in_use(self) -> set[str]:
+        """The master keys that wrap at least one stored blob (reads only the blobs' headers)."""
+        if self._cipher is None:
+            return set()
+        kids: set[str] = set()
+        for table, _key, column in _SEALED_COLUMNS:
+            sql = f"SELECT DISTINCT substr({column}, 1, {MAX_HEADER_BYTES}) FROM {table} WHERE length({column}) > 0"
+            kids.update(self._cipher.kid_of(bytes(row[0])) for row in self._conn().execute(sql))
+        return kids
+
+    def _require_cipher(self) -> EnvelopeCipher:
+        if self._cipher is None:
+            raise MasterKeyError(f"{self.path} is not encrypted: there are no keys to re-wrap")
+        return self._cipher

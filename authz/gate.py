@@ -1,0 +1,326 @@
+"""The DMP gatekeeper: from a request's bearer token to its guard.
+
+Token → verified claims → actor → the patient's access state → the policy's decision. What the
+guard then does for the request — the query filter, read and write checks, output shaping and
+the trail — is the policy's decision applied; nothing here is a rule of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from authz.actor import Actor, ActorError, Known, actor_from_claims
+from authz.audit import AuditRecord, audit_event, for_patient_view
+from authz.consents import DEFAULT_GRANT, new_consent
+from authz.keys import load_or_create_server_key
+from authz.matrix import AuthorisationMatrix
+from authz.policy import DIRECTORY_TYPES, Access, Denied, DmpPolicy, WriteFacts
+from authz.scopes import INTERACTION_PERMISSION
+from authz.state import decision_of, load_state
+from authz.terms import (
+    ACCESS,
+    BREAK_THE_GLASS,
+    EMERGENCY_ACCESS,
+    IDNATPS_SYSTEM,
+    MEDECIN_TRAITANT,
+    PROFESSION_SYSTEM,
+    PROFESSIONAL,
+    REGULATION_CENTRE,
+)
+from authz.tokens import (
+    InvalidToken,
+    MissingToken,
+    TokenVerifier,
+    bearer_token,
+    load_trusted_issuers,
+    own_issuer,
+)
+from fhir_server.config import Config
+from fhir_server.errors import FhirError
+from fhir_server.messages import FhirRequest, RawJson
+from fhirmodel.dates import instant_now
+from fhirmodel.terminology import Terminology
+from storage.interface import Gone, NotFound, Store, Stored
+from storage.query import ANY_SYSTEM, OPEN_SCOPE, Expr, Query, Reference, Token, any_of
+
+ALERT_TOPIC = "patient-alert"
+_WRITE_PERMISSION = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
+#: Documents sharing one content resource: a handful at most (versions of a submission).
+MAX_ATTACHING = 100
+
+
+def _denied(exc: Denied) -> FhirError:
+    if exc.status == 404:
+        return FhirError(404, str(exc), "not-found")
+    if exc.status == 422:
+        return FhirError(422, str(exc), "business-rule")
+    return FhirError(exc.status, str(exc), "forbidden")
+
+
+class DmpScope:
+    """The policy's per-type filters for one request, computed once per type."""
+
+    def __init__(self, policy: DmpPolicy, access: Access):
+        self._policy = policy
+        self._access = access
+        self._cache: dict[str, Expr] = {}
+
+    def filter(self, resource_type: str) -> Expr:
+        expr = self._cache.get(resource_type)
+        if expr is None:
+            expr = self._cache[resource_type] = self._policy.filter(self._access, resource_type)
+        return expr
+
+
+class DmpGuard:
+    def __init__(self, gate: DmpGatekeeper, access: Access, moment: datetime):
+        self._gate = gate
+        self._moment = moment
+        self._created_patients: list[dict[str, Any]] = []
+        self._decide(access)
+
+    def _decide(self, access: Access) -> None:
+        self.access = access
+        self.principal = access.actor.principal
+        self.scope = DmpScope(self._gate.policy, access)
+
+    @property
+    def actor(self) -> Actor:
+        return self.access.actor
+
+    def _allowed_by_scopes(self, resource_type: str, permission: str) -> None:
+        if not self.actor.scopes.allows(resource_type, permission):
+            raise FhirError(403, f"the token's scopes do not allow this on {resource_type}", "forbidden")
+
+    def check_read(self, resource_type: str, interaction: str) -> None:
+        self._allowed_by_scopes(resource_type, INTERACTION_PERMISSION.get(interaction, "r"))
+        try:
+            self._gate.policy.check_read(self.access, resource_type)
+        except Denied as exc:
+            raise _denied(exc) from None
+
+    def check_search(self, resource_type: str, parameters: list[str]) -> None:
+        try:
+            self._gate.policy.check_search(resource_type, parameters)
+        except Denied as exc:
+            raise FhirError(400, str(exc), "required") from None
+
+    def check_write(
+        self, method: str, resource_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
+    ) -> None:
+        permission = "c" if method in ("POST", "PUT") and old is None else _WRITE_PERMISSION[method]
+        self._allowed_by_scopes(resource_type, permission)
+        facts = WriteFacts(
+            dmp_created_here=bool(self._created_patients),
+            professions_of=self._gate.professions_of,
+            read=self._gate.stored,
+            attaching=self._gate.documents_attaching,
+        )
+        try:
+            self._gate.policy.check_write(self.access, method, resource_type, new, old, facts)
+        except Denied as exc:
+            raise _denied(exc) from None
+
+    def after_write(self, method: str, stored: Stored, old: dict[str, Any] | None) -> None:
+        """A new DMP starts with its emergency settings and its creator's grant (R5, R16); a new
+        médecin traitant ends the previous one's designation (R6)."""
+        store, actor = self._gate.store, self.actor
+        if stored.resource_type == "Patient" and old is None and actor.patient is not None:
+            self._created_patients.append(stored.json())
+            for purpose in (BREAK_THE_GLASS, REGULATION_CENTRE):
+                store.create(new_consent(EMERGENCY_ACCESS, actor.patient, self._moment, purpose=purpose))
+            if actor.role == PROFESSIONAL and actor.idnatps:
+                grant = new_consent(
+                    ACCESS,
+                    actor.patient,
+                    self._moment,
+                    actor=(IDNATPS_SYSTEM, actor.idnatps),
+                    until=self._moment + DEFAULT_GRANT,
+                )
+                store.create(grant)
+            self._decide(self._gate.decide(actor, self._moment))
+        elif stored.resource_type == "Consent" and stored.content is not None:
+            decision = decision_of(stored.json())
+            if decision and decision.category == MEDECIN_TRAITANT and decision.permit and self.access.state:
+                self._end_previous_designations(stored.id)
+            self._decide(self._gate.decide(actor, self._moment))
+
+    def _end_previous_designations(self, current_id: str) -> None:
+        store = self._gate.store
+        assert self.access.state is not None
+        for decision in self.access.state.decisions:
+            if decision.category == MEDECIN_TRAITANT and decision.consent_id != current_id:
+                previous = store.read("Consent", decision.consent_id, OPEN_SCOPE).json()
+                store.update({**previous, "status": "inactive"})
+
+    def finish(self) -> None:
+        """R20: a minor's DMP is created with a legal representative, in the same request."""
+        state = self.access.state
+        minor = state is not None and self._created_patients and state.is_minor(self._moment.date())
+        if minor and state is not None and not state.has_representative(self.access.now):
+            message = "the DMP of a minor is created with a legal-representative Consent in the same request"
+            raise FhirError(422, f"{message} (R20)", "business-rule")
+
+    def present(self, stored: Stored) -> RawJson | dict[str, Any]:
+        assert stored.content is not None
+        if stored.resource_type == "List":
+            return self._list_without_hidden(stored.json())
+        if stored.resource_type == "AuditEvent":
+            return for_patient_view(stored.json(), self.actor.role)
+        return RawJson(stored.content)
+
+    def _list_without_hidden(self, folder: dict[str, Any]) -> dict[str, Any]:
+        """A List never names a document hidden from its reader (CONTRACT §8)."""
+        entries = folder.get("entry") or []
+        named = {
+            ref.split("/")[-1]
+            for e in entries
+            if isinstance(ref := (e.get("item") or {}).get("reference"), str) and "DocumentReference/" in ref
+        }
+        if not named:
+            return folder
+        where = any_of(*(Token("_id", ANY_SYSTEM, rid) for rid in sorted(named)))
+        seen = self._gate.store.search(Query("DocumentReference", where, count=len(named), total=False), self.scope)
+        visible = {s.id for s in seen.matches}
+        kept = [
+            e
+            for e in entries
+            if not (
+                isinstance(ref := (e.get("item") or {}).get("reference"), str)
+                and "DocumentReference/" in ref
+                and ref.split("/")[-1] not in visible
+            )
+        ]
+        shown = dict(folder)
+        if kept:
+            shown["entry"] = kept
+        else:
+            shown.pop("entry", None)
+        return shown
+
+    def record(self, req: FhirRequest, interaction: str, status: int, reason: str | None) -> None:
+        """One AuditEvent per request about a record; an alert for every emergency access (R5)."""
+        patient = self.actor.patient
+        segments = [s for s in req.path.split("/") if s]
+        if patient is None or (segments and segments[0] in DIRECTORY_TYPES):
+            return
+        state = self.access.state
+        rtype = segments[0] if segments else None
+        rid = segments[1] if len(segments) > 1 and not segments[1].startswith("_") else None
+        query = "&".join(f"{k}={v}" for k, v in req.params) if interaction == "search-type" else None
+        record = AuditRecord(
+            interaction=interaction,
+            outcome_status=status,
+            resource_type=rtype,
+            resource_id=rid,
+            query=query,
+            reason=reason,
+            emergency=self.access.emergency,
+            source_address=req.client_address,
+        )
+        event = audit_event(
+            self.actor,
+            patient,
+            state.patient_ids[0] if state and state.patient_ids else None,
+            record,
+            instant_now(),
+            self._gate.server_name,
+        )
+        store = self._gate.store
+        with store.transaction():
+            store.create(event)
+            if self.access.emergency and status < 400:
+                alert = {"kind": "emergency-access", "patient": list(patient), "auditEvent": event["id"]}
+                store.enqueue(ALERT_TOPIC, orjson.dumps(alert))
+
+
+class DmpGatekeeper:
+    def __init__(
+        self,
+        store: Store,
+        verifier: TokenVerifier,
+        policy: DmpPolicy,
+        known: Known,
+        server_name: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.store = store
+        self.verifier = verifier
+        self.policy = policy
+        self.known = known
+        self.server_name = server_name
+        self.clock = clock
+
+    def guard(self, req: FhirRequest, interaction: str) -> DmpGuard:
+        try:
+            claims = self.verifier.verify(bearer_token(req.header("Authorization")))
+        except MissingToken:
+            raise FhirError(
+                401, "an access token is required", "login", headers={"WWW-Authenticate": 'Bearer realm="dmp"'}
+            ) from None
+        except InvalidToken as exc:
+            challenge = f'Bearer realm="dmp", error="invalid_token", error_description="{exc.message}"'
+            raise FhirError(
+                401, f"invalid access token: {exc.message}", "login", headers={"WWW-Authenticate": challenge}
+            ) from None
+        try:
+            actor = actor_from_claims(claims, self.known)
+        except ActorError as exc:
+            raise FhirError(403, f"no access: {exc}", "forbidden") from None
+        moment = self.clock()
+        try:
+            access = self.decide(actor, moment)
+        except Denied as exc:
+            state = load_state(self.store, actor.patient) if actor.patient else None
+            refused = DmpGuard(self, Access(actor, state, 0, False, False, False), moment)
+            error = _denied(exc)
+            refused.record(req, interaction, error.status, str(exc))
+            raise error from None
+        return DmpGuard(self, access, moment)
+
+    def decide(self, actor: Actor, moment: datetime) -> Access:
+        """The policy's decision for ``actor`` on the DMP their token is about, as it stands now."""
+        state = load_state(self.store, actor.patient) if actor.patient else None
+        return self.policy.access(actor, state, moment)
+
+    def stored(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """A resource as stored, for the rules' own look-ups (the document a new one replaces, the
+        directory entry an author names); never shown to the caller."""
+        try:
+            return self.store.read(resource_type, resource_id, OPEN_SCOPE).json()
+        except (NotFound, Gone):
+            return None
+
+    def documents_attaching(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+        """Every document whose content is ``resource_type/resource_id`` (R1 checks whose it is)."""
+        where = Reference("attachment", resource_type, resource_id)
+        found = self.store.search(Query("DocumentReference", where, count=MAX_ATTACHING, total=False), OPEN_SCOPE)
+        return [stored.json() for stored in found.matches]
+
+    def professions_of(self, idnatps: str) -> frozenset[str]:
+        """The TRE_G15 professions the directory records for a professional (R6 checks "doctor")."""
+        found = self.store.search(
+            Query("Practitioner", Token("identifier", IDNATPS_SYSTEM, idnatps), count=10, total=False), OPEN_SCOPE
+        ).matches
+        return frozenset(
+            coding["code"]
+            for practitioner in found
+            for qualification in practitioner.json().get("qualification") or []
+            for coding in (qualification.get("code") or {}).get("coding") or []
+            if coding.get("system") == PROFESSION_SYSTEM and "code" in coding
+        )
+
+
+def build_gatekeeper(config: Config, store: Store, terminology: Terminology) -> DmpGatekeeper:
+    """The DMP gatekeeper of a server: its own key (created on first start), the trusted issuers,
+    the authorisation matrix from ``ig/``."""
+    key = load_or_create_server_key(config.data_dir)
+    verifier = TokenVerifier.with_server_key(
+        key, own_issuer(config.base_url), load_trusted_issuers(config.trusted_issuers), config.base_url
+    )
+    policy = DmpPolicy(AuthorisationMatrix.load(config.ig_dir))
+    return DmpGatekeeper(store, verifier, policy, terminology.has_code, config.base_url)
