@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwt
+
+from storage.secretfile import write_secret_file
 
 KEY_DIR_NAME = "keys"
 KEY_FILE_NAME = "server-signing-key.pem"
@@ -122,41 +122,6 @@ def load_or_create_server_key(data_dir: Path) -> ServerKey:
         return ServerKey.from_pem(path.read_bytes())
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = ServerKey.generate()
-    if _write_new_file(path, key.private_pem.encode("ascii")):
+    if write_secret_file(path, key.private_pem.encode("ascii"), replace=False):
         return key
     return ServerKey.from_pem(path.read_bytes())
-
-
-def _write_new_file(path: Path, content: bytes) -> bool:
-    """Write ``content`` to ``path`` with mode 0600 unless it exists; False if someone else won.
-
-    ``mkstemp`` creates the file 0600 from the start, so the key is never readable by others, not
-    even briefly; the file is complete and synced before it gets its final name.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".pem", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(content)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        return _publish(Path(tmp_name), path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-
-
-def _publish(tmp: Path, path: Path) -> bool:
-    """Give ``tmp`` the name ``path`` atomically, never replacing an existing file.
-
-    A hard link is atomic and refuses an existing target; on file systems without hard links,
-    ``os.replace`` (atomic too) after a last existence check is the closest equivalent.
-    """
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:
-        if path.exists():
-            return False
-        os.replace(tmp, path)
-        return True

@@ -38,7 +38,6 @@ import fcntl
 import json
 import os
 import secrets
-import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -49,6 +48,8 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from storage.secretfile import write_secret_file
 
 MAGIC = b"DMPE"
 FORMAT = 1
@@ -179,7 +180,7 @@ class MasterKeys:
         if not path.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             first = MasterKey.generate()
-            _write_file(path, _KeySet(first.kid, {first.kid: first}).dump(), replace=False)
+            write_secret_file(path, _KeySet(first.kid, {first.kid: first}).dump(), replace=False)
         keyset, signature = _read(path)
         return cls(path, keyset, signature)
 
@@ -257,7 +258,7 @@ class MasterKeys:
         with self._lock, _exclusive(self.path.parent / _LOCK_FILE):
             keyset, _ = _read(self.path)
             changed = edit(keyset)
-            _write_file(self.path, changed.dump(), replace=True)
+            write_secret_file(self.path, changed.dump(), replace=True)
             self._keyset, self._signature = _read(self.path)
             return changed
 
@@ -280,56 +281,6 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, content: bytes, *, replace: bool) -> bool:
-    """Write ``content`` to ``path`` atomically with mode 0600; False if it exists and not ``replace``.
-
-    ``mkstemp`` creates the file 0600 from the start, so the keys are never readable by others,
-    not even briefly; the file is complete and synced before it gets its final name.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, path)
-        elif not _link_new(tmp, path):
-            return False
-        _fsync_dir(path.parent)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _link_new(tmp: Path, path: Path) -> bool:
-    """Give ``tmp`` the name ``path`` atomically, never replacing an existing file.
-
-    A hard link is atomic and refuses an existing target; on file systems without hard links,
-    ``os.replace`` after a last existence check is the closest equivalent.
-    """
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:
-        if path.exists():
-            return False
-        os.replace(tmp, path)
-        return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable: it lives in the directory, not in the file."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -12,7 +12,6 @@ import pytest
 from fhir_server.app import create_service
 from fhir_server.cli import main
 from fhir_server.config import Config
-from storage import crypto
 from storage.crypto import (
     DecryptionError,
     EnvelopeCipher,
@@ -21,6 +20,7 @@ from storage.crypto import (
     UnknownMasterKey,
 )
 from storage.query import OPEN_SCOPE
+from storage.secretfile import write_secret_file
 
 AAD = b"DocumentReference/d1/1"
 PLAINTEXT = b'{"resourceType":"DocumentReference","description":"compte rendu"}'
@@ -181,7 +181,7 @@ def test_concurrent_first_creation_yields_one_key_set(tmp_path: Path) -> None:
 
 def test_a_losing_first_creation_does_not_replace_the_winner(keys: MasterKeys) -> None:
     before = keys.path.read_bytes()
-    assert crypto._write_file(keys.path, b"{}", replace=False) is False
+    assert write_secret_file(keys.path, b"{}", replace=False) is False
     assert keys.path.read_bytes() == before
 
 

@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from jose import jwt
 
-from authz import keys as keys_module
 from authz.devtoken import DEV_IDNATPS, add_token_command, make_dev_token
 from authz.keys import ServerKey, load_or_create_server_key, server_key_path
 from authz.tokens import (
@@ -40,6 +39,7 @@ from authz.tokens import (
     load_trusted_issuers,
     own_issuer,
 )
+from storage.secretfile import write_secret_file
 
 BASE = "https://dmp.test/fhir"
 ISS = "https://idp.test"
@@ -720,7 +720,7 @@ def test_existing_server_key_is_never_overwritten(tmp_path: Path) -> None:
     path.write_text(existing.private_pem)
     assert load_or_create_server_key(tmp_path).kid == existing.kid
     # The writer used on first start refuses to replace a key another process wrote meanwhile.
-    assert keys_module._write_new_file(path, b"another key") is False
+    assert write_secret_file(path, b"another key", replace=False) is False
     assert path.read_text() == existing.private_pem
 
 
