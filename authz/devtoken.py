@@ -41,8 +41,10 @@ DEV_IDNATPS = "810002673899"
 
 
 def person_id_cx(ins: str) -> str:
-    """An INS in the HL7 v2 CX form IUA uses (``value^^^&OID&ISO``); values already in CX form pass."""
-    return ins if "^" in ins else f"{ins}^^^&{INS_NIR_OID}&ISO"
+    """A bare INS value in the HL7 v2 CX form IUA uses (``value^^^&OID&ISO``, INS-NIR). Values
+    already in CX form, or in the ``system|value`` form CONTRACT §2 also accepts (the only way to
+    name another INS system, such as the test INS ``.10`` of the ANS examples), pass unchanged."""
+    return ins if "^" in ins or "|" in ins else f"{ins}^^^&{INS_NIR_OID}&ISO"
 
 
 def iua_claims(

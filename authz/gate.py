@@ -210,7 +210,7 @@ class DmpGuard:
             return
         state = self.access.state
         rtype = segments[0] if segments else None
-        rid = segments[1] if len(segments) > 1 and not segments[1].startswith("_") else None
+        rid = segments[1] if len(segments) > 1 and not segments[1].startswith(("_", "$")) else None
         query = "&".join(f"{k}={v}" for k, v in req.params) if interaction == "search-type" else None
         record = AuditRecord(
             interaction=interaction,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_server.interactions.operations import OPERATIONS
 from fhirmodel.searchparams import SearchParamRegistry
 
 SOFTWARE_NAME = "dmp-server"
@@ -35,35 +36,7 @@ RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_ele
 
 
 def capability_statement(registry: SearchParamRegistry, served_types: tuple[str, ...], base_url: str) -> dict[str, Any]:
-    resources = []
-    for rtype in served_types:
-        params = registry.for_type(rtype)
-        resources.append(
-            {
-                "type": rtype,
-                "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
-                "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
-                "versioning": "versioned-update",
-                "readHistory": True,
-                "updateCreate": True,
-                "conditionalCreate": True,
-                "conditionalRead": "not-supported",
-                "conditionalUpdate": True,
-                "conditionalDelete": "single",
-                "referencePolicy": ["literal", "logical", "resolves"],
-                "searchInclude": sorted(f"{rtype}:{p.code}" for p in params.values() if p.type == "reference"),
-                "searchRevInclude": sorted(
-                    f"{other}:{p.code}"
-                    for other in served_types
-                    for p in registry.for_type(other).values()
-                    if p.type == "reference" and (not p.targets or rtype in p.targets)
-                ),
-                "searchParam": [
-                    {"name": p.code, "definition": p.url, "type": p.type}
-                    for p in sorted(params.values(), key=lambda p: p.code)
-                ],
-            }
-        )
+    resources = [_resource(registry, served_types, rtype) for rtype in served_types]
     return {
         "resourceType": "CapabilityStatement",
         "id": SOFTWARE_NAME,
@@ -107,3 +80,36 @@ def capability_statement(registry: SearchParamRegistry, served_types: tuple[str,
             }
         ],
     }
+
+
+def _resource(registry: SearchParamRegistry, served_types: tuple[str, ...], rtype: str) -> dict[str, Any]:
+    """What the server supports for one type: interactions, search parameters, operations."""
+    params = registry.for_type(rtype)
+    entry: dict[str, Any] = {
+        "type": rtype,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": True,
+        "conditionalDelete": "single",
+        "referencePolicy": ["literal", "logical", "resolves"],
+        "searchInclude": sorted(f"{rtype}:{p.code}" for p in params.values() if p.type == "reference"),
+        "searchRevInclude": sorted(
+            f"{other}:{p.code}"
+            for other in served_types
+            for p in registry.for_type(other).values()
+            if p.type == "reference" and (not p.targets or rtype in p.targets)
+        ),
+        "searchParam": [
+            {"name": p.code, "definition": p.url, "type": p.type} for p in sorted(params.values(), key=lambda p: p.code)
+        ],
+    }
+    # R4: operation.name is the name without "$"; the definition is the OperationDefinition's url.
+    operations = [{"name": op.name, "definition": op.definition} for op in OPERATIONS if op.resource_type == rtype]
+    if operations:
+        entry["operation"] = operations
+    return entry

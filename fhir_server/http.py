@@ -7,7 +7,10 @@ headers. What the request means is decided by :meth:`FhirService.handle`.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, Response, request
@@ -84,8 +87,14 @@ def _dispatch(svc: FhirService, path: str) -> Response:
 
 
 def _limit_for(svc: FhirService, path: str) -> int:
-    is_binary = path.split("/")[0] == "Binary"
-    if is_binary and svc.config.max_binary_body:
+    """Requests that carry a document (a Binary, ITI-105's DocumentReference with inline data,
+    ITI-106's Parameters) get the larger Binary limit when one is set."""
+    segments = path.split("/")
+    carries_document = segments[0] == "Binary" or segments in (
+        ["DocumentReference"],
+        ["DocumentReference", "$generate-metadata"],
+    )
+    if carries_document and svc.config.max_binary_body:
         return svc.config.max_binary_body
     return svc.config.max_body
 
@@ -138,12 +147,51 @@ def _binary_body(path: str, data: bytes, content_type: str | None) -> dict[str, 
 
 
 def _raw_binary(req: FhirRequest, resp: FhirResponse) -> Response | None:
-    """A Binary read by a client that does not ask for FHIR gets the content itself."""
-    if req.method != "GET" or req.path.split("/")[0] != "Binary" or not isinstance(resp.body, RawJson):
+    """A Binary read by a client that does not ask for FHIR gets the content itself (R4 Binary,
+    IHE MHD ITI-68): its bytes under its own media type, with the version's ETag.
+
+    The content is decoded and sent chunk by chunk: a document may weigh megabytes, and building
+    its decoded copy whole would hold one more copy in memory per concurrent download. (The stored
+    resource itself is decrypted whole: AES-GCM authenticates a blob as one message.) Visibility
+    was decided by the read: a Binary the caller may not see is 404, like one that does not exist.
+    """
+    segments = req.path.split("/")
+    if req.method != "GET" or segments[0] != "Binary" or len(segments) < 2:
         return None
-    binary = resp.body.load()
-    data = base64.b64decode(binary.get("data", ""))
-    return Response(data, status=resp.status, headers=resp.headers, content_type=binary.get("contentType"))
+    if resp.status == 304:
+        return Response(status=304, headers=resp.headers)
+    binary = resp.body.load() if isinstance(resp.body, RawJson) else resp.body
+    if not isinstance(binary, dict) or binary.get("resourceType") != "Binary":
+        return None
+    encoded = _compact_base64(binary.get("data") or "")
+    headers = {**resp.headers, "Content-Length": str(_decoded_size(encoded)), **_CONTENT_SAFETY}
+    content_type = binary.get("contentType") or "application/octet-stream"
+    return Response(_decoded_chunks(encoded), status=resp.status, headers=headers, content_type=content_type)
+
+
+#: Served content is the client's, not the server's: a browser must neither sniff another type
+#: from it nor run what it holds (an HTML or SVG upload, a CDA's xml-stylesheet) as this origin.
+_CONTENT_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox; default-src 'none'"}
+#: Base64 characters decoded per chunk: a multiple of 4, so every chunk decodes alone (48 KiB).
+_BASE64_CHUNK = 64 * 1024
+_WHITESPACE = re.compile(r"\s")
+
+
+def _compact_base64(encoded: str) -> str:
+    """FHIR base64Binary may hold whitespace; chunks must not, or their boundaries drift."""
+    return _WHITESPACE.sub("", encoded) if _WHITESPACE.search(encoded) else encoded
+
+
+def _decoded_size(encoded: str) -> int:
+    """The decoded length, from the encoded one (Content-Length before any byte is decoded)."""
+    if len(encoded) % 4:
+        return len(binascii.a2b_base64(encoded))  # not canonical base64: count by decoding
+    return len(encoded) // 4 * 3 - encoded[-2:].count("=")
+
+
+def _decoded_chunks(encoded: str) -> Iterator[bytes]:
+    for start in range(0, len(encoded), _BASE64_CHUNK):
+        yield binascii.a2b_base64(encoded[start : start + _BASE64_CHUNK])
 
 
 def _http_response(resp: FhirResponse, fmt: str, head: bool, pretty: bool) -> Response:

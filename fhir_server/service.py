@@ -148,6 +148,8 @@ class FhirService:
         if second == "_history" and len(segments) == 2:
             self._only(method, "GET")
             return Route("history-type", lambda: history.history(self, req, rtype, None))
+        if second.startswith("$") and len(segments) == 2:
+            return self._operation(req, rtype, second[1:], method)
         rid = self.resource_id(second)
         if len(segments) == 2:
             match method:
@@ -166,6 +168,16 @@ class FhirService:
                 return Route("history-instance", lambda: history.history(self, req, rtype, rid))
             return Route("vread", lambda: instance.vread(self, req, rtype, rid, segments[3]))
         raise FhirError(404, f"no such path: {req.path}", "not-found")
+
+    def _operation(self, req: FhirRequest, rtype: str, name: str, method: str) -> Route:
+        """A type-level operation (``[type]/$name``), among those the server implements."""
+        from fhir_server.interactions import operations
+
+        operation = operations.find(rtype, name)
+        if operation is None:
+            raise FhirError(404, f"the operation ${name} is not supported on {rtype}", "not-supported")
+        self._only(method, operation.method)
+        return Route("operation", lambda: operation.run(self, req))
 
     def resource_type(self, name: str) -> str:
         if name not in self.served_types:

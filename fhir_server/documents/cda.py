@@ -228,6 +228,11 @@ class CdaError(ValueError):
         self.location = location
 
 
+class NotClinicalDocument(CdaError):
+    """Well-formed XML whose root is not a CDA ``ClinicalDocument``: some other XML document,
+    which a caller storing any content may accept as it is, while a caller expecting a CDA refuses it."""
+
+
 # -------------------------------------------------------------------------- the header
 
 
@@ -425,7 +430,7 @@ def _follow(events: Iterator[tuple[str, Any]], depth: int) -> int:
         if depth > MAX_DEPTH:
             raise CdaError(f"the CDA is nested deeper than {MAX_DEPTH} levels")
         if depth == 1 and element.tag != _CLINICAL_DOCUMENT:
-            raise CdaError(f"the root element is {_shorten(str(element.tag))}, not ClinicalDocument in {V3}")
+            raise NotClinicalDocument(f"the root element is {_shorten(str(element.tag))}, not ClinicalDocument in {V3}")
     return depth
 
 

@@ -6,6 +6,11 @@ conditional creates and updates) and every reference to them in the Bundle is re
 conditional references (``Patient?identifier=...``). Entries then run in the order the
 specification fixes: DELETE, POST, PUT, PATCH, GET. Each entry goes through the same
 interaction code as a plain HTTP request.
+
+A transaction that is an IHE MHD ITI-65 Provide Document Bundle is checked as one by
+:mod:`fhir_server.documents.mhd` — as a message before anything else, as metadata once references
+are resolved, and completed (replaced documents superseded) after its entries ran, all inside the
+same store transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from fhir_server.documents import mhd
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.interactions.common import new_id
 from fhir_server.interactions.instance import matches
@@ -61,9 +67,10 @@ def process(svc: FhirService, req: FhirRequest) -> FhirResponse:
     if not isinstance(raw_entries, list) or len(raw_entries) > MAX_ENTRIES:
         raise bad_request(f"Bundle.entry must be a list of at most {MAX_ENTRIES} entries")
     if kind == "batch":
+        mhd.check_batch(bundle)
         return _batch(svc, req, raw_entries)
     entries = [_parse_entry(svc, i, e) for i, e in enumerate(raw_entries)]
-    return _transaction(svc, req, entries)
+    return _transaction(svc, req, bundle, entries)
 
 
 def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
@@ -167,7 +174,7 @@ def _batch(svc: FhirService, req: FhirRequest, raw_entries: list[Any]) -> FhirRe
     return FhirResponse(200, {"resourceType": "Bundle", "type": "batch-response", "entry": out})
 
 
-def _transaction(svc: FhirService, req: FhirRequest, entries: list[_Entry]) -> FhirResponse:
+def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], entries: list[_Entry]) -> FhirResponse:
     with_resource = req.prefer.get("return") == "representation"
     seen: set[str] = set()
     for entry in entries:
@@ -177,11 +184,14 @@ def _transaction(svc: FhirService, req: FhirRequest, entries: list[_Entry]) -> F
             seen.add(entry.full_url)
         if not entry.path:
             raise bad_request(f"Bundle.entry[{entry.index}]: a transaction cannot contain a batch or transaction")
+    submission = mhd.provide_bundle(svc, bundle, entries)
     with svc.store.transaction():
         mapping = _assign_identities(svc, req, entries)
         for entry in entries:
             if entry.resource is not None:
                 entry.resource = _rewrite(svc, req, entry, entry.resource, mapping)
+        if submission is not None:
+            submission.validate(req)
         for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
             if entry.existing is not None:
                 resp = FhirResponse(
@@ -203,6 +213,8 @@ def _transaction(svc: FhirService, req: FhirRequest, entries: list[_Entry]) -> F
                         expression=exc.expression,
                     ) from None
             entry.response = _response_entry(svc, resp, with_resource or entry.method == "GET")
+        if submission is not None:
+            submission.complete(req)
     return FhirResponse(
         200,
         {
@@ -236,7 +248,13 @@ def _assign_identities(svc: FhirService, req: FhirRequest, entries: list[_Entry]
         elif entry.method == "PUT":
             if len(segments) == 2:
                 entry.assigned = entry.path
-            elif entry.params:
+            elif not entry.params:
+                raise bad_request(
+                    f"Bundle.entry[{entry.index}] (PUT {entry.path}): an update names the resource, by id "
+                    f"({rtype}/[id]) or by search criteria ({rtype}?...)",
+                    expression=[f"Bundle.entry[{entry.index}].request.url"],
+                )
+            else:
                 found = matches(svc, req, rtype, svc.parser.criteria(rtype, entry.params))
                 if len(found) > 1:
                     raise FhirError(

@@ -7,6 +7,7 @@ import copy
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fhir_server.documents import publish
 from fhir_server.errors import FhirError, bad_request, not_found
 from fhir_server.interactions.common import new_id, parse_etag, version_headers, written
 from fhir_server.interactions.search import result_params, shape
@@ -84,8 +85,10 @@ def create(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
                 return written(svc, req, existing, 200)
         resource = dict(resource)
         resource["id"] = req.assigned_id or new_id()  # the server assigns the id of a create (R4 3.1.0.8)
-        req.checks.check_write("POST", rtype, resource, None)
-        stored = svc.store.create(resource)
+        inline = publish.extract_inline_content(svc, req, resource)  # ITI-105: documents sent inline
+        req.checks.check_write("POST", rtype, inline.document, None)
+        inline.store(svc, req)
+        stored = svc.store.create(inline.document)
         req.checks.after_write("POST", stored, None)
     return written(svc, req, stored, 201)
 

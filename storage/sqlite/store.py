@@ -49,6 +49,7 @@ from storage.interface import (
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
 from storage.sqlite.compiler import TABLE_OF_TYPE, ParamType, SqlCompiler
 from storage.sqlite.schema import DDL, INDEX_TABLES, SCHEMA_VERSION
+from storage.sqlite.writer import WriterLock
 
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
 
@@ -119,6 +120,7 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writer = WriterLock(self.path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = self._conn()
@@ -211,17 +213,18 @@ class SqliteStore(Store):
             finally:
                 self._local.depth -= 1
             return
-        conn.execute("BEGIN IMMEDIATE")
-        self._local.depth = 1
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
-        finally:
-            self._local.depth = 0
+        with self._writer:
+            conn.execute("BEGIN IMMEDIATE")
+            self._local.depth = 1
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+            finally:
+                self._local.depth = 0
 
     def close(self) -> None:
         with self._lock:
@@ -229,6 +232,7 @@ class SqliteStore(Store):
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+        self._writer.close()
 
     # -- writes ------------------------------------------------------------------------------
 
