@@ -304,26 +304,42 @@ class SqlCompiler:
                 return f"{v} <= {arg(expr.value)}"
 
 
+#: Token parameters whose values name one resource or a handful: as selective as a reference.
+_IDENTIFYING_TOKENS = frozenset({"_id", "identifier"})
+
+
+def _rank(item: Expr) -> int:
+    """How likely a predicate is to narrow the candidates (lower is narrower), without statistics.
+
+    A disjunction is only as narrow as its widest branch, a conjunction as its narrowest: the
+    policy's "this patient, by reference or by INS" must drive a query rather than a
+    low-cardinality ``status=active`` that matches every patient's rows.
+    """
+    match item:
+        case Reference(target_id=tid) if tid is not None:
+            return 0
+        case ReferenceIdentifier():
+            return 0
+        case Token(param=param, code=code) if code is not None and param in _IDENTIFYING_TOKENS:
+            return 0
+        case Token(code=code) if code is not None:
+            return 1
+        case Reference() | Uri(mode="eq") | String(mode="exact"):
+            return 2
+        case Chain():
+            return 3
+        case String() | TokenIn() | TokenText():
+            return 4
+        case DateRange() | NumberRange():
+            return 5
+        case And(items):
+            return min(_rank(i) for i in items)
+        case Or(items):
+            return max(_rank(i) for i in items)
+        case _:
+            return 7
+
+
 def _by_selectivity(items: tuple[Expr, ...]) -> list[Expr]:
     """Order conjuncts so the likely most selective one drives the query."""
-
-    def rank(item: Expr) -> int:
-        match item:
-            case Reference(target_id=tid) if tid is not None:
-                return 0
-            case Token(code=code) if code is not None:
-                return 1
-            case ReferenceIdentifier() | Reference() | Uri(mode="eq") | String(mode="exact"):
-                return 2
-            case Chain():
-                return 3
-            case String() | TokenIn() | TokenText():
-                return 4
-            case DateRange() | NumberRange():
-                return 5
-            case And():
-                return 6
-            case _:
-                return 7
-
-    return sorted(items, key=rank)
+    return sorted(items, key=_rank)
