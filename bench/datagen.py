@@ -24,24 +24,31 @@ CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 FACILITY_TYPE = "urn:oid:1.2.250.1.213.1.1.4.9"
 PRACTICE_SETTING = "urn:oid:1.2.250.1.213.1.1.4.2.239"
 IHE_FORMAT = "urn:oid:1.3.6.1.4.1.19376.1.2.3"
+VISIBILITY = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
+MASQUE_PS = "MASQUE_PS"
+TRE_A05 = "https://mos.esante.gouv.fr/NOS/TRE_A05-TypeDocComplementaire/FHIR/TRE-A05-TypeDocComplementaire"
+#: A type of class 60 (remboursement): a doctor reads it, a nurse does not (authorisation matrix, R10).
+REIMBURSEMENT = ("REMB", "Données de remboursement")
 
-#: LOINC document types seen in the DMP (code, display).
+#: LOINC document types seen in the DMP (code, display). All are in JDV_J07 and in the type → class
+#: map of ``ig/`` (JDV_J66): a type the map does not know is readable by no profession (R10), so a
+#: doctor's search would silently miss those documents (18842-5, 34117-2 and the misspelt 34874-1 did).
 DOC_TYPES: tuple[tuple[str, str], ...] = (
     ("11488-4", "Compte rendu de consultation"),
     ("34133-9", "Synthèse d'épisode de soins"),
-    ("18842-5", "Lettre de sortie"),
+    ("11490-0", "Lettre de liaison à la sortie d'un établissement de soins"),
     ("60591-5", "Synthèse médicale"),
     ("11506-3", "Compte rendu d'évolution"),
     ("57833-6", "Prescription de produits de santé"),
     ("11502-2", "Compte rendu d'examens biologiques"),
-    ("34117-2", "Compte rendu de bilan initial"),
+    ("34112-3", "Compte rendu hospitalier (séjour)"),
     ("18748-4", "Compte rendu d'imagerie médicale"),
     ("52040-3", "Compte rendu de traitement"),
     ("75492-9", "Compte rendu de réunion de concertation pluridisciplinaire"),
     ("57828-6", "Prescription"),
     ("56445-0", "Bilan médicamenteux"),
     ("87273-9", "Note de vaccination"),
-    ("34874-1", "Compte rendu opératoire"),
+    ("34874-8", "Compte rendu opératoire"),
 )
 #: Class codes of the JDV_J57 kind (code, display).
 CLASSES: tuple[tuple[str, str], ...] = (
@@ -71,6 +78,16 @@ GIVEN = ("Jean", "Marie", "Pierre", "Nathalie", "Michel", "Isabelle", "Philippe"
 def patient_id(index: int) -> str:
     """Patients get predictable ids so documents can reference them without a lookup table."""
     return f"pat-{index:07d}"
+
+
+def patient_ins(index: int) -> tuple[str, str]:
+    """The (system, value) pair tokens and Consents name the patient by."""
+    return INS_NIR, ins(index)
+
+
+def patient_index_of(doc: dict[str, Any]) -> int:
+    """The index of the patient a generated document is about (its ``subject``)."""
+    return int(doc["subject"]["reference"].rsplit("-", 1)[1])
 
 
 def practitioner_id(index: int) -> str:
@@ -155,23 +172,32 @@ class Population:
     practitioners: int
 
 
-def make_document(rng: random.Random, pop: Population, doc_id: str | None = None) -> dict[str, Any]:
-    """One DMP-like DocumentReference for a random patient (``id`` only when the caller chose it)."""
-    doc_type = rng.choice(DOC_TYPES)
+def make_document(
+    rng: random.Random,
+    pop: Population,
+    doc_id: str | None = None,
+    *,
+    patient: int | None = None,
+    doc_type: tuple[str, str, str] | None = None,
+) -> dict[str, Any]:
+    """One DMP-like DocumentReference for ``patient`` (default: a random one); ``id`` only when the
+    caller chose it; ``doc_type`` (system, code, display) overrides the random LOINC type."""
+    system, code, display = doc_type or (LOINC, *rng.choice(DOC_TYPES))
     created = random_date(rng)
+    subject = rng.randrange(pop.patients) if patient is None else patient
     doc: dict[str, Any] = {
         "resourceType": "DocumentReference",
         "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.250.1.999.1.{rng.getrandbits(48)}"},
         "status": "current",
-        "type": {"coding": [_coding(LOINC, doc_type)]},
+        "type": {"coding": [_coding(system, (code, display))]},
         "category": [{"coding": [_coding(CLASS_CODE, rng.choice(CLASSES))]}],
-        "subject": {"reference": f"Patient/{patient_id(rng.randrange(pop.patients))}"},
+        "subject": {"reference": f"Patient/{patient_id(subject)}"},
         "date": fhir_instant(created),
         "author": [{"reference": f"Practitioner/{practitioner_id(rng.randrange(pop.practitioners))}"}],
         "securityLabel": [{"coding": [{"system": CONFIDENTIALITY, "code": _confidentiality(rng)}]}],
         "content": [
             {
-                "attachment": _attachment(rng, doc_type, created),
+                "attachment": _attachment(rng, (code, display), created),
                 "format": {"system": IHE_FORMAT, "code": "urn:ihe:iti:xds:2017:mimeTypeSufficient"},
             }
         ],
@@ -197,9 +223,80 @@ def documents(rng: random.Random, pop: Population, count: int, *, with_ids: bool
         yield make_document(rng, pop, random_uuid(rng) if with_ids else None)
 
 
-def reference_resources(pop: Population) -> Iterator[dict[str, Any]]:
-    """Practitioners then Patients, the resources documents point at."""
+def practitioners(pop: Population) -> Iterator[dict[str, Any]]:
+    """The directory the documents' authors point at."""
     for i in range(pop.practitioners):
         yield make_practitioner(i)
+
+
+def patients(pop: Population) -> Iterator[dict[str, Any]]:
     for i in range(pop.patients):
         yield make_patient(i)
+
+
+def reference_resources(pop: Population) -> Iterator[dict[str, Any]]:
+    """Practitioners then Patients, the resources documents point at."""
+    yield from practitioners(pop)
+    yield from patients(pop)
+
+
+@dataclass(frozen=True)
+class BigPatient:
+    """One extra patient with many documents, some hidden from professionals.
+
+    Which documents are masked or of a type the nurse may not read follows from their position, so
+    the expected totals are exact: every 10th is ``MASQUE_PS`` (hidden from every professional but
+    its author and the médecin traitant, R11) and every 20th, shifted so the two never overlap, is
+    of type ``REMB`` (class 60, denied to nurses by the matrix, R10).
+    """
+
+    index: int
+    documents: int
+
+    @staticmethod
+    def masked_at(position: int) -> bool:
+        return position % 10 == 0
+
+    @staticmethod
+    def reimbursement_at(position: int) -> bool:
+        return position % 20 == 5
+
+    @property
+    def masked(self) -> int:
+        return sum(1 for j in range(self.documents) if self.masked_at(j))
+
+    @property
+    def reimbursements(self) -> int:
+        return sum(1 for j in range(self.documents) if self.reimbursement_at(j))
+
+    @property
+    def doctor_sees(self) -> int:
+        """A doctor reads every type here (REMB included) but no masked document."""
+        return self.documents - self.masked
+
+    @property
+    def nurse_sees(self) -> int:
+        return self.documents - self.masked - self.reimbursements
+
+    def documents_of(self, rng: random.Random, pop: Population, *, with_ids: bool) -> Iterator[dict[str, Any]]:
+        """The big patient's documents, labels included (the HTTP loader has the patient set them)."""
+        for position in range(self.documents):
+            doc_type = (TRE_A05, *REIMBURSEMENT) if self.reimbursement_at(position) else None
+            doc_id = random_uuid(rng) if with_ids else None
+            doc = make_document(rng, pop, doc_id, patient=self.index, doc_type=doc_type)
+            if self.masked_at(position):
+                doc["securityLabel"].append(masque_ps_label())
+            yield doc
+
+
+def masque_ps_label() -> dict[str, Any]:
+    return {"coding": [{"system": VISIBILITY, "code": MASQUE_PS}]}
+
+
+def is_masked(doc: dict[str, Any]) -> bool:
+    return masque_ps_label() in doc.get("securityLabel", [])
+
+
+def unmasked(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document as a professional submits it: only the patient sets ``MASQUE_PS`` (R18)."""
+    return {**doc, "securityLabel": [label for label in doc["securityLabel"] if label != masque_ps_label()]}

@@ -1,78 +1,105 @@
-"""Fill a fresh data directory with synthetic resources, over HTTP or in-process.
+"""Fill a fresh data directory with synthetic resources in-process, and what both load modes share.
 
-``http`` is what a client of the DMP does (transaction Bundles, the whole validation and
-transaction path) and gives the ingest throughput. ``direct`` writes through the same store and
-indexer the server uses, without HTTP and validation, which is the only practical way to reach a
-million documents on a small machine. Either way the generation is streamed batch by batch.
+``direct`` writes through the same store and indexer the server uses, without HTTP, tokens,
+validation or the access rules, which is the only practical way to reach a million documents on a
+small machine. Since the server enforces the DMP rules on every request, it also writes what the
+rules need and the server would have written itself: each DMP's two emergency settings and the
+bench doctor's access grant (what ``POST Patient`` by that doctor would have created). The HTTP
+load (``bench.httpload``) goes through the real API instead. Generation is streamed batch by batch.
 """
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import random
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from bench.datagen import Population, documents, patient_id, reference_resources
+from bench.auth import DOCTOR, NURSE, Professional, access_grant, emergency_settings
+from bench.datagen import (
+    BigPatient,
+    Population,
+    documents,
+    make_patient,
+    patient_index_of,
+    patient_ins,
+    practitioners,
+)
 
 #: Documents per store transaction in direct mode: large enough to amortise the commit.
 DIRECT_BATCH = 2000
 PROGRESS_SECONDS = 30.0
 
+#: A document the read scenario may ask for: its id and the index of its patient (whose token reads it).
+DocRef = tuple[str, int]
+
 
 class IdSample:
-    """A bounded uniform sample (reservoir) of document ids, for the random-read scenario.
+    """A bounded uniform sample (reservoir) of (document id, patient), for the random-read scenario.
 
-    Keeping every id of a million documents would cost ~100 MB for no gain.
+    Keeping every id of a million documents would cost ~100 MB for no gain. The patient is kept
+    with the id because a read needs a token about that document's patient (R1).
     """
 
     def __init__(self, capacity: int, rng: random.Random):
         self.capacity = capacity
-        self.ids: list[str] = []
+        self.ids: list[DocRef] = []
         self._seen = 0
         self._rng = rng
         self._lock = threading.Lock()
 
-    def add(self, rid: str) -> None:
+    def add(self, ref: DocRef) -> None:
         with self._lock:
             self._seen += 1
             if len(self.ids) < self.capacity:
-                self.ids.append(rid)
+                self.ids.append(ref)
                 return
             slot = self._rng.randrange(self._seen)
             if slot < self.capacity:
-                self.ids[slot] = rid
+                self.ids[slot] = ref
 
 
 @dataclass
 class LoadStats:
+    """Counts and durations per phase; each rate covers its phase only."""
+
     mode: str
+    practitioners: int = 0
+    practitioner_seconds: float = 0.0
+    patients: int = 0
+    patient_seconds: float = 0.0  # creating the DMPs (direct: Patient + its Consents)
     documents: int = 0
-    reference_resources: int = 0
-    reference_seconds: float = 0.0
     document_seconds: float = 0.0
+    big_documents: int = 0
+    big_seconds: float = 0.0  # the big patient: DMP, documents, masking, the nurse's grant
     stopped_early: bool = False
 
     @property
     def docs_per_second(self) -> float:
         return self.documents / self.document_seconds if self.document_seconds else 0.0
 
+    @property
+    def patients_per_second(self) -> float:
+        return self.patients / self.patient_seconds if self.patient_seconds else 0.0
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "practitioners": self.practitioners,
+            "practitioner_seconds": round(self.practitioner_seconds, 2),
+            "patients": self.patients,
+            "patient_seconds": round(self.patient_seconds, 2),
+            "patients_per_second": round(self.patients_per_second, 1),
             "documents": self.documents,
-            "reference_resources": self.reference_resources,
-            "reference_seconds": round(self.reference_seconds, 2),
             "document_seconds": round(self.document_seconds, 2),
             "docs_per_second": round(self.docs_per_second, 1),
+            "big_patient_documents": self.big_documents,
+            "big_patient_seconds": round(self.big_seconds, 2),
             "stopped_early": self.stopped_early,
         }
 
@@ -86,6 +113,7 @@ class LoadPlan:
     batch: int
     seed: int
     max_seconds: float | None = None
+    big: BigPatient | None = None
 
 
 def chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -111,7 +139,20 @@ class Progress:
         print(f"  {self.label}: {done}/{self.total} in {elapsed:.0f}s ({rate:.0f}/s)", file=sys.stderr, flush=True)
 
 
+def big_patient_rng(seed: int) -> random.Random:
+    """The big patient's own generator, so its documents do not depend on how many others were loaded."""
+    return random.Random(seed * 7919 + 1)
+
+
 # -- direct ------------------------------------------------------------------------------------
+
+
+def dmp_records(index: int, moment: datetime, grantees: tuple[Professional, ...]) -> list[dict[str, Any]]:
+    """A DMP as the server would hold it after ``POST Patient`` by a professional: the Patient,
+    the two emergency settings and the access grants (R5, R16)."""
+    ident = patient_ins(index)
+    grants = [access_grant(ident, who, moment) for who in grantees]
+    return [make_patient(index), *emergency_settings(ident, moment), *grants]
 
 
 def load_direct(config: Any, plan: LoadPlan, sample: IdSample) -> LoadStats:
@@ -119,18 +160,36 @@ def load_direct(config: Any, plan: LoadPlan, sample: IdSample) -> LoadStats:
     from fhir_server.app import create_service
 
     service = create_service(config)
+    store = service.store
     stats = LoadStats("direct")
+    moment = datetime.now(UTC)
     try:
         started = time.perf_counter()
-        for batch in chunks(reference_resources(plan.population), DIRECT_BATCH):
-            _write_batch(service.store, batch, "PUT")
-            stats.reference_resources += len(batch)
-        stats.reference_seconds = time.perf_counter() - started
-        rng = random.Random(plan.seed)
-        _direct_documents(service.store, plan, rng, sample, stats)
+        stats.practitioners = _write_all(store, practitioners(plan.population), "PUT")
+        stats.practitioner_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        _write_all(store, _all_dmps(plan.population, moment), "PUT")
+        stats.patients = plan.population.patients
+        stats.patient_seconds = time.perf_counter() - started
+        _direct_documents(store, plan, random.Random(plan.seed), sample, stats)
+        if plan.big is not None:
+            _direct_big_patient(store, plan.big, plan, moment, stats)
     finally:
-        service.store.close()
+        store.close()
     return stats
+
+
+def _all_dmps(pop: Population, moment: datetime) -> Iterator[dict[str, Any]]:
+    for index in range(pop.patients):
+        yield from dmp_records(index, moment, (DOCTOR,))
+
+
+def _write_all(store: Any, resources: Iterable[dict[str, Any]], method: str) -> int:
+    written = 0
+    for batch in chunks(resources, DIRECT_BATCH):
+        _write_batch(store, batch, method)
+        written += len(batch)
+    return written
 
 
 def _direct_documents(store: Any, plan: LoadPlan, rng: random.Random, sample: IdSample, stats: LoadStats) -> None:
@@ -139,7 +198,7 @@ def _direct_documents(store: Any, plan: LoadPlan, rng: random.Random, sample: Id
     for batch in chunks(documents(rng, plan.population, plan.documents, with_ids=True), DIRECT_BATCH):
         _write_batch(store, batch, "POST")
         for doc in batch:
-            sample.add(doc["id"])
+            sample.add((doc["id"], patient_index_of(doc)))
         stats.documents += len(batch)
         stats.document_seconds = time.perf_counter() - started
         progress.update(stats.documents)
@@ -149,151 +208,17 @@ def _direct_documents(store: Any, plan: LoadPlan, rng: random.Random, sample: Id
     progress.update(stats.documents, force=True)
 
 
+def _direct_big_patient(store: Any, big: BigPatient, plan: LoadPlan, moment: datetime, stats: LoadStats) -> None:
+    """The big patient with its labels as the patient would have set them, and the nurse's grant."""
+    started = time.perf_counter()
+    _write_batch(store, dmp_records(big.index, moment, (DOCTOR, NURSE)), "PUT")
+    rng = big_patient_rng(plan.seed)
+    stats.big_documents = _write_all(store, big.documents_of(rng, plan.population, with_ids=True), "POST")
+    stats.big_seconds = time.perf_counter() - started
+
+
 def _write_batch(store: Any, batch: list[dict[str, Any]], method: str) -> None:
     """One transaction per batch; ``method`` mirrors the HTTP loader (PUT for fixed ids, POST for documents)."""
     with store.transaction():
         for resource in batch:
             store.create(resource, method=method)
-
-
-# -- http --------------------------------------------------------------------------------------
-
-
-def transaction_bundle(resources: list[dict[str, Any]]) -> bytes:
-    """Resources with an id are PUT (patients, practitioners); the others are POSTed (documents)."""
-    entries = []
-    for resource in resources:
-        rtype = resource["resourceType"]
-        if "id" in resource:
-            request = {"method": "PUT", "url": f"{rtype}/{resource['id']}"}
-            entries.append({"fullUrl": f"{rtype}/{resource['id']}", "resource": resource, "request": request})
-        else:
-            full_url = f"urn:uuid:{uuid.uuid4()}"
-            entries.append({"fullUrl": full_url, "resource": resource, "request": {"method": "POST", "url": rtype}})
-    return orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
-
-
-def created_ids(response_body: bytes) -> list[str]:
-    """Ids the server assigned, from ``entry.response.location`` (``.../Type/id/_history/1``)."""
-    bundle = orjson.loads(response_body)
-    ids = []
-    for entry in bundle.get("entry", []):
-        location = entry.get("response", {}).get("location", "")
-        parts = location.split("/")
-        if len(parts) >= 4 and parts[-2] == "_history":
-            ids.append(parts[-3])
-    return ids
-
-
-class BundlePoster:
-    """One keep-alive connection that POSTs transaction Bundles to the FHIR base."""
-
-    def __init__(self, host: str, port: int, base_path: str):
-        self.conn = http.client.HTTPConnection(host, port, timeout=600)
-        self.base_path = base_path
-
-    def post(self, body: bytes) -> bytes:
-        headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-        headers["Prefer"] = "return=minimal"
-        self.conn.request("POST", self.base_path, body=body, headers=headers)
-        resp = self.conn.getresponse()
-        data = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"transaction failed: HTTP {resp.status}: {data[:2000]!r}")
-        return data
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-@dataclass(frozen=True)
-class Target:
-    host: str
-    port: int
-    base_path: str  # "/fhir"
-
-
-def load_http(target: Target, plan: LoadPlan, sample: IdSample, clients: int) -> LoadStats:
-    """POST transaction Bundles from ``clients`` threads, so the server is never waiting on us."""
-    stats = LoadStats("http")
-    started = time.perf_counter()
-    stats.reference_resources = _post_all(target, chunks(reference_resources(plan.population), plan.batch), clients)
-    stats.reference_seconds = time.perf_counter() - started
-    rng = random.Random(plan.seed)
-    bundles = chunks(documents(rng, plan.population, plan.documents, with_ids=False), plan.batch)
-    progress = Progress("documents (http)", plan.documents)
-    started = time.perf_counter()
-
-    def on_done(ids: list[str]) -> None:
-        for rid in ids:
-            sample.add(rid)
-        stats.documents += len(ids)
-        stats.document_seconds = time.perf_counter() - started
-        progress.update(stats.documents)
-
-    def keep_going() -> bool:
-        within = plan.max_seconds is None or time.perf_counter() - started <= plan.max_seconds
-        stats.stopped_early = stats.stopped_early or not within
-        return within
-
-    _post_all(target, bundles, clients, on_done, keep_going)
-    stats.document_seconds = time.perf_counter() - started
-    progress.update(stats.documents, force=True)
-    return stats
-
-
-def _post_all(
-    target: Target,
-    batches: Iterator[list[dict[str, Any]]],
-    clients: int,
-    on_done: Callable[[list[str]], None] | None = None,
-    keep_going: Callable[[], bool] = lambda: True,
-) -> int:
-    """Drain ``batches`` with ``clients`` threads; returns how many resources were sent."""
-    lock = threading.Lock()
-    sent = [0]
-    failures: list[BaseException] = []
-
-    def next_batch() -> list[dict[str, Any]] | None:
-        with lock:
-            if failures or not keep_going():
-                return None
-            return next(batches, None)
-
-    def client() -> None:
-        poster = BundlePoster(target.host, target.port, target.base_path)
-        try:
-            while (batch := next_batch()) is not None:
-                data = poster.post(transaction_bundle(batch))
-                with lock:
-                    sent[0] += len(batch)
-                    if on_done is not None:
-                        on_done(created_ids(data))
-        except BaseException as exc:
-            failures.append(exc)
-        finally:
-            poster.close()
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(max(1, clients))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
-    return sent[0]
-
-
-def sample_ids(target: Target, pop: Population, searches: int, rng: random.Random, sample: IdSample) -> None:
-    """Document ids of a reused directory, found the way a client would: searching random patients."""
-    conn = http.client.HTTPConnection(target.host, target.port, timeout=120)
-    try:
-        for _ in range(searches):
-            path = f"{target.base_path}/DocumentReference?patient=Patient/{patient_id(rng.randrange(pop.patients))}"
-            conn.request("GET", path, headers={"Accept": "application/fhir+json"})
-            resp = conn.getresponse()
-            bundle = orjson.loads(resp.read())
-            for entry in bundle.get("entry", []):
-                sample.add(entry["resource"]["id"])
-    finally:
-        conn.close()

@@ -55,6 +55,7 @@ class Result:
     latencies_ms: dict[str, float]
     first_error: str | None
     worker_cpu_s: tuple[float, ...] = ()  # CPU seconds per server worker, warm-up included
+    other_cpu_s: float | None = None  # CPU seconds used by neither the server nor this client (other jobs)
 
     @property
     def rps(self) -> float:
@@ -71,6 +72,7 @@ class Result:
             "latency_ms": self.latencies_ms,
             "first_error": self.first_error,
             "worker_cpu_s": list(self.worker_cpu_s),
+            "other_cpu_s": self.other_cpu_s,
         }
 
 

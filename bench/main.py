@@ -16,22 +16,29 @@ import sqlite3
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.datagen import Population
-from bench.loader import IdSample, LoadPlan, LoadStats, Target, load_direct, load_http, sample_ids
+from bench.auth import Tokens
+from bench.datagen import BigPatient, Population, patient_id
+from bench.httpload import BigProbe, Target, load_http, probe_big_patient, sample_ids
+from bench.loader import IdSample, LoadPlan, LoadStats, load_direct
 from bench.loadgen import Result, Scenario, run_scenario
-from bench.scenarios import ceiling_scenario, fhir_scenarios
+from bench.report import format_load, format_overheads, format_table, overheads, write_json
+from bench.scenarios import Workload, ceiling_scenario, read_search_scenarios, write_scenarios
 from bench.servers import (
     HOST,
     ROOT,
+    OtherLoad,
     Server,
     fhir_base_url,
     free_port,
     start_ceiling,
     start_fhir_server,
+    start_open_app,
     stop,
     worker_cpu_seconds,
 )
@@ -39,6 +46,8 @@ from bench.servers import wait_ready as wait_server
 
 RESULTS_DIR = ROOT / "bench" / "results"
 BASE_PATH = "/fhir"
+METADATA = f"{BASE_PATH}/metadata"  # the one FHIR request that needs no token: the readiness probe
+MASTER_KEYS = Path("keys") / "master-keys.json"
 #: Document ids kept for the random-read scenario.
 READ_SAMPLE = 20_000
 DOCS_PER_PATIENT = 20
@@ -46,6 +55,8 @@ META_FILE = "bench-meta.json"
 PREWARM_CHUNK = 16 * 1024 * 1024
 #: Patients searched to collect document ids when a directory is reused.
 ID_SAMPLING_SEARCHES = 200
+#: Documents of the big patient unless told otherwise (``--big-patient 0``: none).
+BIG_PATIENT_DOCS = 1000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,15 +69,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each scenario")
     p.add_argument("--load", choices=("http", "direct"), default="http", help="how to load the data")
-    p.add_argument("--batch", type=int, default=250, help="entries per transaction Bundle (http load)")
+    p.add_argument("--batch", type=int, default=250, help="most documents per transaction Bundle (http load)")
     p.add_argument("--max-load-seconds", type=float, default=None, help="stop loading documents after this")
     p.add_argument("--keep", type=Path, default=None, help="data directory to create and keep (must be empty)")
     p.add_argument("--reuse", type=Path, default=None, help="measure a directory made by --keep, without loading")
     p.add_argument("--prewarm", action="store_true", help="read the database file once before measuring")
+    p.add_argument(
+        "--big-patient",
+        type=int,
+        default=BIG_PATIENT_DOCS,
+        metavar="N",
+        help="one extra patient with N documents, 10%% masked, 5%% of a type nurses may not read (0: none)",
+    )
+    p.add_argument(
+        "--compare-open",
+        action="store_true",
+        help="re-run the read/search scenarios on bench/open_app.py (no access control) and print the overhead",
+    )
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     if args.docs < 1 or args.concurrency < 1 or args.workers < 1 or args.threads < 1:
         p.error("--docs, --concurrency, --workers and --threads must be at least 1")
+    if args.big_patient < 0:
+        p.error("--big-patient must be 0 or more")
+    if args.compare_open and args.workers == 1 and args.threads == 1:
+        p.error("--compare-open needs --workers or --threads above 1: only then does the server run under gunicorn")
     if args.reuse is not None and args.keep is not None:
         p.error("--reuse and --keep exclude each other")
     if args.reuse is not None:
@@ -80,6 +107,9 @@ def read_meta(data_dir: Path) -> dict[str, Any]:
     path = data_dir / META_FILE
     if not path.exists():
         raise SystemExit(f"--reuse {data_dir}: no {META_FILE}; only a directory made with --keep can be reused")
+    if not (data_dir / MASTER_KEYS).exists():
+        # Content is encrypted at rest since; the server cannot read a database written before.
+        raise SystemExit(f"--reuse {data_dir}: made before encryption at rest (no {MASTER_KEYS}); load it again")
     meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return meta
 
@@ -87,6 +117,7 @@ def read_meta(data_dir: Path) -> dict[str, Any]:
 def apply_meta(args: argparse.Namespace, meta: dict[str, Any]) -> None:
     """A reused directory fixes what was loaded: the command line cannot change it after the fact."""
     args.docs, args.patients, args.seed = meta["documents"], meta["patients"], meta["seed"]
+    args.big_patient = meta.get("big_patient", 0)
     args.load = "reuse"
 
 
@@ -96,6 +127,7 @@ def write_meta(run: Run) -> None:
         "documents": run.load.documents if run.load else run.args.docs,
         "patients": run.pop.patients,
         "seed": run.args.seed,
+        "big_patient": run.big.documents if run.big else 0,
         "load": run.load.as_dict() if run.load else None,
     }
     (run.data_dir / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -130,28 +162,35 @@ class Run:
     args: argparse.Namespace
     data_dir: Path
     pop: Population
+    big: BigPatient | None = None
     load: LoadStats | None = None
     startup_seconds: float = 0.0
     size_after_load: dict[str, int] | None = None
-    results: list[Result] | None = None
+    big_check: dict[str, Any] = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)  # with the DMP policy, the real server
+    open_results: list[Result] = field(default_factory=list)  # same scenarios on bench/open_app.py
 
 
-def load_data(run: Run, port: int, sample: IdSample) -> LoadStats:
+def load_data(run: Run, port: int, sample: IdSample, tokens: Tokens) -> LoadStats:
     args = run.args
-    plan = LoadPlan(run.pop, args.docs, args.batch, args.seed, args.max_load_seconds)
+    plan = LoadPlan(run.pop, args.docs, args.batch, args.seed, args.max_load_seconds, run.big)
     if args.load == "direct":
         from fhir_server.config import Config
 
         config = Config(data_dir=run.data_dir, base_url=fhir_base_url(port))
         return load_direct(config, plan, sample)
-    return load_http(Target(HOST, port, BASE_PATH), plan, sample, clients=args.workers)
+    return load_http(Target(HOST, port, BASE_PATH), plan, sample, args.workers, tokens)
 
 
-def measure(scenarios: list[Scenario], server: Server, args: argparse.Namespace) -> list[Result]:
+def measure(scenarios: list[Scenario], server: Server, args: argparse.Namespace, first: int = 0) -> list[Result]:
+    """Run the scenarios one after the other; ``first`` offsets the seeds so that a scenario gets
+    the same request sequence whichever server it runs against."""
     results = []
-    for index, scenario in enumerate(scenarios):
-        print(f"measuring {scenario.name} ({args.warmup:g}s warm-up + {args.duration:g}s)...", flush=True)
+    for index, scenario in enumerate(scenarios, start=first):
+        timing = f"{args.warmup:g}s warm-up + {args.duration:g}s"
+        print(f"measuring {scenario.name} on {server.name} ({timing})...", flush=True)
         cpu_before = worker_cpu_seconds(server)
+        other = OtherLoad(server)
         result = run_scenario(
             scenario,
             HOST,
@@ -162,35 +201,109 @@ def measure(scenarios: list[Scenario], server: Server, args: argparse.Namespace)
             seed=args.seed + index,
         )
         cpu = tuple(round(b - a, 1) for a, b in zip(cpu_before, worker_cpu_seconds(server), strict=False))
-        results.append(replace(result, worker_cpu_s=cpu))
+        results.append(replace(result, worker_cpu_s=cpu, other_cpu_s=other.seconds()))
     return results
 
 
-def run_fhir(run: Run) -> list[Result]:
-    """Load (direct before start, http after), start the real server, run the FHIR scenarios."""
+@contextmanager
+def serving(server: Server, ready_path: str) -> Iterator[tuple[Server, float]]:
+    """A started server, ready, stopped on the way out whatever happens; yields its start-up time."""
+    try:
+        yield server, wait_server(server, ready_path)
+    finally:
+        stop(server)
+
+
+def run_fhir(run: Run) -> None:
+    """Load (direct before start, http after), measure with the policy, then (``--compare-open``)
+    the same read/search scenarios without it, and last ``create``, which grows the data set."""
     args = run.args
     port = free_port()
+    tokens = Tokens.for_data_dir(run.data_dir, fhir_base_url(port))
     sample = IdSample(READ_SAMPLE, random.Random(args.seed + 1))
     print(f"load mode: {args.load} ({args.docs} documents, {run.pop.patients} patients)", flush=True)
     if args.load == "direct":
-        run.load = load_data(run, port, sample)
-    server = start_fhir_server(run.data_dir, port, args.workers, args.threads, run.data_dir)
-    try:
-        run.startup_seconds = wait_server(server, f"{BASE_PATH}/metadata")
-        target = Target(HOST, port, BASE_PATH)
-        if args.load == "http":
-            run.load = load_data(run, port, sample)
-        if args.load == "reuse":
-            sample_ids(target, run.pop, ID_SAMPLING_SEARCHES, random.Random(args.seed + 2), sample)
-        if args.keep is not None:
-            write_meta(run)
-        run.size_after_load = db_size(run.data_dir)
-        print_load(run.load)
-        if args.prewarm:
-            prewarm(run.data_dir)
-        return measure(fhir_scenarios(BASE_PATH, run.pop, sample.ids), server, args)
-    finally:
-        stop(server)
+        run.load = load_data(run, port, sample, tokens)
+    with serving(_fhir_server(run, port), METADATA) as (server, startup):
+        run.startup_seconds = startup
+        workload = prepare_workload(run, port, sample, tokens)
+        reads = read_search_scenarios(workload)
+        run.results = measure(reads, server, args)
+        if not args.compare_open:
+            run.results += measure(write_scenarios(workload), server, args, first=len(reads))
+            return
+    open_app = start_open_app(run.data_dir, port, args.workers, args.threads, run.data_dir)
+    with serving(open_app, METADATA) as (server, _):
+        if run.big is not None:
+            check_open_app(run, run.big, Target(HOST, port, BASE_PATH), tokens)
+        run.open_results = measure(reads, server, args)
+    with serving(_fhir_server(run, port), METADATA) as (server, _):
+        run.results += measure(write_scenarios(workload), server, args, first=len(reads))
+
+
+def _fhir_server(run: Run, port: int) -> Server:
+    return start_fhir_server(run.data_dir, port, run.args.workers, run.args.threads, run.data_dir)
+
+
+def prepare_workload(run: Run, port: int, sample: IdSample, tokens: Tokens) -> Workload:
+    """Everything between the server's start and the first scenario: load over HTTP or sample a
+    reused directory, record its meta data, check the big patient."""
+    args = run.args
+    target = Target(HOST, port, BASE_PATH)
+    if args.load == "http":
+        run.load = load_data(run, port, sample, tokens)
+    if args.load == "reuse":
+        sample_ids(target, run.pop, ID_SAMPLING_SEARCHES, random.Random(args.seed + 2), sample, tokens)
+    if args.keep is not None:
+        write_meta(run)
+    run.size_after_load = db_size(run.data_dir)
+    if run.load is not None:
+        print(format_load(run.load), flush=True)
+    big_ids = check_big_patient(run, target, tokens) if run.big is not None else ()
+    if args.prewarm:
+        prewarm(run.data_dir)
+    return Workload(BASE_PATH, run.pop, tokens, sample.ids, run.big, big_ids)
+
+
+def check_big_patient(run: Run, target: Target, tokens: Tokens) -> tuple[str, ...]:
+    """Once, before measuring: the totals the professionals see must follow the labels and the
+    matrix. A mismatch is printed, not raised: the figures are still worth having."""
+    big = run.big
+    if big is None:
+        return ()
+    probe: BigProbe = probe_big_patient(target, big, tokens)
+    run.big_check.update(
+        patient=patient_id(big.index),
+        documents=big.documents,
+        masked=big.masked,
+        reimbursements=big.reimbursements,
+        doctor_total=probe.doctor_total,
+        doctor_expected=big.doctor_sees,
+        nurse_total=probe.nurse_total,
+        nurse_expected=big.nurse_sees,
+    )
+    print(
+        f"big patient {patient_id(big.index)}: {big.documents} documents, {big.masked} MASQUE_PS, "
+        f"{big.reimbursements} REMB; the doctor sees {probe.doctor_total} (expected {big.doctor_sees}), "
+        f"the nurse {probe.nurse_total} (expected {big.nurse_sees})",
+        flush=True,
+    )
+    for who, seen, expected in (
+        ("doctor", probe.doctor_total, big.doctor_sees),
+        ("nurse", probe.nurse_total, big.nurse_sees),
+    ):
+        if seen != expected:
+            print(f"WARNING: the {who}'s search of the big patient has total {seen}, expected {expected}", flush=True)
+    return tuple(probe.visible_ids)
+
+
+def check_open_app(run: Run, big: BigPatient, target: Target, tokens: Tokens) -> None:
+    """The open app filters nothing: the big patient's search must count every document."""
+    total = probe_big_patient(target, big, tokens).doctor_total
+    run.big_check["open_total"] = total
+    print(f"big patient on the open app: total {total} (expected all {big.documents})", flush=True)
+    if total != big.documents:
+        print("WARNING: the open app filtered the big patient's documents; the comparison is not like for like")
 
 
 def prewarm(data_dir: Path) -> None:
@@ -208,23 +321,8 @@ def prewarm(data_dir: Path) -> None:
 
 
 def run_ceiling(run: Run) -> list[Result]:
-    server = start_ceiling(run.args.workers, run.args.threads, run.data_dir)
-    try:
-        wait_server(server, "/ping")
+    with serving(start_ceiling(run.args.workers, run.args.threads, run.data_dir), "/ping") as (server, _):
         return measure([ceiling_scenario()], server, run.args)
-    finally:
-        stop(server)
-
-
-def print_load(load: LoadStats | None) -> None:
-    if load is None:
-        return
-    note = " (stopped early by --max-load-seconds)" if load.stopped_early else ""
-    print(
-        f"loaded ({load.mode}): {load.reference_resources} patients+practitioners in {load.reference_seconds:.1f}s, "
-        f"{load.documents} documents in {load.document_seconds:.1f}s = {load.docs_per_second:.0f} docs/s{note}",
-        flush=True,
-    )
 
 
 def environment(run: Run) -> dict[str, Any]:
@@ -235,6 +333,7 @@ def environment(run: Run) -> dict[str, Any]:
         "documents_loaded": run.load.documents if run.load else args.docs,
         "patients": run.pop.patients,
         "practitioners": run.pop.practitioners,
+        "big_patient_documents": run.big.documents if run.big else 0,
         "workers": args.workers,
         "threads": args.threads,
         "concurrency": args.concurrency,
@@ -242,6 +341,7 @@ def environment(run: Run) -> dict[str, Any]:
         "warmup_s": args.warmup,
         "load_mode": args.load,
         "prewarm": args.prewarm,
+        "compare_open": args.compare_open,
         "db_bytes": size.get("db", 0),
         "wal_bytes": size.get("wal", 0),
         "server_startup_s": round(run.startup_seconds, 2),
@@ -253,52 +353,45 @@ def environment(run: Run) -> dict[str, Any]:
     }
 
 
-def format_table(results: list[Result]) -> str:
-    columns = ("req/s", "p50 ms", "p90 ms", "p99 ms", "max ms")
-    head = f"{'scenario':<26}" + "".join(f"{c:>9}" for c in columns) + f"{'errors':>8}  worker cpu s"
-    lines = [head, "-" * len(head)]
-    for r in results:
-        lat = r.latencies_ms
-        lines.append(
-            f"{r.name:<26}{r.rps:>9.1f}{lat['p50']:>9.2f}{lat['p90']:>9.2f}{lat['p99']:>9.2f}{lat['max']:>9.2f}"
-            f"{r.errors:>8}  {' + '.join(f'{c:g}' for c in r.worker_cpu_s)}"
-        )
-    return "\n".join(lines)
-
-
 def report(run: Run) -> Path:
     env = environment(run)
-    results = run.results or []
     print()
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     print(f"DB size after load: {env['db_bytes'] / 1e6:.1f} MB (+ WAL {env['wal_bytes'] / 1e6:.1f} MB)")
-    print_load(run.load)
-    print()
-    print(format_table(results))
-    for r in results:
-        if r.first_error:
-            print(f"\nfirst error in {r.name}: {r.first_error}")
-    return write_json(env, run, results)
-
-
-def write_json(env: dict[str, Any], run: Run, results: list[Result]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}.json"
+    if run.load is not None:
+        print(format_load(run.load))
+    print("\nwith the DMP policy (token verification, access decision, filter, one AuditEvent per request):")
+    print(format_table(run.results))
+    rows = overheads(run.results, run.open_results)
+    if run.open_results:
+        print("\nwithout policy (bench/open_app.py: open gatekeeper, same data and gunicorn settings):")
+        print(format_table(run.open_results))
+        print("\noverhead of the policy (req/s cost = share of the open app's throughput lost):")
+        print(format_overheads(rows))
+    for label, results in (("", run.results), (" (open app)", run.open_results)):
+        for r in results:
+            if r.first_error:
+                print(f"\nfirst error in {r.name}{label}: {r.first_error}")
     payload = {
         "environment": env,
         "load": run.load.as_dict() if run.load else None,
-        "scenarios": [r.as_dict() for r in results],
+        "big_patient": run.big_check or None,
+        "scenarios": [r.as_dict() for r in run.results],
+        "open_scenarios": [r.as_dict() for r in run.open_results],
+        "overhead": [row.as_dict() for row in rows],
     }
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    return path
+    return write_json(RESULTS_DIR, payload)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir, temporary = prepare_data_dir(args.keep, args.reuse)
-    run = Run(args, data_dir, population(args.patients))
+    pop = population(args.patients)
+    big = BigPatient(index=pop.patients, documents=args.big_patient) if args.big_patient else None
+    run = Run(args, data_dir, pop, big)
     try:
-        run.results = run_fhir(run) + run_ceiling(run)
+        run_fhir(run)
+        run.results += run_ceiling(run)
         path = report(run)
         print(f"\nresults written to {path.relative_to(ROOT)}")
     finally:

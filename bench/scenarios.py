@@ -1,68 +1,125 @@
 """The requests each scenario sends: what a DMP client does most (read, search by patient, create).
 
 Targets are drawn at random for every request, so the figures reflect the whole data set and not
-a few hot pages in the SQLite cache.
+a few hot pages in the SQLite cache. Every request carries the token of the patient it targets
+(a token reaches one patient only, R1): the bench doctor's, minted on first use and cached, so
+the server verifies a real signature and applies the real rules on every request.
+
+The ``big-*`` scenarios target one patient with many documents, some masked from professionals
+(R11) and some of a type a nurse may not read (R10): what the policy filter costs when it has
+something to filter.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import orjson
 
-from bench.datagen import DOC_TYPES, LOINC, Population, make_document, patient_id, random_date
+from bench.auth import DOCTOR, NURSE, Professional, Tokens, bearer
+from bench.datagen import DOC_TYPES, LOINC, BigPatient, Population, make_document, patient_id, random_date
+from bench.loader import DocRef
 from bench.loadgen import Request, Scenario
 
 FHIR_JSON = "application/fhir+json"
-_GET_HEADERS = {"Accept": FHIR_JSON}
-_POST_HEADERS = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+#: Page size of the big-patient searches: a client paging through a long record.
+BIG_PAGE = 50
 
 
-def _random_patient(rng: random.Random, pop: Population) -> str:
-    return f"Patient/{patient_id(rng.randrange(pop.patients))}"
+@dataclass(frozen=True)
+class Workload:
+    """What the scenarios draw their targets from."""
+
+    base_path: str
+    pop: Population
+    tokens: Tokens
+    docs: list[DocRef]  # (document id, patient index) sample for reads
+    big: BigPatient | None = None
+    big_ids: tuple[str, ...] = ()  # the big patient's documents the doctor may read
 
 
-def read_scenario(base_path: str, doc_ids: list[str]) -> Scenario:
+def _get(path: str, token: str) -> Request:
+    return "GET", path, None, {"Accept": FHIR_JSON, **bearer(token)}
+
+
+def _doctor(w: Workload, index: int) -> str:
+    return w.tokens.professional(DOCTOR, index)
+
+
+def read_scenario(w: Workload) -> Scenario:
     def make(rng: random.Random) -> Request:
-        return "GET", f"{base_path}/DocumentReference/{rng.choice(doc_ids)}", None, _GET_HEADERS
+        doc_id, index = rng.choice(w.docs)
+        return _get(f"{w.base_path}/DocumentReference/{doc_id}", _doctor(w, index))
 
-    return Scenario("read", "GET DocumentReference/{id}, random id", make)
+    return Scenario("read", "GET DocumentReference/{id}, random id, token about its patient", make)
 
 
-def search_patient_scenario(base_path: str, pop: Population) -> Scenario:
+def search_patient_scenario(w: Workload) -> Scenario:
     def make(rng: random.Random) -> Request:
-        query = urlencode({"patient": _random_patient(rng, pop)})
-        return "GET", f"{base_path}/DocumentReference?{query}", None, _GET_HEADERS
+        index = rng.randrange(w.pop.patients)
+        query = urlencode({"patient": f"Patient/{patient_id(index)}"})
+        return _get(f"{w.base_path}/DocumentReference?{query}", _doctor(w, index))
 
     return Scenario("search-patient", "GET DocumentReference?patient=Patient/{pid}", make)
 
 
-def search_patient_type_date_scenario(base_path: str, pop: Population) -> Scenario:
+def search_patient_type_date_scenario(w: Workload) -> Scenario:
     def make(rng: random.Random) -> Request:
+        index = rng.randrange(w.pop.patients)
         code = rng.choice(DOC_TYPES)[0]
         since = random_date(rng).strftime("%Y-%m-%d")
-        params = {"patient": _random_patient(rng, pop), "type": f"{LOINC}|{code}", "date": f"ge{since}"}
-        return "GET", f"{base_path}/DocumentReference?{urlencode(params)}", None, _GET_HEADERS
+        params = {"patient": f"Patient/{patient_id(index)}", "type": f"{LOINC}|{code}", "date": f"ge{since}"}
+        return _get(f"{w.base_path}/DocumentReference?{urlencode(params)}", _doctor(w, index))
 
     return Scenario("search-patient-type-date", "GET DocumentReference?patient=&type=loinc|code&date=ge", make)
 
 
-def create_scenario(base_path: str, pop: Population) -> Scenario:
+def create_scenario(w: Workload) -> Scenario:
     def make(rng: random.Random) -> Request:
-        body = orjson.dumps(make_document(rng, pop))
-        return "POST", f"{base_path}/DocumentReference", body, _POST_HEADERS
+        index = rng.randrange(w.pop.patients)
+        body = orjson.dumps(make_document(rng, w.pop, patient=index))
+        headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON, **bearer(_doctor(w, index))}
+        return "POST", f"{w.base_path}/DocumentReference", body, headers
 
-    return Scenario("create", "POST DocumentReference (one resource)", make)
+    return Scenario("create", "POST DocumentReference (one resource), random patient", make)
 
 
-def fhir_scenarios(base_path: str, pop: Population, doc_ids: list[str]) -> list[Scenario]:
-    return [
-        read_scenario(base_path, doc_ids),
-        search_patient_scenario(base_path, pop),
-        search_patient_type_date_scenario(base_path, pop),
-        create_scenario(base_path, pop),
-    ]
+def big_search_scenario(w: Workload, big: BigPatient, who: Professional, label: str) -> Scenario:
+    """The same first page again and again: what varies is only who asks, hence what is filtered."""
+    query = urlencode({"patient": f"Patient/{patient_id(big.index)}", "_count": str(BIG_PAGE)})
+
+    def make(rng: random.Random) -> Request:
+        return _get(f"{w.base_path}/DocumentReference?{query}", w.tokens.professional(who, big.index))
+
+    description = f"GET DocumentReference?patient=<{big.documents} docs>&_count={BIG_PAGE} as the {label}"
+    return Scenario(f"big-search-{label}", description, make)
+
+
+def big_read_scenario(w: Workload, big: BigPatient) -> Scenario:
+    """Reads of documents the doctor may see: a masked one would answer 404 and count as an error."""
+
+    def make(rng: random.Random) -> Request:
+        return _get(f"{w.base_path}/DocumentReference/{rng.choice(w.big_ids)}", _doctor(w, big.index))
+
+    return Scenario("big-read", f"GET DocumentReference/{{id}} of the {big.documents}-document patient", make)
+
+
+def read_search_scenarios(w: Workload) -> list[Scenario]:
+    """The scenarios measured with and without the policy (``--compare-open``): none adds documents,
+    so both servers see the same data set (with the policy they write AuditEvents, R17)."""
+    scenarios = [read_scenario(w), search_patient_scenario(w), search_patient_type_date_scenario(w)]
+    if w.big is not None:
+        scenarios.append(big_search_scenario(w, w.big, DOCTOR, "doctor"))
+        scenarios.append(big_search_scenario(w, w.big, NURSE, "nurse"))
+        if w.big_ids:
+            scenarios.append(big_read_scenario(w, w.big))
+    return scenarios
+
+
+def write_scenarios(w: Workload) -> list[Scenario]:
+    return [create_scenario(w)]
 
 
 def ceiling_scenario() -> Scenario:

@@ -45,7 +45,7 @@ def free_port() -> int:
 
 def _spawn(name: str, cmd: list[str], env: dict[str, str], log: Path, port: int) -> Server:
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
+    with log.open("ab") as out:  # appended: the FHIR server may be started twice in one run
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     return Server(name, proc, port, log)
 
@@ -54,18 +54,32 @@ def fhir_base_url(port: int) -> str:
     return f"http://{HOST}:{port}/fhir"
 
 
+def _fhir_env(data_dir: Path, port: int) -> dict[str, str]:
+    return dict(os.environ, DMP_DATA_DIR=str(data_dir), DMP_BASE_URL=fhir_base_url(port))
+
+
 def start_fhir_server(data_dir: Path, port: int, workers: int, threads: int, log_dir: Path) -> Server:
     """``port`` is chosen by the caller: the in-process loader must index with the same base URL."""
-    env = dict(os.environ, DMP_DATA_DIR=str(data_dir), DMP_BASE_URL=fhir_base_url(port))
     cmd = [sys.executable, "-m", "fhir_server.cli", "serve", "--host", HOST, "--port", str(port)]
     cmd += ["--workers", str(workers), "--threads", str(threads)]
-    return _spawn("fhir", cmd, env, log_dir / "fhir-server.log", port)
+    return _spawn("fhir", cmd, _fhir_env(data_dir, port), log_dir / "fhir-server.log", port)
+
+
+def _gunicorn(app: str, port: int, workers: int, threads: int) -> list[str]:
+    """The settings ``dmp-server serve`` gives gunicorn when workers or threads exceed 1 (no access log)."""
+    cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "--threads", str(threads), "-k", "gthread"]
+    return [*cmd, "-b", f"{HOST}:{port}", app]
+
+
+def start_open_app(data_dir: Path, port: int, workers: int, threads: int, log_dir: Path) -> Server:
+    """``bench/open_app.py`` (no access control) on the same data, port and base URL as the server."""
+    cmd = _gunicorn("bench.open_app:app", port, workers, threads)
+    return _spawn("open", cmd, _fhir_env(data_dir, port), log_dir / "open-app.log", port)
 
 
 def start_ceiling(workers: int, threads: int, log_dir: Path) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "--threads", str(threads), "-k", "gthread"]
-    cmd += ["-b", f"{HOST}:{port}", "bench.ceiling_app:app"]
+    cmd = _gunicorn("bench.ceiling_app:app", port, workers, threads)
     return _spawn("ceiling", cmd, dict(os.environ), log_dir / "ceiling.log", port)
 
 
@@ -114,12 +128,23 @@ def worker_cpu_seconds(server: Server) -> list[float]:
     what makes it visible.
     """
     pid = server.proc.pid
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
+    children = _children(pid)
+    if children is None:
         return []
-    pids = [int(c) for c in children] or [pid]
-    return [_cpu_seconds(p) for p in sorted(pids)]
+    return [_cpu_seconds(p) for p in sorted(children or [pid])]
+
+
+def _children(pid: int) -> list[int] | None:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return None
+
+
+def _server_cpu_seconds(server: Server) -> float:
+    """The master process and its workers together."""
+    pid = server.proc.pid
+    return _cpu_seconds(pid) + sum(_cpu_seconds(child) for child in _children(pid) or [])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -129,3 +154,38 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
     # After the command name: field 14 (utime) and 15 (stime) of proc(5) are at index 11 and 12.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all CPUs spent busy since boot (``/proc/stat``: everything but idle and iowait);
+    None where there is no ``/proc``."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already counted in user)
+    values = [int(v) for v in fields[:8]]
+    busy = sum(values) - values[3] - values[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """CPU the machine spent on neither the server under test nor this client during a scenario.
+
+    The VM is shared: another job taking a core halves what is left for the server, and the
+    figures alone would not show it. Steal time (the hypervisor's other guests) counts as other.
+    """
+
+    def __init__(self, server: Server):
+        self._server = server
+        self._busy = machine_busy_seconds()
+        self._server_cpu = _server_cpu_seconds(server)
+        self._client = time.process_time()
+
+    def seconds(self) -> float | None:
+        busy = machine_busy_seconds()
+        if busy is None or self._busy is None:
+            return None
+        server = _server_cpu_seconds(self._server) - self._server_cpu
+        client = time.process_time() - self._client
+        return round(max(0.0, busy - self._busy - server - client), 1)
