@@ -32,7 +32,7 @@ from storage.query import OPEN_SCOPE
 from tests.conftest import Fhir
 from tests.dmp import CR_CONSULTATION, FINESS, INS_SYSTEM, LOINC, As, World
 from tests.nist_mhd import NistCase, cases
-from tests.paths import EXAMPLES, SHARED_DATA
+from tests.paths import EXAMPLES, SHARED_DATA, example_transaction_bundles
 from tests.test_cda import make_cda
 
 INS = "123456789012345"  # the INS the ANS examples name
@@ -293,22 +293,7 @@ def test_requirements_come_from_the_structure_definitions() -> None:
 # -------------------------------------------------------------------------- the examples
 
 
-def _example_bundles() -> list[Path]:
-    folders = [
-        EXAMPLES / "ihe-mhd/examples",
-        EXAMPLES / "ans-pdsm/examples",
-        EXAMPLES / "ans-pdsm4dmp/examples",
-        SHARED_DATA / "fhir-examples",
-    ]
-    return [
-        path
-        for folder in folders
-        for path in sorted(folder.glob("Bundle-*.json"))
-        if json.loads(path.read_text()).get("type") == "transaction"
-    ]
-
-
-EXAMPLE_BUNDLES = _example_bundles()
+EXAMPLE_BUNDLES = example_transaction_bundles()
 #: Examples refused as they are: (status, the element named first, words of the reason).
 REFUSED = {
     # ``PUT List`` with neither an id nor search criteria: no FHIR interaction.

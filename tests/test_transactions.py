@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Fhir
-from tests.paths import EXAMPLES, SHARED_DATA
+from tests.paths import EXAMPLES, example_transaction_bundles
 
 BASE = "http://127.0.0.1:8080/fhir"
 
@@ -67,22 +67,7 @@ REFUSED_EXAMPLES = {
 }
 
 
-def _transaction_bundles() -> list[Path]:
-    folders = [
-        EXAMPLES / "ihe-mhd/examples",
-        EXAMPLES / "ans-pdsm/examples",
-        EXAMPLES / "ans-pdsm4dmp/examples",
-        SHARED_DATA / "fhir-examples",
-    ]
-    return [
-        path
-        for folder in folders
-        for path in sorted(folder.glob("Bundle-*.json"))
-        if json.loads(path.read_text()).get("type") == "transaction"
-    ]
-
-
-BUNDLES = _transaction_bundles()
+BUNDLES = example_transaction_bundles()
 
 
 def _preload(fhir: Fhir) -> None:
