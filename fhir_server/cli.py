@@ -4,15 +4,58 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from authz.devtoken import add_token_command
 from fhir_server.config import Config
+
+if TYPE_CHECKING:
+    from fhir_server.jobs import JobContext
+
+
+def _job_context(config: Config) -> JobContext:
+    from fhir_server.app import create_service
+    from fhir_server.jobs import JobContext
+    from fhir_server.mail import mailer_from
+
+    return JobContext(create_service(config), mailer_from(config))
+
+
+def _start_jobs(config: Config) -> None:
+    """The periodic jobs run beside the server, on their own store connection."""
+    from fhir_server.jobs import JobRunner
+
+    if config.jobs_interval > 0:
+        JobRunner(_job_context(config), config.jobs_interval).start()
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from fhir_server.jobs import JOBS, run_jobs
+
+    if args.list:
+        print("\n".join(JOBS))
+        return 0
+    context = _job_context(Config.from_env())
+    try:
+        done = run_jobs(context, args.only)
+    except ValueError as exc:
+        print(f"dmp-server jobs: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        context.service.store.close()
+    if done is None:
+        print("dmp-server jobs: another process is running the jobs now", file=sys.stderr)
+        return 1
+    for name, count in done.items():
+        print(f"{name}: {'failed (see the log)' if count < 0 else count}")
+    return 1 if any(count < 0 for count in done.values()) else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from fhir_server.app import create_app
 
     config = Config.from_env()
+    _start_jobs(config)
     if args.workers > 1 or args.threads > 1:
         from gunicorn.app.base import BaseApplication
 
@@ -91,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     reindex.set_defaults(func=_reindex)
     rotate = sub.add_parser("rotate-master-key", help="new master key for encryption at rest; re-wraps data keys")
     rotate.set_defaults(func=_rotate)
+    jobs = sub.add_parser("jobs", help="run the periodic jobs once (alerts, majority...) and exit")
+    jobs.add_argument("--only", action="append", metavar="NAME", help="only this job (repeatable)")
+    jobs.add_argument("--list", action="store_true", help="list the jobs and exit")
+    jobs.set_defaults(func=_jobs)
     add_token_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -36,6 +36,10 @@ class Config:
     max_count: int = 1000
     search_session_seconds: int = 3600
     trusted_issuers: Path | None = None  # JSON file of trusted token issuers (CONTRACT §1)
+    smtp_host: str | None = None  # mail disabled (logged) without one
+    smtp_port: int = 25
+    mail_from: str = "dmp@localhost"
+    jobs_interval: int = 60  # seconds between runs of the periodic jobs in `serve`; 0 = never
     ig_dir: Path = field(default=PROJECT_ROOT / "ig")
     capability_dir: Path = field(default=PROJECT_ROOT / "capability")
 
@@ -60,6 +64,10 @@ class Config:
             base_url=(env.get("DMP_BASE_URL") or defaults.base_url).rstrip("/"),
             store_url=env.get("DMP_STORE") or None,
             trusted_issuers=Path(env["DMP_TRUSTED_ISSUERS"]) if env.get("DMP_TRUSTED_ISSUERS") else None,
+            smtp_host=env.get("DMP_SMTP_HOST") or None,
+            smtp_port=_int(env, "DMP_SMTP_PORT", defaults.smtp_port),
+            mail_from=env.get("DMP_MAIL_FROM") or defaults.mail_from,
+            jobs_interval=_int(env, "DMP_JOBS_INTERVAL", defaults.jobs_interval),
             max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
             max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),

@@ -154,6 +154,37 @@ class Store(ABC):
     def acknowledge(self, message_id: int) -> None:
         """Mark a queued message as delivered."""
 
+    # -- private records: the authorisation server's state (accounts, one-time codes, clients) --
+
+    @abstractmethod
+    def put_record(self, kind: str, key: str, value: bytes, *, expires: int | None = None) -> None:
+        """Keep a small private record under ``(kind, key)``, replacing any; sealed like resources.
+
+        ``expires`` (epoch seconds) lets :meth:`add_record` and :meth:`purge_records` treat the
+        record as gone; readers that care about time compare it with their own clock.
+        """
+
+    @abstractmethod
+    def add_record(self, kind: str, key: str, value: bytes, *, expires: int | None = None, now: int) -> bool:
+        """Keep a record only if none is held under ``(kind, key)`` (or the one held expired by
+        ``now``): True when added. Atomic, so it can refuse a replayed assertion id or a code."""
+
+    @abstractmethod
+    def get_record(self, kind: str, key: str) -> tuple[bytes, int | None] | None:
+        """A record's value and expiry, expired or not, or None."""
+
+    @abstractmethod
+    def delete_record(self, kind: str, key: str) -> bool:
+        """Forget a record; True if there was one."""
+
+    @abstractmethod
+    def record_keys(self, kind: str) -> list[str]:
+        """The keys held under ``kind`` (for listings and jobs), in key order."""
+
+    @abstractmethod
+    def purge_records(self, now: int) -> int:
+        """Forget every record expired by ``now``; returns how many."""
+
     @abstractmethod
     def rewrap_all(self, batch: int = 500) -> int:
         """Re-wrap every stored data key under the active master key (after a rotation), in

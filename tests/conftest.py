@@ -26,6 +26,8 @@ from fhir_server.service import FhirService
 from tests.paths import ROOT
 from tests.support import open_gatekeeper
 
+pytest_plugins = ["tests.smtp_sink"]  # the ``smtp_sink`` fixture: a real SMTP server on loopback
+
 BASE = "/fhir"
 FHIR_JSON = "application/fhir+json"
 

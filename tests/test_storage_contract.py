@@ -210,6 +210,34 @@ def test_outbox_is_durable_and_transactional(backend: Callable[..., Store], tmp_
     reopened.close()
 
 
+def test_private_records(backend: Callable[..., Store], tmp_path: Path) -> None:
+    store = backend(tmp_path)
+    store.put_record("account", "a", b"first", expires=None)
+    store.put_record("account", "a", b"second")
+    store.put_record("code", "a", b"other kind", expires=100)
+    assert store.get_record("account", "a") == (b"second", None)
+    assert store.get_record("code", "a") == (b"other kind", 100)
+    assert store.get_record("account", "b") is None
+    # add_record refuses a live key (a replayed jti) and takes the place of an expired one
+    assert store.add_record("jti", "x", b"", expires=100, now=50) is True
+    assert store.add_record("jti", "x", b"", expires=200, now=99) is False
+    assert store.add_record("jti", "x", b"again", expires=300, now=100) is True
+    assert store.get_record("jti", "x") == (b"again", 300)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.put_record("account", "rolled-back", b"lost")
+        raise RuntimeError("rolled back")
+    assert store.get_record("account", "rolled-back") is None
+    store.close()
+    reopened = backend(tmp_path)
+    assert reopened.record_keys("account") == ["a"]
+    assert reopened.purge_records(now=150) == 1  # the code expired at 100; jti x lives until 300
+    assert reopened.get_record("code", "a") is None
+    assert reopened.delete_record("account", "a") is True
+    assert reopened.delete_record("account", "a") is False
+    assert reopened.record_keys("account") == []
+    reopened.close()
+
+
 def test_reindex_applies_new_search_parameters(backend: Callable[..., Store], tmp_path: Path) -> None:
     blind = backend(tmp_path, lambda resource: {})  # a store whose parameters index nothing
     blind.create(patient("a", "Martin"))
@@ -281,6 +309,7 @@ def test_no_plaintext_content_on_disk(tmp_path: Path) -> None:
     the database after it. (The search index is checked below: it holds what is indexed.)"""
     store = _sqlite(tmp_path)
     _write_a_life(store)
+    store.put_record("account", "someone", ATTACHMENT_BYTES + b" as a record")
     db, wal = tmp_path / "store.sqlite3", tmp_path / "store.sqlite3-wal"
     secrets = _secrets(BINARY_BYTES, ATTACHMENT_BYTES)
     assert wal.stat().st_size > 0 and _leaks(wal, secrets) == [] and _leaks(db, secrets) == []
@@ -319,7 +348,13 @@ def test_no_plaintext_description_anywhere(tmp_path: Path) -> None:
 
 def _count_blobs(path: Path) -> int:
     with closing(sqlite3.connect(path)) as conn:
-        tables = (("resource", "content"), ("version", "content"), ("search_session", "data"), ("outbox", "payload"))
+        tables = (
+            ("resource", "content"),
+            ("version", "content"),
+            ("search_session", "data"),
+            ("outbox", "payload"),
+            ("record", "value"),
+        )
         return sum(conn.execute(f"SELECT COUNT(*) FROM {t} WHERE {c} IS NOT NULL").fetchone()[0] for t, c in tables)
 
 
@@ -327,6 +362,7 @@ def test_rewrap_after_rotation_keeps_everything_readable(tmp_path: Path) -> None
     store = _sqlite(tmp_path)
     _write_a_life(store)
     session = store.save_session(b"paging state", 60)
+    store.put_record("account", "1800175123456", b"password hash")
     keys = MasterKeys.load_or_create(tmp_path)  # another process's view: the rotate command
     old = keys.active.kid
     new = keys.rotate()
@@ -347,6 +383,7 @@ def test_rewrap_after_rotation_keeps_everything_readable(tmp_path: Path) -> None
         "p1"
     ]
     assert reopened.load_session(session) == b"paging state"
+    assert reopened.get_record("account", "1800175123456") == (b"password hash", None)
     assert [p for _, p in reopened.pending("alert")] == [ATTACHMENT_BYTES]
     reopened.close()
 

@@ -97,6 +97,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL, created TEXT NOT NULL, payload BLOB NOT NULL, delivered TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (topic, id) WHERE delivered IS NULL;
+
+CREATE TABLE IF NOT EXISTS record (
+    kind TEXT NOT NULL, key TEXT NOT NULL, expires INTEGER, value BLOB NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE INDEX IF NOT EXISTS record_expires ON record (expires) WHERE expires IS NOT NULL;
 """
 
 INDEX_TABLES = (

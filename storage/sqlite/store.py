@@ -86,6 +86,7 @@ _SEALED_COLUMNS = (
     ("version", "seq", "content"),
     ("search_session", "rowid", "data"),
     ("outbox", "id", "payload"),
+    ("record", "rowid", "value"),
 )
 
 
@@ -97,6 +98,11 @@ def _resource_aad(resource_type: str, resource_id: str, version: int) -> str:
 def _outbox_aad(message_id: int, topic: str) -> str:
     """A queued payload is bound to its message id and topic: it cannot be replayed elsewhere."""
     return f"outbox/{message_id}/{topic}"
+
+
+def _record_aad(kind: str, key: str) -> str:
+    """A private record is bound to its kind and key: one account's blob does not open as another's."""
+    return f"record/{kind}/{key}"
 
 
 def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param: str) -> str:
@@ -577,6 +583,46 @@ class SqliteStore(Store):
     def acknowledge(self, message_id: int) -> None:
         with self.transaction():
             self._conn().execute("UPDATE outbox SET delivered = ? WHERE id = ?", (instant_now(), message_id))
+
+    # -- private records ----------------------------------------------------------------------
+
+    def put_record(self, kind: str, key: str, value: bytes, *, expires: int | None = None) -> None:
+        with self.transaction():
+            self._conn().execute(
+                "INSERT OR REPLACE INTO record VALUES (?, ?, ?, ?)",
+                (kind, key, expires, self._seal(_record_aad(kind, key), value)),
+            )
+
+    def add_record(self, kind: str, key: str, value: bytes, *, expires: int | None = None, now: int) -> bool:
+        with self.transaction():
+            conn = self._conn()
+            conn.execute("DELETE FROM record WHERE kind = ? AND key = ? AND expires <= ?", (kind, key, now))
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO record VALUES (?, ?, ?, ?)",
+                (kind, key, expires, self._seal(_record_aad(kind, key), value)),
+            )
+            return cur.rowcount == 1
+
+    def get_record(self, kind: str, key: str) -> tuple[bytes, int | None] | None:
+        row = (
+            self._conn()
+            .execute("SELECT value, expires FROM record WHERE kind = ? AND key = ?", (kind, key))
+            .fetchone()
+        )
+        return (self._open(_record_aad(kind, key), row[0]), row[1]) if row else None
+
+    def delete_record(self, kind: str, key: str) -> bool:
+        with self.transaction():
+            cur = self._conn().execute("DELETE FROM record WHERE kind = ? AND key = ?", (kind, key))
+            return cur.rowcount == 1
+
+    def record_keys(self, kind: str) -> list[str]:
+        rows = self._conn().execute("SELECT key FROM record WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def purge_records(self, now: int) -> int:
+        with self.transaction():
+            return int(self._conn().execute("DELETE FROM record WHERE expires <= ?", (now,)).rowcount)
 
     def reindex(self, resource_type: str | None = None) -> int:
         conn = self._conn()

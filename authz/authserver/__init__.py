@@ -1,0 +1,1 @@
+"""The server's own authorisation server: patient login, backend services, token issuing."""

@@ -1,0 +1,95 @@
+"""Periodic jobs: work the server does on its own schedule rather than in answer to a request.
+
+Each job is a function of a :class:`JobContext` that does what is due *now* (by the context's
+clock, which tests move) and returns how many things it handled. Jobs must be idempotent: they
+run every ``DMP_JOBS_INTERVAL`` seconds in the serving process, and on demand with
+``dmp-server jobs``; a job interrupted half-way simply finds the rest due next time.
+
+Only one process runs them at a time (an ``flock`` on ``jobs.lock`` in the data directory), so
+several gunicorn workers or servers on one data directory do not send the same mail twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from fhir_server.mail import Mailer
+from fhir_server.service import FhirService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    service: FhirService
+    mailer: Mailer
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+Job = Callable[[JobContext], int]
+
+#: The jobs, by name, in the order they run.
+JOBS: dict[str, Job] = {}
+
+
+@contextmanager
+def _only_one_runner(data_dir: os.PathLike[str] | str) -> Iterator[bool]:
+    """True when this process holds the jobs lock; False when another one runs the jobs now."""
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(os.path.join(data_dir, "jobs.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def run_jobs(context: JobContext, only: list[str] | None = None) -> dict[str, int] | None:
+    """Run the jobs (or those named) once; None when another process is running them."""
+    unknown = sorted(set(only or []) - set(JOBS))
+    if unknown:
+        raise ValueError(f"unknown job(s): {', '.join(unknown)}; known: {', '.join(JOBS)}")
+    with _only_one_runner(context.service.config.data_dir) as mine:
+        if not mine:
+            return None
+        done: dict[str, int] = {}
+        for name, job in JOBS.items():
+            if only and name not in only:
+                continue
+            try:
+                done[name] = job(context)
+            except Exception:  # one failing job must not stop the others, nor the server
+                log.exception("job %s failed", name)
+                done[name] = -1
+        return done
+
+
+class JobRunner(threading.Thread):
+    """Runs the jobs every ``interval`` seconds until stopped (a daemon of ``dmp-server serve``)."""
+
+    def __init__(self, context: JobContext, interval: float):
+        super().__init__(name="dmp-jobs", daemon=True)
+        self.context = context
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            run_jobs(self.context)
+
+    def stop(self) -> None:
+        self._stop_event.set()
