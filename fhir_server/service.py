@@ -14,7 +14,7 @@ from typing import Any
 from fhir_server.config import Config
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.guard import Gatekeeper
-from fhir_server.messages import FhirRequest, FhirResponse
+from fhir_server.messages import Download, FhirRequest, FhirResponse
 from fhir_server.search.parser import SearchParser
 from fhir_server.validation import ResourceValidator
 from fhirmodel.indexing import extract_index
@@ -104,8 +104,15 @@ class FhirService:
             raise
 
     def handle(self, req: FhirRequest) -> FhirResponse:
-        """Carry out a request whose access control is already in place (Bundle entries)."""
-        return self.route(req).run()
+        """Carry out a request whose access control is already in place (Bundle entries).
+
+        A Bundle entry holds a resource, never a file: an operation answering with a download is
+        refused here (before any of the file is produced) rather than dropped from the response.
+        """
+        response = self.route(req).run()
+        if isinstance(response.body, Download):
+            raise bad_request(f"{req.path} answers with a file, which a Bundle entry cannot hold: call it directly")
+        return response
 
     def route(self, req: FhirRequest) -> Route:
         """The interaction a request asks for, ready to run."""
