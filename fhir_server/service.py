@@ -156,7 +156,7 @@ class FhirService:
             self._only(method, "GET")
             return Route("history-type", lambda: history.history(self, req, rtype, None))
         if second.startswith("$") and len(segments) == 2:
-            return self._operation(req, rtype, second[1:], method)
+            return self._operation(req, rtype, None, second[1:], method)
         rid = self.resource_id(second)
         if len(segments) == 2:
             match method:
@@ -169,6 +169,8 @@ class FhirService:
                 case "DELETE":
                     return Route("delete", lambda: instance.delete(self, req, rtype, rid))
             raise FhirError(405, f"{method} is not supported on {rtype}/{rid}", "not-supported")
+        if segments[2].startswith("$") and len(segments) == 3:
+            return self._operation(req, rtype, rid, segments[2][1:], method)
         if segments[2] == "_history" and len(segments) in (3, 4):
             self._only(method, "GET")
             if len(segments) == 3:
@@ -176,15 +178,17 @@ class FhirService:
             return Route("vread", lambda: instance.vread(self, req, rtype, rid, segments[3]))
         raise FhirError(404, f"no such path: {req.path}", "not-found")
 
-    def _operation(self, req: FhirRequest, rtype: str, name: str, method: str) -> Route:
-        """A type-level operation (``[type]/$name``), among those the server implements."""
+    def _operation(self, req: FhirRequest, rtype: str, rid: str | None, name: str, method: str) -> Route:
+        """An operation on a type (``[type]/$name``, ``rid`` None) or on one resource
+        (``[type]/[id]/$name``), among those the server implements at that level."""
         from fhir_server.interactions import operations
 
-        operation = operations.find(rtype, name)
+        operation = operations.find(rtype, name, "type" if rid is None else "instance")
         if operation is None:
-            raise FhirError(404, f"the operation ${name} is not supported on {rtype}", "not-supported")
+            where = rtype if rid is None else f"{rtype}/[id]"
+            raise FhirError(404, f"the operation ${name} is not supported on {where}", "not-supported")
         self._only(method, operation.method)
-        return Route("operation", lambda: operation.run(self, req))
+        return Route("operation", lambda: operation.run(self, req, rid))
 
     def resource_type(self, name: str) -> str:
         if name not in self.served_types:
