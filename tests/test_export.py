@@ -10,8 +10,18 @@ just before the request.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import http.client
+import io
+import json
+import random
 import time
+import zipfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from werkzeug.test import TestResponse
@@ -25,7 +35,9 @@ from authz.terms import (
     MEDECIN_TRAITANT,
     REPRESENTATIVE,
 )
+from fhir_server.export.zipstream import Member, stream_zip
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
+from tests.conftest import LiveServer
 from tests.dmp import INS_SYSTEM, As, World
 
 INS_A = "1800175123456"
@@ -275,3 +287,219 @@ def test_everything_writes_one_audit_event(world: World) -> None:
     outcome(world.doctor(DR_OUT, INS_A).get(f"Patient/{pid}/$everything"), 403, "forbidden")
     refused = stored_about_a(world, "AuditEvent")
     assert len(refused) == len(after) + 1 and refused[-1]["outcome"] == "4"
+
+
+# -- $dmp-export ---------------------------------------------------------------------------------
+
+
+def download(client: As, path: str) -> zipfile.ZipFile:
+    response = client.get(path)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.is_streamed and "Content-Length" not in response.headers
+    assert response.mimetype == "application/zip"
+    assert response.headers["Content-Disposition"].startswith('attachment; filename="dmp-')
+    archive = zipfile.ZipFile(io.BytesIO(response.get_data()))
+    assert archive.testzip() is None
+    return archive
+
+
+def checked_manifest(archive: zipfile.ZipFile) -> dict[str, Any]:
+    """The manifest, after checking it lists every other file once, with its size and SHA-256."""
+    manifest: dict[str, Any] = json.loads(archive.read("manifest.json"))
+    listed = [f["path"] for f in manifest["files"]]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == set(archive.namelist()) - {"manifest.json"}
+    for entry in manifest["files"]:
+        data = archive.read(entry["path"])
+        assert entry["size"] == len(data), entry["path"]
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest(), entry["path"]
+    return manifest
+
+
+def exported(archive: zipfile.ZipFile) -> set[tuple[str, str]]:
+    """The resources an archive holds, read from its files (not from the manifest)."""
+    out: set[tuple[str, str]] = set()
+    for name in archive.namelist():
+        if name.endswith(".json") and name != "manifest.json":
+            resource = json.loads(archive.read(name))
+            out.add((resource["resourceType"], resource["id"]))
+        elif name.endswith(".ndjson"):
+            out |= {(r["resourceType"], r["id"]) for r in map(json.loads, archive.read(name).splitlines())}
+    return out
+
+
+@pytest.mark.parametrize("reader", ["PAT", "LEGREP"])
+def test_export_holds_exactly_the_visible_record_with_its_bytes(world: World, reader: str) -> None:
+    pid = seed_record(world)
+    want = expected(world, pid, reader)
+    archive = download(readers(world)[reader], f"Patient/{pid}/$dmp-export")
+    manifest = checked_manifest(archive)
+    assert manifest["parts"] == ["documents", "authorisations", "trail"]
+    assert manifest["patient"] == {
+        "reference": f"Patient/{pid}",
+        "identifier": {"system": INS_SYSTEM, "value": INS_A},
+    }
+    assert manifest["requester"]["role"] == reader
+    assert datetime.fromisoformat(manifest["generated"]).tzinfo is not None
+    assert manifest["omitted"] == []
+    # Exactly the visible documents, Consents and trail (no List, related person nor Binary resource:
+    # a document's content is its file).
+    kinds = ("Patient", "DocumentReference", "Consent", "AuditEvent")
+    assert exported(archive) == {(t, i) for t, i in want if t in kinds}
+    visible = set(DOCUMENTS) - HIDDEN[reader]
+    for did in visible:
+        spec = DOCUMENTS[did]
+        path = f"documents/{did}/{spec['file']}"
+        assert archive.read(path) == spec["content"]
+        entry = next(f for f in manifest["files"] if f["path"] == path)
+        assert entry["source"] == f"DocumentReference/{did}" and entry["content"] == f"Binary/bin-{did}"
+        assert entry["contentType"] == spec["type"]
+    assert archive.read("documents/inline/Note.txt") == INLINE["content"]
+    assert not [n for n in archive.namelist() if any(f"documents/{d}/" in n for d in HIDDEN[reader])]
+    trail = [json.loads(line) for line in archive.read("trail/AuditEvent.ndjson").splitlines()]
+    assert all(agent.get("name") != "client" for event in trail for agent in event["agent"])  # the patient's view
+    assert next(f for f in manifest["files"] if f["path"] == "trail/AuditEvent.ndjson")["count"] == len(trail)
+
+
+def test_export_of_chosen_parts(world: World) -> None:
+    pid = seed_record(world)
+    patient = world.patient(INS_A)
+    only_documents = download(patient, f"Patient/{pid}/$dmp-export?part=documents")
+    assert checked_manifest(only_documents)["parts"] == ["documents"]
+    assert {n.split("/")[0] for n in only_documents.namelist()} == {"Patient.json", "manifest.json", "documents"}
+    others = download(patient, f"Patient/{pid}/$dmp-export?part=trail,authorisations")
+    assert checked_manifest(others)["parts"] == ["authorisations", "trail"]
+    assert {n.split("/")[0] for n in others.namelist()} == {"Patient.json", "manifest.json", "authorisations", "trail"}
+    repeated = download(patient, f"Patient/{pid}/$dmp-export?part=authorisations&part=authorisations")
+    assert {t for t, _ in exported(repeated)} == {"Patient", "Consent"}
+
+
+def test_only_the_patient_and_representatives_export(world: World) -> None:
+    pid = seed_record(world)
+    for client in (
+        world.doctor(DR, INS_A),
+        world.doctor(MT, INS_A),
+        world.doctor(DR_OUT, INS_A),
+        world.as_("ASS", patient=INS_A),
+        world.as_("TCU", patient=INS_A),
+        world.as_("ADM", patient=INS_A),
+    ):
+        outcome(client.get(f"Patient/{pid}/$dmp-export"), 403, "forbidden")
+    outcome(world.patient(INS_B).get(f"Patient/{pid}/$dmp-export"), 404, "not-found")  # R1
+    outcome(world.as_("LEGREP", patient=INS_A, sub=INS_B).get(f"Patient/{pid}/$dmp-export"), 403, "forbidden")  # R8
+
+
+@pytest.mark.parametrize("query", ["part=everything", "part=", "part=documents,", "format=zip"])
+def test_export_bad_parameters_are_400(world: World, query: str) -> None:
+    pid = seed_record(world)
+    outcome(world.patient(INS_A).get(f"Patient/{pid}/$dmp-export?{query}"), 400, "invalid")
+
+
+def test_export_is_recorded_once_and_not_in_a_batch(world: World) -> None:
+    pid = seed_record(world)
+    patient = world.patient(INS_A)
+    before = stored_about_a(world, "AuditEvent")
+    trail = {i for t, i in expected(world, pid, "PAT") if t == "AuditEvent"}
+    assert len(trail) < len(before)  # entries about the INVISIBLE_PATIENT document are hidden (R12)
+    archive = download(patient, f"Patient/{pid}/$dmp-export?part=trail")
+    after = stored_about_a(world, "AuditEvent")
+    assert len(after) == len(before) + 1 and after[-1]["subtype"][0]["code"] == "operation"
+    # The archive holds the trail as it was when the export was asked for.
+    assert {i for t, i in exported(archive) if t == "AuditEvent"} == trail
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"Patient/{pid}/$dmp-export"}},
+            {"request": {"method": "GET", "url": f"Patient/{pid}/$everything?_type=Patient"}},
+        ],
+    }
+    response = patient.post("", batch)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    statuses = [e["response"]["status"] for e in response.get_json()["entry"]]
+    assert statuses == ["400 Bad Request", "200 OK"]
+
+
+def test_the_zip_is_produced_while_its_members_are_read() -> None:
+    """Streaming, not an archive built whole: when the last chunk of a 2.5 MB incompressible
+    member is asked for, nearly all the bytes before it have already left."""
+    noise = random.Random(22)
+    left_before_last: list[int] = []
+    sent = [0]
+
+    def member() -> Iterator[bytes]:
+        for i in range(40):
+            if i == 39:
+                left_before_last.append(sent[0])
+            yield noise.randbytes(64 * 1024)
+
+    chunks = stream_zip([Member("big.bin", member())], lambda w: Member("manifest.json", [b"{}"]), datetime.now(UTC))
+    received = bytearray()
+    for chunk in chunks:
+        received += chunk
+        sent[0] = len(received)
+    assert left_before_last[0] > 38 * 64 * 1024
+    archive = zipfile.ZipFile(io.BytesIO(bytes(received)))
+    assert len(archive.read("big.bin")) == 40 * 64 * 1024 and archive.read("manifest.json") == b"{}"
+
+
+# -- over real HTTP ------------------------------------------------------------------------------
+
+
+def test_a_zip_streamed_by_a_real_server(live_server: LiveServer) -> None:
+    ins, idnatps = "1690575123450", "810002673811"
+    base = urlsplit(live_server.base_url)
+    doctor = live_server.token("HCP", idnatps=idnatps, profession="10", person_id=ins)
+    patient = live_server.token("PAT", person_id=ins, sub=ins, scope="patient/*.cruds")
+    document = random.Random(7).randbytes(300_000)
+
+    def call(method: str, path: str, token: str, body: Any = None) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection(base.hostname or "", base.port, timeout=30)
+        headers = {"Authorization": f"Bearer {token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/fhir+json"
+        connection.request(method, f"{base.path}/{path}", json.dumps(body) if body is not None else None, headers)
+        return connection.getresponse()
+
+    created = call(
+        "POST",
+        "Patient",
+        doctor,
+        {"resourceType": "Patient", "identifier": [{"system": INS_SYSTEM, "value": ins}], "birthDate": "1969-05-01"},
+    )
+    assert created.status == 201
+    pid = json.loads(created.read())["id"]
+    publish = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "author": [{"identifier": {"system": IDNATPS_SYSTEM, "value": idnatps}}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "application/pdf",
+                    "title": "scan",
+                    "data": base64.b64encode(document).decode(),
+                }
+            }
+        ],
+    }
+    stored = call("POST", "DocumentReference", doctor, publish)
+    assert stored.status == 201, stored.read()
+    did = json.loads(stored.read())["id"]
+
+    response = call("GET", f"Patient/{pid}/$dmp-export?part=documents", patient)
+    assert response.status == 200
+    assert response.getheader("Content-Type") == "application/zip"
+    assert response.getheader("Content-Length") is None
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    assert (response.getheader("Content-Disposition") or "").startswith("attachment;")
+    received = bytearray()
+    while chunk := response.read(16 * 1024):
+        received += chunk
+    archive = zipfile.ZipFile(io.BytesIO(bytes(received)))
+    manifest = checked_manifest(archive)
+    content = [f for f in manifest["files"] if f["source"] == f"DocumentReference/{did}" and "content" in f]
+    assert [f["path"] for f in content] == [f"documents/{did}/scan.pdf"]
+    assert archive.read(f"documents/{did}/scan.pdf") == document

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from fhir_server.documents.generate_metadata import GENERATE_METADATA, generate_metadata
+from fhir_server.export.operation import DMP_EXPORT, dmp_export
 from fhir_server.interactions.everything import EVERYTHING, everything
 from fhir_server.messages import FhirRequest, FhirResponse
 
@@ -53,4 +54,5 @@ OPERATIONS: tuple[Operation, ...] = (
         lambda svc, req, _id: generate_metadata(svc, req),
     ),
     Operation("Patient", "everything", EVERYTHING, everything, method="GET", level="instance"),
+    Operation("Patient", "dmp-export", DMP_EXPORT, dmp_export, method="GET", level="instance"),
 )
