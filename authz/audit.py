@@ -120,16 +120,10 @@ def _user_agent(actor: Actor, purpose: dict[str, Any]) -> dict[str, Any]:
     roles = [{"coding": [{"system": ROLE_SYSTEM, "code": actor.role}]}]
     if actor.profession:
         roles.append({"coding": [{"system": PROFESSION_SYSTEM, "code": actor.profession}]})
-    if actor.idnatps:
-        who: dict[str, Any] = {"identifier": {"system": IDNATPS_SYSTEM, "value": actor.idnatps}}
-    else:
-        who = {"identifier": {"value": actor.subject}}
-    if actor.name:
-        who["display"] = actor.name
     agent: dict[str, Any] = {
         "type": {"coding": [{"system": _PARTICIPATION, "code": "IRCP"}]},
         "role": roles,
-        "who": who,
+        "who": who(actor),
         "altId": actor.subject,
         "requestor": True,
         "purposeOfUse": [purpose],
@@ -137,6 +131,17 @@ def _user_agent(actor: Actor, purpose: dict[str, Any]) -> dict[str, Any]:
     if actor.organization:
         agent["location"] = {"identifier": {"system": actor.organization[0], "value": actor.organization[1]}}
     return agent
+
+
+def who(actor: Actor) -> dict[str, Any]:
+    """The user as a FHIR Reference: by idNatPs for a professional, else by the token's subject."""
+    if actor.idnatps:
+        ref: dict[str, Any] = {"identifier": {"system": IDNATPS_SYSTEM, "value": actor.idnatps}}
+    else:
+        ref = {"identifier": {"value": actor.subject}}
+    if actor.name:
+        ref["display"] = actor.name
+    return ref
 
 
 def _client_agent(actor: Actor, address: str | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from authz.actor import Actor, ActorError, Known, actor_from_claims
-from authz.audit import AuditRecord, audit_event, for_patient_view
+from authz.audit import AuditRecord, audit_event, for_patient_view, who
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
 from authz.matrix import AuthorisationMatrix
@@ -102,6 +102,18 @@ class DmpGuard:
             self._gate.policy.check_read(self.access, resource_type)
         except Denied as exc:
             raise _denied(exc) from None
+
+    def check_operation(self, resource_type: str, name: str, reads: tuple[str, ...]) -> None:
+        for read in reads:
+            self._allowed_by_scopes(read, "r")
+        try:
+            self._gate.policy.check_operation(self.access, resource_type, name)
+        except Denied as exc:
+            raise _denied(exc) from None
+
+    @property
+    def requester(self) -> dict[str, Any]:
+        return {"role": self.actor.role, "who": who(self.actor)}
 
     def check_search(self, resource_type: str, parameters: list[str]) -> None:
         try:

@@ -199,6 +199,31 @@ class DmpPolicy:
         if resource_type == "AuditEvent" and not access.reads_trail:
             raise Denied("the access trail is read by the patient and the médecin traitant", rule="R17")
 
+    def check_operation(self, access: Access, resource_type: str, name: str) -> None:
+        """Refuse an operation the actor may not invoke at all; what it then reads or writes is
+        filtered and checked like any other read or write. Unknown operations are refused."""
+        match (resource_type, name):
+            case ("DocumentReference", "generate-metadata"):
+                return  # a document's creation: the write rules decide (R1, R15)
+            case ("Patient", "everything"):
+                self._check_record_reader(access)
+            case ("Patient", "dmp-export"):
+                self._check_record_reader(access)
+                if access.role not in (PATIENT, LEGAL_REPRESENTATIVE):
+                    raise Denied("the record is downloaded by the patient and their legal representatives", rule="R22")
+            case _:
+                raise Denied(f"${name} on {resource_type} is not open in a DMP")
+
+    def _check_record_reader(self, access: Access) -> None:
+        """The whole record is read by those who reach it (R1–R9); a closed one by nobody (R2)."""
+        self.check_read(access, "Patient")
+        if access.state is None:
+            return  # no DMP: the operation finds no Patient (404)
+        if not access.state.active:
+            raise Denied("this DMP is closed", rule="R2")
+        if not access.reads_record:
+            raise Denied(f"{access.role} may not read this patient's record", rule="R9")
+
     @staticmethod
     def check_search(resource_type: str, parameters: list[str]) -> None:
         """Searches of a record's documents, decisions and trail name the patient (CONTRACT §7)."""

@@ -27,6 +27,14 @@ class Guard(Protocol):
     def check_read(self, resource_type: str, interaction: str) -> None:
         """Raise FhirError (403) when the caller may not read this type here at all."""
 
+    def check_operation(self, resource_type: str, name: str, reads: tuple[str, ...]) -> None:
+        """Raise FhirError (403) when the caller may not invoke ``$name`` here at all; ``reads``
+        are the types the operation will read (each within :attr:`scope`)."""
+
+    @property
+    def requester(self) -> dict[str, Any]:
+        """Who is asking, as files made for them name them: ``{"role": code, "who": Reference}``."""
+
     def check_search(self, resource_type: str, parameters: list[str]) -> None:
         """Raise FhirError (400) when a search lacks a parameter the server requires."""
 

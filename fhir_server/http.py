@@ -7,15 +7,15 @@ headers. What the request means is decided by :meth:`FhirService.handle`.
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from fhir_server.documents.base64_chunks import compact_base64, decoded_chunks, decoded_size
 from fhir_server.errors import FhirError, operation_outcome
 from fhir_server.formats.negotiation import (
     CONTENT_TYPES,
@@ -26,7 +26,7 @@ from fhir_server.formats.negotiation import (
     render,
     response_format,
 )
-from fhir_server.messages import FhirRequest, FhirResponse, RawJson
+from fhir_server.messages import Download, FhirRequest, FhirResponse, RawJson
 from fhir_server.service import FhirService
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ def _dispatch(svc: FhirService, path: str) -> Response:
         fmt = accepted or JSON
         fhir_req = _fhir_request(svc, path)
         resp = svc.process(fhir_req)
+        if isinstance(resp.body, Download):
+            return _download(resp, resp.body, request.method == "HEAD")
         if accepted is None:
             raw = _raw_binary(fhir_req, resp)
             if raw is not None:
@@ -150,8 +152,7 @@ def _raw_binary(req: FhirRequest, resp: FhirResponse) -> Response | None:
     """A Binary read by a client that does not ask for FHIR gets the content itself (R4 Binary,
     IHE MHD ITI-68): its bytes under its own media type, with the version's ETag.
 
-    The content is decoded and sent chunk by chunk: a document may weigh megabytes, and building
-    its decoded copy whole would hold one more copy in memory per concurrent download. (The stored
+    The content is decoded and sent chunk by chunk (``documents.base64_chunks``). (The stored
     resource itself is decrypted whole: AES-GCM authenticates a blob as one message.) Visibility
     was decided by the read: a Binary the caller may not see is 404, like one that does not exist.
     """
@@ -163,35 +164,29 @@ def _raw_binary(req: FhirRequest, resp: FhirResponse) -> Response | None:
     binary = resp.body.load() if isinstance(resp.body, RawJson) else resp.body
     if not isinstance(binary, dict) or binary.get("resourceType") != "Binary":
         return None
-    encoded = _compact_base64(binary.get("data") or "")
-    headers = {**resp.headers, "Content-Length": str(_decoded_size(encoded)), **_CONTENT_SAFETY}
+    encoded = compact_base64(binary.get("data") or "")
+    headers = {**resp.headers, "Content-Length": str(decoded_size(encoded)), **_CONTENT_SAFETY}
     content_type = binary.get("contentType") or "application/octet-stream"
-    return Response(_decoded_chunks(encoded), status=resp.status, headers=headers, content_type=content_type)
+    return Response(decoded_chunks(encoded), status=resp.status, headers=headers, content_type=content_type)
 
 
 #: Served content is the client's, not the server's: a browser must neither sniff another type
 #: from it nor run what it holds (an HTML or SVG upload, a CDA's xml-stylesheet) as this origin.
 _CONTENT_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox; default-src 'none'"}
-#: Base64 characters decoded per chunk: a multiple of 4, so every chunk decodes alone (48 KiB).
-_BASE64_CHUNK = 64 * 1024
-_WHITESPACE = re.compile(r"\s")
 
 
-def _compact_base64(encoded: str) -> str:
-    """FHIR base64Binary may hold whitespace; chunks must not, or their boundaries drift."""
-    return _WHITESPACE.sub("", encoded) if _WHITESPACE.search(encoded) else encoded
+def _download(resp: FhirResponse, download: Download, head: bool) -> Response:
+    """A file an operation produced: streamed as its chunks come, whatever format was negotiated
+    for FHIR bodies (errors before the first byte are still OperationOutcomes). No
+    Content-Length: the size is known only once the last chunk is made."""
+    name = _SAFE_FILENAME.sub("_", download.filename) or "download"
+    headers = {**resp.headers, "Content-Disposition": f'attachment; filename="{name}"', **_CONTENT_SAFETY}
+    body: Iterable[bytes] = () if head else download.chunks
+    return Response(body, status=resp.status, headers=headers, content_type=download.media_type)
 
 
-def _decoded_size(encoded: str) -> int:
-    """The decoded length, from the encoded one (Content-Length before any byte is decoded)."""
-    if len(encoded) % 4:
-        return len(binascii.a2b_base64(encoded))  # not canonical base64: count by decoding
-    return len(encoded) // 4 * 3 - encoded[-2:].count("=")
-
-
-def _decoded_chunks(encoded: str) -> Iterator[bytes]:
-    for start in range(0, len(encoded), _BASE64_CHUNK):
-        yield binascii.a2b_base64(encoded[start : start + _BASE64_CHUNK])
+#: What may stand in a Content-Disposition filename without quoting rules (RFC 6266).
+_SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def _http_response(resp: FhirResponse, fmt: str, head: bool, pretty: bool) -> Response:

@@ -6,7 +6,7 @@ builds one from each Bundle entry, so every interaction has exactly one implemen
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -83,10 +83,25 @@ class FhirRequest:
         return self.prefer.get("handling") == "strict"
 
 
+@dataclass(frozen=True)
+class Download:
+    """A body that is a file rather than a FHIR resource (a ZIP export), sent as it is produced.
+
+    Why a type of its own: the HTTP layer renders FHIR bodies in the negotiated format, while a
+    file goes out unchanged under its own media type; an operation returning one says so by the
+    body's type, so no path is special-cased. ``chunks`` is consumed once, while the response is
+    sent, so a large file is never held whole in memory.
+    """
+
+    media_type: str
+    chunks: Iterable[bytes]
+    filename: str  # offered to the client (Content-Disposition: attachment)
+
+
 @dataclass
 class FhirResponse:
     status: int
-    body: dict[str, Any] | RawJson | None = None
+    body: dict[str, Any] | RawJson | Download | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
 

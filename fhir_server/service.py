@@ -14,7 +14,7 @@ from typing import Any
 from fhir_server.config import Config
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.guard import Gatekeeper
-from fhir_server.messages import FhirRequest, FhirResponse
+from fhir_server.messages import Download, FhirRequest, FhirResponse
 from fhir_server.search.parser import SearchParser
 from fhir_server.validation import ResourceValidator
 from fhirmodel.indexing import extract_index
@@ -104,8 +104,15 @@ class FhirService:
             raise
 
     def handle(self, req: FhirRequest) -> FhirResponse:
-        """Carry out a request whose access control is already in place (Bundle entries)."""
-        return self.route(req).run()
+        """Carry out a request whose access control is already in place (Bundle entries).
+
+        A Bundle entry holds a resource, never a file: an operation answering with a download is
+        refused here (before any of the file is produced) rather than dropped from the response.
+        """
+        response = self.route(req).run()
+        if isinstance(response.body, Download):
+            raise bad_request(f"{req.path} answers with a file, which a Bundle entry cannot hold: call it directly")
+        return response
 
     def route(self, req: FhirRequest) -> Route:
         """The interaction a request asks for, ready to run."""
@@ -149,7 +156,7 @@ class FhirService:
             self._only(method, "GET")
             return Route("history-type", lambda: history.history(self, req, rtype, None))
         if second.startswith("$") and len(segments) == 2:
-            return self._operation(req, rtype, second[1:], method)
+            return self._operation(req, rtype, None, second[1:], method)
         rid = self.resource_id(second)
         if len(segments) == 2:
             match method:
@@ -162,6 +169,8 @@ class FhirService:
                 case "DELETE":
                     return Route("delete", lambda: instance.delete(self, req, rtype, rid))
             raise FhirError(405, f"{method} is not supported on {rtype}/{rid}", "not-supported")
+        if segments[2].startswith("$") and len(segments) == 3:
+            return self._operation(req, rtype, rid, segments[2][1:], method)
         if segments[2] == "_history" and len(segments) in (3, 4):
             self._only(method, "GET")
             if len(segments) == 3:
@@ -169,15 +178,17 @@ class FhirService:
             return Route("vread", lambda: instance.vread(self, req, rtype, rid, segments[3]))
         raise FhirError(404, f"no such path: {req.path}", "not-found")
 
-    def _operation(self, req: FhirRequest, rtype: str, name: str, method: str) -> Route:
-        """A type-level operation (``[type]/$name``), among those the server implements."""
+    def _operation(self, req: FhirRequest, rtype: str, rid: str | None, name: str, method: str) -> Route:
+        """An operation on a type (``[type]/$name``, ``rid`` None) or on one resource
+        (``[type]/[id]/$name``), among those the server implements at that level."""
         from fhir_server.interactions import operations
 
-        operation = operations.find(rtype, name)
+        operation = operations.find(rtype, name, "type" if rid is None else "instance")
         if operation is None:
-            raise FhirError(404, f"the operation ${name} is not supported on {rtype}", "not-supported")
+            where = rtype if rid is None else f"{rtype}/[id]"
+            raise FhirError(404, f"the operation ${name} is not supported on {where}", "not-supported")
         self._only(method, operation.method)
-        return Route("operation", lambda: operation.run(self, req))
+        return Route("operation", lambda: operation.run(self, req, rid))
 
     def resource_type(self, name: str) -> str:
         if name not in self.served_types:

@@ -23,6 +23,7 @@ from authz.tokens import own_issuer
 from fhir_server.app import create_app, create_service
 from fhir_server.config import Config
 from fhir_server.service import FhirService
+from tests.dmp import World
 from tests.paths import ROOT
 from tests.support import open_gatekeeper
 
@@ -53,6 +54,14 @@ def app(service: FhirService) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    """The DMP test world (tests/dmp.py): the real server with the DMP gatekeeper, on a fresh store."""
+    built = World(tmp_path)
+    yield built
+    built.close()
 
 
 class Fhir:

@@ -215,27 +215,35 @@ class World:
         labels: tuple[str, ...] = (),
         doc_id: str | None = None,
         with_binary: bool = False,
+        content: bytes = b"x",
+        content_type: str = "text/plain",
+        title: str | None = None,
+        **elements: Any,
     ) -> str:
+        """A document of ``pid``; its ``content`` inline or in a Binary ``bin-<id>``; ``elements``
+        are set as they are (``date``, ``context``...)."""
         did = doc_id or f"doc-{uuid.uuid4().hex[:12]}"
         authors: list[dict[str, Any]] = []
         if patient_author:
             authors.append({"reference": f"Patient/{pid}"})
         elif author:
             authors.append({"identifier": {"system": IDNATPS_SYSTEM, "value": author}})
-        attachment: dict[str, Any] = {"contentType": "text/plain"}
+        attachment: dict[str, Any] = {"contentType": content_type}
+        if title is not None:
+            attachment["title"] = title
         if with_binary:
             bid = f"bin-{did}"
             self.store.create(
                 {
                     "resourceType": "Binary",
                     "id": bid,
-                    "contentType": "text/plain",
-                    "data": base64.b64encode(b"x").decode(),
+                    "contentType": content_type,
+                    "data": base64.b64encode(content).decode(),
                 }
             )
             attachment["url"] = f"{self.config.base_url}/Binary/{bid}"
         else:
-            attachment["data"] = base64.b64encode(b"x").decode()
+            attachment["data"] = base64.b64encode(content).decode()
         doc: dict[str, Any] = {
             "resourceType": "DocumentReference",
             "id": did,
@@ -248,8 +256,23 @@ class World:
             ]
             + [{"coding": [{"system": VISIBILITY_SYSTEM, "code": label}]} for label in labels],
             "content": [{"attachment": attachment}],
+            **elements,
         }
         if not authors:
             del doc["author"]
         self.store.create(doc)
         return did
+
+    def seed_submission_set(self, pid: str, document_ids: list[str], list_id: str = "submission") -> str:
+        """A submission set (List) of ``pid`` naming the documents."""
+        self.store.create(
+            {
+                "resourceType": "List",
+                "id": list_id,
+                "status": "current",
+                "mode": "working",
+                "subject": {"reference": f"Patient/{pid}"},
+                "entry": [{"item": {"reference": f"DocumentReference/{d}"}} for d in document_ids],
+            }
+        )
+        return list_id

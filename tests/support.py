@@ -33,6 +33,13 @@ class OpenGuard:
     def check_read(self, resource_type: str, interaction: str) -> None:
         return None
 
+    def check_operation(self, resource_type: str, name: str, reads: tuple[str, ...]) -> None:
+        return None
+
+    @property
+    def requester(self) -> dict[str, Any]:
+        return {"role": "open", "who": {"display": self._principal}}
+
     def check_search(self, resource_type: str, parameters: list[str]) -> None:
         return None
 

@@ -51,3 +51,34 @@ def test_every_advertised_interaction_is_routed(client: FlaskClient) -> None:
         assert client.get(f"/fhir/{rtype}").status_code == 200
         assert client.get(f"/fhir/{rtype}/_history").status_code == 200
         assert client.get(f"/fhir/{rtype}/none").status_code == 404
+
+
+def test_local_operation_definitions_match_the_operations_served(client: FlaskClient) -> None:
+    """``ig/OperationDefinition`` describes the operations the server implements, where it
+    implements them (type or instance level), with the input parameters their code accepts."""
+    from fhir_server.export.operation import PART
+    from fhir_server.interactions.operations import OPERATIONS
+
+    inputs = {"dmp-export": {PART}}
+    statement = client.get("/fhir/metadata").get_json()
+    advertised = {
+        (resource["type"], op["name"], op["definition"])
+        for resource in statement["rest"][0]["resource"]
+        for op in resource.get("operation", [])
+    }
+    definitions = sorted((ROOT / "ig" / "OperationDefinition").glob("*.json"))
+    assert definitions
+    for path in definitions:
+        definition = json.loads(path.read_text(encoding="utf-8"))
+        served = [op for op in OPERATIONS if op.definition == definition["url"]]
+        assert len(served) == 1, path.name
+        operation = served[0]
+        assert definition["code"] == operation.name
+        assert definition["resource"] == [operation.resource_type]
+        assert (definition["type"], definition["instance"]) == (
+            operation.level == "type",
+            operation.level == "instance",
+        )
+        assert definition["system"] is False
+        assert {p["name"] for p in definition["parameter"] if p["use"] == "in"} == inputs[operation.name]
+        assert (operation.resource_type, operation.name, definition["url"]) in advertised

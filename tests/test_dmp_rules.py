@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -77,13 +75,6 @@ HOSPITAL_ORG = f"{FINESS}|{HOSPITAL}"
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 def issue_code(response: TestResponse) -> str:
@@ -951,16 +942,7 @@ def _labelled_record(world: World) -> tuple[str, dict[str, str]]:
     grant(world, INS_A, DR)
     world.seed_consent(MEDECIN_TRAITANT, INS_A, (IDNATPS_SYSTEM, MT))
     representative(world, INS_A, REP_1)
-    world.store.create(
-        {
-            "resourceType": "List",
-            "id": "submission",
-            "status": "current",
-            "mode": "working",
-            "subject": {"reference": f"Patient/{pid}"},
-            "entry": [{"item": {"reference": f"DocumentReference/{d}"}} for d in docs.values()],
-        }
-    )
+    world.seed_submission_set(pid, list(docs.values()))
     mt = world.doctor(MT, INS_A)
     for doc in docs.values():  # the médecin traitant reads each: the trail mentions every document
         assert mt.get(f"DocumentReference/{doc}").status_code == 200

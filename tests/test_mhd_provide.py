@@ -18,7 +18,6 @@ import copy
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,6 @@ EXAMPLE_PATIENTS = ("Patient/ex-patient", "http://example.org/fhir/Patient/fdoc-
 #: Record types whose versions must not change when a submission is refused.
 RECORD_TYPES = ("DocumentReference", "List", "Binary", "Bundle", "Patient", "Practitioner", "Consent")
 FHIR_XML = "application/fhir+xml"
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 @pytest.fixture

@@ -13,10 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -33,7 +31,7 @@ from authz.terms import (
     VISIBILITY_SYSTEM,
 )
 from fhir_server.documents.cda import parse_cda
-from fhir_server.interactions.operations import GENERATE_METADATA
+from fhir_server.documents.generate_metadata import GENERATE_METADATA
 from storage.query import OPEN_SCOPE, Query
 from tests.dmp import As, World
 from tests.paths import SHARED_DATA
@@ -174,13 +172,6 @@ def sha1_b64(data: bytes) -> str:
 
 
 # -------------------------------------------------------------------------- the world
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    built = World(tmp_path)
-    yield built
-    built.close()
 
 
 def seed_dmp(world: World, ins: Ins) -> str:

@@ -7,6 +7,7 @@ set of resources even as new ones arrive, and a key is useless to another caller
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
@@ -65,15 +66,20 @@ def page_state(svc: FhirService, req: FhirRequest) -> tuple[dict[str, Any] | Non
     return state, int(offset)
 
 
+def paged_params(state: dict[str, Any], req: FhirRequest) -> list[tuple[str, str]]:
+    """A paging session's parameters, with the page link's ``_count`` in place of the saved one."""
+    saved = [(str(name), str(value)) for name, value in state["params"]]
+    count = [p for p in req.params if p[0] == "_count"] or [p for p in saved if p[0] == "_count"]
+    return [p for p in saved if p[0] != "_count"] + count
+
+
 def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
     req.checks.check_read(rtype, "search-type")
     state, offset = page_state(svc, req)
     if state is not None:
         if state["type"] != rtype:
             raise bad_request("this paging key belongs to another search")
-        params = [tuple(p) for p in state["params"]]
-        count_override = [p for p in req.params if p[0] == "_count"]
-        params = [p for p in params if p[0] != "_count"] + (count_override or [p for p in params if p[0] == "_count"])
+        params = paged_params(state, req)
         parsed = svc.parser.parse(rtype, params, strict=state["strict"], default_count=svc.config.default_count)
         query = replace(parsed.query, offset=offset, watermark=state["watermark"])
         session_key: str | None = dict(req.params)["_getpages"]
@@ -86,28 +92,19 @@ def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if result.total is not None:
         bundle["total"] = result.total
-    links = [{"relation": "self", "url": _self_url(svc, rtype, parsed, session_key, query.offset)}]
-    # ``_count=0`` (and ``_summary=count``) asks for the total only: there is no page to go to.
-    has_next = (
-        query.count > 0
-        and len(result.matches) == query.count
-        and (result.total is None or query.offset + query.count < result.total)
+    self_url = _self_url(svc, rtype, parsed, session_key, query.offset)
+    bundle["link"] = paging_links(
+        svc,
+        self_url,
+        session_key,
+        lambda: _save_session(svc, req, rtype, parsed, result.watermark),
+        query.offset,
+        query.count,
+        len(result.matches),
+        result.total,
     )
-    if has_next or query.offset > 0:
-        if session_key is None:
-            session_key = _save_session(svc, req, rtype, parsed, result.watermark)
-        page = page_url(svc, session_key, query.count)
-        links.append({"relation": "first", "url": page(0)})
-        if query.offset > 0:
-            links.append({"relation": "previous", "url": page(max(0, query.offset - query.count))})
-        if has_next:
-            links.append({"relation": "next", "url": page(query.offset + query.count)})
-        if result.total is not None and query.count:
-            last = ((result.total - 1) // query.count) * query.count if result.total else 0
-            links.append({"relation": "last", "url": page(last)})
-    bundle["link"] = links
-    entries = [_entry(svc, req, s, "match", parsed) for s in result.matches]
-    entries += [_entry(svc, req, s, "include", parsed) for s in result.included]
+    entries = [entry(svc, req, s, "match", parsed) for s in result.matches]
+    entries += [entry(svc, req, s, "include", parsed) for s in result.included]
     if parsed.ignored:
         outcome = operation_outcome("warning", "not-supported", "ignored: " + "; ".join(parsed.ignored))
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
@@ -116,10 +113,42 @@ def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
     return FhirResponse(200, bundle)
 
 
-def _entry(svc: FhirService, req: FhirRequest, stored: Stored, mode: str, parsed: ParsedSearch) -> dict[str, Any]:
+def paging_links(
+    svc: FhirService,
+    self_url: str,
+    session_key: str | None,
+    save_session: Callable[[], str],
+    offset: int,
+    count: int,
+    returned: int,
+    total: int | None,
+) -> list[dict[str, str]]:
+    """A searchset's links: ``self``, and ``first``/``previous``/``next``/``last`` when there is
+    more than one page, through a paging session (saved on first need by ``save_session``)."""
+    links = [{"relation": "self", "url": self_url}]
+    # ``_count=0`` (and ``_summary=count``) asks for the total only: there is no page to go to.
+    has_next = count > 0 and returned == count and (total is None or offset + count < total)
+    if has_next or offset > 0:
+        page = page_url(svc, session_key or save_session(), count)
+        links.append({"relation": "first", "url": page(0)})
+        if offset > 0:
+            links.append({"relation": "previous", "url": page(max(0, offset - count))})
+        if has_next:
+            links.append({"relation": "next", "url": page(offset + count)})
+        if total is not None and count:
+            last = ((total - 1) // count) * count if total else 0
+            links.append({"relation": "last", "url": page(last)})
+    return links
+
+
+def entry(
+    svc: FhirService, req: FhirRequest, stored: Stored, mode: str, parsed: ParsedSearch | None = None
+) -> dict[str, Any]:
+    """One searchset entry: the resource as the caller may see it (``_summary``/``_elements``)."""
+    summary, elements = (parsed.summary, parsed.elements) if parsed else (None, None)
     return {
         "fullUrl": f"{svc.config.base_url}/{stored.resource_type}/{stored.id}",
-        "resource": shape(req, stored, parsed.summary, parsed.elements),
+        "resource": shape(req, stored, summary, elements),
         "search": {"mode": mode},
     }
 
@@ -152,11 +181,13 @@ def _save_session(svc: FhirService, req: FhirRequest, rtype: str, parsed: Parsed
 
 def page(svc: FhirService, req: FhirRequest) -> FhirResponse:
     """``GET [base]?_getpages=...``: a later page of a search or a history."""
-    from fhir_server.interactions import history
+    from fhir_server.interactions import everything, history
 
-    state, _ = page_state(svc, req)
+    state, offset = page_state(svc, req)
     if state is None:
         raise bad_request("_getpages is required")
     if state.get("kind") == "history":
         return history.history(svc, req, state.get("type"), state.get("id"))
+    if state.get("kind") == "everything":
+        return everything.page(svc, req, state, offset)
     return search(svc, req, state["type"])
