@@ -15,6 +15,7 @@ import orjson
 
 from authz.actor import Actor, ActorError, Known, actor_from_claims
 from authz.audit import AuditRecord, audit_event, for_patient_view
+from authz.authserver.creation_codes import creation_code_consumed
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
 from authz.matrix import AuthorisationMatrix
@@ -119,6 +120,7 @@ class DmpGuard:
             professions_of=self._gate.professions_of,
             read=self._gate.stored,
             attaching=self._gate.documents_attaching,
+            creation_code_consumed=lambda ins: creation_code_consumed(self._gate.store, ins),
         )
         try:
             self._gate.policy.check_write(self.access, method, resource_type, new, old, facts)
