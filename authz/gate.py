@@ -15,6 +15,7 @@ import orjson
 
 from authz.actor import Actor, ActorError, Known, actor_from_claims
 from authz.audit import AuditRecord, audit_event, for_patient_view, who
+from authz.authserver.creation_codes import creation_code_consumed
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
 from authz.matrix import AuthorisationMatrix
@@ -131,6 +132,7 @@ class DmpGuard:
             professions_of=self._gate.professions_of,
             read=self._gate.stored,
             attaching=self._gate.documents_attaching,
+            creation_code_consumed=lambda ins: creation_code_consumed(self._gate.store, ins),
         )
         try:
             self._gate.policy.check_write(self.access, method, resource_type, new, old, facts)
@@ -268,21 +270,7 @@ class DmpGatekeeper:
         self.clock = clock
 
     def guard(self, req: FhirRequest, interaction: str) -> DmpGuard:
-        try:
-            claims = self.verifier.verify(bearer_token(req.header("Authorization")))
-        except MissingToken:
-            raise FhirError(
-                401, "an access token is required", "login", headers={"WWW-Authenticate": 'Bearer realm="dmp"'}
-            ) from None
-        except InvalidToken as exc:
-            challenge = f'Bearer realm="dmp", error="invalid_token", error_description="{exc.message}"'
-            raise FhirError(
-                401, f"invalid access token: {exc.message}", "login", headers={"WWW-Authenticate": challenge}
-            ) from None
-        try:
-            actor = actor_from_claims(claims, self.known)
-        except ActorError as exc:
-            raise FhirError(403, f"no access: {exc}", "forbidden") from None
+        actor = caller(self.verifier, self.known, req.header("Authorization"))
         moment = self.clock()
         try:
             access = self.decide(actor, moment)
@@ -327,12 +315,37 @@ class DmpGatekeeper:
         )
 
 
-def build_gatekeeper(config: Config, store: Store, terminology: Terminology) -> DmpGatekeeper:
-    """The DMP gatekeeper of a server: its own key (created on first start), the trusted issuers,
-    the authorisation matrix from ``ig/``."""
+def caller(verifier: TokenVerifier, known: Known, authorization: str | None) -> Actor:
+    """The actor of an ``Authorization`` header: 401 without a valid token (RFC 6750 challenge),
+    403 when its claims describe no actor the server can act for. Every endpoint that takes a
+    bearer token identifies its caller through here."""
+    try:
+        claims = verifier.verify(bearer_token(authorization))
+    except MissingToken:
+        raise FhirError(
+            401, "an access token is required", "login", headers={"WWW-Authenticate": 'Bearer realm="dmp"'}
+        ) from None
+    except InvalidToken as exc:
+        challenge = f'Bearer realm="dmp", error="invalid_token", error_description="{exc.message}"'
+        raise FhirError(
+            401, f"invalid access token: {exc.message}", "login", headers={"WWW-Authenticate": challenge}
+        ) from None
+    try:
+        return actor_from_claims(claims, known)
+    except ActorError as exc:
+        raise FhirError(403, f"no access: {exc}", "forbidden") from None
+
+
+def server_verifier(config: Config) -> TokenVerifier:
+    """The verifier of a server's bearer tokens: its own key (created on first start) and the
+    trusted issuers."""
     key = load_or_create_server_key(config.data_dir)
-    verifier = TokenVerifier.with_server_key(
+    return TokenVerifier.with_server_key(
         key, own_issuer(config.base_url), load_trusted_issuers(config.trusted_issuers), config.base_url
     )
+
+
+def build_gatekeeper(config: Config, store: Store, terminology: Terminology) -> DmpGatekeeper:
+    """The DMP gatekeeper of a server: its verifier, the authorisation matrix from ``ig/``."""
     policy = DmpPolicy(AuthorisationMatrix.load(config.ig_dir))
-    return DmpGatekeeper(store, verifier, policy, terminology.has_code, config.base_url)
+    return DmpGatekeeper(store, server_verifier(config), policy, terminology.has_code, config.base_url)

@@ -339,7 +339,7 @@ class DmpPolicy:
             if resource is not None and not _about(resource, ins, access.state):
                 raise Denied("the resource is about another patient than the token's", rule="R1")
         if resource_type == "Patient":
-            return self._patient_write(access, method, old)
+            return self._patient_write(access, method, old, facts)
         state = access.state
         if state is None:
             raise Denied("there is no DMP for this patient", status=404)
@@ -358,7 +358,7 @@ class DmpPolicy:
         raise Denied(f"{role} may not write {resource_type} in a DMP")
 
     @staticmethod
-    def _patient_write(access: Access, method: str, old: dict[str, Any] | None) -> None:
+    def _patient_write(access: Access, method: str, old: dict[str, Any] | None, facts: WriteFacts) -> None:
         role = access.role
         if method == "DELETE":
             raise Denied("a DMP is closed, never deleted", rule="R20")
@@ -366,6 +366,8 @@ class DmpPolicy:
             if access.state is not None:
                 raise Denied("this patient already has a DMP", status=409, rule="R20")
             if role in (PROFESSIONAL, ADMINISTRATION):
+                return
+            if role == PATIENT and _creates_own_dmp_with_a_code(access, facts):
                 return
             raise Denied(f"{role} may not create a DMP", rule="R20")
         if role in (PATIENT, LEGAL_REPRESENTATIVE, ADMINISTRATION):
@@ -509,6 +511,8 @@ class WriteFacts:
     professions_of: Callable[[str], frozenset[str]]  # TRE_G15 professions of an idNatPs, from the directory
     read: Callable[[str, str], dict[str, Any] | None]  # a stored resource by type and id, whoever may see it
     attaching: Callable[[str, str], list[dict[str, Any]]]  # the documents whose content is that resource
+    # R20: whether this request's transaction consumed a DMP creation code for that INS
+    creation_code_consumed: Callable[[Ident], bool]
 
 
 def _check_labels_and_content(role: str, old: dict[str, Any], new: dict[str, Any], is_author: bool) -> None:
@@ -529,6 +533,13 @@ def _check_labels_and_content(role: str, old: dict[str, Any], new: dict[str, Any
         raise Denied("archiving is the patient's decision", rule="R19")
     if _without_labels_and_archive(old) != _without_labels_and_archive(new) and not is_author:
         raise Denied("only a document's author changes it", rule="R19")
+
+
+def _creates_own_dmp_with_a_code(access: Access, facts: WriteFacts) -> bool:
+    """R20, CONTRACT §3: the patient creates their own DMP only with a creation code, consumed in
+    the very transaction of the creation (authz.authserver.creation_codes)."""
+    ins = access.actor.patient
+    return ins is not None and _same_person(access.actor, ins) and facts.creation_code_consumed(ins)
 
 
 def _about(resource: dict[str, Any], ins: Ident, state: PatientState | None) -> bool:

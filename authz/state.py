@@ -86,12 +86,16 @@ class PatientState:
     def is_minor(self, today: date) -> bool:
         if not self.birth_date or len(self.birth_date) < 10:
             return False
-        born = date.fromisoformat(self.birth_date[:10])
-        try:
-            majority = born.replace(year=born.year + 18)
-        except ValueError:  # born on 29 February
-            majority = date(born.year + 18, 3, 1)
-        return today < majority
+        return minor_on(date.fromisoformat(self.birth_date[:10]), today)
+
+
+def minor_on(born: date, today: date) -> bool:
+    """Whether someone born on ``born`` is under 18 on ``today``."""
+    try:
+        majority = born.replace(year=born.year + 18)
+    except ValueError:  # born on 29 February
+        majority = date(born.year + 18, 3, 1)
+    return today < majority
 
 
 def _period(provision: dict[str, Any]) -> tuple[int, int]:

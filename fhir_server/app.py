@@ -6,11 +6,14 @@ Everything the server needs is built once here — the search-parameter registry
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from flask import Flask
 
+from authz.authserver.service import build_account_service
 from authz.gate import build_gatekeeper
+from fhir_server.account_http import register_account_routes
 from fhir_server.config import Config
 from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
@@ -56,11 +59,15 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekee
     )
 
 
-def create_app(config: Config | None = None, service: FhirService | None = None) -> Flask:
+def create_app(
+    config: Config | None = None, service: FhirService | None = None, *, clock: Callable[[], float] = time.time
+) -> Flask:
+    """The server; ``clock`` (epoch seconds) is the authorisation server's, which tests move."""
     config = config or (service.config if service else Config.from_env())
     service = service or create_service(config)
     app = Flask("dmp_server")
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body, config.max_binary_body or 0)
     app.extensions["fhir_service"] = service
     register_routes(app, service)
+    register_account_routes(app, build_account_service(config, service, clock=clock), config.base_path)
     return app

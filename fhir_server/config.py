@@ -40,6 +40,7 @@ class Config:
     smtp_port: int = 25
     mail_from: str = "dmp@localhost"
     jobs_interval: int = 60  # seconds between runs of the periodic jobs in `serve`; 0 = never
+    password_kdf_cost: int = 2**15  # scrypt N of new password hashes (a power of two; tests lower it)
     ig_dir: Path = field(default=PROJECT_ROOT / "ig")
     capability_dir: Path = field(default=PROJECT_ROOT / "capability")
 
@@ -68,6 +69,7 @@ class Config:
             smtp_port=_int(env, "DMP_SMTP_PORT", defaults.smtp_port),
             mail_from=env.get("DMP_MAIL_FROM") or defaults.mail_from,
             jobs_interval=_int(env, "DMP_JOBS_INTERVAL", defaults.jobs_interval),
+            password_kdf_cost=_int(env, "DMP_PASSWORD_KDF_COST", defaults.password_kdf_cost),
             max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
             max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
@@ -26,6 +26,9 @@ from fhir_server.service import FhirService
 from tests.dmp import World
 from tests.paths import ROOT
 from tests.support import open_gatekeeper
+
+if TYPE_CHECKING:
+    from tests.smtp_sink import SmtpSink
 
 pytest_plugins = ["tests.smtp_sink"]  # the ``smtp_sink`` fixture: a real SMTP server on loopback
 
@@ -112,6 +115,7 @@ class LiveServer:
 
     base_url: str
     data_dir: Path
+    mail: SmtpSink  # what the server sent by e-mail
 
     def token(self, role: str, **claims: Any) -> str:
         key = load_or_create_server_key(self.data_dir)
@@ -122,12 +126,14 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """``dmp-server serve`` in its own process, on a free loopback port, with the DMP rules on."""
+def live_server(tmp_path_factory: pytest.TempPathFactory, session_smtp_sink: SmtpSink) -> Iterator[LiveServer]:
+    """``dmp-server serve`` in its own process, on a free loopback port, with the DMP rules on and
+    its mail going to an SMTP sink on loopback."""
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}/fhir"
     data_dir = tmp_path_factory.mktemp("live") / "data"
     env = {**os.environ, "DMP_DATA_DIR": str(data_dir), "DMP_BASE_URL": base_url, "PYTHONPATH": str(ROOT)}
+    env |= {"DMP_SMTP_HOST": session_smtp_sink.host, "DMP_SMTP_PORT": str(session_smtp_sink.port)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(port)],
         env=env,
@@ -146,7 +152,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
                     err = proc.stderr.read().decode() if proc.stderr else ""
                     raise RuntimeError(f"the server did not start: {err}") from None
                 time.sleep(0.1)
-        yield LiveServer(base_url, data_dir)
+        yield LiveServer(base_url, data_dir, session_smtp_sink)
     finally:
         proc.terminate()
         try:

@@ -8,6 +8,7 @@ exercised by the HTTP requests that follow, never by the set-up.
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,6 +59,16 @@ class Clock:
         return self.now
 
 
+class EpochClock:
+    """An epoch-seconds clock (the authorisation server's), movable by tests (code expiry, lockout)."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class As:
     """Requests made with one token."""
 
@@ -98,9 +109,10 @@ class As:
 
 
 class World:
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, **settings: Any):
+        """``settings``: Config fields besides the data directory (a mail server...)."""
         self.clock = Clock()
-        self.config = Config(data_dir=tmp_path / "data")
+        self.config = Config(data_dir=tmp_path / "data", **settings)
 
         def gatekeeper(config: Config, store: Any, terminology: Any) -> DmpGatekeeper:
             built = build_gatekeeper(config, store, terminology)

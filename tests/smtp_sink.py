@@ -50,8 +50,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
+def _running_sink() -> Iterator[SmtpSink]:
     sink = SmtpSink(port=free_port())
     controller = Controller(sink, hostname=sink.host, port=sink.port)
     controller.start()
@@ -59,3 +58,14 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    yield from _running_sink()
+
+
+@pytest.fixture(scope="session")
+def session_smtp_sink() -> Iterator[SmtpSink]:
+    """One sink for the whole session: the mail server of the ``live_server`` process."""
+    yield from _running_sink()

@@ -22,6 +22,7 @@ import pytest
 from werkzeug.test import TestResponse
 
 from authz.audit import EMERGENCY_EXTENSION
+from authz.authserver.creation_codes import mark_consumed
 from authz.devtoken import iua_claims, make_dev_token
 from authz.terms import (
     ACCESS,
@@ -1668,6 +1669,31 @@ def test_r20_who_creates_a_dmp(world: World, role: str, status: int) -> None:
     assert found == (1 if status == 201 else 0)
     if status == 201:
         assert_status(client.post("Patient", new_patient(INS_NEW)), 409)  # one DMP per patient
+
+
+class _RolledBack(Exception):
+    """Ends a test's transaction without committing it."""
+
+
+@pytest.mark.parametrize(
+    ("role", "sub", "person", "status"),
+    [
+        ("PAT", INS_NEW, INS_NEW, 201),  # the patient whose code was consumed
+        ("PAT", INS_B, INS_NEW, 403),  # someone else's token about that patient
+        ("LEGREP", INS_B, INS_NEW, 403),  # a representative (R20 wants them recorded by a professional)
+        ("PAT", INS_B, INS_B, 403),  # another patient, whose code was not consumed
+    ],
+)
+def test_r20_a_patient_creates_their_dmp_only_with_a_code_consumed_in_the_same_transaction(
+    world: World, role: str, sub: str, person: str, status: int
+) -> None:
+    client = world.as_(role, patient=person, sub=sub, scope="patient/*.cruds")
+    with pytest.raises(_RolledBack), world.store.transaction():  # the test client runs on this thread
+        mark_consumed(world.store, (INS_SYSTEM, INS_NEW), world.clock.now.timestamp())
+        assert_status(client.post("Patient", new_patient(person)), status, None if status == 201 else "forbidden")
+        raise _RolledBack
+    forbidden(client.post("Patient", new_patient(person)))  # without a consumed code, never
+    assert world.store.search(Query("Patient", Token("identifier", INS_SYSTEM, person)), OPEN_SCOPE).total == 0
 
 
 def test_r20_a_minors_dmp_needs_a_representative_in_the_same_request(world: World) -> None:

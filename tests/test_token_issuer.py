@@ -13,21 +13,14 @@ from authz.keys import ServerKey
 from authz.tokens import InvalidToken, TokenVerifier, own_issuer
 from fhir_server.app import create_service
 from fhir_server.config import Config
+from tests.dmp import EpochClock as Clock
 
 BASE = "http://127.0.0.1:8080/fhir"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1_800_000_000.0)
 
 
 @pytest.fixture
