@@ -35,8 +35,15 @@ class JobContext:
 
 Job = Callable[[JobContext], int]
 
+
+def forget_expired_records(context: JobContext) -> int:
+    """One-time codes, login challenges, refresh tokens and replay marks past their expiry: each
+    reader already refuses them, this only keeps the store from growing with them."""
+    return context.service.store.purge_records(int(context.clock().timestamp()))
+
+
 #: The jobs, by name, in the order they run.
-JOBS: dict[str, Job] = {}
+JOBS: dict[str, Job] = {"expired-records": forget_expired_records}
 
 
 @contextmanager

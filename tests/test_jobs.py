@@ -50,3 +50,13 @@ def test_jobs_do_not_run_while_another_runner_holds_the_lock(
     assert two_jobs == []
     assert run_jobs(context) is not None
 
+
+
+def test_expired_records_are_forgotten(context: JobContext, service: FhirService) -> None:
+    now = int(context.clock().timestamp())
+    service.store.put_record("login-challenge", "old", b"", expires=now - 1)
+    service.store.put_record("login-challenge", "live", b"", expires=now + 300)
+    service.store.put_record("account", "kept", b"")
+    assert run_jobs(context, ["expired-records"]) == {"expired-records": 1}
+    assert service.store.record_keys("login-challenge") == ["live"]
+    assert service.store.record_keys("account") == ["kept"]
