@@ -293,7 +293,8 @@ def _select_key(jwks: dict[str, Any], kid: str | None, alg: str) -> dict[str, An
     return fitting[0]
 
 
-def _b64url_int_bits(value: Any) -> int:
+def b64url_int_bits(value: Any) -> int:
+    """The size in bits of a JWK's base64url big-endian integer (an RSA modulus), 0 when malformed."""
     if not isinstance(value, str):
         return 0
     try:
@@ -306,7 +307,7 @@ def _construct_key(key: dict[str, Any], alg: str) -> Any:
     """Build the verification key from the public members only, so a JWK carrying a private part
     (``d``, ``p``…) by mistake is still used as a public key, and refuse RSA keys below 2048 bits."""
     if KEY_TYPES[alg]["kty"] == "RSA":
-        if _b64url_int_bits(key.get("n")) < MIN_RSA_BITS:
+        if b64url_int_bits(key.get("n")) < MIN_RSA_BITS:
             raise InvalidToken("issuer key too weak")
         public = {name: key.get(name) for name in ("kty", "n", "e")}
     else:

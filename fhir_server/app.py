@@ -14,6 +14,7 @@ from authz.gate import build_gatekeeper
 from fhir_server.config import Config
 from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
+from fhir_server.oauth_http import register_oauth_routes
 from fhir_server.search.parser import SearchParser
 from fhir_server.service import SERVED_TYPES, FhirService
 from fhir_server.validation import ResourceValidator
@@ -63,4 +64,5 @@ def create_app(config: Config | None = None, service: FhirService | None = None)
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body, config.max_binary_body or 0)
     app.extensions["fhir_service"] = service
     register_routes(app, service)
+    register_oauth_routes(app, config, service.store)
     return app

@@ -26,7 +26,8 @@ from fhir_server.service import FhirService
 from tests.paths import ROOT
 from tests.support import open_gatekeeper
 
-pytest_plugins = ["tests.smtp_sink"]  # the ``smtp_sink`` fixture: a real SMTP server on loopback
+# ``smtp_sink``: a real SMTP server on loopback; ``jwks_server``: a JWK Set served on loopback.
+pytest_plugins = ["tests.smtp_sink", "tests.jwks_server"]
 
 BASE = "/fhir"
 FHIR_JSON = "application/fhir+json"
