@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from authz.devtoken import add_token_command
+from fhir_server.client_cli import add_client_command
 from fhir_server.config import Config
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("--list", action="store_true", help="list the jobs and exit")
     jobs.set_defaults(func=_jobs)
     add_token_command(sub)
+    add_client_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import time
 import uuid
@@ -35,6 +36,9 @@ from authz.devtoken import iua_claims
 from authz.keys import load_or_create_server_key
 from authz.terms import ACCESS, IDNATPS_SYSTEM
 from authz.tokens import InvalidToken, TokenVerifier, TrustedIssuer
+from fhir_server.app import create_app
+from fhir_server.cli import main
+from fhir_server.config import Config
 from tests.dmp import FINESS, INS_SYSTEM, As, World
 from tests.jwks_server import JwksServer
 from tests.test_tokens import b64, b64_json, pem, public_jwk, public_pem
@@ -609,3 +613,47 @@ def test_requested_scopes_narrow_the_registration() -> None:
     for beyond in ("system/*.cruds", "system/Binary.c", "system/DocumentReference.u", "user/Patient.r", "openid"):
         with pytest.raises(ScopeRefusedError):
             granted_scope(beyond, registered)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def test_clients_are_registered_listed_and_removed_by_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keys: Keys
+) -> None:
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("DMP_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("DMP_BASE_URL", raising=False)
+    monkeypatch.delenv("DMP_STORE", raising=False)
+    jwks_file = tmp_path / "feed-jwks.json"
+    jwks_file.write_text(json.dumps(jwks_of(public_jwk(keys.rs384, "k1"))))
+    register = ["client", "register", "--client-id", "cnam-feed", "--jwks", str(jwks_file), "--role", "TCU"]
+    register += ["--organization", CNAM, "--scope", "system/DocumentReference.c system/Binary.c"]
+    assert main(register) == 0
+    assert main(register) == 1  # taken
+    assert "already registered" in capsys.readouterr().err
+    assert main([*register, "--replace"]) == 0
+    leaked = tmp_path / "leaked.json"
+    leaked.write_text(json.dumps(jwks_of({**public_jwk(keys.rs384, "k2"), "d": "AQAB"})))
+    bad = ["client", "register", "--client-id", "bad", "--jwks", str(leaked), "--role", "TCU", "--organization", CNAM]
+    assert main([*bad, "--scope", "system/Binary.c"]) == 2
+    assert "private key material" in capsys.readouterr().err
+    assert main(["client", "list"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing == [f"cnam-feed\tTCU\t{CNAM}\tjwks kid=k1\tsystem/DocumentReference.c system/Binary.c"]
+
+    # A server on that data directory gives the registered client its tokens.
+    app = create_app(Config(data_dir=data_dir))
+    http = app.test_client()
+    now = time.time()
+    assertion = sign(keys.rs384, "RS384", "k1", claims_for("cnam-feed", now))
+    form = {"grant_type": "client_credentials", "scope": "system/Binary.c"}
+    form |= {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+    assert http.post(TOKEN, data=form).status_code == 200
+    assert main(["client", "remove", "--client-id", "cnam-feed"]) == 0
+    form["client_assertion"] = sign(keys.rs384, "RS384", "k1", claims_for("cnam-feed", now))
+    assert "unknown client" in oauth_error(http.post(TOKEN, data=form), 401, "invalid_client")
+    assert main(["client", "remove", "--client-id", "cnam-feed"]) == 1
+    capsys.readouterr()
+    assert main(["client", "list"]) == 0 and capsys.readouterr().out == ""
+    app.extensions["fhir_service"].store.close()
