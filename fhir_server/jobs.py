@@ -93,3 +93,13 @@ class JobRunner(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+
+def purge_expired_records(context: JobContext) -> int:
+    """Forget the private records whose time is over: used client-assertion ids (kept only as long
+    as the assertion could be replayed), expired refresh tokens. Every backend token request adds
+    one record, so without this the table would only grow."""
+    return context.service.store.purge_records(int(context.clock().timestamp()))
+
+
+JOBS["purge-records"] = purge_expired_records

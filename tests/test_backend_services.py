@@ -18,6 +18,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,6 +40,8 @@ from authz.tokens import InvalidToken, TokenVerifier, TrustedIssuer
 from fhir_server.app import create_app
 from fhir_server.cli import main
 from fhir_server.config import Config
+from fhir_server.jobs import JobContext, run_jobs
+from fhir_server.mail import DisabledMailer
 from tests.dmp import FINESS, INS_SYSTEM, As, World
 from tests.jwks_server import JwksServer
 from tests.test_tokens import b64, b64_json, pem, public_jwk, public_pem
@@ -408,6 +411,10 @@ def test_assertion_times_follow_the_clock(backend: Backend, keys: Keys) -> None:
     assert "five minutes" in oauth_error(backend.token_request(far), 401, "invalid_client")
     backend.clock.now = start + 2  # the same assertion, two seconds later, is within five minutes
     assert backend.token_request(far).status_code == 200
+    # The used jtis are forgotten once their assertions could not be replayed anyway.
+    later = datetime.fromtimestamp(start + 3600, UTC)
+    context = JobContext(backend.world.service, DisabledMailer(), clock=lambda: later)
+    assert run_jobs(context, ["purge-records"]) == {"purge-records": 2}
 
 
 # -- clients whose keys are at a jwks_uri ---------------------------------------------------------
