@@ -31,19 +31,27 @@ class Scopes:
         """
         grants = []
         for item in scope.split():
-            m = _SCOPE_RE.match(item)
-            if not m or m.group(4):
-                continue
-            rtype, perms = m.group(2), m.group(3)
-            if perms in _V1:
-                perms = _V1[perms]
-            elif not _in_order(perms):
-                continue
-            grants.append((rtype, perms))
+            parsed = parse_scope(item)
+            if parsed is not None:
+                grants.append(parsed[1:])
         return cls(tuple(grants))
 
     def allows(self, resource_type: str, permission: str) -> bool:
         return any(rtype in ("*", resource_type) and permission in perms for rtype, perms in self.grants)
+
+
+def parse_scope(item: str) -> tuple[str, str, str] | None:
+    """One resource scope as (context, resource type or ``*``, SMART v2 letters), v1 forms mapped;
+    None for anything else (``openid``, ``launch``, letters out of order, query parameters)."""
+    m = _SCOPE_RE.match(item)
+    if not m or m.group(4):
+        return None
+    context, rtype, perms = m.group(1), m.group(2), m.group(3)
+    if perms in _V1:
+        perms = _V1[perms]
+    elif not _in_order(perms):
+        return None
+    return context, rtype, perms
 
 
 def _in_order(perms: str) -> bool:

@@ -7,6 +7,10 @@ EC keys. So this module pins the algorithm, picks the one key by ``kid`` and bui
 single JWK, and checks every claim itself against an injectable clock. Header members that point
 at keys (``jku``, ``x5u``, ``jwk``) are ignored: keys come only from the trusted-issuer list.
 
+The pieces that check one signed JWT against a JWK Set (inline or fetched from a URL and cached)
+are public, because the authorisation server verifies the client assertions of SMART Backend
+Services with the same rules (authz/authserver/assertions.py), only with other algorithms.
+
 Messages of :class:`InvalidToken` are meant for the client (they go into ``WWW-Authenticate`` and
 the OperationOutcome): they say what is wrong, never which keys or issuers the server trusts.
 """
@@ -41,6 +45,13 @@ JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 JWKS_REFETCH_INTERVAL_SECONDS = 30.0
 MIN_RSA_BITS = 2048
 SUPPORTED_ALGORITHMS = ("RS256", "ES256")
+#: The key each signature algorithm needs (RFC 7518 §3.3–3.4): for ECDSA the curve is part of the algorithm.
+KEY_TYPES: dict[str, dict[str, str]] = {
+    "RS256": {"kty": "RSA"},
+    "RS384": {"kty": "RSA"},
+    "ES256": {"kty": "EC", "crv": "P-256"},
+    "ES384": {"kty": "EC", "crv": "P-384"},
+}
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "scope")
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -110,12 +121,12 @@ class TrustedIssuer:
         if (self.jwks is None) == (self.jwks_uri is None):
             raise ValueError(f"issuer {self.iss!r} needs exactly one of 'jwks' or 'jwks_uri'")
         if self.jwks is not None:
-            _check_jwks(self.jwks, f"issuer {self.iss!r}: 'jwks'")
+            check_jwks(self.jwks, f"issuer {self.iss!r}: 'jwks'")
         if self.jwks_uri is not None:
-            _check_http_url(self.jwks_uri, f"issuer {self.iss!r}: 'jwks_uri'")
+            check_http_url(self.jwks_uri, f"issuer {self.iss!r}: 'jwks_uri'")
 
 
-def _check_jwks(jwks: Any, where: str) -> None:
+def check_jwks(jwks: Any, where: str) -> None:
     """A JWK Set is an object with a ``keys`` array of objects, each with a ``kty`` (RFC 7517 §5)."""
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
         raise ValueError(f"{where} must be a JWK Set: an object with a 'keys' array")
@@ -124,7 +135,7 @@ def _check_jwks(jwks: Any, where: str) -> None:
             raise ValueError(f"{where}: keys[{index}] must be a JWK object with a 'kty'")
 
 
-def _check_http_url(url: Any, where: str) -> None:
+def check_http_url(url: Any, where: str) -> None:
     """Only http(s): ``urlopen`` would also read ``file:`` URLs, which a key URL has no reason to be."""
     if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
         raise ValueError(f"{where} must be an http or https URL")
@@ -174,7 +185,7 @@ def _check_unique(issuers: list[TrustedIssuer], where: str) -> None:
 
 def fetch_json(url: str) -> dict[str, Any]:
     """GET a JSON object, bounded in time and size so that a slow or hostile issuer cannot stall us."""
-    _check_http_url(url, "JWKS URL")
+    check_http_url(url, "JWKS URL")
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     with urllib.request.urlopen(request, timeout=JWKS_FETCH_TIMEOUT_SECONDS) as response:
         body = response.read(MAX_JWKS_BYTES + 1)
@@ -193,8 +204,8 @@ class _CachedJwks:
     last_attempt: float | None = None
 
 
-class _RemoteJwks:
-    """One issuer's JWKS fetched from its ``jwks_uri``: cached, refreshed on expiry or on rotation.
+class RemoteJwks:
+    """One issuer's (or client's) JWKS fetched from its ``jwks_uri``: cached, refreshed on expiry or on rotation.
 
     A refresh that fails keeps the previous keys (an issuer's brief outage must not lock everybody
     out); fetches are at most one per JWKS_REFETCH_INTERVAL_SECONDS whatever triggers them.
@@ -235,7 +246,7 @@ class _RemoteJwks:
         self._state.last_attempt = now
         try:
             document = self._fetch(self._uri)
-            _check_jwks(document, "fetched JWKS")
+            check_jwks(document, "fetched JWKS")
         except Exception:  # any failure of a remote party is handled the same: keep what we have
             return
         self._state.jwks = document
@@ -251,9 +262,9 @@ class _RemoteJwks:
 
 
 def _fits(key: dict[str, Any], alg: str) -> bool:
-    """Whether a JWK may verify ``alg``: RSA for RS256, EC P-256 for ES256, and nothing that says otherwise."""
-    expected_type = {"kty": "RSA"} if alg == "RS256" else {"kty": "EC", "crv": "P-256"}
-    right_type = all(key.get(name) == value for name, value in expected_type.items())
+    """Whether a JWK may verify ``alg``: RSA for RS*, EC on the algorithm's curve for ES*, and
+    nothing in the JWK that says otherwise."""
+    right_type = all(key.get(name) == value for name, value in KEY_TYPES[alg].items())
     key_ops = key.get("key_ops", ["verify"])
     usable = key.get("use", "sig") == "sig" and isinstance(key_ops, list) and "verify" in key_ops
     return right_type and usable and key.get("alg", alg) == alg
@@ -282,7 +293,8 @@ def _select_key(jwks: dict[str, Any], kid: str | None, alg: str) -> dict[str, An
     return fitting[0]
 
 
-def _b64url_int_bits(value: Any) -> int:
+def b64url_int_bits(value: Any) -> int:
+    """The size in bits of a JWK's base64url big-endian integer (an RSA modulus), 0 when malformed."""
     if not isinstance(value, str):
         return 0
     try:
@@ -294,8 +306,8 @@ def _b64url_int_bits(value: Any) -> int:
 def _construct_key(key: dict[str, Any], alg: str) -> Any:
     """Build the verification key from the public members only, so a JWK carrying a private part
     (``d``, ``p``…) by mistake is still used as a public key, and refuse RSA keys below 2048 bits."""
-    if alg == "RS256":
-        if _b64url_int_bits(key.get("n")) < MIN_RSA_BITS:
+    if KEY_TYPES[alg]["kty"] == "RSA":
+        if b64url_int_bits(key.get("n")) < MIN_RSA_BITS:
             raise InvalidToken("issuer key too weak")
         public = {name: key.get(name) for name in ("kty", "n", "e")}
     else:
@@ -326,7 +338,7 @@ def _decode_json_part(part: str) -> dict[str, Any]:
     return value
 
 
-def _split(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_jws(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and (unverified) payload of a bounded, well-formed compact JWS."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not _COMPACT_JWS.fullmatch(token):
         raise InvalidToken("malformed token")
@@ -334,10 +346,11 @@ def _split(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return _decode_json_part(header_part), _decode_json_part(payload_part)
 
 
-def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
-    """The algorithm and kid; ``crit`` is refused since this verifier understands no extension (RFC 7515 §4.1.11)."""
+def check_header(header: dict[str, Any], algorithms: tuple[str, ...] = SUPPORTED_ALGORITHMS) -> tuple[str, str | None]:
+    """The algorithm (one of ``algorithms``) and kid; ``crit`` is refused since this verifier
+    understands no extension (RFC 7515 §4.1.11)."""
     alg = header.get("alg")
-    if alg not in SUPPORTED_ALGORITHMS:
+    if alg not in algorithms or alg not in KEY_TYPES:
         raise InvalidToken("unsupported algorithm")
     if "crit" in header:
         raise InvalidToken("unsupported critical header")
@@ -386,6 +399,46 @@ def _check_times(claims: dict[str, Any], now: float, leeway: float) -> None:
         raise InvalidToken("token issued in the future")
 
 
+# --- one signed JWT against one JWK Set ----------------------------------------------------------
+
+#: Where a signer's keys come from: a JWK Set given inline, or fetched from a URL and cached.
+JwksSource = dict[str, Any] | RemoteJwks
+
+
+def _key_from(source: JwksSource, kid: str | None, alg: str) -> dict[str, Any]:
+    """The JWK ``kid`` names in ``source``; a remote set is fetched again once (rate-limited) when
+    the kid is unknown, since the signer may have rotated its keys."""
+    if isinstance(source, dict):
+        try:
+            return _select_key(source, kid, alg)
+        except _UnknownKey:
+            raise InvalidToken("unknown signing key") from None
+    try:
+        return _select_key(source.current(), kid, alg)
+    except _UnknownKey:
+        pass
+    rotated = source.refetch_for_rotation()
+    try:
+        if rotated is None:
+            raise _UnknownKey()
+        return _select_key(rotated, kid, alg)
+    except _UnknownKey:
+        raise InvalidToken("unknown signing key") from None
+
+
+def verify_signature(token: str, alg: str, kid: str | None, source: JwksSource) -> dict[str, Any]:
+    """The claims of ``token`` once its signature checks with the key ``kid`` names in ``source``,
+    the algorithm pinned to ``alg`` (already vetted by :func:`check_header`)."""
+    key = _construct_key(_key_from(source, kid, alg), alg)
+    try:
+        claims = jose_jwt.decode(token, key, algorithms=[alg], options=_JOSE_OPTIONS)
+    except JOSEError:
+        raise InvalidToken("signature verification failed") from None
+    if not isinstance(claims, dict):
+        raise InvalidToken("malformed token")
+    return claims
+
+
 # --- the verifier ----------------------------------------------------------------------------
 
 
@@ -408,13 +461,12 @@ class TokenVerifier:
         self.audience = audience
         self.leeway_seconds = leeway_seconds
         self._clock = clock
-        self._static: dict[str, dict[str, Any]] = {}
-        self._remote: dict[str, _RemoteJwks] = {}
+        self._sources: dict[str, JwksSource] = {}
         for issuer in issuers:
             if issuer.jwks is not None:
-                self._static[issuer.iss] = issuer.jwks
+                self._sources[issuer.iss] = issuer.jwks
             elif issuer.jwks_uri is not None:
-                self._remote[issuer.iss] = _RemoteJwks(issuer.jwks_uri, fetch or fetch_json, clock, jwks_ttl_seconds)
+                self._sources[issuer.iss] = RemoteJwks(issuer.jwks_uri, fetch or fetch_json, clock, jwks_ttl_seconds)
 
     @classmethod
     def with_server_key(
@@ -431,46 +483,15 @@ class TokenVerifier:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The verified claims of ``token``, or :class:`InvalidToken` saying why not."""
-        header, unverified = _split(token)
-        alg, kid = _check_header(header)
+        header, unverified = split_jws(token)
+        alg, kid = check_header(header)
         iss = unverified.get("iss")
-        if not isinstance(iss, str) or not (iss in self._static or iss in self._remote):
+        if not isinstance(iss, str) or iss not in self._sources:
             raise InvalidToken("untrusted issuer")
-        key = _construct_key(self._key_for(iss, kid, alg), alg)
-        claims = self._verified_claims(token, key, alg)
+        claims = verify_signature(token, alg, kid, self._sources[iss])
         if claims.get("iss") != iss:  # the signed payload is the one parsed above; belt and braces
             raise InvalidToken("untrusted issuer")
         _check_claim_types(claims)
         _check_audience(claims["aud"], self.audience)
         _check_times(claims, self._clock(), self.leeway_seconds)
-        return claims
-
-    def _key_for(self, iss: str, kid: str | None, alg: str) -> dict[str, Any]:
-        if iss in self._static:
-            try:
-                return _select_key(self._static[iss], kid, alg)
-            except _UnknownKey:
-                raise InvalidToken("unknown signing key") from None
-        remote = self._remote[iss]
-        try:
-            return _select_key(remote.current(), kid, alg)
-        except _UnknownKey:
-            pass
-        rotated = remote.refetch_for_rotation()
-        try:
-            if rotated is None:
-                raise _UnknownKey()
-            return _select_key(rotated, kid, alg)
-        except _UnknownKey:
-            raise InvalidToken("unknown signing key") from None
-
-    @staticmethod
-    def _verified_claims(token: str, key: Any, alg: str) -> dict[str, Any]:
-        """Signature check by jose, with the algorithm pinned to the one the key was chosen for."""
-        try:
-            claims = jose_jwt.decode(token, key, algorithms=[alg], options=_JOSE_OPTIONS)
-        except JOSEError:
-            raise InvalidToken("signature verification failed") from None
-        if not isinstance(claims, dict):
-            raise InvalidToken("malformed token")
         return claims

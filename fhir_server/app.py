@@ -17,6 +17,7 @@ from fhir_server.account_http import register_account_routes
 from fhir_server.config import Config
 from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
+from fhir_server.oauth_http import register_oauth_routes
 from fhir_server.search.parser import SearchParser
 from fhir_server.service import SERVED_TYPES, FhirService
 from fhir_server.validation import ResourceValidator
@@ -70,4 +71,5 @@ def create_app(
     app.extensions["fhir_service"] = service
     register_routes(app, service)
     register_account_routes(app, build_account_service(config, service, clock=clock), config.base_path)
+    register_oauth_routes(app, config, service.store)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from authz.authserver.discovery import token_endpoint
 from fhir_server.interactions.operations import OPERATIONS
 from fhirmodel.searchparams import SearchParamRegistry
 
@@ -16,6 +17,9 @@ SOFTWARE_NAME = "dmp-server"
 SOFTWARE_VERSION = "0.1.0"
 RELEASE_DATE = "2026-11-22"
 CANONICAL = "https://dmp.example.org/fhir/CapabilityStatement/dmp-server"
+#: SMART's extension naming the OAuth endpoints in ``rest.security`` (the discovery document is
+#: the primary source since SMART 2.0; the extension stays for clients that read only /metadata).
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
 TYPE_INTERACTIONS = (
     "read",
@@ -57,6 +61,12 @@ def capability_statement(registry: SearchParamRegistry, served_types: tuple[str,
             {
                 "mode": "server",
                 "security": {
+                    "extension": [
+                        {
+                            "url": OAUTH_URIS,
+                            "extension": [{"url": "token", "valueUri": token_endpoint(base_url)}],
+                        }
+                    ],
                     "service": [
                         {
                             "coding": [
@@ -69,7 +79,9 @@ def capability_statement(registry: SearchParamRegistry, served_types: tuple[str,
                     ],
                     "description": "Every request but this statement carries a bearer JWT (RS256 or ES256) from a "
                     "trusted issuer, with the IHE IUA claims of the DMP contract; SMART v2 scopes are a coarse "
-                    "gate, the DMP access rules decide the rest.",
+                    "gate, the DMP access rules decide the rest. Clinical software registered with the server gets "
+                    "tokens from its SMART Backend Services token endpoint (client_credentials, private_key_jwt "
+                    "RS384/ES384, patient named by person_id); see .well-known/smart-configuration.",
                 },
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from authz.devtoken import add_token_command
 from fhir_server.account_cli import add_account_command
+from fhir_server.client_cli import add_client_command
 from fhir_server.config import Config
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs.set_defaults(func=_jobs)
     add_token_command(sub)
     add_account_command(sub)
+    add_client_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -36,14 +36,16 @@ class JobContext:
 Job = Callable[[JobContext], int]
 
 
-def forget_expired_records(context: JobContext) -> int:
-    """One-time codes, login challenges, refresh tokens and replay marks past their expiry: each
-    reader already refuses them, this only keeps the store from growing with them."""
+def purge_expired_records(context: JobContext) -> int:
+    """Forget the private records whose time is over: one-time codes, login challenges, expired
+    refresh tokens, used client-assertion ids (kept only as long as the assertion could be
+    replayed). Every reader already refuses them; without this the table would only grow (every
+    backend token request adds one record)."""
     return context.service.store.purge_records(int(context.clock().timestamp()))
 
 
 #: The jobs, by name, in the order they run.
-JOBS: dict[str, Job] = {"expired-records": forget_expired_records}
+JOBS: dict[str, Job] = {"purge-records": purge_expired_records}
 
 
 @contextmanager
@@ -100,3 +102,4 @@ class JobRunner(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+

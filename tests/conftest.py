@@ -30,7 +30,8 @@ from tests.support import open_gatekeeper
 if TYPE_CHECKING:
     from tests.smtp_sink import SmtpSink
 
-pytest_plugins = ["tests.smtp_sink"]  # the ``smtp_sink`` fixture: a real SMTP server on loopback
+# ``smtp_sink``: a real SMTP server on loopback; ``jwks_server``: a JWK Set served on loopback.
+pytest_plugins = ["tests.smtp_sink", "tests.jwks_server"]
 
 BASE = "/fhir"
 FHIR_JSON = "application/fhir+json"

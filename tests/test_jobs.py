@@ -57,6 +57,6 @@ def test_expired_records_are_forgotten(context: JobContext, service: FhirService
     service.store.put_record("login-challenge", "old", b"", expires=now - 1)
     service.store.put_record("login-challenge", "live", b"", expires=now + 300)
     service.store.put_record("account", "kept", b"")
-    assert run_jobs(context, ["expired-records"]) == {"expired-records": 1}
+    assert run_jobs(context, ["purge-records"]) == {"purge-records": 1}
     assert service.store.record_keys("login-challenge") == ["live"]
     assert service.store.record_keys("account") == ["kept"]

@@ -14,9 +14,6 @@ import hmac
 import json
 import os
 import stat
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,7 @@ from authz.tokens import (
     own_issuer,
 )
 from storage.secretfile import write_secret_file
+from tests.jwks_server import JwksServer
 
 BASE = "https://dmp.test/fhir"
 ISS = "https://idp.test"
@@ -477,50 +475,6 @@ def test_bearer_token_extraction() -> None:
 
 
 # --- jwks_uri over real HTTP -----------------------------------------------------------------
-
-
-class JwksServer:
-    """A JWKS endpoint on 127.0.0.1 whose content the test rotates, counting the fetches."""
-
-    def __init__(self) -> None:
-        self.body: bytes = b'{"keys": []}'
-        self.status = 200
-        self.hits = 0
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with outer.lock:
-                    outer.hits += 1
-                    body, status = outer.body, outer.status
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def serve(self, *jwks: dict[str, Any]) -> None:
-        with self.lock:
-            self.body = json.dumps({"keys": list(jwks)}).encode()
-            self.status = 200
-
-
-@pytest.fixture
-def jwks_server() -> Iterator[JwksServer]:
-    server = JwksServer()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
-    server.thread.join()
 
 
 @pytest.fixture

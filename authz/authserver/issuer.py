@@ -100,6 +100,14 @@ class TokenIssuer:
             raise RefreshRefused("the refresh token is unknown, expired or already used")
         return response
 
+    def grant_of(self, token: str) -> Grant | None:
+        """The grant a live refresh token continues, without using it up: the token endpoint checks
+        who presents it (RFC 6749 §6: the client it was issued to) before :meth:`refresh` rotates it."""
+        held = self.store.get_record(_REFRESH, _digest(token))
+        if held is None or (held[1] is not None and held[1] <= self.clock()):
+            return None
+        return Grant.from_json(held[0])
+
     def revoke_refresh_tokens(self, sub: str) -> int:
         """Forget every refresh token of ``sub`` (password reset, account closure)."""
         gone = 0
