@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from fhir_server.alerts.job import alerts
 from fhir_server.mail import Mailer
 from fhir_server.service import FhirService
 
@@ -36,7 +37,7 @@ class JobContext:
 Job = Callable[[JobContext], int]
 
 #: The jobs, by name, in the order they run.
-JOBS: dict[str, Job] = {}
+JOBS: dict[str, Job] = {"alerts": alerts}
 
 
 @contextmanager

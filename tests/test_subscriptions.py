@@ -9,18 +9,38 @@ its own thread.
 from __future__ import annotations
 
 import base64
+import fcntl
+import logging
+import os
+import socket
+import sqlite3
+import threading
 from collections.abc import Iterator
+from contextlib import closing
+from datetime import timedelta
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiosmtpd.controller import Controller
 from werkzeug.test import TestResponse
 
 from authz.terms import IDNATPS_SYSTEM, VISIBILITY_SYSTEM
-from fhir_server.alerts.topics import SUBSCRIPTION_TOPIC
+from fhir_server.alerts import resthook
+from fhir_server.alerts.channel import FHIR_JSON
+from fhir_server.alerts.resthook import DeliveryError
+from fhir_server.alerts.retry import MAX_ATTEMPTS, delay
+from fhir_server.alerts.topics import EMERGENCY_TOPIC, SUBSCRIPTION_TOPIC
+from fhir_server.cli import main
+from fhir_server.jobs import JobContext, run_jobs
+from fhir_server.mail import DisabledMailer, Mailer, SmtpMailer
+from storage.interface import Queued
 from tests.dmp import CR_CONSULTATION, INS_SYSTEM, LOINC, As, World
 from tests.paths import EXAMPLES
+from tests.smtp_sink import SmtpSink, free_port
 from tests.test_mhd_provide import created, entry_of, example
 
 INS_A = "1800175123456"
@@ -244,8 +264,10 @@ def document(pid: str, labels: tuple[str, ...] = (), status: str = "current") ->
     return doc
 
 
-def add_document(world: World, pid: str, ins: str = INS_A, labels: tuple[str, ...] = ()) -> str:
-    response = world.doctor(DR, ins).post("DocumentReference", document(pid, labels))
+def add_document(world: World, pid: str, labels: tuple[str, ...] = (), by: As | None = None) -> str:
+    """A professional adds a document over HTTP (tokens are minted at the world's time: one
+    minted before the clock moved stays valid)."""
+    response = (by or world.doctor(DR, INS_A)).post("DocumentReference", document(pid, labels))
     assert response.status_code == 201, response.get_data(as_text=True)
     return str(response.get_json()["id"])
 
@@ -308,3 +330,397 @@ def test_documents_of_a_transaction_are_announced(world: World) -> None:
     documents = [t.split("/")[1] for t in targets if t.startswith("DocumentReference/")]
     assert len(documents) == 1
     assert [(m["subscription"], m["document"]) for m in queued(world)] == [(subscription_id, documents[0])]
+
+
+# -- delivery: the alerts job ------------------------------------------------------------------
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return None  # a client that hangs up early (see the large reply test) is no error here
+
+
+class Hook:
+    """A real HTTP endpoint on loopback that records each POST it receives, answering ``status``.
+
+    While answering it also checks that the server holds no write lock on its database: a
+    delivery talks to the network outside any transaction (both the writer's ``flock`` and
+    SQLite's own lock must be free)."""
+
+    def __init__(self, database: Path | None = None):
+        self.database = database
+        self.status = 200
+        self.extra: dict[str, str] = {}
+        self.reply = b""
+        self.hold = threading.Event()  # with ``holding``, the answer stays open until set
+        self.holding = False
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.writer_free: list[bool] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hook.writer_free.append(hook._writer_is_free())
+                hook.received.append((self.path, dict(self.headers.items()), body))
+                self.send_response(hook.status)
+                sizes = {"Content-Length": str(len(hook.reply))}
+                for name, value in {**sizes, **hook.extra}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(hook.reply)
+                self.wfile.flush()
+                if hook.holding:
+                    hook.hold.wait(30)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/dmp/notify?tenant=t1"
+
+    def _writer_is_free(self) -> bool:
+        if self.database is None:
+            return True
+        fd = os.open(f"{self.database}.writer", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        with closing(sqlite3.connect(self.database, timeout=0, isolation_level=None)) as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False
+            conn.execute("ROLLBACK")
+        return True
+
+    def close(self) -> None:
+        self.hold.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint(world: World) -> Iterator[Hook]:
+    hook = Hook(world.config.sqlite_path)
+    yield hook
+    hook.close()
+
+
+@pytest.fixture
+def mailer(smtp_sink: SmtpSink) -> SmtpMailer:
+    return SmtpMailer(smtp_sink.host, smtp_sink.port, "dmp@example.org", timeout=5)
+
+
+def run_alerts(world: World, mailer: Mailer) -> int:
+    """One run of the ``alerts`` job, at the world's time."""
+    done = run_jobs(JobContext(world.service, mailer, clock=world.clock), ["alerts"])
+    assert done is not None and done["alerts"] >= 0, done
+    return done["alerts"]
+
+
+def waiting(world: World, topic: str = SUBSCRIPTION_TOPIC) -> list[Queued]:
+    return world.store.pending(topic)
+
+
+def text_of(mail: Message) -> str:
+    payload = mail.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return f"{mail['Subject']}\n{payload.decode(mail.get_content_charset() or 'utf-8')}"
+
+
+def test_a_new_document_is_mailed_once_and_names_nothing_of_it(
+    world: World, smtp_sink: SmtpSink, mailer: SmtpMailer
+) -> None:
+    pid = world.seed_patient(INS_A)
+    sub = subscribe(world.patient(INS_A), by_id(pid), email())
+    doc = add_document(world, pid)
+    assert run_alerts(world, mailer) == 1
+    [mail] = smtp_sink.wait_for(PATIENT_MAIL)
+    assert mail["From"] == "dmp@example.org"
+    text = text_of(mail)
+    assert "nouveau document" in text and sub["id"] in text
+    for detail in (doc, "cardiologie", "Compte rendu", CR_CONSULTATION, DR, "secret", pid, INS_A):
+        assert detail not in text
+    assert run_alerts(world, mailer) == 0  # delivered once: acknowledged
+    assert len(smtp_sink.to(PATIENT_MAIL)) == 1 and waiting(world) == []
+
+
+def test_documents_hidden_from_the_patient_are_never_announced(
+    world: World, smtp_sink: SmtpSink, mailer: SmtpMailer
+) -> None:
+    """R12: an alert never reveals an INVISIBLE_PATIENT document; the next visible one is told."""
+    pid = world.seed_patient(INS_A)
+    subscribe(world.patient(INS_A), by_id(pid), email())
+    add_document(world, pid, labels=("INVISIBLE_PATIENT",))
+    assert len(waiting(world)) == 1
+    assert run_alerts(world, mailer) == 0
+    assert waiting(world) == [] and smtp_sink.to(PATIENT_MAIL) == []
+    add_document(world, pid)
+    assert run_alerts(world, mailer) == 1
+    assert len(smtp_sink.wait_for(PATIENT_MAIL)) == 1
+
+
+def test_a_representative_is_not_told_of_documents_hidden_from_representatives(
+    world: World, smtp_sink: SmtpSink, mailer: SmtpMailer
+) -> None:
+    """R13: the representative's Subscription stays silent; the patient's own one is told."""
+    pid = world.seed_patient(INS_A)
+    world.seed_consent("legal-representative", INS_A, (INS_SYSTEM, REP))
+    subscribe(legrep(world), by_ins(INS_A), email("parent@example.org"))
+    subscribe(world.patient(INS_A), by_id(pid), email())
+    add_document(world, pid, labels=("INVISIBLE_REPRESENTANTS_LEGAUX",))
+    assert run_alerts(world, mailer) == 1
+    assert len(smtp_sink.wait_for(PATIENT_MAIL)) == 1
+    assert smtp_sink.to("parent@example.org") == []
+    add_document(world, pid)
+    assert run_alerts(world, mailer) == 2
+    assert len(smtp_sink.wait_for("parent@example.org")) == 1
+
+
+def test_the_last_writer_of_a_subscription_is_its_subscriber(
+    world: World, smtp_sink: SmtpSink, mailer: SmtpMailer
+) -> None:
+    """A representative who redirects the patient's Subscription gets only what they may see."""
+    pid = world.seed_patient(INS_A)
+    world.seed_consent("legal-representative", INS_A, (INS_SYSTEM, REP))
+    sub = subscribe(world.patient(INS_A), by_id(pid), email())
+    redirected = {**sub, "channel": email("parent@example.org")}
+    assert legrep(world).put(f"Subscription/{sub['id']}", redirected).status_code == 200
+    add_document(world, pid, labels=("INVISIBLE_REPRESENTANTS_LEGAUX",))
+    assert run_alerts(world, mailer) == 0
+    assert smtp_sink.received == []
+
+
+def test_a_representative_whose_term_ended_is_not_told(world: World, smtp_sink: SmtpSink, mailer: SmtpMailer) -> None:
+    """R8: the subscriber is judged at delivery, as things stand then."""
+    pid = world.seed_patient(INS_A)
+    world.seed_consent("legal-representative", INS_A, (INS_SYSTEM, REP), until=world.clock.now + timedelta(days=1))
+    subscribe(legrep(world), by_ins(INS_A), email("parent@example.org"))
+    add_document(world, pid)
+    world.clock.now += timedelta(days=2)
+    assert run_alerts(world, mailer) == 0
+    assert smtp_sink.received == [] and waiting(world) == []
+
+
+def test_a_deleted_or_paused_subscription_is_not_notified(
+    world: World, smtp_sink: SmtpSink, mailer: SmtpMailer
+) -> None:
+    pid = world.seed_patient(INS_A)
+    patient = world.patient(INS_A)
+    gone = subscribe(patient, by_id(pid), email("gone@example.org"))
+    paused = subscribe(patient, by_id(pid), email("paused@example.org"))
+    add_document(world, pid)
+    assert patient.delete(f"Subscription/{gone['id']}").status_code == 204
+    assert patient.put(f"Subscription/{paused['id']}", {**paused, "status": "off"}).status_code == 200
+    assert len(waiting(world)) == 2
+    assert run_alerts(world, mailer) == 0
+    assert smtp_sink.received == [] and waiting(world) == []
+
+
+def test_a_rest_hook_receives_an_id_only_history_bundle_with_its_headers(world: World, endpoint: Hook) -> None:
+    pid = world.seed_patient(INS_A)
+    headers = ["Authorization: Bearer hook-secret", "X-Tenant: dmp-test"]
+    channel = hook(endpoint=endpoint.url, payload="application/fhir+json", header=headers)
+    subscribe(world.patient(INS_A), by_id(pid), channel)
+    doc = add_document(world, pid)
+    assert run_alerts(world, DisabledMailer()) == 1
+    [(path, received, body)] = endpoint.received
+    assert path == "/dmp/notify?tenant=t1"
+    assert received["Authorization"] == "Bearer hook-secret" and received["X-Tenant"] == "dmp-test"
+    assert received["Content-Type"] == "application/fhir+json"
+    bundle = orjson.loads(body)
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "history"
+    assert bundle["entry"] == [
+        {
+            "fullUrl": f"{world.config.base_url}/DocumentReference/{doc}",
+            "request": {"method": "POST", "url": "DocumentReference"},
+            "response": {"status": "201 Created"},
+        }
+    ]
+    assert set(bundle) == {"resourceType", "id", "type", "timestamp", "entry"}  # ids only, nothing else
+    assert endpoint.writer_free == [True]
+    assert run_alerts(world, DisabledMailer()) == 0 and len(endpoint.received) == 1
+
+
+def test_a_rest_hook_without_payload_gets_an_empty_post(world: World, endpoint: Hook) -> None:
+    pid = world.seed_patient(INS_A)
+    subscribe(world.patient(INS_A), by_id(pid), hook(endpoint=endpoint.url))
+    add_document(world, pid)
+    assert run_alerts(world, DisabledMailer()) == 1
+    [(_, received, body)] = endpoint.received
+    assert body == b"" and "Content-Type" not in received
+
+
+def test_a_failing_rest_hook_is_retried_with_backoff_then_put_in_error(world: World, endpoint: Hook) -> None:
+    pid = world.seed_patient(INS_A)
+    patient = world.patient(INS_A)
+    sub = subscribe(patient, by_id(pid), hook(endpoint=endpoint.url))
+    endpoint.status = 500
+    doctor = world.doctor(DR, INS_A)
+    add_document(world, pid, by=doctor)
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert run_alerts(world, DisabledMailer()) == 0
+        assert len(endpoint.received) == attempt
+        assert [m.attempts for m in waiting(world)] == [attempt]
+        world.clock.now += timedelta(seconds=delay(attempt) - 1)
+        assert run_alerts(world, DisabledMailer()) == 0  # not due yet
+        assert len(endpoint.received) == attempt
+        world.clock.now += timedelta(seconds=1)
+    assert [delay(n) for n in range(1, MAX_ATTEMPTS)] == [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]
+    assert run_alerts(world, DisabledMailer()) == 0
+    assert len(endpoint.received) == MAX_ATTEMPTS and waiting(world) == []
+    failed = patient.get(f"Subscription/{sub['id']}").get_json()
+    assert failed["status"] == "error" and "HTTP 500" in failed["error"]
+    add_document(world, pid, by=doctor)  # an errored Subscription is not notified
+    assert waiting(world) == []
+    again = patient.put(f"Subscription/{sub['id']}", {**failed, "status": "requested"}).get_json()
+    assert again["status"] == "active" and "error" not in again
+
+
+def test_a_rest_hook_redirect_is_a_failure_and_is_not_followed(world: World, endpoint: Hook) -> None:
+    pid = world.seed_patient(INS_A)
+    subscribe(world.patient(INS_A), by_id(pid), hook(endpoint=endpoint.url))
+    endpoint.status, endpoint.extra = 307, {"Location": f"{endpoint.url}&moved=1"}
+    add_document(world, pid)
+    assert run_alerts(world, DisabledMailer()) == 0
+    assert [path for path, _, _ in endpoint.received] == ["/dmp/notify?tenant=t1"]
+    assert [m.attempts for m in waiting(world)] == [1]
+    endpoint.status, endpoint.extra = 204, {}
+    world.clock.now += timedelta(seconds=delay(1))
+    assert run_alerts(world, DisabledMailer()) == 1 and waiting(world) == []
+
+
+def test_mail_waits_in_the_outbox_while_the_smtp_server_is_down(world: World) -> None:
+    sink = SmtpSink(port=free_port())
+    mailer = SmtpMailer(sink.host, sink.port, "dmp@example.org", timeout=5)
+
+    def smtp_server() -> Controller:  # a stopped Controller does not start again: a new one each time
+        controller = Controller(sink, hostname=sink.host, port=sink.port)
+        controller.start()
+        return controller
+
+    pid = world.seed_patient(INS_A)
+    subscribe(world.patient(INS_A), by_id(pid), email())
+    doctor = world.doctor(DR, INS_A)
+    add_document(world, pid, by=doctor)
+    assert run_alerts(world, mailer) == 0  # nobody listens on the port yet
+    assert [m.attempts for m in waiting(world)] == [1]
+    server = smtp_server()
+    try:
+        assert run_alerts(world, mailer) == 0  # not due before the backoff
+        world.clock.now += timedelta(seconds=delay(1))
+        assert run_alerts(world, mailer) == 1
+        assert len(sink.wait_for(PATIENT_MAIL)) == 1
+    finally:
+        server.stop()
+    add_document(world, pid, by=doctor)
+    assert run_alerts(world, mailer) == 0  # stopped: kept again
+    assert [m.attempts for m in waiting(world)] == [1]
+    server = smtp_server()
+    try:
+        world.clock.now += timedelta(seconds=delay(1))
+        assert run_alerts(world, mailer) == 1
+        assert len(sink.wait_for(PATIENT_MAIL, count=2)) == 2
+    finally:
+        server.stop()
+    assert waiting(world) == []
+
+
+def test_the_patient_is_mailed_about_emergency_accesses(world: World, smtp_sink: SmtpSink, mailer: SmtpMailer) -> None:
+    """R5: when, in which mode and by whom (profession, establishment), one e-mail per run."""
+    pid = world.seed_patient(INS_A, email=PATIENT_MAIL)
+    doc = world.seed_document(pid)
+    emergency = world.doctor("810000000003", INS_A, purpose="bris_de_glace", organization=HOSPITAL)
+    assert emergency.get(f"DocumentReference/{doc}").status_code == 200
+    assert emergency.get(f"DocumentReference?patient={pid}").status_code == 200
+    assert len(waiting(world, EMERGENCY_TOPIC)) == 2
+    assert run_alerts(world, mailer) == 2
+    [mail] = smtp_sink.wait_for(PATIENT_MAIL)
+    text = text_of(mail)
+    assert "urgence" in mail["Subject"]
+    assert "Médecin" in text and "330780038" in text and "bris de glace" in text and "2 accès" in text
+    assert doc not in text and "810000000003" not in text
+    assert run_alerts(world, mailer) == 0 and len(smtp_sink.to(PATIENT_MAIL)) == 1
+    assert waiting(world, EMERGENCY_TOPIC) == []
+
+
+def test_an_emergency_access_to_a_patient_without_e_mail_is_logged(
+    world: World, mailer: SmtpMailer, smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    pid = world.seed_patient(INS_A)
+    emergency = world.doctor("810000000003", INS_A, purpose="bris_de_glace")
+    assert emergency.get(f"DocumentReference?patient={pid}").status_code == 200
+    with caplog.at_level(logging.WARNING):
+        assert run_alerts(world, mailer) == 0
+    assert "no e-mail address" in caplog.text and INS_A not in caplog.text
+    assert waiting(world, EMERGENCY_TOPIC) == [] and smtp_sink.received == []
+
+
+def test_the_jobs_command_delivers_alerts(
+    world: World, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pid = world.seed_patient(INS_A)
+    subscribe(world.patient(INS_A), by_id(pid), email())
+    add_document(world, pid)
+    monkeypatch.setenv("DMP_DATA_DIR", str(world.config.data_dir))
+    monkeypatch.setenv("DMP_SMTP_HOST", smtp_sink.host)
+    monkeypatch.setenv("DMP_SMTP_PORT", str(smtp_sink.port))
+    assert main(["jobs", "--only", "alerts"]) == 0
+    assert "alerts: 1" in capsys.readouterr().out
+    assert len(smtp_sink.wait_for(PATIENT_MAIL)) == 1
+    assert main(["jobs", "--only", "alerts"]) == 0
+    assert "alerts: 0" in capsys.readouterr().out and len(smtp_sink.to(PATIENT_MAIL)) == 1
+
+
+# -- the rest-hook's leash ---------------------------------------------------------------------
+
+
+def test_a_rest_hook_that_never_answers_times_out() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections are accepted by the kernel, and never answered
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+        with pytest.raises(DeliveryError, match="could not be reached"):
+            resthook.post(url, (), None, None, allow_loopback=True, timeout=0.2)
+
+
+def test_a_refused_connection_is_a_delivery_error() -> None:
+    with pytest.raises(DeliveryError, match="could not be reached"):
+        resthook.post(f"http://127.0.0.1:{free_port()}/hook", (), None, None, allow_loopback=True)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "10.1.2.3", "192.168.1.1", "169.254.169.254"])
+def test_the_servers_own_networks_are_out_of_reach(host: str) -> None:
+    endpoint = Hook()
+    try:
+        port = endpoint.server.server_address[1]
+        with pytest.raises(DeliveryError, match="no public address"):
+            resthook.post(f"https://{host}:{port}/hook", (), b"{}", FHIR_JSON, allow_loopback=False)
+        assert endpoint.received == []
+        resthook.post(f"http://127.0.0.1:{port}/hook", (), b"{}", FHIR_JSON, allow_loopback=True)
+        assert len(endpoint.received) == 1  # the same endpoint, allowed: it was the rule that refused
+    finally:
+        endpoint.close()
+
+
+def test_the_answer_is_not_read_beyond_its_first_bytes() -> None:
+    """An endpoint announcing a gigabyte and sending a trickle does not hold the job: the
+    notification was taken (2xx) and the rest of the answer means nothing."""
+    endpoint = Hook()
+    endpoint.extra = {"Content-Length": str(1 << 30)}
+    endpoint.reply, endpoint.holding = b"x" * 4096, True
+    try:
+        resthook.post(endpoint.url, (), None, None, allow_loopback=True, timeout=5)
+        assert len(endpoint.received) == 1
+    finally:
+        endpoint.close()
