@@ -724,3 +724,22 @@ def test_the_answer_is_not_read_beyond_its_first_bytes() -> None:
         assert len(endpoint.received) == 1
     finally:
         endpoint.close()
+
+
+def test_a_damaged_message_blocks_nothing_and_is_dropped_at_the_limit(
+    world: World, smtp_sink: SmtpSink, mailer: SmtpMailer
+) -> None:
+    pid = world.seed_patient(INS_A, email=PATIENT_MAIL)
+    subscribe(world.patient(INS_A), by_id(pid), email())
+    damaged = [world.store.enqueue(topic, b"{not json") for topic in (SUBSCRIPTION_TOPIC, EMERGENCY_TOPIC)]
+    add_document(world, pid)
+    assert run_alerts(world, mailer) == 1  # the good message behind the damaged one went out
+    assert len(smtp_sink.wait_for(PATIENT_MAIL)) == 1
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert [(m.id, m.attempts) for m in waiting(world) + waiting(world, EMERGENCY_TOPIC)] == [
+            (damaged[0], attempt),
+            (damaged[1], attempt),
+        ]
+        world.clock.now += timedelta(seconds=delay(attempt))
+        assert run_alerts(world, mailer) == 0
+    assert waiting(world) == [] and waiting(world, EMERGENCY_TOPIC) == []

@@ -49,26 +49,35 @@ def deliver_documents(context: JobContext) -> int:
     store, now = context.service.store, context.clock()
     retries = Retries(store, now)
     sent = 0
-    failing: set[str] = set()
+    failing: set[str] = set()  # Subscriptions whose endpoint failed in this run
     for message in store.pending(SUBSCRIPTION_TOPIC, BATCH, now=epoch(now)):
-        event = DocumentEvent.loads(message.payload)
-        if event.subscription in failing:
-            continue
-        target = _target(context, event, now)
-        if target is None:
-            retries.done(message)
-            continue
-        subscription, send = target
         try:
-            send()
-        except DeliveryError as exc:
-            failing.add(event.subscription)
-            if retries.failed(message):
-                _give_up(store, message, subscription, f"{MAX_ATTEMPTS} deliveries failed, the last one: {exc}")
-            continue
-        retries.done(message)
-        sent += 1
+            sent += _deliver(context, retries, message, failing)
+        except Exception as exc:  # a damaged message or a bug must not block the ones after it
+            retries.unexpected(message, exc)
     return sent
+
+
+def _deliver(context: JobContext, retries: Retries, message: Queued, failing: set[str]) -> int:
+    """Handle one message; 1 when a notification went out."""
+    event = DocumentEvent.loads(message.payload)
+    if event.subscription in failing:
+        return 0
+    target = _target(context, event, retries.now)
+    if target is None:
+        retries.done(message)
+        return 0
+    subscription, send = target
+    try:
+        send()
+    except DeliveryError as exc:
+        failing.add(event.subscription)
+        if retries.failed(message):
+            reason = f"{MAX_ATTEMPTS} deliveries failed, the last one: {exc}"
+            _give_up(context.service.store, message, subscription, reason)
+        return 0
+    retries.done(message)
+    return 1
 
 
 def _target(context: JobContext, event: DocumentEvent, now: datetime) -> tuple[Stored, Send] | None:

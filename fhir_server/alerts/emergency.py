@@ -31,35 +31,51 @@ BATCH = 500
 
 def deliver_emergencies(context: JobContext) -> int:
     """Mail what is due of the ``patient-alert`` topic; returns how many accesses were told."""
-    service, now = context.service, context.clock()
-    store = service.store
+    store, now = context.service.store, context.clock()
     retries = Retries(store, now)
     by_patient: dict[tuple[str, str], list[tuple[Queued, EmergencyEvent]]] = {}
     for message in store.pending(EMERGENCY_TOPIC, BATCH, now=epoch(now)):
-        event = EmergencyEvent.loads(message.payload)
+        try:
+            event = EmergencyEvent.loads(message.payload)
+        except (ValueError, KeyError, TypeError) as exc:  # damaged: set aside, never blocking the rest
+            retries.unexpected(message, exc)
+            continue
         by_patient.setdefault(event.patient, []).append((message, event))
     told = 0
     for patient, items in by_patient.items():
-        messages = [message for message, _ in items]
-        events = ", ".join(f"AuditEvent/{event.audit_event}" for _, event in items)
-        accesses = [access for _, event in items if (access := _access(store, event.audit_event)) is not None]
-        address = _email_of(store, patient)
-        if address is None or not accesses:
-            log.warning("emergency access not mailed: the patient has no e-mail address (%s)", events)
-            retries.done(*messages)
-            continue
-        mail = emergency_mail(address, accesses, lambda code: service.terminology.display(PROFESSION_SYSTEM, code))
         try:
-            context.mailer.send(mail)
-        except MailError as exc:
-            given_up = [message for message in messages if retries.failed(message)]
-            if given_up:
-                log.error("emergency access alert given up after %d attempts (%s): %s", MAX_ATTEMPTS, events, exc)
-                retries.done(*given_up)
-            continue
-        retries.done(*messages)
-        told += len(accesses)
+            told += _tell(context, retries, patient, items)
+        except Exception as exc:  # a damaged message or a bug must not block the other patients
+            for message, _ in items:
+                retries.unexpected(message, exc)
     return told
+
+
+def _tell(
+    context: JobContext, retries: Retries, patient: tuple[str, str], items: list[tuple[Queued, EmergencyEvent]]
+) -> int:
+    """One e-mail about a patient's emergency accesses; how many accesses it told."""
+    store, terminology = context.service.store, context.service.terminology
+    messages = [message for message, _ in items]
+    events = ", ".join(f"AuditEvent/{event.audit_event}" for _, event in items)
+    accesses = [access for _, event in items if (access := _access(store, event.audit_event)) is not None]
+    address = _email_of(store, patient)
+    if not accesses or address is None:
+        why = "their AuditEvents are gone" if not accesses else "the patient has no e-mail address"
+        log.warning("emergency access not mailed: %s (%s)", why, events)
+        retries.done(*messages)
+        return 0
+    mail = emergency_mail(address, accesses, lambda code: terminology.display(PROFESSION_SYSTEM, code))
+    try:
+        context.mailer.send(mail)
+    except MailError as exc:
+        given_up = [message for message in messages if retries.failed(message)]
+        if given_up:
+            log.error("emergency access alert given up after %d attempts (%s): %s", MAX_ATTEMPTS, events, exc)
+            retries.done(*given_up)
+        return 0
+    retries.done(*messages)
+    return len(accesses)
 
 
 def _email_of(store: Store, patient: tuple[str, str]) -> str | None:

@@ -10,10 +10,13 @@ retries follow the job's clock.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
 from storage.interface import Queued, Store
+
+log = logging.getLogger(__name__)
 
 FIRST_DELAY = 60  # seconds
 MAX_DELAY = 3600
@@ -51,3 +54,12 @@ class Retries:
             return True
         self.store.defer(message.id, epoch(self.now) + delay(attempts), attempts)
         return False
+
+    def unexpected(self, message: Queued, error: Exception) -> None:
+        """A message whose handling failed in a way nobody foresaw (a damaged payload, a bug):
+        logged, retried like a delivery, and dropped at the limit rather than left to block the
+        queue forever."""
+        log.error("outbox message %d could not be handled", message.id, exc_info=error)
+        if self.failed(message):
+            log.error("outbox message %d dropped after %d attempts", message.id, MAX_ATTEMPTS)
+            self.done(message)
