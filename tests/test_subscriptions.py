@@ -694,6 +694,17 @@ def test_a_rest_hook_that_never_answers_times_out() -> None:
             resthook.post(url, (), None, None, allow_loopback=True, timeout=0.2)
 
 
+def test_a_rest_hook_exchange_has_a_deadline_beyond_the_read_timeout() -> None:
+    """An endpoint may keep each read under the timeout (a byte at a time): the whole exchange is
+    cut at the deadline all the same."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+        with pytest.raises(DeliveryError, match=r"took longer than 0\.3 s"):
+            resthook.post(url, (), None, None, allow_loopback=True, timeout=30, deadline=0.3)
+
+
 def test_a_refused_connection_is_a_delivery_error() -> None:
     with pytest.raises(DeliveryError, match="could not be reached"):
         resthook.post(f"http://127.0.0.1:{free_port()}/hook", (), None, None, allow_loopback=True)

@@ -1,7 +1,9 @@
 """One rest-hook notification: an HTTP POST to an endpoint a patient chose, kept on a short leash.
 
 The endpoint is any URL a client wrote, so the request is bounded on every side: a timeout on
-connecting and on each read, redirects not followed (a 3xx is a failure: the notification was not
+connecting and on each read, a deadline for the whole exchange (an endpoint answering a byte at a
+time would otherwise hold the job, and every other patient's alerts, for as long as it likes),
+redirects not followed (a 3xx is a failure: the notification was not
 taken), the response body ignored beyond a few bytes, and the server's own networks out of reach —
 the host name is resolved once, the connection goes to that vetted address only (a second lookup
 could answer otherwise), and loopback, private, link-local and other non-global addresses are
@@ -11,13 +13,16 @@ refused, unless the operator allowed clear HTTP to loopback for a local relay
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 from urllib.parse import urlsplit
 
 TIMEOUT = 10.0  # seconds, to connect and for each read
+DEADLINE = 30.0  # seconds for the whole exchange
 MAX_RESPONSE = 1024  # bytes of the answer read before closing: its content means nothing here
 USER_AGENT = "dmp-server alerts"
 
@@ -36,6 +41,7 @@ def post(
     *,
     allow_loopback: bool,
     timeout: float = TIMEOUT,
+    deadline: float = DEADLINE,
 ) -> None:
     """POST ``body`` (or nothing) to ``url``; :class:`DeliveryError` unless it answers 2xx."""
     parts = urlsplit(url)
@@ -50,17 +56,33 @@ def post(
     if content_type:
         sent["Content-Type"] = content_type
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    overdue = threading.Event()
+    watchdog = threading.Timer(deadline, _cut, (connection, overdue))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         connection.request("POST", target, body=body or b"", headers=sent)
         response = connection.getresponse()
         response.read(MAX_RESPONSE)
         status = response.status
     except (OSError, http.client.HTTPException) as exc:
+        if overdue.is_set():
+            raise DeliveryError(f"the endpoint took longer than {deadline:g} s to answer") from exc
         raise DeliveryError(f"the endpoint could not be reached: {exc or type(exc).__name__}") from exc
     finally:
+        watchdog.cancel()
         connection.close()
     if not 200 <= status < 300:
         raise DeliveryError(f"the endpoint answered HTTP {status}")
+
+
+def _cut(connection: http.client.HTTPConnection, overdue: threading.Event) -> None:
+    """The deadline passed: shut the socket down, which wakes the blocked read with an error."""
+    overdue.set()
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _vetted_address(host: str, port: int, allow_loopback: bool) -> Address:
