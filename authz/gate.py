@@ -11,8 +11,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from authz.actor import Actor, ActorError, Known, actor_from_claims
 from authz.audit import AuditRecord, audit_event, for_patient_view, who
 from authz.authserver.creation_codes import creation_code_consumed
@@ -21,7 +19,8 @@ from authz.keys import load_or_create_server_key
 from authz.matrix import AuthorisationMatrix
 from authz.policy import DIRECTORY_TYPES, Access, Denied, DmpPolicy, WriteFacts
 from authz.scopes import INTERACTION_PERMISSION
-from authz.state import decision_of, load_state
+from authz.state import PatientState, decision_of, load_state
+from authz.subscribers import forget, recall, remember
 from authz.terms import (
     ACCESS,
     BREAK_THE_GLASS,
@@ -40,25 +39,28 @@ from authz.tokens import (
     load_trusted_issuers,
     own_issuer,
 )
+from fhir_server.alerts.topics import EMERGENCY_TOPIC, SUBSCRIPTION_TOPIC, DocumentEvent, EmergencyEvent
 from fhir_server.config import Config
 from fhir_server.errors import FhirError
 from fhir_server.messages import FhirRequest, RawJson
 from fhirmodel.dates import instant_now
 from fhirmodel.terminology import Terminology
 from storage.interface import Gone, NotFound, Store, Stored
-from storage.query import ANY_SYSTEM, OPEN_SCOPE, Expr, Query, Reference, Token, any_of
+from storage.query import ANY_SYSTEM, OPEN_SCOPE, AccessScope, Expr, Query, Reference, Token, all_of, any_of
 
-ALERT_TOPIC = "patient-alert"
+ALERT_TOPIC = EMERGENCY_TOPIC
 _WRITE_PERMISSION = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
 #: Documents sharing one content resource: a handful at most (versions of a submission).
 MAX_ATTACHING = 100
+#: Subscriptions one DMP may hold: each new document queues a message per active one.
+MAX_SUBSCRIPTIONS = 20
 
 
 def _denied(exc: Denied) -> FhirError:
     if exc.status == 404:
         return FhirError(404, str(exc), "not-found")
     if exc.status == 422:
-        return FhirError(422, str(exc), "business-rule")
+        return FhirError(422, str(exc), "business-rule", expression=list(exc.expression))
     return FhirError(exc.status, str(exc), "forbidden")
 
 
@@ -141,9 +143,14 @@ class DmpGuard:
 
     def after_write(self, method: str, stored: Stored, old: dict[str, Any] | None) -> None:
         """A new DMP starts with its emergency settings and its creator's grant (R5, R16); a new
-        médecin traitant ends the previous one's designation (R6)."""
+        médecin traitant ends the previous one's designation (R6); a Subscription remembers who
+        wrote it, and a document that becomes current is announced to the DMP's Subscriptions (R22)."""
         store, actor = self._gate.store, self.actor
-        if stored.resource_type == "Patient" and old is None and actor.patient is not None:
+        if stored.resource_type == "Subscription":
+            self._subscribed(stored)
+        elif stored.resource_type == "DocumentReference" and stored.content is not None:
+            self._announce(stored, old)
+        elif stored.resource_type == "Patient" and old is None and actor.patient is not None:
             self._created_patients.append(stored.json())
             for purpose in (BREAK_THE_GLASS, REGULATION_CENTRE):
                 store.create(new_consent(EMERGENCY_ACCESS, actor.patient, self._moment, purpose=purpose))
@@ -162,6 +169,32 @@ class DmpGuard:
             if decision and decision.category == MEDECIN_TRAITANT and decision.permit and self.access.state:
                 self._end_previous_designations(stored.id)
             self._decide(self._gate.decide(actor, self._moment))
+
+    def _subscribed(self, stored: Stored) -> None:
+        """Keep the subscriber out of clients' reach (:mod:`authz.subscribers`), and bound how many
+        Subscriptions a DMP holds (each new document queues one message per active one)."""
+        store, state = self._gate.store, self.access.state
+        if stored.deleted:
+            forget(store, stored.id)
+            return
+        remember(store, stored.id, self.actor)
+        if state is not None and len(self._gate.subscriptions(state, limit=MAX_SUBSCRIPTIONS + 1)) > MAX_SUBSCRIPTIONS:
+            message = f"a DMP holds at most {MAX_SUBSCRIPTIONS} Subscriptions"
+            raise FhirError(422, f"{message} (R22)", "business-rule", expression=["Subscription"])
+
+    def _announce(self, stored: Stored, old: dict[str, Any] | None) -> None:
+        """R22: a document that becomes current — created, or turned current by an update — is
+        announced to each active Subscription of its DMP, by a message queued in this request's
+        transaction (it is sent if and only if the document is stored). Whether the subscriber may
+        see the document is judged at delivery, as things stand then."""
+        state = self.access.state
+        becomes_current = stored.json().get("status") == "current" and (old or {}).get("status") != "current"
+        if state is None or not becomes_current:
+            return
+        at = self._moment.isoformat()
+        for subscription_id in self._gate.subscriptions(state, limit=MAX_SUBSCRIPTIONS, active=True):
+            event = DocumentEvent(subscription_id, stored.id, created=old is None, at=at)
+            self._gate.store.enqueue(SUBSCRIPTION_TOPIC, event.dumps())
 
     def _end_previous_designations(self, current_id: str) -> None:
         store = self._gate.store
@@ -248,8 +281,7 @@ class DmpGuard:
         with store.transaction():
             store.create(event)
             if self.access.emergency and status < 400:
-                alert = {"kind": "emergency-access", "patient": list(patient), "auditEvent": event["id"]}
-                store.enqueue(ALERT_TOPIC, orjson.dumps(alert))
+                store.enqueue(ALERT_TOPIC, EmergencyEvent(patient, event["id"]).dumps())
 
 
 class DmpGatekeeper:
@@ -286,6 +318,27 @@ class DmpGatekeeper:
         """The policy's decision for ``actor`` on the DMP their token is about, as it stands now."""
         state = load_state(self.store, actor.patient) if actor.patient else None
         return self.policy.access(actor, state, moment)
+
+    def subscriptions(self, state: PatientState, *, limit: int, active: bool = False) -> list[str]:
+        """The ids of a DMP's Subscriptions (only the active ones if ``active``), oldest first."""
+        where = self.policy.subscriptions(state)
+        if active:
+            where = all_of(where, Token("status", ANY_SYSTEM, "active"))
+        found = self.store.search(Query("Subscription", where, count=limit, total=False), OPEN_SCOPE)
+        return [stored.id for stored in found.matches]
+
+    def subscriber_scope(self, subscription_id: str, moment: datetime) -> AccessScope | None:
+        """What the person who set up a Subscription may see of their DMP at ``moment``, as the
+        filter of their own searches (R12, R13); None when they no longer reach it (a
+        representative whose term ended, R8; a closed DMP, R2) or the subscriber is unknown."""
+        subscriber = recall(self.store, subscription_id)
+        if subscriber is None:
+            return None
+        try:
+            access = self.decide(subscriber.as_actor(), moment)
+        except Denied:
+            return None
+        return DmpScope(self.policy, access) if access.reads_record else None
 
     def stored(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """A resource as stored, for the rules' own look-ups (the document a new one replaces, the

@@ -49,6 +49,7 @@ from storage.query import (
     Not,
     Reference,
     ReferenceIdentifier,
+    String,
     Token,
     TokenIn,
     all_of,
@@ -74,15 +75,26 @@ PATIENT_PARAMETERS = {
 }
 #: Content resources reachable only through the DocumentReference that points at them.
 CONTENT_TYPES = frozenset({"Binary", "Bundle"})
+#: Who asks for alerts on a DMP (R22): the patient, or a representative acting for them (R8).
+SUBSCRIBERS = frozenset({PATIENT, LEGAL_REPRESENTATIVE})
 
 
 class Denied(Exception):
     """A refusal. ``status`` 403 where the record's existence is no secret, 404 otherwise."""
 
-    def __init__(self, message: str, status: int = 403, rule: str | None = None):
+    def __init__(self, message: str, status: int = 403, rule: str | None = None, expression: tuple[str, ...] = ()):
         super().__init__(message)
         self.status = status
         self.rule = rule
+        self.expression = expression  # the elements at fault, for a 422
+
+
+def subscription_criteria(state: PatientState) -> tuple[str, ...]:
+    """The criteria a Subscription of this DMP may have: its documents, the patient named by the
+    Patient's id or by the INS (R22). Exact strings, so that the stored criteria alone binds a
+    Subscription to one DMP (R1) and the filter of :meth:`DmpPolicy.subscriptions` can match them."""
+    by_id = (f"DocumentReference?patient=Patient/{pid}" for pid in state.patient_ids)
+    return (*by_id, f"DocumentReference?patient.identifier={state.ins[0]}|{state.ins[1]}")
 
 
 @dataclass(frozen=True)
@@ -198,6 +210,8 @@ class DmpPolicy:
             raise Denied(f"{access.role} may not read this patient's {resource_type}", rule="R9")
         if resource_type == "AuditEvent" and not access.reads_trail:
             raise Denied("the access trail is read by the patient and the médecin traitant", rule="R17")
+        if resource_type == "Subscription" and access.role not in SUBSCRIBERS:
+            raise Denied("a DMP's alerts are read by the patient and their representatives", rule="R22")
 
     def check_operation(self, access: Access, resource_type: str, name: str) -> None:
         """Refuse an operation the actor may not invoke at all; what it then reads or writes is
@@ -251,6 +265,8 @@ class DmpPolicy:
             return self.documents(access)
         if resource_type in CONTENT_TYPES:
             return self._content(access)
+        if resource_type == "Subscription":
+            return self.subscriptions(state) if access.role in SUBSCRIBERS else NOTHING
         param = RECORD_TYPES.get(resource_type)
         if param is None:
             return NOTHING
@@ -267,6 +283,12 @@ class DmpPolicy:
             ReferenceIdentifier(param, state.ins[0], state.ins[1]),
             *(Reference(param, "Patient", pid) for pid in state.patient_ids),
         )
+
+    @staticmethod
+    def subscriptions(state: PatientState) -> Expr:
+        """The Subscriptions of a DMP: those whose criteria name it (R22), the only ones its
+        patient and representatives see; never another DMP's (R1)."""
+        return any_of(*(String("criteria", criteria, "exact") for criteria in subscription_criteria(state)))
 
     def documents(self, access: Access) -> Expr:
         """The patient's documents the actor sees (R10–R13)."""
@@ -349,6 +371,8 @@ class DmpPolicy:
             return self._consent_write(access, method, new, old, facts)
         if resource_type == "DocumentReference":
             return self._document_write(access, method, new, old, facts)
+        if resource_type == "Subscription":
+            return self._subscription_write(access, method, new, old)
         if resource_type in ("List", *CONTENT_TYPES):
             if method == "POST" and role in (PROFESSIONAL, SYSTEM, PATIENT, LEGAL_REPRESENTATIVE):
                 return  # submission sets and content travel with documents (R15)
@@ -418,6 +442,27 @@ class DmpPolicy:
             raise Denied("the médecin traitant must first be authorised (R3)", status=422, rule="R6")
         if DOCTOR not in facts.professions_of(actors[0][1]):
             raise Denied("the médecin traitant must be a doctor (TRE_G15 10)", status=422, rule="R6")
+
+    @staticmethod
+    def _subscription_write(
+        access: Access, method: str, new: dict[str, Any] | None, old: dict[str, Any] | None
+    ) -> None:
+        """R22: the patient, or a representative acting for them (R8), asks for alerts about the
+        documents of their own DMP, and of no other (R1)."""
+        if access.role not in SUBSCRIBERS:
+            raise Denied(f"{access.role} may not {method} a Subscription: alerts are the patient's", rule="R22")
+        assert access.state is not None
+        allowed = subscription_criteria(access.state)
+        if old is not None and old.get("criteria") not in allowed:
+            raise Denied("no such Subscription in this DMP", status=404, rule="R1")
+        if new is not None and new.get("criteria") not in allowed:
+            forms = " or ".join(allowed)
+            raise Denied(
+                f"Subscription.criteria must be one of: {forms} (this DMP's documents)",
+                status=422,
+                rule="R22",
+                expression=("Subscription.criteria",),
+            )
 
     def _document_write(
         self,

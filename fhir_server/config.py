@@ -15,6 +15,15 @@ from urllib.parse import urlsplit
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be true or false, not {raw!r}")
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -41,6 +50,9 @@ class Config:
     mail_from: str = "dmp@localhost"
     jobs_interval: int = 60  # seconds between runs of the periodic jobs in `serve`; 0 = never
     password_kdf_cost: int = 2**15  # scrypt N of new password hashes (a power of two; tests lower it)
+    # rest-hook Subscriptions may use http:// to a loopback address (a local relay, tests); never
+    # anything else in clear, nor an address of the server's own networks
+    subscription_allow_http: bool = False
     ig_dir: Path = field(default=PROJECT_ROOT / "ig")
     capability_dir: Path = field(default=PROJECT_ROOT / "capability")
 
@@ -70,6 +82,7 @@ class Config:
             mail_from=env.get("DMP_MAIL_FROM") or defaults.mail_from,
             jobs_interval=_int(env, "DMP_JOBS_INTERVAL", defaults.jobs_interval),
             password_kdf_cost=_int(env, "DMP_PASSWORD_KDF_COST", defaults.password_kdf_cost),
+            subscription_allow_http=_flag(env, "DMP_SUBSCRIPTION_ALLOW_HTTP"),
             max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
             max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),

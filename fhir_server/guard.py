@@ -8,6 +8,7 @@ server, and records the request in the trail. ``authz.gate`` implements it for t
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from fhir_server.messages import FhirRequest, RawJson
@@ -60,3 +61,8 @@ class Gatekeeper(Protocol):
     def guard(self, req: FhirRequest, interaction: str) -> Guard:
         """The guard of one request; FhirError 401 for missing or bad credentials, 403 for an
         identified caller refused outright (the refusal is recorded before it is raised)."""
+
+    def subscriber_scope(self, subscription_id: str, moment: datetime) -> AccessScope | None:
+        """What the person who set up a Subscription may see at ``moment``, as a store filter; None
+        when they see nothing any more. A notification never names what its recipient could not
+        read."""

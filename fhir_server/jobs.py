@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from fhir_server.alerts.job import alerts
 from fhir_server.mail import Mailer
 from fhir_server.service import FhirService
 
@@ -45,7 +46,7 @@ def purge_expired_records(context: JobContext) -> int:
 
 
 #: The jobs, by name, in the order they run.
-JOBS: dict[str, Job] = {"purge-records": purge_expired_records}
+JOBS: dict[str, Job] = {"alerts": alerts, "purge-records": purge_expired_records}
 
 
 @contextmanager

@@ -47,6 +47,18 @@ class Terminology:
             self._system_code_sets[system] = codes
         return code in codes
 
+    def display(self, system: str, code: str) -> str | None:
+        """The display of ``code`` in the local CodeSystem ``system`` (a profession's name for a
+        message to a patient); None when unknown."""
+        pending = list((self._code_systems.get(system) or {}).get("concept") or [])
+        while pending:
+            concept = pending.pop()
+            if concept.get("code") == code:
+                display = concept.get("display")
+                return display if isinstance(display, str) else None
+            pending.extend(concept.get("concept") or [])
+        return None
+
     def _system_codes(self, system: str) -> list[str] | None:
         cs = self._code_systems.get(system)
         if cs is None:

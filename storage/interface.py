@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -61,6 +61,14 @@ class Stored:
         if self.content is None:
             raise ValueError("a deleted version has no content")
         return orjson.loads(self.content)
+
+
+class Queued(NamedTuple):
+    """A message of the outbox not yet acknowledged."""
+
+    id: int
+    payload: bytes
+    attempts: int  # failed deliveries so far (see :meth:`Store.defer`)
 
 
 @dataclass(frozen=True)
@@ -147,12 +155,18 @@ class Store(ABC):
         """Queue a message (an alert to deliver...) durably, inside the current transaction."""
 
     @abstractmethod
-    def pending(self, topic: str, limit: int = 100) -> list[tuple[int, bytes]]:
-        """Queued messages of ``topic`` not yet acknowledged, oldest first."""
+    def pending(self, topic: str, limit: int = 100, *, now: int | None = None) -> list[Queued]:
+        """Queued messages of ``topic`` not yet acknowledged, oldest first; with ``now`` (epoch
+        seconds), only those due by then (a deferred message waits until its time)."""
 
     @abstractmethod
     def acknowledge(self, message_id: int) -> None:
-        """Mark a queued message as delivered."""
+        """Mark a queued message as delivered (or given up: it is never returned again)."""
+
+    @abstractmethod
+    def defer(self, message_id: int, until: int, attempts: int) -> None:
+        """After a failed delivery: keep the message, not due before ``until`` (epoch seconds),
+        with ``attempts`` failures so far. The sender's clock decides, so retries follow it."""
 
     # -- private records: the authorisation server's state (accounts, one-time codes, clients) --
 

@@ -157,18 +157,21 @@ class World:
 
     # -- seeding ---------------------------------------------------------------------------------
 
-    def seed_patient(self, ins: str, *, birth_date: str = "1980-05-17", active: bool = True) -> str:
+    def seed_patient(
+        self, ins: str, *, birth_date: str = "1980-05-17", active: bool = True, email: str | None = None
+    ) -> str:
         pid = f"pat-{ins}"
-        self.store.create(
-            {
-                "resourceType": "Patient",
-                "id": pid,
-                "identifier": [{"system": INS_SYSTEM, "value": ins}],
-                "name": [{"family": f"Patient{ins[-4:]}"}],
-                "birthDate": birth_date,
-                "active": active,
-            }
-        )
+        patient: dict[str, Any] = {
+            "resourceType": "Patient",
+            "id": pid,
+            "identifier": [{"system": INS_SYSTEM, "value": ins}],
+            "name": [{"family": f"Patient{ins[-4:]}"}],
+            "birthDate": birth_date,
+            "active": active,
+        }
+        if email:
+            patient["telecom"] = [{"system": "email", "value": email}]
+        self.store.create(patient)
         for purpose in (BREAK_THE_GLASS, REGULATION_CENTRE):
             self.store.create(new_consent(EMERGENCY_ACCESS, ins_of(ins), self.clock.now, purpose=purpose))
         return pid

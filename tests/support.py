@@ -8,6 +8,7 @@ exists only here — the server itself always builds the DMP gatekeeper.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fhir_server.config import Config
@@ -73,6 +74,9 @@ class OpenGatekeeper:
 
     def guard(self, req: FhirRequest, interaction: str) -> OpenGuard:
         return self._guard
+
+    def subscriber_scope(self, subscription_id: str, moment: datetime) -> AccessScope | None:
+        return self._guard.scope
 
 
 def open_gatekeeper(config: Config, store: Store, terminology: Terminology) -> OpenGatekeeper:

@@ -228,7 +228,7 @@ def entity_refs(event: dict[str, Any]) -> set[str]:
 
 
 def alerts(world: World) -> list[dict[str, Any]]:
-    return [orjson.loads(payload) for _, payload in world.store.pending("patient-alert")]
+    return [orjson.loads(message.payload) for message in world.store.pending("patient-alert")]
 
 
 def representative(world: World, ins: str, rep: str, until: datetime | None = None) -> str:

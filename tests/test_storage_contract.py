@@ -203,11 +203,59 @@ def test_outbox_is_durable_and_transactional(backend: Callable[..., Store], tmp_
     store.enqueue("other", b"elsewhere")
     store.close()
     reopened = backend(tmp_path)
-    assert reopened.pending("alert") == [(first, b"one")]
+    assert reopened.pending("alert") == [(first, b"one", 0)]
     reopened.acknowledge(first)
     assert reopened.pending("alert") == []
-    assert [p for _, p in reopened.pending("other")] == [b"elsewhere"]
+    assert [m.payload for m in reopened.pending("other")] == [b"elsewhere"]
     reopened.close()
+
+
+def test_outbox_defers_a_message_until_it_is_due(backend: Callable[..., Store], tmp_path: Path) -> None:
+    """A failed delivery is kept with its attempt count and comes back only once due."""
+    store = backend(tmp_path)
+    first = store.enqueue("alert", b"one")
+    second = store.enqueue("alert", b"two")
+    store.defer(first, until=1_000, attempts=1)
+    assert [m.id for m in store.pending("alert", now=999)] == [second]
+    assert store.pending("alert", now=1_000) == [(first, b"one", 1), (second, b"two", 0)]
+    assert [m.id for m in store.pending("alert")] == [first, second]  # without a time: everything waiting
+    with pytest.raises(RuntimeError), store.transaction():
+        store.defer(second, until=5_000, attempts=3)
+        raise RuntimeError("rolled back")
+    store.defer(first, until=2_000, attempts=2)
+    store.close()
+    reopened = backend(tmp_path)
+    assert reopened.pending("alert", now=1_500) == [(second, b"two", 0)]
+    assert reopened.pending("alert", now=2_000)[0] == (first, b"one", 2)
+    reopened.acknowledge(first)
+    reopened.defer(first, until=0, attempts=9)  # an acknowledged message stays delivered
+    assert [m.id for m in reopened.pending("alert", now=10_000)] == [second]
+    assert reopened.pending("alert", limit=1, now=10_000) == [(second, b"two", 0)]
+    reopened.close()
+
+
+def test_an_outbox_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A database written before attempts and due times existed opens with its messages waiting,
+    due now, with no failed attempt."""
+    path = tmp_path / "store.sqlite3"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " topic TEXT NOT NULL, created TEXT NOT NULL, payload BLOB NOT NULL, delivered TEXT)"
+        )
+        conn.execute("INSERT INTO outbox (topic, created, payload) VALUES ('alert', '2024-01-01', x'6f6c64')")
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    store = SqliteStore(path, _index, _param_type, SERVED_TYPES)
+    assert store.pending("alert", now=0) == [(1, b"old", 0)]
+    store.defer(1, until=60, attempts=1)
+    assert store.pending("alert", now=59) == []
+    store.close()
+    again = SqliteStore(path, _index, _param_type, SERVED_TYPES)  # opening twice changes nothing
+    assert again.pending("alert", now=60) == [(1, b"old", 1)]
+    again.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
 
 
 def test_private_records(backend: Callable[..., Store], tmp_path: Path) -> None:
@@ -384,7 +432,7 @@ def test_rewrap_after_rotation_keeps_everything_readable(tmp_path: Path) -> None
     ]
     assert reopened.load_session(session) == b"paging state"
     assert reopened.get_record("account", "1800175123456") == (b"password hash", None)
-    assert [p for _, p in reopened.pending("alert")] == [ATTACHMENT_BYTES]
+    assert [m.payload for m in reopened.pending("alert")] == [ATTACHMENT_BYTES]
     reopened.close()
 
 

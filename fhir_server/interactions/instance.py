@@ -7,6 +7,7 @@ import copy
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fhir_server.alerts.admission import admit_subscription
 from fhir_server.documents import publish
 from fhir_server.errors import FhirError, bad_request, not_found
 from fhir_server.interactions.common import new_id, parse_etag, version_headers, written
@@ -59,7 +60,14 @@ def _body(svc: FhirService, req: FhirRequest, rtype: str) -> dict[str, Any]:
         raise bad_request(f"a {rtype} resource is required in the body", code="required")
     svc.validator.validate(req.body, expected_type=rtype)
     body: dict[str, Any] = req.body
-    return body
+    return _server_managed(svc, body)
+
+
+def _server_managed(svc: FhirService, resource: dict[str, Any]) -> dict[str, Any]:
+    """A valid resource with the elements the server decides set by it (a Subscription's status)."""
+    if resource.get("resourceType") == "Subscription":
+        return admit_subscription(resource, svc.config)
+    return resource
 
 
 def matches(svc: FhirService, req: FhirRequest, rtype: str, where: Expr, limit: int = 2) -> list[Stored]:
@@ -170,6 +178,7 @@ def _apply_patch(svc: FhirService, req: FhirRequest, current: Stored, expected: 
     if patched.get("resourceType") != current.resource_type or patched.get("id") != current.id:
         raise FhirError(422, "a patch may not change the resource type or id", "invalid")
     svc.validator.validate(patched, expected_type=current.resource_type)
+    patched = _server_managed(svc, patched)
     req.checks.check_write("PATCH", current.resource_type, patched, original)
     try:
         stored = svc.store.update(patched, expected_version=current.version, method="PATCH")

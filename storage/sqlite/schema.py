@@ -6,7 +6,7 @@ a query can start from the index and fetch few resources) and a ``(res, param)``
 probing a candidate resource and for re-indexing on update.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -94,7 +94,8 @@ CREATE INDEX IF NOT EXISTS search_session_expires ON search_session (expires);
 
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL, created TEXT NOT NULL, payload BLOB NOT NULL, delivered TEXT
+    topic TEXT NOT NULL, created TEXT NOT NULL, payload BLOB NOT NULL, delivered TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, due INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (topic, id) WHERE delivered IS NULL;
 
@@ -104,6 +105,14 @@ CREATE TABLE IF NOT EXISTS record (
 );
 CREATE INDEX IF NOT EXISTS record_expires ON record (expires) WHERE expires IS NOT NULL;
 """
+
+#: Columns added since version 1, per table: (name, definition). A database written by an older
+#: server gets them on open (``ALTER TABLE ... ADD COLUMN``, only where missing), so an upgrade
+#: needs no migration step of its own and existing rows keep their meaning (no failed attempt,
+#: due now).
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "outbox": (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("due", "INTEGER")),
+}
 
 INDEX_TABLES = (
     "idx_token",

@@ -41,6 +41,7 @@ from storage.interface import (
     Gone,
     HistoryPage,
     NotFound,
+    Queued,
     SearchResult,
     Store,
     Stored,
@@ -48,7 +49,7 @@ from storage.interface import (
 )
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
 from storage.sqlite.compiler import TABLE_OF_TYPE, ParamType, SqlCompiler
-from storage.sqlite.schema import DDL, INDEX_TABLES, SCHEMA_VERSION
+from storage.sqlite.schema import ADDED_COLUMNS, DDL, INDEX_TABLES, SCHEMA_VERSION
 from storage.sqlite.writer import WriterLock
 
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
@@ -131,12 +132,33 @@ class SqliteStore(Store):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = self._conn()
         conn.executescript(DDL)
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._migrate(conn)
         try:
             self._check_keys()
         except MasterKeyError:
             self.close()
             raise
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring a database written by an older server up to :data:`SCHEMA_VERSION`.
+
+        ``CREATE TABLE IF NOT EXISTS`` leaves an existing table as it was: columns added since are
+        added here, each only if missing, so that opening twice, or two processes opening at
+        once, is harmless (a concurrent duplicate ``ADD COLUMN`` is recognised and ignored).
+        """
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, definition in columns:
+                if name in present:
+                    continue
+                try:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _check_keys(self) -> None:
         """Refuse to start when the data and the keys do not belong together.
@@ -569,20 +591,29 @@ class SqliteStore(Store):
                 conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (blob, message_id))
             return message_id
 
-    def pending(self, topic: str, limit: int = 100) -> list[tuple[int, bytes]]:
+    def pending(self, topic: str, limit: int = 100, *, now: int | None = None) -> list[Queued]:
+        due, args = ("", ()) if now is None else (" AND (due IS NULL OR due <= ?)", (now,))
         rows = (
             self._conn()
             .execute(
-                "SELECT id, payload FROM outbox WHERE topic = ? AND delivered IS NULL ORDER BY id LIMIT ?",
-                (topic, limit),
+                "SELECT id, payload, attempts FROM outbox"
+                f" WHERE topic = ? AND delivered IS NULL{due} ORDER BY id LIMIT ?",
+                (topic, *args, limit),
             )
             .fetchall()
         )
-        return [(int(r[0]), self._open(_outbox_aad(int(r[0]), topic), r[1])) for r in rows]
+        return [Queued(int(r[0]), self._open(_outbox_aad(int(r[0]), topic), r[1]), int(r[2])) for r in rows]
 
     def acknowledge(self, message_id: int) -> None:
         with self.transaction():
             self._conn().execute("UPDATE outbox SET delivered = ? WHERE id = ?", (instant_now(), message_id))
+
+    def defer(self, message_id: int, until: int, attempts: int) -> None:
+        with self.transaction():
+            self._conn().execute(
+                "UPDATE outbox SET due = ?, attempts = ? WHERE id = ? AND delivered IS NULL",
+                (until, attempts, message_id),
+            )
 
     # -- private records ----------------------------------------------------------------------
 
