@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.actor import Actor
+from authz.lifecycle import LIFECYCLE_SYSTEM
 from authz.terms import (
     CANON,
     IDNATPS_SYSTEM,
@@ -66,6 +67,7 @@ class AuditRecord:
     reason: str | None = None  # why it was refused
     emergency: bool = False
     source_address: str | None = None
+    lifecycle: str | None = None  # an ISO 21089 record lifecycle event: the DMP closed, reopened
 
 
 def audit_event(
@@ -92,6 +94,8 @@ def audit_event(
         "source": {"observer": {"display": server}, "type": [{"system": _SOURCE_TYPE, "code": "4"}]},
         "entity": [_patient_entity(patient, patient_id)],
     }
+    if record.lifecycle:
+        event["subtype"].append({"system": LIFECYCLE_SYSTEM, "code": record.lifecycle})
     if record.reason:
         event["outcomeDesc"] = record.reason
     if record.emergency:

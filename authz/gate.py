@@ -17,6 +17,7 @@ from authz.actor import Actor, ActorError, Known, actor_from_claims
 from authz.audit import AuditRecord, audit_event, for_patient_view
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
+from authz.lifecycle import CLOSED_EVENT, REOPENED_EVENT, Change, change_of
 from authz.matrix import AuthorisationMatrix
 from authz.policy import DIRECTORY_TYPES, Access, Denied, DmpPolicy, WriteFacts
 from authz.scopes import INTERACTION_PERMISSION
@@ -57,7 +58,7 @@ def _denied(exc: Denied) -> FhirError:
     if exc.status == 404:
         return FhirError(404, str(exc), "not-found")
     if exc.status == 422:
-        return FhirError(422, str(exc), "business-rule")
+        return FhirError(422, str(exc), "business-rule", expression=[exc.element] if exc.element else None)
     return FhirError(exc.status, str(exc), "forbidden")
 
 
@@ -81,6 +82,7 @@ class DmpGuard:
         self._gate = gate
         self._moment = moment
         self._created_patients: list[dict[str, Any]] = []
+        self._lifecycle: str | None = None  # the ISO 21089 event of a closure or reopening, for the trail
         self._decide(access)
 
     def _decide(self, access: Access) -> None:
@@ -143,11 +145,26 @@ class DmpGuard:
                 )
                 store.create(grant)
             self._decide(self._gate.decide(actor, self._moment))
+        elif stored.resource_type == "Patient" and old is not None and stored.content is not None:
+            change = change_of(old, stored.json())
+            if change in (Change.CLOSE, Change.REOPEN):
+                self._lifecycle = CLOSED_EVENT if change == Change.CLOSE else REOPENED_EVENT
+                self._redecide()
         elif stored.resource_type == "Consent" and stored.content is not None:
             decision = decision_of(stored.json())
             if decision and decision.category == MEDECIN_TRAITANT and decision.permit and self.access.state:
                 self._end_previous_designations(stored.id)
             self._decide(self._gate.decide(actor, self._moment))
+
+    def _redecide(self) -> None:
+        """The rest of the request sees the DMP as it now is: once closed, a professional who
+        closed it reaches nothing more of it (R2), as their next request would."""
+        actor, store = self.actor, self._gate.store
+        state = load_state(store, actor.patient) if actor.patient else None
+        try:
+            self._decide(self._gate.policy.access(actor, state, self._moment))
+        except Denied:
+            self._decide(Access(actor, state, self.access.now, False, False, False))
 
     def _end_previous_designations(self, current_id: str) -> None:
         store = self._gate.store
@@ -221,6 +238,7 @@ class DmpGuard:
             reason=reason,
             emergency=self.access.emergency,
             source_address=req.client_address,
+            lifecycle=self._lifecycle if status < 400 else None,
         )
         event = audit_event(
             self.actor,
@@ -322,5 +340,5 @@ def build_gatekeeper(config: Config, store: Store, terminology: Terminology) -> 
     verifier = TokenVerifier.with_server_key(
         key, own_issuer(config.base_url), load_trusted_issuers(config.trusted_issuers), config.base_url
     )
-    policy = DmpPolicy(AuthorisationMatrix.load(config.ig_dir))
+    policy = DmpPolicy(AuthorisationMatrix.load(config.ig_dir), config.retention_years)
     return DmpGatekeeper(store, verifier, policy, terminology.has_code, config.base_url)

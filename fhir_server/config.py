@@ -25,6 +25,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, not {raw!r}") from None
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("./data")
@@ -40,6 +47,7 @@ class Config:
     smtp_port: int = 25
     mail_from: str = "dmp@localhost"
     jobs_interval: int = 60  # seconds between runs of the periodic jobs in `serve`; 0 = never
+    retention_years: int = 10  # how long a closed DMP is kept and may be reopened (R20)
     ig_dir: Path = field(default=PROJECT_ROOT / "ig")
     capability_dir: Path = field(default=PROJECT_ROOT / "capability")
 
@@ -68,6 +76,7 @@ class Config:
             smtp_port=_int(env, "DMP_SMTP_PORT", defaults.smtp_port),
             mail_from=env.get("DMP_MAIL_FROM") or defaults.mail_from,
             jobs_interval=_int(env, "DMP_JOBS_INTERVAL", defaults.jobs_interval),
+            retention_years=_positive(env, "DMP_RETENTION_YEARS", defaults.retention_years),
             max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
             max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from authz.consents import new_consent
 from authz.devtoken import make_dev_token
 from authz.gate import DmpGatekeeper, build_gatekeeper
 from authz.keys import load_or_create_server_key
+from authz.lifecycle import CLOSURE_URL
 from authz.terms import (
     BREAK_THE_GLASS,
     EMERGENCY_ACCESS,
@@ -46,6 +47,31 @@ REIMBURSEMENT = "REMB"
 
 def ins_of(value: str) -> tuple[str, str]:
     return INS_SYSTEM, value
+
+
+def closure(day: date, motif: str = "à la demande du patient") -> dict[str, Any]:
+    """The closure extension (CONTRACT §3) of a DMP closed on ``day``."""
+    return {
+        "url": CLOSURE_URL,
+        "extension": [{"url": "date", "valueDateTime": day.isoformat()}, {"url": "motif", "valueString": motif}],
+    }
+
+
+def closed(patient: dict[str, Any], day: date) -> dict[str, Any]:
+    """``patient`` closed on ``day``: ``active`` false and the closure extension."""
+    others = [e for e in patient.get("extension", []) if e.get("url") != CLOSURE_URL]
+    return {**patient, "active": False, "extension": [*others, closure(day)]}
+
+
+def reopened(patient: dict[str, Any]) -> dict[str, Any]:
+    """``patient`` reopened: ``active`` true, the closure extension removed."""
+    shown = {**patient, "active": True}
+    others = [e for e in patient.get("extension", []) if e.get("url") != CLOSURE_URL]
+    if others:
+        shown["extension"] = others
+    else:
+        shown.pop("extension", None)
+    return shown
 
 
 @dataclass
@@ -98,9 +124,9 @@ class As:
 
 
 class World:
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, **settings: Any):
         self.clock = Clock()
-        self.config = Config(data_dir=tmp_path / "data")
+        self.config = Config(data_dir=tmp_path / "data", **settings)
 
         def gatekeeper(config: Config, store: Any, terminology: Any) -> DmpGatekeeper:
             built = build_gatekeeper(config, store, terminology)
@@ -145,18 +171,28 @@ class World:
 
     # -- seeding ---------------------------------------------------------------------------------
 
-    def seed_patient(self, ins: str, *, birth_date: str = "1980-05-17", active: bool = True) -> str:
-        pid = f"pat-{ins}"
-        self.store.create(
-            {
-                "resourceType": "Patient",
-                "id": pid,
-                "identifier": [{"system": INS_SYSTEM, "value": ins}],
-                "name": [{"family": f"Patient{ins[-4:]}"}],
-                "birthDate": birth_date,
-                "active": active,
-            }
-        )
+    def seed_patient(
+        self,
+        ins: str,
+        *,
+        birth_date: str = "1980-05-17",
+        active: bool = True,
+        pid: str | None = None,
+        closed_on: date | None = None,
+        **fields: Any,
+    ) -> str:
+        """A DMP; ``closed_on`` closes it on that day (with the closure extension)."""
+        pid = pid or f"pat-{ins}"
+        patient = {
+            "resourceType": "Patient",
+            "id": pid,
+            "identifier": [{"system": INS_SYSTEM, "value": ins}],
+            "name": [{"family": f"Patient{ins[-4:]}"}],
+            "birthDate": birth_date,
+            "active": active,
+            **fields,
+        }
+        self.store.create(closed(patient, closed_on) if closed_on else patient)
         for purpose in (BREAK_THE_GLASS, REGULATION_CENTRE):
             self.store.create(new_consent(EMERGENCY_ACCESS, ins_of(ins), self.clock.now, purpose=purpose))
         return pid
@@ -215,6 +251,7 @@ class World:
         labels: tuple[str, ...] = (),
         doc_id: str | None = None,
         with_binary: bool = False,
+        **fields: Any,
     ) -> str:
         did = doc_id or f"doc-{uuid.uuid4().hex[:12]}"
         authors: list[dict[str, Any]] = []
@@ -248,6 +285,7 @@ class World:
             ]
             + [{"coding": [{"system": VISIBILITY_SYSTEM, "code": label}]} for label in labels],
             "content": [{"attachment": attachment}],
+            **fields,
         }
         if not authors:
             del doc["author"]
