@@ -16,6 +16,7 @@ from authz.terms import (
     BLOCK,
     CONSENT_TYPE_SYSTEM,
     EMERGENCY_ACCESS,
+    INS_SYSTEMS,
     MEDECIN_TRAITANT,
     PURPOSE_SYSTEMS,
     REPRESENTATIVE,
@@ -102,6 +103,15 @@ def majority_of(birth_date: str | None) -> date | None:
     except ValueError:
         return None
     return add_years(born, MAJORITY_AGE)
+
+
+def ins_of(patient: dict[str, Any]) -> list[Ident]:
+    """The INS a Patient carries (one, in a DMP: R1 refuses a second)."""
+    return [
+        (str(i["system"]), str(i["value"]))
+        for i in patient.get("identifier") or []
+        if isinstance(i, dict) and i.get("system") in INS_SYSTEMS and i.get("value")
+    ]
 
 
 def _period(provision: dict[str, Any]) -> tuple[int, int]:

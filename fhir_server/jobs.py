@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fhir_server.mail import Mailer
+from fhir_server.majority import majority_job
 from fhir_server.service import FhirService
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,9 @@ class JobContext:
 
 Job = Callable[[JobContext], int]
 
-#: The jobs, by name, in the order they run.
-JOBS: dict[str, Job] = {}
+#: The jobs, by name, in the order they run. (No purge here: removing closed DMPs for good is an
+#: operator's decision, ``dmp-server purge``.)
+JOBS: dict[str, Job] = {"majority": majority_job}
 
 
 @contextmanager
