@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.actor import Actor
+from authz.lifecycle import LIFECYCLE_SYSTEM
 from authz.terms import (
     CANON,
     IDNATPS_SYSTEM,
@@ -52,6 +53,8 @@ _ACTION = {
     "batch": "E",
 }
 _CLIENT_AGENT = "client"
+#: What the server's own events are about: a patient's record (DICOM "Patient Record").
+_RECORD_EVENT = {"system": _DICOM, "code": "110110", "display": "Patient Record"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class AuditRecord:
     reason: str | None = None  # why it was refused
     emergency: bool = False
     source_address: str | None = None
+    lifecycle: str | None = None  # an ISO 21089 record lifecycle event: the DMP closed, reopened
 
 
 def audit_event(
@@ -90,20 +94,16 @@ def audit_event(
         "purposeOfEvent": [purpose],
         "agent": [_user_agent(actor, purpose), _client_agent(actor, record.source_address)],
         "source": {"observer": {"display": server}, "type": [{"system": _SOURCE_TYPE, "code": "4"}]},
-        "entity": [_patient_entity(patient, patient_id)],
+        "entity": [patient_entity(patient, patient_id)],
     }
+    if record.lifecycle:
+        event["subtype"].append({"system": LIFECYCLE_SYSTEM, "code": record.lifecycle})
     if record.reason:
         event["outcomeDesc"] = record.reason
     if record.emergency:
         event["extension"] = [{"url": EMERGENCY_EXTENSION, "valueBoolean": True}]
     if record.resource_type and record.resource_id:
-        event["entity"].append(
-            {
-                "what": {"reference": f"{record.resource_type}/{record.resource_id}"},
-                "type": {"system": _ENTITY_TYPE, "code": "2"},
-                "role": {"system": _OBJECT_ROLE, "code": "4"},
-            }
-        )
+        event["entity"].append(resource_entity(f"{record.resource_type}/{record.resource_id}"))
     elif record.query is not None:
         event["entity"].append(
             {
@@ -114,6 +114,59 @@ def audit_event(
             }
         )
     return event
+
+
+def server_event(
+    *,
+    action: str,
+    lifecycle: str,
+    agent: str,
+    entities: list[dict[str, Any]],
+    description: str,
+    recorded: str,
+    server: str,
+) -> dict[str, Any]:
+    """An AuditEvent of work the server does on its own (a periodic job, an operator's command):
+    no token, so the agent is the server's process, named by ``agent``; ``lifecycle`` is the ISO
+    21089 record lifecycle event it carried out."""
+    return {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "type": _RECORD_EVENT,
+        "subtype": [{"system": LIFECYCLE_SYSTEM, "code": lifecycle}],
+        "action": action,
+        "recorded": recorded,
+        "outcome": "0",
+        "outcomeDesc": description,
+        "agent": [
+            {
+                "type": {"coding": [{"system": _DICOM, "code": "110150", "display": "Application"}]},
+                "who": {"display": agent},
+                "requestor": True,
+            }
+        ],
+        "source": {"observer": {"display": server}, "type": [{"system": _SOURCE_TYPE, "code": "4"}]},
+        "entity": entities,
+    }
+
+
+def patient_entity(patient: tuple[str, str] | None, patient_id: str | None) -> dict[str, Any]:
+    """The entity naming the patient an event is about: by INS and/or by the Patient's id."""
+    what: dict[str, Any] = {"type": "Patient"}
+    if patient:
+        what["identifier"] = {"system": patient[0], "value": patient[1]}
+    if patient_id:
+        what["reference"] = f"Patient/{patient_id}"
+    return {"what": what, "type": {"system": _ENTITY_TYPE, "code": "1"}, "role": {"system": _OBJECT_ROLE, "code": "1"}}
+
+
+def resource_entity(reference: str) -> dict[str, Any]:
+    """The entity naming a resource an event is about."""
+    return {
+        "what": {"reference": reference},
+        "type": {"system": _ENTITY_TYPE, "code": "2"},
+        "role": {"system": _OBJECT_ROLE, "code": "4"},
+    }
 
 
 def _user_agent(actor: Actor, purpose: dict[str, Any]) -> dict[str, Any]:
@@ -156,11 +209,6 @@ def _client_agent(actor: Actor, address: str | None) -> dict[str, Any]:
     return agent
 
 
-def _patient_entity(patient: tuple[str, str], patient_id: str | None) -> dict[str, Any]:
-    what: dict[str, Any] = {"type": "Patient", "identifier": {"system": patient[0], "value": patient[1]}}
-    if patient_id:
-        what["reference"] = f"Patient/{patient_id}"
-    return {"what": what, "type": {"system": _ENTITY_TYPE, "code": "1"}, "role": {"system": _OBJECT_ROLE, "code": "1"}}
 
 
 def for_patient_view(event: dict[str, Any], reader_role: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from authz.audit import AuditRecord, audit_event, for_patient_view, who
 from authz.authserver.creation_codes import creation_code_consumed
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
+from authz.lifecycle import CLOSED_EVENT, REOPENED_EVENT, Change, change_of
 from authz.matrix import AuthorisationMatrix
 from authz.policy import DIRECTORY_TYPES, Access, Denied, DmpPolicy, WriteFacts
 from authz.scopes import INTERACTION_PERMISSION
@@ -84,6 +85,7 @@ class DmpGuard:
         self._gate = gate
         self._moment = moment
         self._created_patients: list[dict[str, Any]] = []
+        self._lifecycle: str | None = None  # the ISO 21089 event of a closure or reopening, for the trail
         self._decide(access)
 
     def _decide(self, access: Access) -> None:
@@ -164,6 +166,11 @@ class DmpGuard:
                 )
                 store.create(grant)
             self._decide(self._gate.decide(actor, self._moment))
+        elif stored.resource_type == "Patient" and old is not None and stored.content is not None:
+            change = change_of(old, stored.json())
+            if change in (Change.CLOSE, Change.REOPEN):
+                self._lifecycle = CLOSED_EVENT if change == Change.CLOSE else REOPENED_EVENT
+                self._redecide()
         elif stored.resource_type == "Consent" and stored.content is not None:
             decision = decision_of(stored.json())
             if decision and decision.category == MEDECIN_TRAITANT and decision.permit and self.access.state:
@@ -195,6 +202,16 @@ class DmpGuard:
         for subscription_id in self._gate.subscriptions(state, limit=MAX_SUBSCRIPTIONS, active=True):
             event = DocumentEvent(subscription_id, stored.id, created=old is None, at=at)
             self._gate.store.enqueue(SUBSCRIPTION_TOPIC, event.dumps())
+
+    def _redecide(self) -> None:
+        """The rest of the request sees the DMP as it now is: once closed, a professional who
+        closed it reaches nothing more of it (R2), as their next request would."""
+        actor, store = self.actor, self._gate.store
+        state = load_state(store, actor.patient) if actor.patient else None
+        try:
+            self._decide(self._gate.policy.access(actor, state, self._moment))
+        except Denied:
+            self._decide(Access(actor, state, self.access.now, False, False, False))
 
     def _end_previous_designations(self, current_id: str) -> None:
         store = self._gate.store
@@ -268,6 +285,7 @@ class DmpGuard:
             reason=reason,
             emergency=self.access.emergency,
             source_address=req.client_address,
+            lifecycle=self._lifecycle if status < 400 else None,
         )
         event = audit_event(
             self.actor,
@@ -400,5 +418,5 @@ def server_verifier(config: Config) -> TokenVerifier:
 
 def build_gatekeeper(config: Config, store: Store, terminology: Terminology) -> DmpGatekeeper:
     """The DMP gatekeeper of a server: its verifier, the authorisation matrix from ``ig/``."""
-    policy = DmpPolicy(AuthorisationMatrix.load(config.ig_dir))
+    policy = DmpPolicy(AuthorisationMatrix.load(config.ig_dir), config.retention_years)
     return DmpGatekeeper(store, server_verifier(config), policy, terminology.has_code, config.base_url)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from authz import lifecycle
 from authz.actor import Actor
+from authz.lifecycle import DEFAULT_RETENTION_YEARS, Change, LifecycleError
 from authz.matrix import AuthorisationMatrix
 from authz.state import Ident, PatientState, decision_of
 from authz.terms import (
@@ -40,6 +42,7 @@ from authz.terms import (
     SYSTEM,
     VISIBILITY_SYSTEM,
 )
+from fhirmodel.dates import us_to_date
 from storage.query import (
     EVERYTHING,
     NOTHING,
@@ -80,7 +83,8 @@ SUBSCRIBERS = frozenset({PATIENT, LEGAL_REPRESENTATIVE})
 
 
 class Denied(Exception):
-    """A refusal. ``status`` 403 where the record's existence is no secret, 404 otherwise."""
+    """A refusal. ``status`` 403 where the record's existence is no secret, 404 otherwise; 422
+    for a change that breaks a rule, naming the elements at fault (``expression``) where known."""
 
     def __init__(self, message: str, status: int = 403, rule: str | None = None, expression: tuple[str, ...] = ()):
         super().__init__(message)
@@ -150,8 +154,9 @@ def _person_idents(actor: Actor) -> list[Ident]:
 
 
 class DmpPolicy:
-    def __init__(self, matrix: AuthorisationMatrix):
+    def __init__(self, matrix: AuthorisationMatrix, retention_years: int = DEFAULT_RETENTION_YEARS):
         self.matrix = matrix
+        self.retention_years = retention_years  # how long a closed DMP may be reopened (R20)
 
     # -- reaching the record ---------------------------------------------------------------------
 
@@ -361,7 +366,7 @@ class DmpPolicy:
             if resource is not None and not _about(resource, ins, access.state):
                 raise Denied("the resource is about another patient than the token's", rule="R1")
         if resource_type == "Patient":
-            return self._patient_write(access, method, old, facts)
+            return self._patient_write(access, method, new, old, facts)
         state = access.state
         if state is None:
             raise Denied("there is no DMP for this patient", status=404)
@@ -381,24 +386,50 @@ class DmpPolicy:
             return
         raise Denied(f"{role} may not write {resource_type} in a DMP")
 
-    @staticmethod
-    def _patient_write(access: Access, method: str, old: dict[str, Any] | None, facts: WriteFacts) -> None:
+    def _patient_write(
+        self,
+        access: Access,
+        method: str,
+        new: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+        facts: WriteFacts,
+    ) -> None:
+        """Create (R20), close and reopen (R2, R20), or amend a DMP's Patient."""
         role = access.role
-        if method == "DELETE":
+        if method == "DELETE" or new is None:
             raise Denied("a DMP is closed, never deleted", rule="R20")
         if old is None:
             if access.state is not None:
                 raise Denied("this patient already has a DMP", status=409, rule="R20")
-            if role in (PROFESSIONAL, ADMINISTRATION):
-                return
-            if role == PATIENT and _creates_own_dmp_with_a_code(access, facts):
-                return
-            raise Denied(f"{role} may not create a DMP", rule="R20")
-        if role in (PATIENT, LEGAL_REPRESENTATIVE, ADMINISTRATION):
-            return  # close and reopen (R2, R20); the access decision already bound them to this DMP
-        if role == PROFESSIONAL and access.state is not None and access.state.active and access.reads_record:
-            return  # closing at the patient's request (R20)
-        raise Denied(f"{role} may not change this DMP", rule="R20")
+            by_the_patient = role == PATIENT and _creates_own_dmp_with_a_code(access, facts)
+            if role not in (PROFESSIONAL, ADMINISTRATION) and not by_the_patient:
+                raise Denied(f"{role} may not create a DMP", rule="R20")
+            if not lifecycle.is_open(new):
+                raise Denied("a DMP is created open (R20)", status=422, rule="R20", expression=("Patient.active",))
+            return _lifecycle_consistent(lifecycle.check_no_closure, new)
+        match lifecycle.change_of(old, new):
+            case Change.CLOSE:
+                # The patient, a representative, or a professional who reaches the record at the
+                # patient's request; an emergency access is no such request.
+                at_request = role == PROFESSIONAL and access.reads_record and not access.emergency
+                if role not in (PATIENT, LEGAL_REPRESENTATIVE) and not at_request:
+                    raise Denied(f"{role} may not close this DMP", rule="R20")
+                _lifecycle_consistent(lambda p: lifecycle.check_closure(p, access.now), new)
+            case Change.REOPEN:
+                if role not in (PATIENT, LEGAL_REPRESENTATIVE):
+                    raise Denied("a DMP is reopened by the patient or a legal representative only", rule="R20")
+                _lifecycle_consistent(lifecycle.check_no_closure, new)
+                too_late = lifecycle.check_reopening(old, us_to_date(access.now), self.retention_years)
+                if too_late:
+                    raise Denied(too_late, rule="R20")
+            case Change.STAYS_CLOSED:
+                raise Denied("this DMP is closed: it may only be reopened (Patient.active = true)", rule="R2")
+            case Change.STAYS_OPEN:
+                if role not in (PATIENT, LEGAL_REPRESENTATIVE, ADMINISTRATION) and not (
+                    role == PROFESSIONAL and access.reads_record
+                ):
+                    raise Denied(f"{role} may not change this DMP", rule="R20")
+                _lifecycle_consistent(lifecycle.check_no_closure, new)
 
     def _consent_write(
         self,
@@ -546,6 +577,14 @@ class DmpPolicy:
         readable = bool(profession) and any(self.matrix.may_read(profession or "", str(s), str(c)) for s, c in types)
         masked = MASKED_FROM_PROFESSIONALS in _labels(document)
         return readable and (access.medecin_traitant or not masked)
+
+
+def _lifecycle_consistent(check: Callable[[dict[str, Any]], None], patient: dict[str, Any]) -> None:
+    """A closure or reopening that is not consistent is an invalid change (422), not a refusal."""
+    try:
+        check(patient)
+    except LifecycleError as exc:
+        raise Denied(str(exc), status=422, rule="R20", expression=(exc.element,)) from None
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from authz.terms import (
     BLOCK,
     CONSENT_TYPE_SYSTEM,
     EMERGENCY_ACCESS,
+    INS_SYSTEMS,
     MEDECIN_TRAITANT,
     PURPOSE_SYSTEMS,
     REPRESENTATIVE,
 )
-from fhirmodel.dates import MAX_US, MIN_US, DateFormatError, date_range
+from fhirmodel.dates import MAX_US, MIN_US, DateFormatError, add_years, date_range
 from storage.interface import Store
 from storage.query import ANY_SYSTEM, OPEN_SCOPE, Query, Reference, ReferenceIdentifier, Token, all_of, any_of
 
@@ -84,18 +85,38 @@ class PatientState:
         return any(d.permit for d in self.of(REPRESENTATIVE, now))
 
     def is_minor(self, today: date) -> bool:
-        if not self.birth_date or len(self.birth_date) < 10:
-            return False
-        return minor_on(date.fromisoformat(self.birth_date[:10]), today)
+        majority = majority_of(self.birth_date)
+        return majority is not None and today < majority
+
+
+#: The age of majority (R7, R8).
+MAJORITY_AGE = 18
+
+
+def majority_of(birth_date: str | None) -> date | None:
+    """The 18th birthday of someone born on ``birth_date`` (a FHIR date), None when the date is
+    not a full day (a year or a month alone says too little to judge)."""
+    if not birth_date or len(birth_date) < 10:
+        return None
+    try:
+        born = date.fromisoformat(birth_date[:10])
+    except ValueError:
+        return None
+    return add_years(born, MAJORITY_AGE)
+
+
+def ins_of(patient: dict[str, Any]) -> list[Ident]:
+    """The INS a Patient carries (one, in a DMP: R1 refuses a second)."""
+    return [
+        (str(i["system"]), str(i["value"]))
+        for i in patient.get("identifier") or []
+        if isinstance(i, dict) and i.get("system") in INS_SYSTEMS and i.get("value")
+    ]
 
 
 def minor_on(born: date, today: date) -> bool:
     """Whether someone born on ``born`` is under 18 on ``today``."""
-    try:
-        majority = born.replace(year=born.year + 18)
-    except ValueError:  # born on 29 February
-        majority = date(born.year + 18, 3, 1)
-    return today < majority
+    return today < add_years(born, MAJORITY_AGE)
 
 
 def _period(provision: dict[str, Any]) -> tuple[int, int]:

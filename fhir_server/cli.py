@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from authz.devtoken import add_token_command
@@ -51,6 +53,38 @@ def _jobs(args: argparse.Namespace) -> int:
     for name, count in done.items():
         print(f"{name}: {'failed (see the log)' if count < 0 else count}")
     return 1 if any(count < 0 for count in done.values()) else 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    """Remove the DMPs closed longer ago than the retention period (R20): see fhir_server/purge.py."""
+    from fhir_server.app import create_service
+    from fhir_server.purge import purge
+
+    config = Config.from_env()
+    years = config.retention_years if args.older_than_years is None else args.older_than_years
+    if years < config.retention_years:
+        print(
+            f"dmp-server purge: --older-than-years {years} is shorter than the retention period"
+            f" ({config.retention_years} years, DMP_RETENTION_YEARS): a DMP its patient may still reopen is never"
+            " purged",
+            file=sys.stderr,
+        )
+        return 2
+    service = create_service(config)
+    try:
+        report = purge(service, today=datetime.now(UTC).date(), years=years, dry_run=args.dry_run, operator=_operator())
+    finally:
+        service.store.close()
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _operator() -> str:
+    """Who runs the command, for the purge's AuditEvent."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "an unknown operator"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -140,6 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("--only", action="append", metavar="NAME", help="only this job (repeatable)")
     jobs.add_argument("--list", action="store_true", help="list the jobs and exit")
     jobs.set_defaults(func=_jobs)
+    purge = sub.add_parser("purge", help="remove the DMPs closed longer ago than the retention period (R20)")
+    purge.add_argument("--dry-run", action="store_true", help="only list what would be removed, per DMP and type")
+    purge.add_argument(
+        "--older-than-years",
+        type=int,
+        metavar="N",
+        help="only DMPs closed more than N years ago (at least DMP_RETENTION_YEARS, the default)",
+    )
+    purge.set_defaults(func=_purge)
     add_token_command(sub)
     add_account_command(sub)
     add_client_command(sub)

@@ -34,6 +34,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, not {raw!r}") from None
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("./data")
@@ -53,6 +60,7 @@ class Config:
     # rest-hook Subscriptions may use http:// to a loopback address (a local relay, tests); never
     # anything else in clear, nor an address of the server's own networks
     subscription_allow_http: bool = False
+    retention_years: int = 10  # how long a closed DMP is kept and may be reopened (R20)
     ig_dir: Path = field(default=PROJECT_ROOT / "ig")
     capability_dir: Path = field(default=PROJECT_ROOT / "capability")
 
@@ -83,6 +91,7 @@ class Config:
             jobs_interval=_int(env, "DMP_JOBS_INTERVAL", defaults.jobs_interval),
             password_kdf_cost=_int(env, "DMP_PASSWORD_KDF_COST", defaults.password_kdf_cost),
             subscription_allow_http=_flag(env, "DMP_SUBSCRIPTION_ALLOW_HTTP"),
+            retention_years=_positive(env, "DMP_RETENTION_YEARS", defaults.retention_years),
             max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
             max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from fhir_server.alerts.job import alerts
 from fhir_server.mail import Mailer
+from fhir_server.majority import majority_job
 from fhir_server.service import FhirService
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,13 @@ def purge_expired_records(context: JobContext) -> int:
     return context.service.store.purge_records(int(context.clock().timestamp()))
 
 
-#: The jobs, by name, in the order they run.
-JOBS: dict[str, Job] = {"alerts": alerts, "purge-records": purge_expired_records}
+#: The jobs, by name, in the order they run. (No purge here: removing closed DMPs for good is an
+#: operator's decision, ``dmp-server purge``.)
+JOBS: dict[str, Job] = {
+    "majority": majority_job,
+    "alerts": alerts,
+    "purge-records": purge_expired_records,
+}
 
 
 @contextmanager

@@ -10,6 +10,9 @@ Two passes, both reporting every problem they find with a FHIRPath-like location
    (txt-1/txt-2: the narrative ends up in browsers, so anything active in it is refused).
 2. The fhir.resources R4B model (wire-identical to R4 for the served types): cardinality,
    primitive formats (dates, instants...), choice types.
+3. Extensions whose url is an extension profile in ``profiles/`` (the DMP closure,
+   ``dmp-fermeture``): its sub-extensions, their cardinalities and value types, read from the
+   StructureDefinition rather than restated in code.
 
 Where both passes see the same element, only the walk's (more precise) issue is kept.
 
@@ -25,6 +28,7 @@ import functools
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -33,6 +37,7 @@ from lxml import etree
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from fhir_server.documents.profiles import load_profiles, violations
 from fhir_server.errors import FhirError, outcome_issue
 from fhirmodel.schema import (
     JSON_BOOLEAN_TYPES,
@@ -512,6 +517,7 @@ class ResourceValidator:
         issues = list(walk.issues)
         if len(issues) <= MAX_ISSUES and not walk.too_deep:
             issues.extend(_model_issues(resource, resource_type, walk))
+            issues.extend(_extension_issues(resource, resource_type))
         if not issues:
             return
         outcome = [outcome_issue("error", code, message, [path]) for path, code, message in issues[:MAX_ISSUES]]
@@ -556,3 +562,33 @@ def _model_issues(resource: dict[str, Any], resource_type: str, walk: _Walk) -> 
             return []
         return [(resource_type, "invalid", f"{resource_type}: the resource could not be validated")]
     return []
+
+
+def _extension_issues(resource: dict[str, Any], resource_type: str) -> list[tuple[str, str, str]]:
+    """Where an extension defined by a profile in ``profiles/`` breaks its definition."""
+    profiles = load_profiles()
+    issues = []
+    for path, extension in _extensions(resource, resource_type):
+        url = extension.get("url")
+        profile = profiles.get(url) if isinstance(url, str) else None
+        if profile is None or profile.type != "Extension":
+            continue
+        for problem in violations(profile, extension):
+            issues.append((f"{path}.{problem.location}", "invalid", f"{path}.{problem.message}"))
+    return issues
+
+
+def _extensions(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every extension object below ``node`` (sub-extensions included), with its location."""
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _extensions(item, f"{path}[{index}]")
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in ("extension", "modifierExtension") and isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield f"{path}.{key}[{index}]", item
+        yield from _extensions(value, f"{path}.{key}")

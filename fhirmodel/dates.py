@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 MIN_US = -(2**62)
 MAX_US = 2**62
@@ -80,3 +80,25 @@ def instant_now() -> str:
 def us_to_instant(us: int) -> str:
     moment = _EPOCH + timedelta(microseconds=us)
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def us_to_date(us: int) -> date:
+    """The UTC day an instant (microseconds) falls on."""
+    return (_EPOCH + timedelta(microseconds=us)).date()
+
+
+def add_months(day: date, months: int) -> date:
+    """The same day ``months`` later (or earlier); a day the target month lacks (31 April, 29
+    February) becomes the first of the next month, as a birthday or an anniversary does."""
+    index = day.year * 12 + day.month - 1 + months
+    year, month = divmod(index, 12)
+    month += 1
+    if day.day <= calendar.monthrange(year, month)[1]:
+        return date(year, month, day.day)
+    return date(year, month, 1) + timedelta(days=calendar.monthrange(year, month)[1])
+
+
+def add_years(day: date, years: int) -> date:
+    """The same day ``years`` later (or earlier): a birthday, the end of a retention period. Born
+    on 29 February, one comes of age on 1 March in a common year."""
+    return add_months(day, 12 * years)

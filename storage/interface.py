@@ -107,6 +107,24 @@ class Store(ABC):
         """Mark a resource deleted (a new, empty version); returns that version."""
 
     @abstractmethod
+    def expunge(self, resource_type: str, resource_id: str) -> int:
+        """Forget a resource entirely: every version and every index value, as if it had never
+        been stored (a purge of a DMP past its retention, R20). Unlike :meth:`delete`, nothing is
+        left to tell that it existed, and its id may be used again. Returns how many versions were
+        removed (0 when nothing is held under that id).
+
+        What a backend frees may still hold the data until it is overwritten: call
+        :meth:`compact` once the expunges are done.
+        """
+
+    @abstractmethod
+    def compact(self) -> str:
+        """Make the storage freed by expunges hold none of their data any more, and give it back
+        (SQLite: ``VACUUM``, then the write-ahead log truncated). Slow on a large store: for an
+        operator's purge, not for a request. Returns a short report for the operator, saying
+        when part of it could not be done now (another process reading)."""
+
+    @abstractmethod
     def read(self, resource_type: str, resource_id: str, scope: AccessScope) -> Stored:
         """The current version; :class:`NotFound` if absent or outside ``scope``, :class:`Gone` if
         deleted."""

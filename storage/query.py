@@ -277,3 +277,7 @@ class Query:
     includes: tuple[Include, ...] = field(default=())
     #: Only resources created up to this sequence number: keeps paging stable under inserts.
     watermark: int | None = None
+    #: Also match deleted resources, by the index of their last live version (their content is
+    #: ``None``): for the server's own housekeeping (a purge must find revoked Consents and
+    #: deleted documents too), never for a client's search.
+    deleted: bool = False

@@ -11,7 +11,7 @@ import base64
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from authz.consents import new_consent
 from authz.devtoken import make_dev_token
 from authz.gate import DmpGatekeeper, build_gatekeeper
 from authz.keys import load_or_create_server_key
+from authz.lifecycle import CLOSURE_URL
 from authz.terms import (
     BREAK_THE_GLASS,
     EMERGENCY_ACCESS,
@@ -47,6 +48,31 @@ REIMBURSEMENT = "REMB"
 
 def ins_of(value: str) -> tuple[str, str]:
     return INS_SYSTEM, value
+
+
+def closure(day: date, motif: str = "à la demande du patient") -> dict[str, Any]:
+    """The closure extension (CONTRACT §3) of a DMP closed on ``day``."""
+    return {
+        "url": CLOSURE_URL,
+        "extension": [{"url": "date", "valueDateTime": day.isoformat()}, {"url": "motif", "valueString": motif}],
+    }
+
+
+def closed(patient: dict[str, Any], day: date) -> dict[str, Any]:
+    """``patient`` closed on ``day``: ``active`` false and the closure extension."""
+    others = [e for e in patient.get("extension", []) if e.get("url") != CLOSURE_URL]
+    return {**patient, "active": False, "extension": [*others, closure(day)]}
+
+
+def reopened(patient: dict[str, Any]) -> dict[str, Any]:
+    """``patient`` reopened: ``active`` true, the closure extension removed."""
+    shown = {**patient, "active": True}
+    others = [e for e in patient.get("extension", []) if e.get("url") != CLOSURE_URL]
+    if others:
+        shown["extension"] = others
+    else:
+        shown.pop("extension", None)
+    return shown
 
 
 @dataclass
@@ -158,9 +184,18 @@ class World:
     # -- seeding ---------------------------------------------------------------------------------
 
     def seed_patient(
-        self, ins: str, *, birth_date: str = "1980-05-17", active: bool = True, email: str | None = None
+        self,
+        ins: str,
+        *,
+        birth_date: str = "1980-05-17",
+        active: bool = True,
+        pid: str | None = None,
+        closed_on: date | None = None,
+        email: str | None = None,
+        **fields: Any,
     ) -> str:
-        pid = f"pat-{ins}"
+        """A DMP; ``closed_on`` closes it on that day (with the closure extension)."""
+        pid = pid or f"pat-{ins}"
         patient: dict[str, Any] = {
             "resourceType": "Patient",
             "id": pid,
@@ -168,10 +203,11 @@ class World:
             "name": [{"family": f"Patient{ins[-4:]}"}],
             "birthDate": birth_date,
             "active": active,
+            **fields,
         }
         if email:
             patient["telecom"] = [{"system": "email", "value": email}]
-        self.store.create(patient)
+        self.store.create(closed(patient, closed_on) if closed_on else patient)
         for purpose in (BREAK_THE_GLASS, REGULATION_CENTRE):
             self.store.create(new_consent(EMERGENCY_ACCESS, ins_of(ins), self.clock.now, purpose=purpose))
         return pid

@@ -43,7 +43,7 @@ from authz.terms import (
 )
 from authz.tokens import own_issuer
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier, Token
-from tests.dmp import CR_CONSULTATION, FINESS, INS_SYSTEM, LOINC, SYNTHESE, As, World
+from tests.dmp import CR_CONSULTATION, FINESS, INS_SYSTEM, LOINC, SYNTHESE, As, World, closed, reopened
 
 TRE_A05 = "https://mos.esante.gouv.fr/NOS/TRE_A05-TypeDocComplementaire/FHIR/TRE-A05-TypeDocComplementaire"
 REIMBURSEMENT = (TRE_A05, "REMB")  # class 60: denied to Infirmier (60)
@@ -472,8 +472,8 @@ def test_r2_patient_and_representative_read_only_the_patient_and_may_reopen(worl
     forbidden(client.post("DocumentReference", document(pid, PATIENT_DOC, patient_author=pid)))
     forbidden(client.post("Consent", consent(ACCESS, INS_A, (IDNATPS_SYSTEM, DR_2))))
     not_found(client.delete(f"DocumentReference/{doc}"))  # nothing of a closed record is in reach
-    reopened = client.put(f"Patient/{pid}", {**patient.get_json(), "active": True})
-    assert reopened.status_code == 200, reopened.get_data(as_text=True)
+    reopening = client.put(f"Patient/{pid}", {**patient.get_json(), "active": True})
+    assert reopening.status_code == 200, reopening.get_data(as_text=True)
     assert docs_of(client, pid) == {doc}
     assert docs_of(world.doctor(DR, INS_A), pid) == {doc}
 
@@ -1715,10 +1715,11 @@ def test_r20_a_dmp_is_closed_never_deleted(world: World) -> None:
     patient = world.patient(INS_A)
     for client in (patient, world.doctor(DR, INS_A), world.as_("ADM", patient=INS_A)):
         forbidden(client.delete(f"Patient/{pid}"))
-    forbidden(world.as_("TCU", patient=INS_A).put(f"Patient/{pid}", {**stored(world, "Patient", pid), "active": False}))
+    today = world.clock.now.date()
+    forbidden(world.as_("TCU", patient=INS_A).put(f"Patient/{pid}", closed(stored(world, "Patient", pid), today)))
     current = patient.get(f"Patient/{pid}").get_json()
-    closed = patient.put(f"Patient/{pid}", {**current, "active": False})
-    assert closed.status_code == 200, closed.get_data(as_text=True)
+    closing = patient.put(f"Patient/{pid}", closed(current, today))
+    assert closing.status_code == 200, closing.get_data(as_text=True)
     forbidden(world.doctor(DR, INS_A).get(f"DocumentReference/{doc}"))
     assert stored(world, "DocumentReference", doc)["id"] == doc  # kept
 
@@ -1727,8 +1728,9 @@ def test_r20_a_professional_closes_at_the_patients_request(world: World) -> None
     pid = world.seed_patient(INS_A)
     grant(world, INS_A, DR)
     doctor = world.doctor(DR, INS_A)
-    forbidden(world.doctor(DR_OUT, INS_A).put(f"Patient/{pid}", {**stored(world, "Patient", pid), "active": False}))
-    assert doctor.put(f"Patient/{pid}", {**stored(world, "Patient", pid), "active": False}).status_code == 200
+    today = world.clock.now.date()
+    forbidden(world.doctor(DR_OUT, INS_A).put(f"Patient/{pid}", closed(stored(world, "Patient", pid), today)))
+    assert doctor.put(f"Patient/{pid}", closed(stored(world, "Patient", pid), today)).status_code == 200
     forbidden(doctor.get(f"Patient/{pid}"))
-    reopened = world.patient(INS_A).put(f"Patient/{pid}", {**stored(world, "Patient", pid), "active": True})
-    assert reopened.status_code == 200
+    reopening = world.patient(INS_A).put(f"Patient/{pid}", reopened(stored(world, "Patient", pid)))
+    assert reopening.status_code == 200

@@ -186,6 +186,55 @@ def test_watermark_keeps_later_pages_stable(store: Store) -> None:
     assert later.total == 3 and [s.id for s in later.matches] == ["p2"]
 
 
+def test_a_search_for_housekeeping_also_finds_deleted_resources(store: Store) -> None:
+    store.create(patient("p1", "Martin"))
+    store.create(doc("live", "p1"))
+    store.create(doc("gone", "p1"))
+    store.delete("DocumentReference", "gone")
+    about = Reference("subject", "Patient", "p1")
+    assert {s.id for s in store.search(Query("DocumentReference", about), OPEN_SCOPE).matches} == {"live"}
+    found = store.search(Query("DocumentReference", about, deleted=True), OPEN_SCOPE)
+    assert found.total == 2
+    assert {(s.id, s.deleted) for s in found.matches} == {("live", False), ("gone", True)}
+
+
+def test_expunge_forgets_every_version_and_index_value(store: Store) -> None:
+    store.create(patient("p1", "Martin"))
+    store.create(patient("p2", "Martin"))
+    store.create(doc("d1", "p1"))
+    store.update(doc("d1", "p1", "superseded"))
+    store.delete("DocumentReference", "d1")
+    with store.transaction():
+        assert store.expunge("DocumentReference", "d1") == 3
+        assert store.expunge("Patient", "p1") == 1
+    assert store.expunge("Patient", "p1") == 0  # nothing left: a second purge is harmless
+    assert store.exists("Patient", "p1") is None and store.exists("DocumentReference", "d1") is None
+    for version in (1, 2, 3):
+        with pytest.raises(NotFound):
+            store.vread("DocumentReference", "d1", version, OPEN_SCOPE)
+    with pytest.raises(NotFound):
+        store.read("Patient", "p1", OPEN_SCOPE)
+    everything = store.history(OPEN_SCOPE)
+    assert [s.id for s in everything.entries] == ["p2"] and everything.total == 1
+    family = Query("Patient", String("family", "martin", "start"), deleted=True)
+    assert [s.id for s in store.search(family, OPEN_SCOPE).matches] == ["p2"]
+    subject = Query("DocumentReference", Reference("subject", "Patient", "p1"), deleted=True)
+    assert store.search(subject, OPEN_SCOPE).total == 0
+    # The id is free again, and starts a new life at version 1.
+    assert store.create(patient("p1", "Durand")).version == 1
+
+
+def test_an_expunge_rolled_back_keeps_everything(store: Store) -> None:
+    store.create(patient("p1", "Martin"))
+    store.update(patient("p1", "Durand"))
+    with pytest.raises(RuntimeError), store.transaction():
+        store.expunge("Patient", "p1")
+        raise RuntimeError("boom")
+    assert store.history(OPEN_SCOPE, "Patient", "p1").total == 2
+    durand = store.search(Query("Patient", String("family", "durand", "start")), OPEN_SCOPE)
+    assert [s.id for s in durand.matches] == ["p1"]
+
+
 def test_sessions(store: Store) -> None:
     key = store.save_session(b"state", 60)
     assert store.load_session(key) == b"state"
@@ -392,6 +441,41 @@ def test_no_plaintext_description_anywhere(tmp_path: Path) -> None:
     db = tmp_path / "store.sqlite3"
     _checkpoint(db)
     assert _leaks(db, _secrets(DESCRIPTION.encode())) == []
+
+
+def test_expunge_and_compact_leave_no_index_value_on_disk(tmp_path: Path) -> None:
+    """The index holds the description in plaintext (above); once the documents are expunged and
+    the store compacted, neither the database nor its WAL holds it — not even the value an
+    earlier update dropped from the index, which SQLite left in free space."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    # Debian's SQLite overwrites deleted cells by default; most other builds do not: be one of those.
+    store._conn().execute("PRAGMA secure_delete = OFF")
+    _write_a_life(store)
+    kept = {**doc("d2", "p1"), "description": "Compte rendu de consultation ordinaire"}
+    store.create(kept)
+    revised = {**doc("d3", "p1"), "description": "Avis psychiatrique, premiere version"}
+    store.create(revised)
+    _checkpoint(tmp_path / "store.sqlite3")
+    store.update({k: v for k, v in revised.items() if k != "description"})  # its index row goes
+    db = tmp_path / "store.sqlite3"
+    first = b"Avis psychiatrique, premiere version"
+    secret = {"description": DESCRIPTION.encode(), "replaced description": first}
+    _checkpoint(db)
+    assert _leaks(db, secret) == [f"{db.name}: {name}" for name in secret]  # the test sees the leaks it is about
+    with store.transaction():
+        store.expunge("DocumentReference", "d1")
+        store.expunge("DocumentReference", "d3")
+    report = store.compact()
+    assert "truncated" in report
+    assert _leaks(db, secret) == [] and _leaks(db.with_name(db.name + "-wal"), secret) == []
+    assert b"Compte rendu de consultation ordinaire" in db.read_bytes()  # the other one's index stays
+    assert store.read("DocumentReference", "d2", OPEN_SCOPE).json()["description"] == kept["description"]
+    with closing(sqlite3.connect(db)) as conn:
+        for table in ("idx_token", "idx_string", "idx_date", "idx_reference", "idx_uri", "version"):
+            orphans = f"SELECT COUNT(*) FROM {table} WHERE res NOT IN (SELECT pk FROM resource)"
+            assert conn.execute(orphans).fetchone()[0] == 0, table
+    store.close()
 
 
 def _count_blobs(path: Path) -> int:

@@ -415,3 +415,39 @@ def test_nesting_is_bounded() -> None:
     error = rejection(patient(extension=[extension]))
     assert error.status == 422
     assert "nested deeper" in error.outcome()["issue"][0]["diagnostics"]
+
+
+# -- extensions defined in profiles/ -------------------------------------------------------------
+
+CLOSURE = "https://interop.esante.gouv.fr/ig/fhir/dmp/StructureDefinition/dmp-fermeture"
+
+
+def closed_patient(*parts: dict[str, Any], **top: Any) -> dict[str, Any]:
+    closure = {"url": CLOSURE, "extension": list(parts), **top}
+    return {"resourceType": "Patient", "active": False, "extension": [closure]}
+
+
+def problems(resource: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(FhirError) as caught:
+        VALIDATOR.validate(resource)
+    assert caught.value.status == 422
+    return {issue["expression"][0]: issue["diagnostics"] for issue in caught.value.issues}
+
+
+def test_the_closure_extension_is_checked_against_its_structure_definition() -> None:
+    date, motif = {"url": "date", "valueDateTime": "2025-03-01"}, {"url": "motif", "valueString": "à sa demande"}
+    VALIDATOR.validate(closed_patient(date, motif))
+    VALIDATOR.validate(closed_patient(date, {"url": "motif", "valueCoding": {"code": "deces"}}))
+    assert problems(closed_patient(date)) == {
+        "Patient.extension[0].extension:motif": "Patient.extension[0].extension:motif (url motif) is required by"
+        " dmp-fermeture (found 0)"
+    }
+    wrong_type = problems(closed_patient({"url": "date", "valueString": "yesterday"}, motif))
+    assert list(wrong_type) == ["Patient.extension[0].extension[0].valueString"]
+    assert "allows only valueDateTime" in wrong_type["Patient.extension[0].extension[0].valueString"]
+    assert list(problems(closed_patient(date, motif, motif))) == ["Patient.extension[0].extension:motif"]
+    assert list(problems(closed_patient(date, motif, valueString="closed"))) == ["Patient.extension[0].value[x]"]
+
+
+def test_an_extension_nobody_defines_here_is_left_alone() -> None:
+    VALIDATOR.validate({"resourceType": "Patient", "extension": [{"url": "https://example.org/x", "valueString": "y"}]})

@@ -8,10 +8,13 @@ lets every refusal name the element and the profile that requires it.
 
 What is read: the ``differential`` of a profile merged over those of its ``baseDefinition`` chain
 (the base R4 cardinalities are the resource validator's job): ``min``/``max`` and ``fixed[x]`` /
-``pattern[x]``; slices on ``extension`` (told apart by url) and on ``identifier`` (by the type
-their Identifier profile fixes); and, for Bundle profiles, the entry slices, for the ITI-65 code to
-sort entries with. Not evaluated: invariants (FHIRPath constraints), bindings, datatype profiles,
-and rules under any other slice (their members cannot be told apart without those).
+``pattern[x]``; the types a choice element (``value[x]``) is narrowed to; slices on ``extension``
+(told apart by url: the extension profile's, or for the sub-extensions of a complex extension the
+``fixedUri`` of their ``url``) and on ``identifier`` (by the type their Identifier profile fixes);
+and, for Bundle profiles, the entry slices, for the ITI-65 code to sort entries with. An extension
+profile (type ``Extension``) is checked on an extension object itself. Not evaluated: invariants
+(FHIRPath constraints), bindings, datatype profiles, and rules under any other slice (their members
+cannot be told apart without those).
 
 ``profiles/overlay.json`` adds the few requirements the profiles' text states but their
 StructureDefinitions do not carry, each with its source.
@@ -77,6 +80,7 @@ class Rule:
     max: int | None  # None: unbounded
     pattern: Any  # a fixed[x] or pattern[x] value, or None
     profile: str  # the name of the profile that set the rule
+    types: tuple[str, ...] = ()  # for a choice element (value[x]): the types it is narrowed to
 
     @property
     def path(self) -> str:
@@ -179,6 +183,7 @@ class ProfileSet:
                 max=_max(element.get("max")),
                 pattern=_pattern(element),
                 profile=setter[element_id],
+                types=_choice_types(element_id, element),
             )
 
     def _steps(self, root_type: str, element_id: str, merged: dict[str, dict[str, Any]]) -> tuple[Step, ...] | None:
@@ -196,14 +201,16 @@ class ProfileSet:
             if "/" in slice_name or name not in ("extension", "identifier"):
                 return None
             slice_id = ".".join([head, *parts[:index], part])
-            member = self._slice(name, slice_name, merged.get(slice_id, {}))
+            member = self._slice(name, slice_name, merged.get(slice_id, {}), merged.get(f"{slice_id}.url", {}))
             if member is None:
                 return None
             steps.append(Step(name, member))
         return tuple(steps)
 
-    def _slice(self, name: str, slice_name: str, element: dict[str, Any]) -> Slice | None:
+    def _slice(self, name: str, slice_name: str, element: dict[str, Any], url: dict[str, Any]) -> Slice | None:
         profiles = [p for t in element.get("type") or [] for p in t.get("profile") or []]
+        if name == "extension" and not profiles and isinstance(url.get("fixedUri"), str):
+            return Slice(slice_name, url=url["fixedUri"])  # a sub-extension defined inline
         if not profiles:
             return None
         if name == "extension":
@@ -217,7 +224,14 @@ class ProfileSet:
 
 
 def _constrains(element: dict[str, Any]) -> bool:
-    return "min" in element or "max" in element or _pattern(element) is not None
+    return "min" in element or "max" in element or _pattern(element) is not None or "type" in element
+
+
+def _choice_types(element_id: str, element: dict[str, Any]) -> tuple[str, ...]:
+    """The types a choice element is narrowed to (``value[x]`` of ``dateTime`` only), else ()."""
+    if not element_id.endswith("[x]"):
+        return ()
+    return tuple(str(t["code"]) for t in element.get("type") or [] if isinstance(t, dict) and t.get("code"))
 
 
 def _max(value: Any) -> int | None:
@@ -290,6 +304,14 @@ def _broken(rule: Rule, label: str, children: list[tuple[str, Any]]) -> Iterator
             if not matches_pattern(item, rule.pattern):
                 shown = json.dumps(rule.pattern, ensure_ascii=False)
                 yield Violation(where.lstrip("."), f"{where.lstrip('.')}: {rule.profile} requires {shown}")
+    if rule.types:
+        stem = rule.steps[-1].name[:-3]
+        keys = {f"{stem}{t[0].upper()}{t[1:]}" for t in rule.types}
+        for where, _item in children:
+            key = where.rsplit(".", 1)[-1].split("[")[0]
+            if key not in keys:
+                wanted = " or ".join(sorted(keys))
+                yield Violation(where.lstrip("."), f"{where.lstrip('.')}: {rule.profile} allows only {wanted}")
 
 
 def _nodes(node: Any, steps: list[Step], where: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -359,6 +359,48 @@ class SqliteStore(Store):
             seq = self._write_version(pk, new_version, last_updated, "DELETE", None)
             return Stored(pk, seq, resource_type, resource_id, new_version, last_updated, "DELETE", None)
 
+    def expunge(self, resource_type: str, resource_id: str) -> int:
+        """Delete the resource's rows: its index values, its versions, the resource itself.
+
+        ``secure_delete`` is on while they go, so that SQLite overwrites the freed cells with zeros
+        instead of leaving the index values (which are not encrypted) in free space;
+        :meth:`compact` then rewrites the file for what earlier, ordinary deletes left behind.
+        """
+        with self.transaction():
+            conn = self._conn()
+            current = self._current(resource_type, resource_id)
+            if current is None:
+                return 0
+            pk = current[0]
+            previous = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                for table in INDEX_TABLES:
+                    conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
+                versions = conn.execute("DELETE FROM version WHERE res = ?", (pk,)).rowcount
+                conn.execute("DELETE FROM resource WHERE pk = ?", (pk,))
+            finally:
+                conn.execute(f"PRAGMA secure_delete = {previous}")
+            return int(versions)
+
+    def compact(self) -> str:
+        """``VACUUM`` rebuilds the file from the live rows only, then the WAL is checkpointed into
+        it and truncated: no freed page, old page image or WAL frame keeps an expunged value.
+
+        Taken under the writer lock, so this process's and other processes' writers wait. A reader
+        of another process holding an old snapshot stops the checkpoint short; that is reported,
+        and the next checkpoint (any write, or a rerun) finishes it.
+        """
+        if self.path == ":memory:":
+            return "in memory: nothing to compact"
+        conn = self._conn()
+        with self._writer:
+            conn.execute("VACUUM")
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            return f"compacted; write-ahead log not truncated yet ({done}/{frames} frames back: a reader is open)"
+        return "compacted; write-ahead log truncated"
+
     # -- reads -------------------------------------------------------------------------------
 
     def _compiler(self, scope: AccessScope) -> SqlCompiler:
@@ -409,8 +451,12 @@ class SqliteStore(Store):
             raise NotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
         return self._stored(row)
 
-    def _where(self, compiler: SqlCompiler, rtype: str, expr: Expr, watermark: int | None) -> str:
-        parts = [f"r.type = {compiler.arg(rtype)}", "r.deleted = 0"]
+    def _where(
+        self, compiler: SqlCompiler, rtype: str, expr: Expr, watermark: int | None, deleted: bool = False
+    ) -> str:
+        parts = [f"r.type = {compiler.arg(rtype)}"]
+        if not deleted:
+            parts.append("r.deleted = 0")
         if watermark is not None:
             parts.append(f"r.pk <= {compiler.arg(watermark)}")
         driver = compiler.driver(expr, rtype)
@@ -447,12 +493,12 @@ class SqliteStore(Store):
             return SearchResult([], [], 0 if query.total else None, watermark)
         if query.total:
             compiler = self._compiler(scope)
-            where = self._where(compiler, rtype, expr, watermark)
+            where = self._where(compiler, rtype, expr, watermark, query.deleted)
             total = int(conn.execute(f"SELECT COUNT(*) FROM resource r WHERE {where}", compiler.args).fetchone()[0])
         matches: list[Stored] = []
         if query.count > 0 and (total is None or total > query.offset):
             compiler = self._compiler(scope)
-            where = self._where(compiler, rtype, expr, watermark)
+            where = self._where(compiler, rtype, expr, watermark, query.deleted)
             order = self._order(compiler, rtype, query.sort)
             sql = (
                 f"SELECT {_CURRENT_COLUMNS} FROM resource r"
