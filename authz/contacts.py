@@ -1,8 +1,8 @@
 """Where to write to a person known by their INS: the e-mail address the DMP's own data gives.
 
-Used for notices the server sends on its own (majority, R8). One function, so that the patient
-accounts of the server's login (authz/authserver), once they hold a verified address, become one
-more source here without the callers changing.
+Used for what the server sends on its own (majority notices, R8; emergency-access alerts, R5).
+The address of the person's login account comes first: the administration or the person gave it,
+and login codes reach it; then what the DMP's data says.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from authz.authserver.accounts import AccountBook
 from authz.state import Ident
 from storage.interface import Store
 from storage.query import ANY_SYSTEM, OPEN_SCOPE, Not, Query, SortKey, Token, all_of
@@ -19,12 +20,15 @@ _MAX = 20
 
 
 def contact_email(store: Store, ins: Ident) -> str | None:
-    """The e-mail address of the person whose INS is ``ins``, or None when the data gives none.
+    """The e-mail address of the person whose INS is ``ins``, or None when none is known.
 
-    Their own DMP first (``Patient.telecom``: the record they keep themselves), then the
+    Their login account first, then their own DMP (``Patient.telecom``: the record they keep themselves), then the
     RelatedPerson entries that name them in other people's records (a legal representative's, in
     the record of the minor they represent), the most recently written first.
     """
+    account = AccountBook(store).get(ins)
+    if account is not None and account.contact.email:
+        return account.contact.email
     who = Token("identifier", ins[0], ins[1])
     for rtype, where in (
         ("Patient", who),

@@ -32,8 +32,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from authz.audit import patient_entity, server_event
+from authz.authserver.accounts import ACCOUNT_KIND, AccountBook, ins_key
 from authz.lifecycle import PURGED_EVENT, closure_day, retention_end
 from authz.state import ins_of
+from authz.subscribers import KIND as SUBSCRIBER_KIND
+from authz.terms import PATIENT
 from fhir_server.majority import NOTICE_KIND
 from fhir_server.service import FhirService
 from fhirmodel.dates import add_years, instant_now
@@ -175,8 +178,21 @@ def collect(store: Store, patient: Stored) -> DmpPurge:
         patient_id=pid,
         closed_on=closed_on,
         resources=(*sorted(found), ("Patient", pid)),
-        records=tuple((NOTICE_KIND, key) for key in store.record_keys(NOTICE_KIND) if key.startswith(f"{pid}/")),
+        records=_private_records(store, pid, ins, [rid for rtype, rid in found if rtype == "Subscription"]),
     )
+
+
+def _private_records(
+    store: Store, pid: str, ins: list[tuple[str, str]], subscriptions: list[str]
+) -> tuple[tuple[str, str], ...]:
+    """The server's own records about the patient: majority notices, the subscribers of the
+    DMP's Subscriptions, and the patient's login account (a legal representative's account is
+    theirs, not the record's: it stays)."""
+    notices = [(NOTICE_KIND, key) for key in store.record_keys(NOTICE_KIND) if key.startswith(f"{pid}/")]
+    subscribers = [(SUBSCRIBER_KIND, sid) for sid in subscriptions if store.get_record(SUBSCRIBER_KIND, sid)]
+    book = AccountBook(store)
+    accounts = [(ACCOUNT_KIND, ins_key(i)) for i in ins if (a := book.get(i)) is not None and a.role == PATIENT]
+    return (*notices, *subscribers, *accounts)
 
 
 def _names_patient(criteria: str, pid: str, ins: list[tuple[str, str]]) -> bool:

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from werkzeug.test import TestResponse
 
+from authz.authserver.accounts import ACCOUNT_KIND, Account, AccountBook, Contact, ins_key
 from authz.lifecycle import CLOSURE_URL, LIFECYCLE_SYSTEM
+from authz.subscribers import KIND as SUBSCRIBER_KIND
 from authz.terms import ACCESS, BREAK_THE_GLASS, IDNATPS_SYSTEM, REPRESENTATIVE
 from fhir_server.cli import main
 from fhir_server.config import Config
@@ -286,6 +288,11 @@ def seed_old_dmp(world: World, today: date) -> dict[str, str]:
         {**stored(world, "Subscription", "old-sub"), "id": "not-old-sub", "criteria": f"List?subject={pid}0"}
     )
     world.store.put_record("majority-notice", f"{pid}/adult", b'{"status": "sent"}')
+    world.store.put_record(SUBSCRIBER_KIND, "old-sub", b"{}")
+    book = AccountBook(world.store)
+    for ins, role in ((INS_A, "PAT"), (REP, "LEGREP")):  # the patient's login goes, the parent's stays
+        contact = Contact(f"{role.lower()}@example.org", None, "email")
+        book.put(Account((INS_SYSTEM, ins), role, "scrypt$hash", False, contact))
     return {"pid": pid, "doc": doc, "grant": grant}
 
 
@@ -339,7 +346,11 @@ def test_a_dry_run_lists_what_would_go_and_changes_nothing(world: World) -> None
         "RelatedPerson": 1,
         "Subscription": 1,
     }
-    assert report.dmps[0].records == (("majority-notice", f"{ids['pid']}/adult"),)
+    assert report.dmps[0].records == (
+        ("majority-notice", f"{ids['pid']}/adult"),
+        (SUBSCRIBER_KIND, "old-sub"),
+        (ACCOUNT_KIND, ins_key((INS_SYSTEM, INS_A))),
+    )
     lines = list(report.lines())
     assert any(line.startswith(f"  Patient/{ids['pid']} closed on ") and "would remove 15" in line for line in lines)
     assert everything(world) == before and report.compaction is None
@@ -369,6 +380,9 @@ def test_a_purge_leaves_no_trace_of_the_dmp_and_keeps_the_others(world: World) -
     assert {d["type"]: d["valueString"] for d in event["entity"][0]["detail"]}["DocumentReference"] == "2"
     assert "alice" in event["agent"][0]["who"]["display"] and INS_A not in json.dumps(event)
     assert world.store.get_record("majority-notice", f"{ids['pid']}/adult") is None
+    assert world.store.get_record(SUBSCRIBER_KIND, "old-sub") is None
+    book = AccountBook(world.store)
+    assert book.get((INS_SYSTEM, INS_A)) is None and book.get((INS_SYSTEM, REP)) is not None
     # The other DMPs are untouched: the open one is read as before, the recent closure is kept.
     assert world.patient(INS_B).ids(f"DocumentReference?patient={ids['other']}") == {ids["other_doc"]}
     assert status(world.patient(INS_B).get("Binary/bin-other-doc"), 200)["id"] == "bin-other-doc"

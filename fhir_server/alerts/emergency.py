@@ -2,9 +2,9 @@
 
 The guard queues a message for every request an emergency access allowed, in the transaction of
 its AuditEvent. Here the messages due are grouped by patient, so that a professional's dozen reads
-during one emergency make one e-mail, not a dozen. The e-mail goes to the address in the Patient's
-``telecom``; a patient without one cannot be told by this road, which is logged (the accesses stay
-in the trail they read). Failures are retried like any delivery; after the last attempt the
+during one emergency make one e-mail, not a dozen. The e-mail goes to the patient's address (their
+login account's, else the Patient's ``telecom``: :func:`authz.contacts.contact_email`); a patient
+without one cannot be told by this road, which is logged (the accesses stay in the trail they read). Failures are retried like any delivery; after the last attempt the
 message is dropped and the failure logged.
 """
 
@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from authz.contacts import contact_email
 from authz.terms import PROFESSION_SYSTEM, PURPOSE_SYSTEMS
 from fhir_server.alerts.notices import EmergencyAccess, emergency_mail, parse_instant
 from fhir_server.alerts.retry import MAX_ATTEMPTS, Retries, epoch
 from fhir_server.alerts.topics import EMERGENCY_TOPIC, EmergencyEvent
 from fhir_server.mail import MailError
 from storage.interface import Gone, NotFound, Queued, Store
-from storage.query import OPEN_SCOPE, Query, Token
+from storage.query import OPEN_SCOPE
 
 if TYPE_CHECKING:
     from fhir_server.jobs import JobContext
@@ -59,7 +60,7 @@ def _tell(
     messages = [message for message, _ in items]
     events = ", ".join(f"AuditEvent/{event.audit_event}" for _, event in items)
     accesses = [access for _, event in items if (access := _access(store, event.audit_event)) is not None]
-    address = _email_of(store, patient)
+    address = contact_email(store, patient)
     if not accesses or address is None:
         why = "their AuditEvents are gone" if not accesses else "the patient has no e-mail address"
         log.warning("emergency access not mailed: %s (%s)", why, events)
@@ -76,17 +77,6 @@ def _tell(
         return 0
     retries.done(*messages)
     return len(accesses)
-
-
-def _email_of(store: Store, patient: tuple[str, str]) -> str | None:
-    """The patient's e-mail address from ``Patient.telecom`` (one not marked ``old``)."""
-    query = Query("Patient", Token("identifier", patient[0], patient[1]), count=5, total=False)
-    for stored in store.search(query, OPEN_SCOPE).matches:
-        for telecom in stored.json().get("telecom") or []:
-            value = telecom.get("value")
-            if telecom.get("system") == "email" and telecom.get("use") != "old" and isinstance(value, str) and value:
-                return value
-    return None
 
 
 def _access(store: Store, audit_event_id: str) -> EmergencyAccess | None:
