@@ -66,9 +66,10 @@ RECORD_TYPES = {
     "RelatedPerson": "patient",
 }
 #: The parameters that name the patient, one of which every search of these types must carry
-#: (CONTRACT §7; IHE MHD ITI-67 requires ``patient`` or ``patient.identifier``).
+#: (CONTRACT §7; IHE MHD ITI-67 and ITI-66 require ``patient`` or ``patient.identifier``).
 PATIENT_PARAMETERS = {
     "DocumentReference": frozenset({"patient", "subject"}),
+    "List": frozenset({"patient", "subject"}),
     "Consent": frozenset({"patient"}),
     "AuditEvent": frozenset({"patient", "entity-identifier"}),
 }

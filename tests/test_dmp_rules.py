@@ -993,14 +993,14 @@ def assert_sees_exactly(client: As, pid: str, docs: dict[str, str], visible: set
         assert client.ids(f"Patient?_has:DocumentReference:subject:_id={doc}") == {pid}
         assert client.get(f"DocumentReference/{doc}").status_code == 200
         assert client.get(f"Binary/bin-{doc}").status_code == 200
-        assert client.ids(f"List?item:DocumentReference._id={doc}") == {"submission"}
+        assert client.ids(f"List?patient={pid}&item:DocumentReference._id={doc}") == {"submission"}
     for doc in hidden:
         assert client.ids(f"Patient?_has:DocumentReference:subject:_id={doc}") == set()
         not_found(client.get(f"DocumentReference/{doc}"))
         not_found(client.get(f"DocumentReference/{doc}/_history/1"))
         not_found(client.get(f"DocumentReference/{doc}/_history"))
         not_found(client.get(f"Binary/bin-{doc}"))
-        assert client.ids(f"List?item:DocumentReference._id={doc}") == set()
+        assert client.ids(f"List?patient={pid}&item:DocumentReference._id={doc}") == set()
     history = client.get("DocumentReference/_history?_count=100").get_json()
     assert {e["resource"]["id"] for e in history.get("entry", [])} == seen
     assert history["total"] == len(seen)
