@@ -21,6 +21,7 @@ import base64
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -533,6 +534,27 @@ def test_a_search_must_name_the_patient(record: Record, rtype: str, transport: s
     assert body["resourceType"] == "OperationOutcome"
     assert body["issue"][0]["severity"] == "error"
     assert "patient" in body["issue"][0]["diagnostics"]
+
+
+def test_a_patient_named_by_its_ins_only_is_found_by_patient(tmp_path: Path) -> None:
+    """ITI-65 accepts a logical reference by national identifier (2:3.65.4.1.2.2): a document and
+    submission set whose subject is the INS alone are found by ``patient``, ``patient.identifier``
+    and ``patient:identifier`` all the same (the recipient records the Patient it names)."""
+    world = World(tmp_path)
+    try:
+        pid = world.seed_patient(INS)
+        world.seed_consent(ACCESS, INS, (IDNATPS_SYSTEM, DR))
+        doctor = world.doctor(DR, INS)
+        logical = {"identifier": {"system": INS_SYSTEM, "value": INS}}
+        bundle = submission(pid, subject=logical)
+        bundle["entry"][0]["resource"]["subject"] = logical
+        created(doctor.post("", bundle))
+        record = Record(world, pid, doctor, {})
+        for rtype in ("DocumentReference", "List"):
+            for query in (f"patient={pid}", q(patient_identifier=INS), q(patient__identifier=f"{INS_SYSTEM}|{INS}")):
+                assert len(found(record, rtype, query, "GET json")) == 1, (rtype, query)
+    finally:
+        world.close()
 
 
 def test_type_is_no_iti66_parameter(record: Record) -> None:

@@ -458,6 +458,8 @@ class ProvideBundle:
         if first.resource.get("active") is False:
             where = f"{_where(resolved[0][0])}.subject"
             raise refusal(403, "forbidden", [Problem(where, f"{where}: the DMP of Patient/{first.id} is closed (R2)")])
+        for entry, subject in resolved:
+            _name_literally(entry.resource, subject)
         return first
 
     def _resolve_subject(self, req: FhirRequest, reference: Any, created: dict[str, Entry]) -> Subject | str:
@@ -658,6 +660,17 @@ def _attachment_urls(documents: list[Entry]) -> Iterator[tuple[Entry, str, str]]
             url = attachment.get("url") if isinstance(attachment, dict) else None
             if isinstance(url, str):
                 yield entry, f"{_where(entry)}.content[{j}].attachment.url", url
+
+
+def _name_literally(resource: dict[str, Any], patient: Subject) -> None:
+    """A subject given by identifier only gets the literal reference to the Patient it names.
+
+    ITI-65 (2:3.65.4.1.2.2) accepts a logical reference by a national identifier such as the INS;
+    but the ``patient`` search parameter ITI-67 and ITI-66 use indexes a literal reference to a
+    Patient only, so such a document or List would be found by no MHD search of its patient."""
+    subject = resource["subject"]
+    if "reference" not in subject:
+        resource["subject"] = {"reference": f"Patient/{patient.id}", **subject}
 
 
 def _folder_references(folders: list[Entry]) -> Iterator[tuple[str, str]]:
