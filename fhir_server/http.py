@@ -75,6 +75,12 @@ def _dispatch(svc: FhirService, path: str) -> Response:
         accepted = response_format(format_param, accept)
         fmt = accepted or JSON
         fhir_req = _fhir_request(svc, path)
+        # A search POSTed as a form may carry its result parameters in the body, like the others.
+        params = dict(fhir_req.params)
+        if format_param is None and "_format" in params:
+            format_param = params["_format"]
+            accepted = response_format(format_param, accept)
+            fmt = accepted or JSON
         resp = svc.process(fhir_req)
         raw = _raw_binary(fhir_req, resp, format_param, accept)
         if raw is not None:
@@ -83,7 +89,7 @@ def _dispatch(svc: FhirService, path: str) -> Response:
             raise FhirError(
                 406, "this server answers in application/fhir+json or application/fhir+xml", "not-supported"
             )
-        return _http_response(resp, fmt, request.method == "HEAD", request.args.get("_pretty") == "true")
+        return _http_response(resp, fmt, request.method == "HEAD", params.get("_pretty") == "true")
     except FhirError as exc:
         return _outcome_response(exc.status, exc.outcome(), fmt, exc.headers)
 

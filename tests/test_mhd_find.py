@@ -536,6 +536,21 @@ def test_a_search_must_name_the_patient(record: Record, rtype: str, transport: s
     assert "patient" in body["issue"][0]["diagnostics"]
 
 
+@pytest.mark.parametrize("rtype", ["DocumentReference", "List"])
+def test_post_search_parameters_in_the_url_the_body_or_both(record: Record, rtype: str) -> None:
+    """The POST forms of the ITI-67/ITI-66 examples (2:3.67.4.1.2.3): parameters in the URL, in a
+    form body, or split between them; ``_format`` in the body chooses the format as in the URL."""
+    client, pid = record.doctor, record.pid
+    form = {**client.headers, "Content-Type": "application/x-www-form-urlencoded"}
+    only_url = client.client.post(f"/fhir/{rtype}/_search?patient={pid}&status=current", headers=client.headers)
+    split = client.client.post(f"/fhir/{rtype}/_search?patient={pid}", data="status=current", headers=form)
+    body = client.client.post(f"/fhir/{rtype}/_search", data=f"patient={pid}&status=current&_format=xml", headers=form)
+    expected = len(found(record, rtype, f"patient={pid}&status=current", "GET json"))
+    assert only_url.get_json()["total"] == split.get_json()["total"] == expected > 0
+    assert body.mimetype == FHIR_XML
+    assert xml_to_json(body.get_data())["total"] == expected
+
+
 def test_a_patient_named_by_its_ins_only_is_found_by_patient(tmp_path: Path) -> None:
     """ITI-65 accepts a logical reference by national identifier (2:3.65.4.1.2.2): a document and
     submission set whose subject is the INS alone are found by ``patient``, ``patient.identifier``
