@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from werkzeug.test import TestResponse
@@ -30,17 +31,16 @@ from werkzeug.test import TestResponse
 from authz.terms import ACCESS, IDNATPS_SYSTEM
 from fhir_server.formats.xml import xml_to_json
 from tests.dmp import INS_SYSTEM, LOINC, As, World
+from tests.test_mhd_folders import LIST_TYPES, OTHER_INS, SNOMED, folder, with_folder
 from tests.test_mhd_provide import DR, INS, MHD, coding, created, submission
 
 TRE_A03 = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
-SNOMED = "http://snomed.info/sct"
 FORMAT_CODES = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
-LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
 CCAM = "https://mos.esante.gouv.fr/NOS/TRE_R38-ActiviteCCAM/FHIR/TRE-R38-ActiviteCCAM"
 ORDERS = "urn:oid:1.2.250.1.999.7"
 RFC3986 = "urn:ietf:rfc:3986"
-OTHER_INS = "223456789012345"
+FOLDER_ID = "urn:oid:1.2.250.1.999.4.1"
 FHIR_XML = "application/fhir+xml"
 
 
@@ -200,27 +200,9 @@ def provide(pid: str, key: str, replaces: str | None = None) -> dict[str, Any]:
     if contained:
         submission_set["contained"] = contained
     if key == "a":
-        bundle["entry"].append(folder_entry(pid, doc_entry["fullUrl"]))
-        submission_set["entry"].append({"item": {"reference": bundle["entry"][-1]["fullUrl"]}})
+        identifier = [{"use": "usual", "system": RFC3986, "value": FOLDER_ID}]
+        with_folder(bundle, folder(pid, doc_entry["fullUrl"], identifier=identifier, date="2024-01-20T10:00:00+01:00"))
     return bundle
-
-
-def folder_entry(pid: str, *items: str, title: str = "Suivi de grossesse") -> dict[str, Any]:
-    """A comprehensive Folder listing ``items``."""
-    folder = {
-        "resourceType": "List",
-        "meta": {"profile": [f"{MHD}IHE.MHD.Comprehensive.Folder"]},
-        "extension": [{"url": f"{MHD}ihe-designationType", "valueCodeableConcept": coding(SNOMED, "77386006")}],
-        "identifier": [{"use": "usual", "system": RFC3986, "value": "urn:oid:1.2.250.1.999.4.1"}],
-        "status": "current",
-        "mode": "working",
-        "title": title,
-        "code": coding(LIST_TYPES, "folder"),
-        "subject": {"reference": f"Patient/{pid}"},
-        "date": "2024-01-20T10:00:00+01:00",
-        "entry": [{"item": {"reference": item}} for item in items],
-    }
-    return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": folder, "request": {"method": "POST", "url": "List"}}
 
 
 @dataclass
@@ -299,8 +281,6 @@ def found(record: Record, rtype: str, query: str, transport: str) -> set[str]:
 
 def q(**params: str) -> str:
     """A query string; ``_`` in a name stands for ``.``, ``__`` for ``:`` and values are encoded."""
-    from urllib.parse import urlencode
-
     return urlencode({k.replace("__", ":").replace("_", "."): v for k, v in params.items()})
 
 
@@ -426,7 +406,7 @@ FIND_LISTS: list[tuple[str, str, set[str]]] = [
     ("designationType", f"designationType={LOINC}|{designation('a')}", set()),
     # identifier: uniqueId (and entryUUID)
     ("identifier", f"identifier={RFC3986}|{list_unique_id('d')}", {"set-d"}),
-    ("identifier", "identifier=urn:oid:1.2.250.1.999.4.1", {"folder-a"}),
+    ("identifier", f"identifier={FOLDER_ID}", {"folder-a"}),
     ("identifier", f"identifier={RFC3986}|{master_id('d')}", set()),
     # sourceId
     ("sourceId", f"sourceId={RFC3986}|{source_id('e')}", {"set-e"}),
