@@ -703,8 +703,8 @@ def test_reference_type_and_identifier_modifiers(fhir: Fhir) -> None:
 
 @pytest.mark.usefixtures("subjects")
 def test_reference_missing_and_restricted_parameters(fhir: Fhir) -> None:
-    assert found(fhir, "DocumentReference?subject:missing=true") == {"d6", "d8"}  # contained is not indexed
-    assert found(fhir, "DocumentReference?subject:missing=false") == {"d1", "d2", "d3", "d4", "d5", "d7"}
+    assert found(fhir, "DocumentReference?subject:missing=true") == {"d6"}  # a contained subject is one too
+    assert found(fhir, "DocumentReference?subject:missing=false") == {"d1", "d2", "d3", "d4", "d5", "d7", "d8"}
     # `patient` is subject.where(resolve() is Patient): no Practitioner.
     assert found(fhir, "DocumentReference?patient=Patient/p1") == {"d1", "d7"}
     assert found(fhir, "DocumentReference?patient=pr1") == set()
