@@ -2,9 +2,9 @@
 
 A Folder ``List`` (code ``folder``) travels in a submission beside its documents. It is checked
 against the Folder profile its Bundle's profile calls for (``profiles/``), lists documents of the
-submission or stored documents of the same patient, names that patient, is itself listed by the
-SubmissionSet, and lands in the submission's transaction or not at all. A List returned to a
-reader never names a document hidden from that reader (CONTRACT §8).
+submission or stored documents of the same patient, is about that patient (given it when it names
+none), is itself listed by the SubmissionSet, and lands in the submission's transaction or not at
+all. A List returned to a reader never names a document hidden from that reader (CONTRACT §8).
 
 The world, its patient, doctor and ITI-65 builder are those of tests/test_mhd_provide.py.
 """
@@ -172,18 +172,19 @@ def test_a_wrong_folder_is_refused_and_nothing_is_stored(world: World, pid: str,
 
 
 @pytest.mark.parametrize("which", ["Folder", "SubmissionSet"])
-def test_the_lists_of_a_submission_name_its_patient(world: World, pid: str, doctor: As, which: str) -> None:
+def test_a_list_naming_no_patient_is_about_the_submissions(world: World, pid: str, doctor: As, which: str) -> None:
     """ITI-65 2:3.65.4.1.2.1: "All DocumentReference.subject and List.subject values shall be
-    populated", though the Minimal profiles leave it optional: a List without one would be stored
-    about no patient, which no search can find (every List search names the patient)."""
+    populated", though the Minimal profiles leave it optional: the recipient records the patient
+    the documents name, so that ITI-66 (which always names the patient) finds the List."""
     bundle = submission(pid, profile="Minimal")
     bundle = with_folder(bundle, folder(pid, document_url(bundle), profile="Minimal"))
     lists = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "List"]
     del lists[0 if which == "SubmissionSet" else 1]["subject"]
-    before = versions(world)
-    where = "Bundle.entry[0]" if which == "SubmissionSet" else "Bundle.entry[3]"
-    refused(doctor.post("", bundle), 422, f"{where}.resource.subject", "the patient of the submission")
-    assert versions(world) == before
+    targets = created(doctor.post("", bundle))
+    for list_id in ids_of(targets, "List"):
+        assert doctor.get(f"List/{list_id}").get_json()["subject"] == {"reference": f"Patient/{pid}"}
+    found = doctor.get(f"List?patient={pid}").get_json()
+    assert {e["resource"]["id"] for e in found["entry"]} == set(ids_of(targets, "List"))
 
 
 def test_a_folder_naming_a_document_its_submitter_may_not_see_is_refused(world: World, pid: str) -> None:

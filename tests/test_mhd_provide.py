@@ -304,12 +304,8 @@ REFUSED = {
         "Bundle.entry[2].resource.content[0].attachment.size",
         "24, but Bundle.entry[3].resource holds 23 bytes",
     ),
-    # No subject at all: ITI-65 wants every List.subject (and DocumentReference.subject) populated.
-    "Bundle-ex-minimalProvideDocumentBundleSimpleContained": (
-        422,
-        "Bundle.entry[0].resource.subject",
-        "a SubmissionSet names the patient of the submission",
-    ),
+    # No subject, in a DMP: a document is about the token's patient (R1, the guard's refusal).
+    "Bundle-ex-minimalProvideDocumentBundleSimpleContained": (403, "", "another patient"),
     # A plain transaction (no MHD profile or content), whose DocumentReference names no patient (R1).
     "Bundle-ex-dummyBundleDocAndBinary": (403, "", "another patient"),
     # The ANS examples lack DocumentReference.custodian, which pdsm-comprehensive-document-reference

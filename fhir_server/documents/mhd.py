@@ -22,8 +22,9 @@ The checks come in the order the transaction code can run them:
 2. :meth:`ProvideBundle.validate`, once ``fullUrl`` and conditional references are resolved (422,
    invalid metadata): each resource against R4 and its profiles (rules read from the
    StructureDefinitions, :mod:`fhir_server.documents.profiles`), one patient known here and open
-   (R2) for the whole submission, named by every List, Folder items naming documents of the
-   submission or stored ones of its patient, each attachment's content known, its size and SHA-1
+   (R2) for the whole submission (recorded on a List that names none, and as the literal
+   reference of a subject given by identifier), Folder items naming documents of the submission
+   or stored ones of its patient, each attachment's content known, its size and SHA-1
    hash, a CDA against its DocumentReference (CI-SIS checks in :mod:`fhir_server.documents.cda`;
    minimal metadata completed from the CDA header), replaced documents known and current;
 3. :meth:`ProvideBundle.complete`, after the entries ran, in the same store transaction: each
@@ -414,25 +415,16 @@ class ProvideBundle:
 
     def _patient(self, req: FhirRequest) -> Subject | None:
         """The one patient of the submission: every subject names the same Patient, known here
-        (stored, or created by this Bundle) and open (R2); the Lists name it (ITI-65
-        2:3.65.4.1.2.1 "All DocumentReference.subject and List.subject values shall be populated",
-        though the Minimal profiles leave it optional: a List about no patient could never be
-        found, every List search naming the patient)."""
-        lists = [(self.submission_set, "SubmissionSet"), *((f, "Folder") for f in self.folders)]
-        problems = [
-            Problem(f"{_where(e)}.subject", f"{_where(e)}.subject: a {kind} names the patient of the submission")
-            for e, kind in lists
-            if isinstance(e.resource, dict) and "subject" not in e.resource
-        ]
-        if problems:
-            raise refusal(422, _INVALID, problems)
+        (stored, or created by this Bundle) and open (R2)."""
+        lists = [self.submission_set, *self.folders]
         subjects = [
             (entry, entry.resource["subject"])
-            for entry in [*(e for e, _ in lists), *self.documents]
+            for entry in [*lists, *self.documents]
             if isinstance(entry.resource, dict) and "subject" in entry.resource
         ]
         created = {e.assigned: e for e in self.entries if e.assigned and e.method in ("POST", "PUT")}
         resolved: list[tuple[Entry, Subject]] = []
+        problems = []
         for entry, reference in subjects:
             subject = self._resolve_subject(req, reference, created)
             if isinstance(subject, str):
@@ -460,6 +452,8 @@ class ProvideBundle:
             raise refusal(403, "forbidden", [Problem(where, f"{where}: the DMP of Patient/{first.id} is closed (R2)")])
         for entry, subject in resolved:
             _name_literally(entry.resource, subject)
+        for entry in lists:
+            _name_patient(entry.resource, first)
         return first
 
     def _resolve_subject(self, req: FhirRequest, reference: Any, created: dict[str, Entry]) -> Subject | str:
@@ -671,6 +665,16 @@ def _name_literally(resource: dict[str, Any], patient: Subject) -> None:
     subject = resource["subject"]
     if "reference" not in subject:
         resource["subject"] = {"reference": f"Patient/{patient.id}", **subject}
+
+
+def _name_patient(resource: Any, patient: Subject) -> None:
+    """A List of the submission that names no subject gets the submission's patient.
+
+    ITI-65 (2:3.65.4.1.2.1) wants every List.subject populated, but the Minimal profiles (and
+    IHE's own minimal example) leave it out, and a recipient may be robust; a List about no patient
+    would be found by no ITI-66 search, which always names the patient."""
+    if isinstance(resource, dict) and "subject" not in resource:
+        resource["subject"] = {"reference": f"Patient/{patient.id}"}
 
 
 def _folder_references(folders: list[Entry]) -> Iterator[tuple[str, str]]:
