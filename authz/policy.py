@@ -70,9 +70,10 @@ RECORD_TYPES = {
     "RelatedPerson": "patient",
 }
 #: The parameters that name the patient, one of which every search of these types must carry
-#: (CONTRACT §7; IHE MHD ITI-67 requires ``patient`` or ``patient.identifier``).
+#: (CONTRACT §7; IHE MHD ITI-67 and ITI-66 require ``patient`` or ``patient.identifier``).
 PATIENT_PARAMETERS = {
     "DocumentReference": frozenset({"patient", "subject"}),
+    "List": frozenset({"patient", "subject"}),
     "Consent": frozenset({"patient"}),
     "AuditEvent": frozenset({"patient", "entity-identifier"}),
 }
@@ -667,13 +668,16 @@ def _label(code: str) -> Expr:
 
 
 def _authored_by(actor: Actor) -> Expr:
-    """Documents naming the professional as author, inline or through a directory entry."""
+    """Documents naming the professional as author: inline, or as the Practitioner or
+    PractitionerRole (or the role's Practitioner) they contain or reference (chains read contained
+    resources too)."""
     if not actor.idnatps:
         return NOTHING
     ident = Token("identifier", IDNATPS_SYSTEM, actor.idnatps)
     return any_of(
         Token("author-identifier", IDNATPS_SYSTEM, actor.idnatps),
         Chain("author", ("Practitioner",), ident),
+        Chain("author", ("PractitionerRole",), any_of(ident, Chain("practitioner", ("Practitioner",), ident))),
     )
 
 
@@ -705,25 +709,54 @@ def _without_labels_and_archive(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def _names_author(doc: dict[str, Any], idnatps: str | None, read: Callable[[str, str], dict[str, Any] | None]) -> bool:
-    """Whether ``doc`` names the professional as author: inline, contained, or through the
-    directory entry it references (as the read filter's ``_authored_by`` does)."""
+    """Whether ``doc`` names the professional as author: inline, or as the Practitioner or
+    PractitionerRole (or the role's Practitioner) it contains or references in the directory, as
+    the read filter's ``_authored_by`` does."""
     if not idnatps:
         return False
     wanted = (IDNATPS_SYSTEM, idnatps)
-    contained = {f"#{c.get('id')}": c for c in doc.get("contained") or []}
-    for author in doc.get("author") or []:
-        ident = author.get("identifier") or {}
-        if (ident.get("system"), ident.get("value")) == wanted:
-            return True
-        ref = str(author.get("reference", ""))
-        target = contained.get(ref)
-        if target is None and ref.startswith("Practitioner/") and ref.count("/") == 1:
-            target = read("Practitioner", ref.partition("/")[2])
-        if target is not None and any(
-            (i.get("system"), i.get("value")) == wanted for i in target.get("identifier") or []
-        ):
-            return True
-    return False
+    return any(
+        wanted in _identifiers(person)
+        for author in doc.get("author") or []
+        if isinstance(author, dict)
+        for person in (author, *_author_entries(doc, author, read))
+    )
+
+
+def _author_entries(
+    doc: dict[str, Any], author: dict[str, Any], read: Callable[[str, str], dict[str, Any] | None]
+) -> list[dict[str, Any]]:
+    """What an author Reference names: its Practitioner or PractitionerRole and, for a role, the
+    role's practitioner Reference and the Practitioner it names."""
+    entry = _entry(author, read, doc)
+    if entry is None or entry.get("resourceType") != "PractitionerRole":
+        return [entry] if entry else []
+    person = entry.get("practitioner")
+    person = person if isinstance(person, dict) else {}
+    return [entry, person, _entry(person, read, doc, entry) or {}]
+
+
+def _entry(
+    reference: dict[str, Any], read: Callable[[str, str], dict[str, Any] | None], *holders: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The Practitioner or PractitionerRole a Reference names: contained in one of ``holders``
+    (the document, the role), or a directory entry."""
+    ref = str(reference.get("reference", ""))
+    for holder in holders:
+        for contained in holder.get("contained") or []:
+            if isinstance(contained, dict) and f"#{contained.get('id')}" == ref:
+                return contained
+    rtype, _, rid = ref.partition("/")
+    if rtype in ("Practitioner", "PractitionerRole") and rid and "/" not in rid:
+        return read(rtype, rid)
+    return None
+
+
+def _identifiers(person: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """``(system, value)`` of a Reference's identifier, or of a resource's identifiers."""
+    found = person.get("identifier")
+    items = found if isinstance(found, list) else [found]
+    return [(i.get("system"), i.get("value")) for i in items if isinstance(i, dict)]
 
 
 def _authored_by_patient(doc: dict[str, Any], state: PatientState) -> bool:

@@ -25,6 +25,7 @@ from fhir_server.formats.negotiation import (
     parse_body,
     render,
     response_format,
+    wants_content,
 )
 from fhir_server.messages import Download, FhirRequest, FhirResponse, RawJson
 from fhir_server.service import FhirService
@@ -70,20 +71,27 @@ def _outcome_response(
 def _dispatch(svc: FhirService, path: str) -> Response:
     fmt: str = JSON
     try:
-        accepted = response_format(request.args.get("_format"), request.headers.get("Accept"))
+        format_param, accept = request.args.get("_format"), request.headers.get("Accept")
+        accepted = response_format(format_param, accept)
         fmt = accepted or JSON
         fhir_req = _fhir_request(svc, path)
+        # A search POSTed as a form may carry its result parameters in the body, like the others.
+        params = dict(fhir_req.params)
+        if format_param is None and "_format" in params:
+            format_param = params["_format"]
+            accepted = response_format(format_param, accept)
+            fmt = accepted or JSON
         resp = svc.process(fhir_req)
         if isinstance(resp.body, Download):
             return _download(resp, resp.body, request.method == "HEAD")
+        raw = _raw_binary(fhir_req, resp, format_param, accept)
+        if raw is not None:
+            return raw
         if accepted is None:
-            raw = _raw_binary(fhir_req, resp)
-            if raw is not None:
-                return raw
             raise FhirError(
                 406, "this server answers in application/fhir+json or application/fhir+xml", "not-supported"
             )
-        return _http_response(resp, fmt, request.method == "HEAD", request.args.get("_pretty") == "true")
+        return _http_response(resp, fmt, request.method == "HEAD", params.get("_pretty") == "true")
     except FhirError as exc:
         return _outcome_response(exc.status, exc.outcome(), fmt, exc.headers)
 
@@ -148,9 +156,10 @@ def _binary_body(path: str, data: bytes, content_type: str | None) -> dict[str, 
     return binary
 
 
-def _raw_binary(req: FhirRequest, resp: FhirResponse) -> Response | None:
+def _raw_binary(req: FhirRequest, resp: FhirResponse, format_param: str | None, accept: str | None) -> Response | None:
     """A Binary read by a client that does not ask for FHIR gets the content itself (R4 Binary,
-    IHE MHD ITI-68): its bytes under its own media type, with the version's ETag.
+    IHE MHD ITI-68; :func:`wants_content`): its bytes under its own media type, with the
+    version's ETag.
 
     The content is decoded and sent chunk by chunk (``documents.base64_chunks``). (The stored
     resource itself is decrypted whole: AES-GCM authenticates a blob as one message.) Visibility
@@ -163,6 +172,8 @@ def _raw_binary(req: FhirRequest, resp: FhirResponse) -> Response | None:
         return Response(status=304, headers=resp.headers)
     binary = resp.body.load() if isinstance(resp.body, RawJson) else resp.body
     if not isinstance(binary, dict) or binary.get("resourceType") != "Binary":
+        return None
+    if not wants_content(format_param, accept, str(binary.get("contentType") or "")):
         return None
     encoded = compact_base64(binary.get("data") or "")
     headers = {**resp.headers, "Content-Length": str(decoded_size(encoded)), **_CONTENT_SAFETY}

@@ -219,10 +219,80 @@ def values_for(param: SearchParam, typed: list[Typed], base_url: str | None) -> 
 def extract_index(
     registry: SearchParamRegistry, resource: dict[str, Any], base_url: str | None
 ) -> dict[str, list[IndexValue]]:
-    """Every search parameter's index values for ``resource`` (parameters with none are left out)."""
+    """Every search parameter's index values for ``resource`` (parameters with none are left out),
+    and those of the contained resources its references point at (:func:`contained_name`)."""
+    index = _own_index(registry, resource, base_url)
+    index.update(_contained_index(registry, resource, resource, base_url, 1))
+    return index
+
+
+def _own_index(
+    registry: SearchParamRegistry, resource: dict[str, Any], base_url: str | None
+) -> dict[str, list[IndexValue]]:
     index: dict[str, list[IndexValue]] = {}
     for code, param in registry.for_type(resource["resourceType"]).items():
         values = values_for(param, param.extractor(resource), base_url)
         if values:
             index[code] = values
     return index
+
+
+#: How many references deep contained resources are indexed: a DocumentReference's contained
+#: PractitionerRole and, through it, the contained Practitioner it names (chains go 3 deep).
+CONTAINED_DEPTH = 3
+
+
+def contained_name(param: str, target_type: str, code: str) -> str:
+    """The index name of the values of parameter ``code`` of a contained ``target_type`` that the
+    container's reference parameter ``param`` points at.
+
+    Why: R4 evaluates a chained parameter inside contained resources too (search.html, "Contained
+    resources"). An MHD author is usually a contained Practitioner or PractitionerRole, so
+    ``author.given`` must read them; indexing them on their container under the name of the chain
+    that asks for them (``author:Practitioner.given``) lets any backend answer the chain from the
+    container's own index rows (:func:`storage.query.in_contained`). A reference between contained
+    resources nests the name: ``author:PractitionerRole.practitioner:Practitioner.given``.
+    """
+    return f"{contained_prefix(param)}{target_type}.{code}"
+
+
+def contained_prefix(param: str) -> str:
+    """What every :func:`contained_name` under reference parameter ``param`` starts with."""
+    return f"{param}:"
+
+
+def contained_param(name: str) -> tuple[str, str] | None:
+    """``(type, code)`` of the innermost parameter a :func:`contained_name` names; None for the
+    name of an ordinary parameter."""
+    head, dot, code = name.rpartition(".")
+    _, colon, rtype = head.rpartition(":")
+    if not dot or not colon or not is_resource_type(rtype):
+        return None
+    return rtype, code
+
+
+def _contained_index(
+    registry: SearchParamRegistry, node: dict[str, Any], container: dict[str, Any], base_url: str | None, depth: int
+) -> dict[str, list[IndexValue]]:
+    """The index values of the contained resources ``node``'s references point at, by
+    :func:`contained_name`. A contained resource is read among its siblings: its own ``#id``
+    references name the container's other contained resources."""
+    siblings = [c for c in container.get("contained") or () if isinstance(c, dict) and c.get("id")]
+    if not siblings or depth > CONTAINED_DEPTH:
+        return {}
+    by_ref = {f"#{c['id']}": c for c in siblings}
+    index: dict[str, list[IndexValue]] = {}
+    for code, param in registry.for_type(node["resourceType"]).items():
+        if param.type != "reference":
+            continue
+        for value, _ in param.extractor(node):
+            target = by_ref.get(str(value.get("reference"))) if isinstance(value, dict) else None
+            rtype = target.get("resourceType") if target else None
+            if target is None or not isinstance(rtype, str):
+                continue
+            among_siblings = {**target, "contained": siblings}
+            found = _own_index(registry, among_siblings, base_url)
+            found.update(_contained_index(registry, among_siblings, container, base_url, depth + 1))
+            for name, values in found.items():
+                index.setdefault(contained_name(code, rtype, name), []).extend(values)
+    return {name: list(dict.fromkeys(values)) for name, values in index.items()}

@@ -8,12 +8,13 @@ applies to.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fhirmodel.fhirpath import Extractor, compile_expression
+from fhirmodel.fhirpath import Extractor, compile_expression, split_union
 
 #: Search parameter types of FHIR R4, and the modifiers each allows on this server.
 MODIFIERS: dict[str, frozenset[str]] = {
@@ -31,8 +32,23 @@ INDEXED_TYPES = frozenset({"number", "date", "string", "token", "reference", "qu
 
 
 @dataclass(frozen=True)
+class Through:
+    """A stored resource a parameter's expression reaches through ``resolve()``: the reference
+    parameter ``reference`` to a ``target`` whose parameter ``param`` holds the values."""
+
+    reference: str
+    target: str
+    param: str
+
+
+@dataclass(frozen=True)
 class SearchParam:
-    """One search parameter as it applies to one resource type."""
+    """One search parameter as it applies to one resource type.
+
+    ``through`` lists the references its expression follows with ``resolve()`` (see
+    :func:`_throughs`): a contained target is read when the resource is indexed, a stored one can
+    only be reached when searching, as a chain.
+    """
 
     code: str
     type: str
@@ -42,6 +58,7 @@ class SearchParam:
     targets: tuple[str, ...]
     extractor: Extractor = field(compare=False, repr=False)
     definition: dict[str, Any] = field(compare=False, repr=False)
+    through: tuple[Through, ...] = ()
 
     @property
     def modifiers(self) -> frozenset[str]:
@@ -100,4 +117,40 @@ class SearchParamRegistry:
                     extractor=extractor,
                     definition=definition,
                 )
-        return cls(params.values())
+        return cls(replace(p, through=_throughs(p, params)) for p in params.values())
+
+
+_THROUGH = re.compile(r"^(?P<type>\w+)\.(?P<path>\w+(?:\.\w+)*)\.resolve\(\)\.(?P<rest>\w+(?:\.\w+)*)$")
+
+
+def _throughs(param: SearchParam, params: dict[tuple[str, str], SearchParam]) -> tuple[Through, ...]:
+    """How ``param`` reaches stored resources: each member ``Type.path.resolve().rest`` of its
+    expression where ``Type.path`` is a reference parameter's expression and, for a target ``X`` of
+    that parameter, ``X.rest`` is that of a parameter of ``X`` of the same type.
+
+    Why: ``resolve()`` can only be evaluated on contained resources when a resource is indexed
+    (its targets change on their own), so ``PractitionerRole.practitioner.resolve().name.given``
+    finds a contained practitioner's names; the same path to a stored practitioner is the chain
+    ``practitioner.given``, which the search parser adds.
+    """
+    found: list[Through] = []
+    for member in split_union(param.expression):
+        m = _THROUGH.match(re.sub(r"\s+", "", member).strip("()"))
+        if m is None or m["type"] != param.resource_type:
+            continue
+        reference = _with_member(params, param.resource_type, "reference", f"{m['type']}.{m['path']}")
+        for target in reference.targets if reference else ():
+            reached = _with_member(params, target, param.type, f"{target}.{m['rest']}")
+            if reference and reached:
+                found.append(Through(reference.code, target, reached.code))
+    return tuple(dict.fromkeys(found))
+
+
+def _with_member(params: dict[tuple[str, str], SearchParam], rtype: str, ptype: str, member: str) -> SearchParam | None:
+    """The parameter of ``rtype`` of type ``ptype`` one of whose expression members is ``member``."""
+    for (owner, _), candidate in sorted(params.items()):
+        if owner == rtype and candidate.type == ptype:
+            members = {re.sub(r"\s+", "", m).strip("()") for m in split_union(candidate.expression)}
+            if member in members:
+                return candidate
+    return None

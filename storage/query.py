@@ -8,8 +8,10 @@ Every backend compiles this tree its own way (SQL for SQLite, a query document f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
+
+from fhirmodel.indexing import contained_name
 
 Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 
@@ -218,6 +220,46 @@ def any_of(*items: Expr) -> Expr:
     if not flat:
         return NOTHING
     return flat[0] if len(flat) == 1 else Or(tuple(flat))
+
+
+def in_contained(chain: Chain) -> Expr:
+    """The resources whose own contained resources satisfy ``chain``: a contained target of one of
+    its types, referenced by its parameter, meets its condition.
+
+    R4 evaluates chains inside contained resources as well as across stored ones. Contained
+    targets are indexed on their container under :func:`fhirmodel.indexing.contained_name`, so the
+    condition is the chain's own with every parameter renamed into that target, and the target's
+    ``_id`` (which every contained resource has) saying that there is one at all, so that a
+    negation inside the chain is not satisfied by a container without such a target. Values of two
+    contained targets of the same type and parameter share their names: a conjunction inside one
+    chain may be met by two of them together.
+    """
+    return any_of(
+        *(
+            all_of(
+                Missing(contained_name(chain.param, rtype, "_id"), False),
+                _renamed(chain.where, contained_name(chain.param, rtype, "")),
+            )
+            for rtype in chain.target_types
+        )
+    )
+
+
+def _renamed(expr: Expr, prefix: str) -> Expr:
+    """``expr`` about a contained resource whose index names start with ``prefix``."""
+    match expr:
+        case And(items):
+            return all_of(*(_renamed(i, prefix) for i in items))
+        case Or(items):
+            return any_of(*(_renamed(i, prefix) for i in items))
+        case Not(item):
+            return Not(_renamed(item, prefix))
+        case Everything() | Nothing():
+            return expr
+        case Has():
+            return NOTHING  # nothing stored refers to a resource contained in another
+        case _:
+            return replace(expr, param=prefix + expr.param)
 
 
 class AccessScope(Protocol):

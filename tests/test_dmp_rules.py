@@ -976,14 +976,14 @@ def assert_sees_exactly(client: As, pid: str, docs: dict[str, str], visible: set
         assert client.ids(f"Patient?_has:DocumentReference:subject:_id={doc}") == {pid}
         assert client.get(f"DocumentReference/{doc}").status_code == 200
         assert client.get(f"Binary/bin-{doc}").status_code == 200
-        assert client.ids(f"List?item:DocumentReference._id={doc}") == {"submission"}
+        assert client.ids(f"List?patient={pid}&item:DocumentReference._id={doc}") == {"submission"}
     for doc in hidden:
         assert client.ids(f"Patient?_has:DocumentReference:subject:_id={doc}") == set()
         not_found(client.get(f"DocumentReference/{doc}"))
         not_found(client.get(f"DocumentReference/{doc}/_history/1"))
         not_found(client.get(f"DocumentReference/{doc}/_history"))
         not_found(client.get(f"Binary/bin-{doc}"))
-        assert client.ids(f"List?item:DocumentReference._id={doc}") == set()
+        assert client.ids(f"List?patient={pid}&item:DocumentReference._id={doc}") == set()
     history = client.get("DocumentReference/_history?_count=100").get_json()
     assert {e["resource"]["id"] for e in history.get("entry", [])} == seen
     assert history["total"] == len(seen)
@@ -1566,6 +1566,56 @@ def test_r19_the_author_named_through_the_directory_is_the_author(world: World) 
         "PATCH", f"DocumentReference/{doc}", _label_patch("add", 0, INVISIBLE_TO_PATIENT), headers=JSON_PATCH
     )
     assert labelled.status_code == 200, labelled.get_data(as_text=True)
+    forbidden(world.doctor(DR, INS_A).delete(f"DocumentReference/{doc}"))
+    assert author.delete(f"DocumentReference/{doc}").status_code == 204
+
+
+#: The ways an MHD or PDSm document names its author through a PractitionerRole: the role and
+#: the Practitioner carrying the idNatPs, each contained in the document or kept in the directory.
+ROLE_SHAPES = {
+    "contained role, contained practitioner": (
+        {"reference": "#role"},
+        [
+            {"resourceType": "PractitionerRole", "id": "role", "practitioner": {"reference": "#person"}},
+            {
+                "resourceType": "Practitioner",
+                "id": "person",
+                "identifier": [{"system": IDNATPS_SYSTEM, "value": PHYSIO}],
+            },
+        ],
+    ),
+    "contained role, directory practitioner": (
+        {"reference": "#role"},
+        [
+            {
+                "resourceType": "PractitionerRole",
+                "id": "role",
+                "practitioner": {"reference": f"Practitioner/prat-{PHYSIO}"},
+            }
+        ],
+    ),
+    "directory role, directory practitioner": ({"reference": "PractitionerRole/role-physio"}, []),
+    "directory role with its practitioner contained": ({"reference": "PractitionerRole/role-contained"}, []),
+}
+
+
+@pytest.mark.parametrize("shape", ROLE_SHAPES)
+def test_r19_the_author_named_through_a_practitioner_role_is_the_author(world: World, shape: str) -> None:
+    """R10 and R19 read the author the same way whatever the shape: the professional sees the
+    document their role authored and alone deletes it."""
+    pid = world.seed_patient(INS_A)
+    world.seed_practitioner(PHYSIO, "31")
+    role = {"resourceType": "PractitionerRole", "practitioner": {"reference": f"Practitioner/prat-{PHYSIO}"}}
+    world.store.create({**role, "id": "role-physio"})
+    person = {"resourceType": "Practitioner", "id": "p", "identifier": [{"system": IDNATPS_SYSTEM, "value": PHYSIO}]}
+    world.store.create({**role, "id": "role-contained", "contained": [person], "practitioner": {"reference": "#p"}})
+    reference, contained = ROLE_SHAPES[shape]
+    doc = world.seed_document(pid, author=None)
+    world.store.update({**stored(world, "DocumentReference", doc), "author": [reference], "contained": contained})
+    grant(world, INS_A, PHYSIO)
+    grant(world, INS_A, DR)
+    author = world.doctor(PHYSIO, INS_A, profession="31")
+    assert docs_of(author, pid) == {doc}  # R10: unlisted profession, but the author
     forbidden(world.doctor(DR, INS_A).delete(f"DocumentReference/{doc}"))
     assert author.delete(f"DocumentReference/{doc}").status_code == 204
 

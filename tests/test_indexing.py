@@ -25,6 +25,7 @@ from fhirmodel.indexing import (
     StringValue,
     TokenValue,
     UriValue,
+    contained_param,
     extract_index,
     normalize_string,
     parse_reference,
@@ -358,6 +359,38 @@ def test_document_reference_codeable_concepts_periods_and_uris(registry: SearchP
     assert index["location"] == [UriValue("http://example.org/docs/1.pdf")]
     assert index["relatesto"] == [ReferenceValue("DocumentReference", "d0", None)]
     assert index["relation"] == [TokenValue(None, "replaces", None)]
+
+
+def test_contained_targets_are_indexed_under_the_chain_that_reaches_them(registry: SearchParamRegistry) -> None:
+    """A contained resource a reference parameter points at is indexed on its container under the
+    name of the chain asking for it; a contained resource reads its siblings' ``#id``."""
+    index = index_of(
+        registry,
+        {
+            "resourceType": "DocumentReference",
+            "id": "d1",
+            "status": "current",
+            "contained": [
+                {"resourceType": "PractitionerRole", "id": "r", "practitioner": {"reference": "#p"}},
+                {"resourceType": "Practitioner", "id": "p", "name": [{"family": "Durand", "given": ["Paul"]}]},
+                {"resourceType": "Patient", "id": "src", "name": [{"family": "Source"}]},
+                {"resourceType": "Organization", "id": "o", "partOf": {"reference": "Organization/o2"}},
+            ],
+            "author": [{"reference": "#r"}, {"reference": "Practitioner/pr1"}],
+            "custodian": {"reference": "#o"},
+            "context": {"sourcePatientInfo": {"reference": "#src"}},
+            "content": [],
+        },
+    )
+    assert index["author"] == [ReferenceValue("Practitioner", "pr1", None)]
+    assert index["author:PractitionerRole._id"] == [TokenValue(None, "r", None)]
+    assert index["author:PractitionerRole.family"] == strings("Durand")  # the role's practitioner's
+    assert index["author:PractitionerRole.practitioner:Practitioner.given"] == strings("Paul")
+    assert index["author:PractitionerRole.practitioner:Practitioner._id"] == [TokenValue(None, "p", None)]
+    assert index["custodian:Organization.partof"] == [ReferenceValue("Organization", "o2", None)]
+    assert not [name for name in index if "Patient" in name]  # sourcePatientInfo is no search parameter
+    assert contained_param("author:PractitionerRole.practitioner:Practitioner.given") == ("Practitioner", "given")
+    assert contained_param("author") is None and contained_param("address-city") is None
 
 
 def test_concept_text_gets_its_own_row_only_when_no_coding_carries_it(registry: SearchParamRegistry) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -347,6 +348,24 @@ def test_binary_raw_content(client: FlaskClient) -> None:
     assert raw.status_code == 200 and raw.data == pdf and raw.headers["Content-Type"] == "application/pdf"
     as_fhir = client.get(f"/fhir/Binary/{bid}", headers={"Accept": "application/fhir+json"})
     assert as_fhir.get_json()["contentType"] == "application/pdf"
+    for accept in ("*/*", "application/octet-stream", "application/*", "application/fhir+json;q=0.5, */*"):
+        assert client.get(f"/fhir/Binary/{bid}", headers={"Accept": accept}).data == pdf, accept
+    assert client.get(f"/fhir/Binary/{bid}").get_json()["resourceType"] == "Binary"  # no Accept: FHIR
+    assert client.get(f"/fhir/Binary/{bid}?_format=xml", headers={"Accept": "*/*"}).data.startswith(b"<?xml")
+    refused = client.get(f"/fhir/Binary/{bid}", headers={"Accept": "image/png"})
+    assert refused.status_code == 406 and refused.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_binary_in_its_own_xml_type_is_not_fhir_xml(client: FlaskClient) -> None:
+    """A CDA is ``text/xml``, a type FHIR also answers to: asked for by its own type, it is the
+    content; ``application/fhir+xml`` still gives the Binary resource."""
+    cda = b"<ClinicalDocument xmlns='urn:hl7-org:v3'/>"
+    binary = {"resourceType": "Binary", "contentType": "text/xml", "data": base64.b64encode(cda).decode()}
+    bid = client.post("/fhir/Binary", json=binary, headers={"Content-Type": "application/fhir+json"}).get_json()["id"]
+    raw = client.get(f"/fhir/Binary/{bid}", headers={"Accept": "text/xml"})
+    assert raw.data == cda and raw.mimetype == "text/xml"
+    as_fhir = client.get(f"/fhir/Binary/{bid}", headers={"Accept": "application/fhir+xml"})
+    assert as_fhir.mimetype == "application/fhir+xml" and b"<Binary" in as_fhir.data
 
 
 def test_capability_statement_is_served(client: FlaskClient) -> None:

@@ -57,6 +57,11 @@ def put(fhir: Fhir, resource: dict[str, Any]) -> dict[str, Any]:
     return created
 
 
+def update(fhir: Fhir, resource: dict[str, Any]) -> None:
+    response = fhir.request("PUT", f"{resource['resourceType']}/{resource['id']}", resource)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
 def put_all(fhir: Fhir, *resources: dict[str, Any]) -> None:
     for resource in resources:
         put(fhir, resource)
@@ -698,8 +703,8 @@ def test_reference_type_and_identifier_modifiers(fhir: Fhir) -> None:
 
 @pytest.mark.usefixtures("subjects")
 def test_reference_missing_and_restricted_parameters(fhir: Fhir) -> None:
-    assert found(fhir, "DocumentReference?subject:missing=true") == {"d6", "d8"}  # contained is not indexed
-    assert found(fhir, "DocumentReference?subject:missing=false") == {"d1", "d2", "d3", "d4", "d5", "d7"}
+    assert found(fhir, "DocumentReference?subject:missing=true") == {"d6"}  # a contained subject is one too
+    assert found(fhir, "DocumentReference?subject:missing=false") == {"d1", "d2", "d3", "d4", "d5", "d7", "d8"}
     # `patient` is subject.where(resolve() is Patient): no Practitioner.
     assert found(fhir, "DocumentReference?patient=Patient/p1") == {"d1", "d7"}
     assert found(fhir, "DocumentReference?patient=pr1") == set()
@@ -889,6 +894,68 @@ def test_chained_parameters(fhir: Fhir) -> None:
     assert found(fhir, "DocumentReference?subject.family=dupont&status=current&type=11488-4") == {"d1", "d4"}
     assert found(fhir, "DocumentReference?subject.family=dupont,martin") == {"d1", "d2", "d3", "d4"}
     assert found(fhir, "List?item:DocumentReference.subject:Patient.family=martin") == {"l2"}
+
+
+@pytest.mark.usefixtures("chart")
+def test_chains_are_evaluated_inside_contained_resources(fhir: Fhir) -> None:
+    """R4 search, "Contained resources": a chain reads the contained resources a reference names,
+    as well as stored ones, and through references between contained resources."""
+    inner = practitioner("a", "Interne", identifier=[{"system": RPPS, "value": "333"}])
+    role = {"resourceType": "PractitionerRole", "id": "r", "practitioner": {"reference": "#a"}}
+    stored_role = {"resourceType": "PractitionerRole", "id": "r", "practitioner": {"reference": "Practitioner/pr1"}}
+    put_all(
+        fhir,
+        document("d5", "Patient/p1", contained=[inner], author=[{"reference": "#a"}]),
+        document("d6", "Patient/p1", contained=[role, inner], author=[{"reference": "#r"}]),
+        document("d7", "Patient/p1", contained=[stored_role], author=[{"reference": "#r"}]),
+        document("d8", "Patient/p2", author=[{"reference": "Practitioner/pr1"}]),
+    )
+    assert found(fhir, "DocumentReference?author:Practitioner.family=interne") == {"d5"}
+    assert found(fhir, "DocumentReference?author:Practitioner.family=interne,dupont") == {"d5", "d8"}
+    # ``family`` of a PractitionerRole is its practitioner's (ig/SearchParameter): d6 and d7 too.
+    assert found(fhir, "DocumentReference?author.family=interne") == {"d5", "d6"}
+    assert found(fhir, "DocumentReference?author.family=dupont") == {"d7", "d8"}
+    assert found(fhir, f"DocumentReference?author.identifier={RPPS}|333") == {"d5"}
+    assert found(fhir, "DocumentReference?author:PractitionerRole.practitioner.family=interne") == {"d6"}
+    assert found(fhir, "DocumentReference?author:PractitionerRole.practitioner.family=dupont") == {"d7"}
+    assert found(fhir, "DocumentReference?author:PractitionerRole.practitioner=Practitioner/pr1") == {"d7"}
+    assert found(fhir, "DocumentReference?author.family=interne&subject:Patient.family=dupont") == {"d5", "d6"}
+    # A negation inside a chain needs a target to be about: documents without a Practitioner
+    # author, contained or stored, are not "authored by a Practitioner other than 333".
+    assert found(fhir, f"DocumentReference?author:Practitioner.identifier:not={RPPS}|333") == {"d8"}
+    assert found(fhir, "DocumentReference?author:missing=false&status=current") == {"d5", "d6", "d7", "d8"}
+    # Contained resources are still not results of their own.
+    assert found(fhir, "Practitioner?family=interne") == set()
+    # Updates re-index the contained resources with their container.
+    update(fhir, document("d5", "Patient/p1", contained=[practitioner("a", "Externe")], author=[{"reference": "#a"}]))
+    assert found(fhir, "DocumentReference?author.family=interne") == {"d6"}
+    assert found(fhir, "DocumentReference?author.family=externe") == {"d5"}
+
+
+def test_a_parameter_through_resolve_reaches_stored_and_contained_targets(fhir: Fhir) -> None:
+    """A SearchParameter whose expression goes through ``resolve()`` (PractitionerRole ``given``
+    and ``family``: the role's practitioner's names) finds a contained target when indexing and a
+    stored one by a chain when searching."""
+    put_all(
+        fhir,
+        practitioner("pr1", "Dupont"),
+        practitioner("pr2", "Martin"),
+        {"resourceType": "PractitionerRole", "id": "r1", "practitioner": {"reference": "Practitioner/pr1"}},
+        {"resourceType": "PractitionerRole", "id": "r2", "practitioner": {"reference": "Practitioner/pr2"}},
+        {
+            "resourceType": "PractitionerRole",
+            "id": "r3",
+            "contained": [practitioner("p", "Dupond")],
+            "practitioner": {"reference": "#p"},
+        },
+    )
+    assert found(fhir, "PractitionerRole?family=dupon") == {"r1", "r3"}
+    assert found(fhir, "PractitionerRole?family:exact=Martin") == {"r2"}
+    assert found(fhir, "PractitionerRole?family=martin,dupond") == {"r2", "r3"}
+    assert found(fhir, "PractitionerRole?family:missing=true") == set()
+    update(fhir, practitioner("pr2", "Durand"))  # the stored target changes: the chain sees it
+    assert found(fhir, "PractitionerRole?family=martin") == set()
+    assert found(fhir, "PractitionerRole?family=durand") == {"r2"}
 
 
 @pytest.mark.usefixtures("chart")
@@ -1397,6 +1464,7 @@ def filtered(fhir: Fhir, service: FhirService, monkeypatch: pytest.MonkeyPatch) 
         doc_list("l1", "DocumentReference/cur0", "DocumentReference/old0", "Patient/p2"),
         audit_event("a1", "2024-03-01T10:00:00Z"),
     )
+
     def apply(scope: AccessScope) -> None:
         monkeypatch.setattr(service, "gatekeeper", OpenGatekeeper(scope))
 

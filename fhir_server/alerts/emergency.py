@@ -4,8 +4,9 @@ The guard queues a message for every request an emergency access allowed, in the
 its AuditEvent. Here the messages due are grouped by patient, so that a professional's dozen reads
 during one emergency make one e-mail, not a dozen. The e-mail goes to the patient's address (their
 login account's, else the Patient's ``telecom``: :func:`authz.contacts.contact_email`); a patient
-without one cannot be told by this road, which is logged (the accesses stay in the trail they read). Failures are retried like any delivery; after the last attempt the
-message is dropped and the failure logged.
+without one cannot be told by this road, which is logged (the accesses stay in the trail they
+read). Failures are retried like any delivery; after the last attempt the message is dropped and
+the failure logged.
 """
 
 from __future__ import annotations

@@ -16,14 +16,17 @@ transaction. Every other transaction is left alone.
 The checks come in the order the transaction code can run them:
 
 1. :func:`provide_bundle`, on the Bundle as sent (400, a malformed message): the profile, the
-   entries the profile's slices allow and how many, the SubmissionSet listing every document of
-   the Bundle, attachments pointing at entries of the Bundle;
+   entries the profile's slices allow and how many, the SubmissionSet listing every document and
+   every new Folder of the Bundle, Folder items and attachments pointing at entries of the Bundle
+   of the right kind;
 2. :meth:`ProvideBundle.validate`, once ``fullUrl`` and conditional references are resolved (422,
    invalid metadata): each resource against R4 and its profiles (rules read from the
    StructureDefinitions, :mod:`fhir_server.documents.profiles`), one patient known here and open
-   (R2) for the whole submission, each attachment's content known, its size and SHA-1 hash, a CDA
-   against its DocumentReference (CI-SIS checks in :mod:`fhir_server.documents.cda`; minimal
-   metadata completed from the CDA header), replaced documents known and current;
+   (R2) for the whole submission (recorded on a List that names none, and as the literal
+   reference of a subject given by identifier), Folder items naming documents of the submission
+   or stored ones of its patient, each attachment's content known, its size and SHA-1
+   hash, a CDA against its DocumentReference (CI-SIS checks in :mod:`fhir_server.documents.cda`;
+   minimal metadata completed from the CDA header), replaced documents known and current;
 3. :meth:`ProvideBundle.complete`, after the entries ran, in the same store transaction: each
    replaced document becomes ``superseded`` as a change the guard checks (``check_write``: only
    its author replaces it, R19), or, when the Bundle patches it itself, is checked to be.
@@ -225,6 +228,10 @@ class ProvideBundle:
     def documents(self) -> list[Entry]:
         return self.of_slice("DocumentRefs")
 
+    @property
+    def folders(self) -> list[Entry]:
+        return self.of_slice("Folders")
+
     # -- 1. the message ----------------------------------------------------------------------
 
     def check_message(self) -> None:
@@ -233,6 +240,7 @@ class ProvideBundle:
         problems += self._slice_counts()
         if self.of_slice("SubmissionSet"):
             problems += self._submission_set_items()
+        problems += self._folder_items()
         problems += self._attachment_targets()
         if problems:
             raise refusal(400, _INVALID, problems)
@@ -291,7 +299,8 @@ class ProvideBundle:
         return problems
 
     def _submission_set_items(self) -> list[Problem]:
-        """The SubmissionSet lists the documents and folders of this Bundle, and every document."""
+        """The SubmissionSet lists the documents and folders of this Bundle, and every document and
+        every Folder the Bundle creates (XDS: each is a member of its submission set)."""
         by_url = {e.full_url: e for e in self.entries if e.full_url}
         submission = self.submission_set
         listed: set[int] = set()
@@ -307,15 +316,29 @@ class ProvideBundle:
                 )
             else:
                 listed.add(target.index)
-        for document in self.documents:
-            if document.index not in listed:
+        created = [(e, "DocumentReference") for e in self.documents]
+        created += [(e, "Folder") for e in self.folders if e.method == "POST"]
+        for member, kind_name in created:
+            if member.index not in listed:
                 problems.append(
                     Problem(
                         f"{_where(submission)}.entry",
-                        f"{_where(submission)}.entry: the SubmissionSet does not list the DocumentReference "
-                        f"of Bundle.entry[{document.index}]",
+                        f"{_where(submission)}.entry: the SubmissionSet does not list the {kind_name} "
+                        f"of Bundle.entry[{member.index}]",
                     )
                 )
+        return problems
+
+    def _folder_items(self) -> list[Problem]:
+        """A Folder lists documents: an item naming an entry of this Bundle names one of its
+        DocumentReferences (stored documents are checked once references are resolved)."""
+        by_url = {e.full_url: e for e in self.entries if e.full_url}
+        problems = []
+        for where, reference in _folder_references(self.folders):
+            target = by_url.get(reference)
+            kind = self.slices.get(target.index) if target else None
+            if (target is not None or reference.startswith("urn:")) and (kind is None or kind.name != "DocumentRefs"):
+                problems.append(Problem(where, f"{where}: {reference} is no DocumentReference of this Bundle"))
         return problems
 
     def _attachment_targets(self) -> list[Problem]:
@@ -338,6 +361,7 @@ class ProvideBundle:
         minimal metadata from a CDA and plans the supersessions."""
         self._check_resources()
         patient = self._patient(req)
+        self._check_folder_documents(req, patient)
         contents = self._contents(req)
         self._check_contents(contents, patient)
         self._plan_replacements(patient)
@@ -392,9 +416,10 @@ class ProvideBundle:
     def _patient(self, req: FhirRequest) -> Subject | None:
         """The one patient of the submission: every subject names the same Patient, known here
         (stored, or created by this Bundle) and open (R2)."""
+        lists = [self.submission_set, *self.folders]
         subjects = [
             (entry, entry.resource["subject"])
-            for entry in [self.submission_set, *self.documents, *self.of_slice("Folders")]
+            for entry in [*lists, *self.documents]
             if isinstance(entry.resource, dict) and "subject" in entry.resource
         ]
         created = {e.assigned: e for e in self.entries if e.assigned and e.method in ("POST", "PUT")}
@@ -425,6 +450,10 @@ class ProvideBundle:
         if first.resource.get("active") is False:
             where = f"{_where(resolved[0][0])}.subject"
             raise refusal(403, "forbidden", [Problem(where, f"{where}: the DMP of Patient/{first.id} is closed (R2)")])
+        for entry, subject in resolved:
+            _name_literally(entry.resource, subject)
+        for entry in lists:
+            _name_patient(entry.resource, first)
         return first
 
     def _resolve_subject(self, req: FhirRequest, reference: Any, created: dict[str, Entry]) -> Subject | str:
@@ -450,6 +479,26 @@ class ProvideBundle:
                 return Subject(found[0].id, found[0].json())
             return f"identifier {identifier['system']}|{identifier['value']} names {len(found)} known patients"
         return "the subject names no Patient (neither reference nor identifier)"
+
+    def _check_folder_documents(self, req: FhirRequest, patient: Subject | None) -> None:
+        """Each Folder item names a DocumentReference of this Bundle or a stored one of the
+        submission's patient that the submitter sees (one answer for "unknown", "hidden" and
+        "another patient's", as for replacements)."""
+        ours = {e.assigned for e in self.documents if e.assigned}
+        problems = []
+        for where, reference in _folder_references(self.folders):
+            local = _local_reference(self.svc, reference)
+            if local is not None and f"{local[0]}/{local[1]}" in ours:
+                continue
+            if local is None or local[0] != "DocumentReference":
+                problems.append(Problem(where, f"{where}: {reference} is no DocumentReference"))
+                continue
+            stored = _read(self.svc, req, *local)
+            if stored is None or (patient is not None and not _is_about(stored, patient)):
+                whose = f"Patient/{patient.id}" if patient else "this server"
+                problems.append(Problem(where, f"{where}: DocumentReference/{local[1]} is no document of {whose}"))
+        if problems:
+            raise refusal(422, _INVALID, problems)
 
     def _contents(self, req: FhirRequest) -> list[Content]:
         """What each attachment url points at: an entry of this Bundle or a stored resource."""
@@ -605,6 +654,46 @@ def _attachment_urls(documents: list[Entry]) -> Iterator[tuple[Entry, str, str]]
             url = attachment.get("url") if isinstance(attachment, dict) else None
             if isinstance(url, str):
                 yield entry, f"{_where(entry)}.content[{j}].attachment.url", url
+
+
+def _name_literally(resource: dict[str, Any], patient: Subject) -> None:
+    """A subject given by identifier only gets the literal reference to the Patient it names.
+
+    ITI-65 (2:3.65.4.1.2.2) accepts a logical reference by a national identifier such as the INS;
+    but the ``patient`` search parameter ITI-67 and ITI-66 use indexes a literal reference to a
+    Patient only, so such a document or List would be found by no MHD search of its patient."""
+    subject = resource["subject"]
+    if "reference" not in subject:
+        resource["subject"] = {"reference": f"Patient/{patient.id}", **subject}
+
+
+def _name_patient(resource: Any, patient: Subject) -> None:
+    """A List of the submission that names no subject gets the submission's patient.
+
+    ITI-65 (2:3.65.4.1.2.1) wants every List.subject populated, but the Minimal profiles (and
+    IHE's own minimal example) leave it out, and a recipient may be robust; a List about no patient
+    would be found by no ITI-66 search, which always names the patient."""
+    if isinstance(resource, dict) and "subject" not in resource:
+        resource["subject"] = {"reference": f"Patient/{patient.id}"}
+
+
+def _folder_references(folders: list[Entry]) -> Iterator[tuple[str, str]]:
+    """``("Bundle.entry[i].resource.entry[j].item", reference)`` of each Folder item; an item
+    without a literal reference has an empty one (it names no document)."""
+    for folder in folders:
+        for j, item in enumerate(folder.resource.get("entry") or [] if isinstance(folder.resource, dict) else []):
+            reference = ((item or {}).get("item") or {}).get("reference") if isinstance(item, dict) else None
+            yield f"{_where(folder)}.entry[{j}].item", reference if isinstance(reference, str) else ""
+
+
+def _is_about(document: dict[str, Any], patient: Subject) -> bool:
+    """Whether a stored document's subject is ``patient``: its literal reference, or its INS."""
+    subject = document.get("subject") or {}
+    literal = subject.get("reference")
+    if isinstance(literal, str):
+        return _local_id(literal) == patient.id
+    ident = subject.get("identifier") or {}
+    return (ident.get("system"), ident.get("value")) == _ins(patient)
 
 
 def _local_reference(svc: FhirService, reference: str) -> tuple[str, str] | None:

@@ -53,6 +53,17 @@ def response_format(format_param: str | None, accept: str | None) -> str | None:
         return fmt
     if not accept:
         return JSON
+    for mtype in _preferred(accept):
+        fmt = _FORMAT_ALIASES.get(mtype)
+        if fmt:
+            return fmt
+        if mtype in ("*/*", "application/*"):
+            return JSON
+    return None
+
+
+def _preferred(accept: str) -> list[str]:
+    """The media types of an ``Accept`` header, most wanted first, those refused (``q=0``) left out."""
     ranked: list[tuple[float, int, str]] = []
     for position, item in enumerate(accept.split(",")):
         pieces = [p.strip() for p in item.split(";")]
@@ -63,16 +74,39 @@ def response_format(format_param: str | None, accept: str | None) -> str | None:
                     q = float(p[2:])
                 except ValueError:
                     q = 0.0
-        ranked.append((-q, position, pieces[0].lower()))
-    for neg_q, _, mtype in sorted(ranked):
-        if neg_q == 0:
-            continue
-        fmt = _FORMAT_ALIASES.get(mtype)
-        if fmt:
-            return fmt
-        if mtype in ("*/*", "application/*"):
-            return JSON
-    return None
+        if q > 0:
+            ranked.append((-q, position, pieces[0].lower()))
+    return [mtype for _, _, mtype in sorted(ranked)]
+
+
+#: The media types that name FHIR itself rather than data that happens to be JSON or XML.
+_FHIR_TYPES = frozenset({FHIR_JSON, FHIR_XML, "application/json+fhir", "application/xml+fhir"})
+#: Types a client names to take whatever bytes a document holds.
+_ANY_CONTENT = frozenset({"*/*", "application/octet-stream"})
+
+
+def wants_content(format_param: str | None, accept: str | None, content_type: str) -> bool:
+    """Whether a read of a Binary holding ``content_type`` asks for the content itself rather than
+    the Binary resource.
+
+    R4 serves a Binary "in its native form" to an ``Accept`` that is no FHIR type, and IHE MHD
+    ITI-68 serves the document at ``content.attachment.url``, assuring only the document's own type.
+    So the content is the answer to ``*/*``, to ``application/octet-stream`` and to the content's
+    own type even when FHIR has an alias for it (a CDA's ``text/xml`` is not FHIR XML); FHIR is
+    the answer to ``_format``, to a FHIR media type preferred to those, and to a request without
+    ``Accept`` (a FHIR client's read); a client accepting neither gets 406 (ITI-68).
+    """
+    if format_param or not accept:
+        return False
+    own = media_type(content_type)
+    for mtype in _preferred(accept):
+        if mtype in _FHIR_TYPES:
+            return False
+        if mtype in _ANY_CONTENT or mtype == own or (mtype.endswith("/*") and own.startswith(mtype[:-1])):
+            return True
+        if mtype in _FORMAT_ALIASES:
+            return False
+    raise FhirError(406, f"this document is served as {own}, or as a FHIR Binary resource", "not-supported")
 
 
 def parse_body(data: bytes, content_type: str | None) -> Any:

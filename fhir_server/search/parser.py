@@ -16,7 +16,7 @@ from fhir_server.errors import bad_request
 from fhirmodel.dates import DateFormatError, date_range, now_us
 from fhirmodel.indexing import normalize_string, parse_reference
 from fhirmodel.schema import is_resource_type
-from fhirmodel.searchparams import SearchParam, SearchParamRegistry
+from fhirmodel.searchparams import SearchParam, SearchParamRegistry, Through
 from fhirmodel.terminology import Terminology
 from storage.query import (
     ANY_SYSTEM,
@@ -254,7 +254,7 @@ class SearchParser:
         if modifier == "missing":
             if value not in ("true", "false"):
                 raise bad_request(f"{name} must be true or false")
-            return Missing(code, value == "true")
+            return self._missing(param, value == "true", depth)
         if (
             modifier
             and modifier not in param.modifiers
@@ -262,10 +262,31 @@ class SearchParser:
         ):
             raise _Unsupported(f"modifier ':{modifier}' is not supported on {param.type} parameter '{code}'")
         if modifier == "not":
-            return Not(any_of(*(self._value(param, "", v) for v in _or_values(value))))
+            return Not(self._matching(param, "", value, depth))
         if modifier == "not-in":
-            return Not(any_of(*(self._value(param, "in", v) for v in _or_values(value))))
-        return any_of(*(self._value(param, modifier, v) for v in _or_values(value)))
+            return Not(self._matching(param, "in", value, depth))
+        return self._matching(param, modifier, value, depth)
+
+    def _matching(self, param: SearchParam, modifier: str, value: str, depth: int) -> Expr:
+        """One of the comma-separated values, in the resource's own index or, where the
+        parameter's expression goes through ``resolve()``, in the stored resource it reaches
+        (:class:`fhirmodel.searchparams.Through`)."""
+        own = [self._value(param, modifier, v) for v in _or_values(value)]
+        suffix = f":{modifier}" if modifier else ""
+        reached = [
+            Chain(t.reference, (t.target,), self._condition(t.target, f"{t.param}{suffix}", value, depth + 1))
+            for t in _throughs(param, depth)
+        ]
+        return any_of(*own, *reached)
+
+    @staticmethod
+    def _missing(param: SearchParam, missing: bool, depth: int) -> Expr:
+        """``:missing``: no value of the parameter, in the resource nor in what it reaches."""
+        reached = [Chain(t.reference, (t.target,), Missing(t.param, False)) for t in _throughs(param, depth)]
+        if not reached:
+            return Missing(param.code, missing)
+        present = any_of(Missing(param.code, False), *reached)
+        return Not(present) if missing else present
 
     def _chain(self, rtype: str, param: SearchParam, modifier: str, rest: str, value: str, depth: int) -> Expr:
         if param.type != "reference":
@@ -393,6 +414,11 @@ class SearchParser:
         if rtype is not None and param.targets and rtype not in param.targets and "Resource" not in param.targets:
             raise bad_request(f"{param.code} cannot refer to {rtype}")
         return Reference(param.code, rtype, rid)
+
+
+def _throughs(param: SearchParam, depth: int) -> tuple[Through, ...]:
+    """The stored targets ``param`` reaches, as chains one level deeper, while chains may go on."""
+    return param.through if depth < MAX_CHAIN_DEPTH else ()
 
 
 class _Unsupported(Exception):

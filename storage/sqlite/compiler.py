@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fhirmodel.indexing import contained_param, contained_prefix
 from storage.query import (
     ANY_SYSTEM,
     And,
@@ -32,6 +33,7 @@ from storage.query import (
     TokenIn,
     TokenText,
     Uri,
+    in_contained,
 )
 
 #: The last code point: ``v <= x < v + TOP`` is "x starts with v" on an index.
@@ -105,9 +107,11 @@ class SqlCompiler:
                     f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res"
                     f" WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(param)})"
                 )
+                if table == "idx_reference":  # a reference to a contained resource is a value too
+                    exists = f"({exists} OR {self._names_contained(param, alias)})"
                 return f"NOT {exists}" if missing else exists
             case Chain():
-                return self._chain_condition(expr, alias)
+                return self._chain_condition(expr, alias, rtype)
             case Has():
                 return self._has_condition(expr, alias, rtype)
             case _:
@@ -152,6 +156,12 @@ class SqlCompiler:
                         f" AND {i}.param = {self.arg(param)}{restrict}"
                         f" AND {self.condition(inner, t, ttype)}"
                     )
+                inside = in_contained(expr)
+                if not isinstance(inside, Nothing):
+                    contained = self.driver(inside, rtype)
+                    if contained is None:
+                        return None
+                    branches.append(contained)
                 return " UNION ".join(branches) if branches else None
             case Has():
                 return None
@@ -171,11 +181,24 @@ class SqlCompiler:
             return scope
         return And((where, scope))
 
+    def _names_contained(self, param: str, alias: str) -> str:
+        """Whether reference parameter ``param`` of ``alias`` points at a contained resource: such
+        references have no row of their own, but the target's values are indexed under its name
+        (every contained target has its ``_id``, a token)."""
+        prefix = contained_prefix(param)
+        c = self._alias("k")
+        return (
+            f"EXISTS (SELECT 1 FROM idx_token {c} INDEXED BY idx_token_res WHERE {c}.res = {alias}.pk"
+            f" AND {c}.param >= {self.arg(prefix)} AND {c}.param < {self.arg(prefix + TOP)})"
+        )
+
     def _table(self, rtype: str, param: str) -> str | None:
+        rtype, param = contained_param(param) or (rtype, param)
         ptype = self._param_type(rtype, param)
         return TABLE_OF_TYPE.get(ptype) if ptype else None
 
-    def _chain_condition(self, expr: Chain, alias: str) -> str:
+    def _chain_condition(self, expr: Chain, alias: str, rtype: str) -> str:
+        """A stored target of the chain matches, or a contained one (:func:`in_contained`)."""
         branches = []
         for ttype in expr.target_types:
             t, i = self._alias("t"), self._alias("c")
@@ -187,6 +210,9 @@ class SqlCompiler:
                 f" AND {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
                 f" AND {self.condition(inner, t, ttype)})"
             )
+        inside = in_contained(expr)
+        if not isinstance(inside, Nothing):
+            branches.append(self.condition(inside, alias, rtype))
         return "(" + " OR ".join(branches) + ")" if branches else "0"
 
     def _has_condition(self, expr: Has, alias: str, rtype: str) -> str:
