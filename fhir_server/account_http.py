@@ -24,6 +24,17 @@ _JSON_TYPES = ("application/json", "application/fhir+json")
 _FORM = "application/x-www-form-urlencoded"
 
 
+def account_endpoints(base_url: str) -> dict[str, str]:
+    """The account endpoints a client needs to know, as announced in the discovery document."""
+    auth = f"{base_url.rstrip('/')}/auth"
+    return {
+        "patient_login": f"{auth}/login",
+        "patient_login_code": f"{auth}/login/code",
+        "password_change": f"{auth}/password",
+        "dmp_creation": f"{auth}/dmp",
+    }
+
+
 def register_account_routes(app: Flask, accounts: AccountService, base: str) -> None:
     """The login, password, administration and DMP-creation endpoints, and the service at
     ``app.extensions["accounts"]``."""

@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 from flask import Flask
 
+from authz.authserver.server import build_authorization_server
 from authz.authserver.service import build_account_service
 from authz.gate import build_gatekeeper
-from fhir_server.account_http import register_account_routes
+from fhir_server.account_http import account_endpoints, register_account_routes
 from fhir_server.config import Config
 from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
@@ -70,6 +71,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body, config.max_binary_body or 0)
     app.extensions["fhir_service"] = service
     register_routes(app, service)
-    register_account_routes(app, build_account_service(config, service, clock=clock), config.base_path)
-    register_oauth_routes(app, config, service.store)
+    auth = build_authorization_server(config, service.store, clock=clock)
+    register_oauth_routes(app, auth, config.base_path)
+    accounts = build_account_service(config, service, clock=clock, issuer=auth.issuer)
+    register_account_routes(app, accounts, config.base_path)
+    auth.publication.publish(account_endpoints(config.base_url))
     return app

@@ -14,10 +14,8 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from authz.authserver.server import AuthorizationServer, build_authorization_server
+from authz.authserver.server import AuthorizationServer
 from authz.authserver.token_endpoint import INVALID_REQUEST, NO_STORE, OAuthError, TokenRequest
-from fhir_server.config import Config
-from storage.interface import Store
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _FORM = "application/x-www-form-urlencoded"
@@ -28,12 +26,10 @@ DISCOVERY_CACHE = "public, max-age=3600"
 JWKS_CACHE = "public, max-age=600"
 
 
-def register_oauth_routes(app: Flask, config: Config, store: Store) -> AuthorizationServer:
-    """Build the authorisation server (kept in ``app.extensions["auth_server"]``) and route
-    ``{base}/auth/token``, ``{base}/auth/jwks`` and ``{base}/.well-known/smart-configuration``."""
-    server = build_authorization_server(config, store)
+def register_oauth_routes(app: Flask, server: AuthorizationServer, base: str) -> None:
+    """Route ``{base}/auth/token``, ``{base}/auth/jwks`` and ``{base}/.well-known/smart-configuration``
+    to the authorisation server (also kept in ``app.extensions["auth_server"]``)."""
     app.extensions["auth_server"] = server
-    base = config.base_path
 
     def token() -> Response:
         return _token(server)
@@ -47,7 +43,6 @@ def register_oauth_routes(app: Flask, config: Config, store: Store) -> Authoriza
     app.add_url_rule(f"{base}/auth/token", "oauth_token", token, methods=METHODS)
     app.add_url_rule(f"{base}/auth/jwks", "oauth_jwks", jwks, methods=METHODS)
     app.add_url_rule(f"{base}/.well-known/smart-configuration", "smart_configuration", discovery, methods=METHODS)
-    return server
 
 
 def _json(status: int, body: Any, headers: dict[str, str]) -> Response:

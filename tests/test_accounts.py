@@ -204,8 +204,14 @@ def test_account_login_password_change_token_and_fhir_request(
     assert found.status_code == 200, found.get_data(as_text=True)
     assert [e["resource"]["id"] for e in found.get_json()["entry"]] == [pid]
 
-    renewed = accounts_of(client).issuer.refresh(tokens["refresh_token"])
+    # The refresh token works at the token endpoint (RFC 6749 §6), once.
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    answer = client.post("/fhir/auth/token", data=refresh)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    renewed = answer.get_json()
     assert fhir_get(client, f"Patient/{pid}", renewed["access_token"]).status_code == 200
+    replay = client.post("/fhir/auth/token", data=refresh)
+    assert replay.status_code == 400 and replay.get_json()["error"] == "invalid_grant"
 
 
 def test_a_representative_logs_in_for_the_patient_they_represent(

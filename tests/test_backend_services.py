@@ -37,6 +37,7 @@ from authz.devtoken import iua_claims
 from authz.keys import load_or_create_server_key
 from authz.terms import ACCESS, IDNATPS_SYSTEM
 from authz.tokens import InvalidToken, TokenVerifier, TrustedIssuer
+from fhir_server.account_http import account_endpoints
 from fhir_server.app import create_app
 from fhir_server.cli import main
 from fhir_server.config import Config
@@ -516,7 +517,7 @@ def test_discovery_document(backend: Backend) -> None:
     assert {"client-confidential-asymmetric", "permission-v2"} <= set(document["capabilities"])
     assert "system/*.cruds" in document["scopes_supported"]
     assert "code_challenge_methods_supported" not in document and "authorization_endpoint" not in document
-    assert "dmp_endpoints" not in document
+    assert document["dmp_endpoints"] == account_endpoints(BASE_URL)  # the patient login's
     assert backend.http.post("/fhir/.well-known/smart-configuration").status_code == 405
 
 
@@ -557,10 +558,10 @@ def test_other_grants_and_endpoints_plug_in(backend: Backend) -> None:
     backend.auth.register_grant("urn:example:echo", echo)
     with pytest.raises(ValueError, match="already registered"):
         backend.auth.register_grant("refresh_token", echo)
-    backend.auth.publication.publish({"patient_login": f"{BASE_URL}/auth/login"}, capabilities=["permission-offline"])
+    backend.auth.publication.publish({"example": f"{BASE_URL}/example"}, capabilities=["permission-offline"])
     document = backend.http.get("/fhir/.well-known/smart-configuration").get_json()
     assert "urn:example:echo" in document["grant_types_supported"]
-    assert document["dmp_endpoints"] == {"patient_login": f"{BASE_URL}/auth/login"}
+    assert document["dmp_endpoints"] == {**account_endpoints(BASE_URL), "example": f"{BASE_URL}/example"}
     assert "permission-offline" in document["capabilities"]
     answer = backend.http.post(TOKEN, data={"grant_type": "urn:example:echo", "word": "hello"})
     assert answer.status_code == 200 and answer.get_json()["access_token"] == "hello"

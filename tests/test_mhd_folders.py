@@ -23,8 +23,8 @@ from tests import test_mhd_provide as provide
 from tests.dmp import As, World
 from tests.test_mhd_provide import DR, DR_2, INS, MHD, coding, created, entry_of, refused, submission, versions
 
-# The fixtures of tests/test_mhd_provide.py: a DMP world, its patient (who grants DR and DR_2) and DR.
-world, pid, doctor = provide.world, provide.pid, provide.doctor
+# The fixtures of tests/test_mhd_provide.py: the DMP world's patient (who grants DR and DR_2) and DR.
+pid, doctor = provide.pid, provide.doctor
 
 LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
 SNOMED = "http://snomed.info/sct"

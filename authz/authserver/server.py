@@ -117,6 +117,8 @@ class AuthorizationServer:
         return client
 
 
-def build_authorization_server(config: Config, store: Store) -> AuthorizationServer:
+def build_authorization_server(
+    config: Config, store: Store, *, clock: Callable[[], float] = time.time
+) -> AuthorizationServer:
     """The authorisation server of a configuration, signing with the server's key (created on first start)."""
-    return AuthorizationServer(config.base_url, store, load_or_create_server_key(config.data_dir))
+    return AuthorizationServer(config.base_url, store, load_or_create_server_key(config.data_dir), clock=clock)

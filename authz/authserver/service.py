@@ -74,12 +74,14 @@ def build_account_service(
     clock: Callable[[], float] = time.time,
     mailer: Mailer | None = None,
     sms: SmsGateway | None = None,
+    issuer: TokenIssuer | None = None,
 ) -> AccountService:
-    """The account service of a server (``create_app`` and the CLI build it the same way)."""
+    """The account service of a server (``create_app`` and the CLI build it the same way);
+    ``issuer``: the authorisation server's, so that its token endpoint refreshes what login issues."""
     if not valid_cost(config.password_kdf_cost):
         raise ValueError(f"DMP_PASSWORD_KDF_COST must be a power of two above 1, not {config.password_kdf_cost}")
     store = fhir.store
-    issuer = TokenIssuer(
+    issuer = issuer or TokenIssuer(
         load_or_create_server_key(config.data_dir), own_issuer(config.base_url), config.base_url, store, clock=clock
     )
     book = AccountBook(store)
