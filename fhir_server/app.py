@@ -31,7 +31,7 @@ GatekeeperFactory = Callable[[Config, Store, Terminology], Gatekeeper]
 def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekeeper) -> FhirService:
     """The service of a configuration; access control is the DMP's unless a test says otherwise."""
     registry = SearchParamRegistry.load(config.ig_dir / "SearchParameter", SERVED_TYPES)
-    terminology = Terminology.load(config.ig_dir / "CodeSystem", config.ig_dir / "ValueSet")
+    terminology = Terminology.load(*(config.ig_dir / folder for folder in ("CodeSystem", "ValueSet", "ConceptMap")))
 
     def param_type(rtype: str, code: str) -> str | None:
         param = registry.get(rtype, code)
