@@ -12,6 +12,7 @@ from flask import Flask
 
 from authz.gate import build_gatekeeper
 from fhir_server.config import Config
+from fhir_server.documents.codes import DocumentCodes
 from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
 from fhir_server.search.parser import SearchParser
@@ -53,6 +54,7 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekee
         parser=SearchParser(registry, terminology, config.base_url, config.max_count),
         validator=ResourceValidator(frozenset(SERVED_TYPES)),
         gatekeeper=gatekeeper(config, store, terminology),
+        document_codes=DocumentCodes.of(terminology),
     )
 
 

@@ -23,6 +23,7 @@ from authz.tokens import own_issuer
 from fhir_server.app import create_app, create_service
 from fhir_server.config import Config
 from fhir_server.service import FhirService
+from tests.dmp import World
 from tests.paths import ROOT
 from tests.support import open_gatekeeper
 
@@ -41,6 +42,14 @@ def service(config: Config) -> Iterator[FhirService]:
     svc = create_service(config, gatekeeper=open_gatekeeper)
     yield svc
     svc.store.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    """A DMP test world (tests/dmp.py): the server with the DMP gatekeeper, on a fresh store."""
+    w = World(tmp_path)
+    yield w
+    w.close()
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -77,13 +75,6 @@ HOSPITAL_ORG = f"{FINESS}|{HOSPITAL}"
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 def issue_code(response: TestResponse) -> str:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -174,13 +172,6 @@ def sha1_b64(data: bytes) -> str:
 
 
 # -------------------------------------------------------------------------- the world
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    built = World(tmp_path)
-    yield built
-    built.close()
 
 
 def seed_dmp(world: World, ins: Ins) -> str:

@@ -86,11 +86,21 @@ def create(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
         resource = dict(resource)
         resource["id"] = req.assigned_id or new_id()  # the server assigns the id of a create (R4 3.1.0.8)
         inline = publish.extract_inline_content(svc, req, resource)  # ITI-105: documents sent inline
-        req.checks.check_write("POST", rtype, inline.document, None)
+        _check_write(svc, req, "POST", rtype, inline.document, None)
         inline.store(svc, req)
         stored = svc.store.create(inline.document)
         req.checks.after_write("POST", stored, None)
     return written(svc, req, stored, 201)
+
+
+def _check_write(
+    svc: FhirService, req: FhirRequest, method: str, rtype: str, new: dict[str, Any] | None, old: dict[str, Any] | None
+) -> None:
+    """What every write passes before it is stored: what a document says it is (CONTRACT §5),
+    then the guard's rules."""
+    if new is not None:
+        svc.document_codes.check(new, old)
+    req.checks.check_write(method, rtype, new, old)
 
 
 def update(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirResponse:
@@ -110,13 +120,13 @@ def _store_update(svc: FhirService, req: FhirRequest, resource: dict[str, Any], 
     if current is None:
         if expected is not None:
             raise FhirError(412, f"If-Match given but {rtype}/{rid} does not exist", "conflict")
-        req.checks.check_write("PUT", rtype, resource, None)
+        _check_write(svc, req, "PUT", rtype, resource, None)
         created = svc.store.create(resource, method="PUT")
         req.checks.after_write("PUT", created, None)
         return written(svc, req, created, 201)
     current_version = _visible_or_404(svc, req, rtype, rid)
     old = current_version.json() if current_version else None
-    req.checks.check_write("PUT", rtype, resource, old)
+    _check_write(svc, req, "PUT", rtype, resource, old)
     try:
         stored = svc.store.update(resource, expected_version=expected)
     except VersionConflict as exc:
@@ -170,7 +180,7 @@ def _apply_patch(svc: FhirService, req: FhirRequest, current: Stored, expected: 
     if patched.get("resourceType") != current.resource_type or patched.get("id") != current.id:
         raise FhirError(422, "a patch may not change the resource type or id", "invalid")
     svc.validator.validate(patched, expected_type=current.resource_type)
-    req.checks.check_write("PATCH", current.resource_type, patched, original)
+    _check_write(svc, req, "PATCH", current.resource_type, patched, original)
     try:
         stored = svc.store.update(patched, expected_version=current.version, method="PATCH")
     except VersionConflict as exc:
