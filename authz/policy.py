@@ -77,12 +77,24 @@ CONTENT_TYPES = frozenset({"Binary", "Bundle"})
 
 
 class Denied(Exception):
-    """A refusal. ``status`` 403 where the record's existence is no secret, 404 otherwise."""
+    """A refusal. ``status`` 403 where the record's existence is no secret, 404 otherwise; 422 for
+    a change the rules refuse whoever asks. ``code`` and ``expression`` say more when the refusal is
+    about one element of the resource sent."""
 
-    def __init__(self, message: str, status: int = 403, rule: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int = 403,
+        rule: str | None = None,
+        *,
+        code: str | None = None,
+        expression: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.rule = rule
+        self.code = code
+        self.expression = expression
 
 
 @dataclass(frozen=True)
@@ -434,18 +446,31 @@ class DmpPolicy:
     def _check_replacements(
         self, access: Access, new: dict[str, Any], old: dict[str, Any] | None, facts: WriteFacts
     ) -> None:
-        """R19: only a document's author replaces it (``relatesTo`` ``replaces``). A feed (TCU)
-        does not say which professional it acts for, so it is nobody's author here."""
+        """R19: only a document's author replaces it (``relatesTo`` ``replaces``).
+
+        A feed (TCU), staff and the administration author no document — a feed does not say which
+        professional it acts for — so they replace none, whatever the target (403). Otherwise a
+        target that does not exist, is another patient's, or is hidden from a caller who did not
+        author it gets one and the same answer (422, not found): whether a document one may not see
+        exists is no one's business (R10–R13). A target the caller sees but did not author: 403.
+        """
         state = access.state
         assert state is not None
-        for target in _replaced(new) - (_replaced(old) if old else set()):
+        before = _replaced(old) if old else {}
+        added = {target: where for target, where in _replaced(new).items() if target not in before}
+        if not added:
+            return
+        if access.role not in (PROFESSIONAL, PATIENT, LEGAL_REPRESENTATIVE):
+            raise Denied(f"{access.role} authors no document, so replaces none", rule="R19")
+        for target, where in sorted(added.items()):
             replaced = facts.read("DocumentReference", target)
-            if (
-                replaced is None
-                or not _about(replaced, state.ins, state)
-                or not self._is_author(access, replaced, facts)
-            ):
-                raise Denied("only a document's author replaces it", rule="R19")
+            ours = replaced is not None and _about(replaced, state.ins, state)
+            author = ours and replaced is not None and self._is_author(access, replaced, facts)
+            if not author and not (ours and facts.visible("DocumentReference", target)):
+                message = f"{where}: DocumentReference/{target} is no document of this patient known here"
+                raise Denied(message, status=422, rule="R19", code="not-found", expression=where)
+            if not author:
+                raise Denied(f"DocumentReference/{target}: only a document's author replaces it", rule="R19")
 
     @staticmethod
     def _is_author(access: Access, document: dict[str, Any], facts: WriteFacts) -> bool:
@@ -483,6 +508,7 @@ class WriteFacts:
     dmp_created_here: bool  # the request created this DMP (R16: representatives recorded at creation)
     professions_of: Callable[[str], frozenset[str]]  # TRE_G15 professions of an idNatPs, from the directory
     read: Callable[[str, str], dict[str, Any] | None]  # a stored resource by type and id, whoever may see it
+    visible: Callable[[str, str], bool]  # whether the caller may see that stored resource (the read filter)
     attaching: Callable[[str, str], list[dict[str, Any]]]  # the documents whose content is that resource
 
 
@@ -622,14 +648,17 @@ def _authored_by_patient(doc: dict[str, Any], state: PatientState) -> bool:
     return False
 
 
-def _replaced(doc: dict[str, Any]) -> set[str]:
-    """The ids of the local documents ``doc`` replaces (``relatesTo`` ``replaces``)."""
-    out = set()
-    for relation in doc.get("relatesTo") or []:
+def _replaced(doc: dict[str, Any]) -> dict[str, str]:
+    """The ids of the local documents ``doc`` replaces (``relatesTo`` ``replaces``), each with the
+    element that names it (the first, when several do)."""
+    out: dict[str, str] = {}
+    for k, relation in enumerate(doc.get("relatesTo") or []):
         ref = str((relation.get("target") or {}).get("reference", ""))
         parts = ref.rstrip("/").split("/")
+        if "_history" in parts:
+            parts = parts[: parts.index("_history")]
         if relation.get("code") == "replaces" and len(parts) >= 2 and parts[-2] == "DocumentReference":
-            out.add(parts[-1])
+            out.setdefault(parts[-1], f"DocumentReference.relatesTo[{k}].target")
     return out
 
 

@@ -7,20 +7,21 @@ conditional references (``Patient?identifier=...``). Entries then run in the ord
 specification fixes: DELETE, POST, PUT, PATCH, GET. Each entry goes through the same
 interaction code as a plain HTTP request.
 
-A failing entry fails the whole Bundle; its OperationOutcome names the entry
-(``Bundle.entry[i].resource.type``).
+What an entry leaves for the end of the transaction (a replaced document superseded once every
+entry ran: :mod:`fhir_server.documents.replacement`) runs after the last entry, inside the same
+store transaction. A failing entry, or such work, fails the whole Bundle; its OperationOutcome
+names the entry (``Bundle.entry[i].resource.type``).
 
 A transaction that is an IHE MHD ITI-65 Provide Document Bundle is checked as one by
-:mod:`fhir_server.documents.mhd` — as a message before anything else, as metadata once references
-are resolved, and completed (replaced documents superseded) after its entries ran, all inside the
-same store transaction.
+:mod:`fhir_server.documents.mhd` — as a message before anything else, then as metadata once
+references are resolved — before its entries run.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,7 +108,7 @@ def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
     )
 
 
-def _request_for(req: FhirRequest, entry: _Entry) -> FhirRequest:
+def _request_for(req: FhirRequest, entry: _Entry, completion: list[Callable[[], None]] | None = None) -> FhirRequest:
     body = entry.resource
     content_type = "application/fhir+json"
     if entry.method == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
@@ -129,6 +130,7 @@ def _request_for(req: FhirRequest, entry: _Entry) -> FhirRequest:
         guard=req.guard,
         client_address=req.client_address,
         assigned_id=entry.assigned.split("/")[1] if entry.assigned and entry.method == "POST" else None,
+        completion=completion,
     )
 
 
@@ -197,6 +199,7 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
                 entry.resource = _rewrite(svc, req, entry, entry.resource, mapping)
         if submission is not None:
             submission.validate(req)
+        left: list[tuple[_Entry, list[Callable[[], None]]]] = []
         for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
             if entry.existing is not None:
                 resp = FhirResponse(
@@ -208,11 +211,14 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
                     },
                 )
             else:
+                left.append((entry, []))
                 with _in_entry(entry):
-                    resp = svc.handle(_request_for(req, entry))
+                    resp = svc.handle(_request_for(req, entry, left[-1][1]))
             entry.response = _response_entry(svc, resp, with_resource or entry.method == "GET")
-        if submission is not None:
-            submission.complete(req)
+        for entry, work in left:
+            for step in work:
+                with _in_entry(entry):
+                    step()
     return FhirResponse(
         200,
         {
@@ -225,8 +231,8 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
 
 @contextmanager
 def _in_entry(entry: _Entry) -> Iterator[None]:
-    """An error of an entry as the Bundle's: the message says which entry, and elements of the
-    entry's resource are named where they are in the Bundle."""
+    """An error of an entry, or of what it left for the end, as the Bundle's: the message says which
+    entry, and elements of the entry's resource are named where they are in the Bundle."""
     try:
         yield
     except FhirError as exc:
