@@ -422,14 +422,10 @@ class DmpPolicy:
             assert new is not None
             if role in (PROFESSIONAL, SYSTEM):
                 pass  # R15: feeding needs no authorisation (a blocked professional was refused already)
-            elif (
-                role in (PATIENT, LEGAL_REPRESENTATIVE)
-                and _authored_by_patient(new, state)
-                and self._of_class(new, PATIENT_DOCUMENT_CLASS)
-            ):
-                pass  # R15: the patient's own documents, of the class kept for them
+            elif role in (PATIENT, LEGAL_REPRESENTATIVE):
+                self._check_patient_document(role, new, state)
             else:
-                raise Denied(f"{role} may not add this document", rule="R15")
+                raise Denied(f"{role} may not add documents to a DMP", rule="R15")
             # A new document's labels are labels set by its creator (R18), who reads it.
             _check_labels_and_content(role, {}, new, is_author=True)
             return
@@ -442,6 +438,27 @@ class DmpPolicy:
         if role == PROFESSIONAL and not self._sees(access, old, facts):
             raise Denied("the document is not visible to this professional", status=404)
         _check_labels_and_content(role, old, new, is_author)
+        rewritten = _without_labels_and_archive(old) != _without_labels_and_archive(new)
+        if rewritten and role in (PATIENT, LEGAL_REPRESENTATIVE):
+            self._check_patient_document(role, new, state)  # their own document stays what R15 lets them add
+
+    def _check_patient_document(self, role: str, document: dict[str, Any], state: PatientState) -> None:
+        """R15: what the patient, or a representative for them, adds is the patient's own — every
+        author is this DMP's Patient, so that no professional is made the author of it (and thereby
+        its reader and the one who may delete it, R10, R19) — and of class 90, the class kept for
+        documents patients deposit. The class is the type's (the matrix's type → class map)."""
+        authors = document.get("author") or []
+        if not authors or not all(_is_the_patient(a, document, state) for a in authors):
+            message = f"{role}: the author of a document the patient adds is this DMP's Patient, and only they"
+            raise Denied(message, rule="R15", expression="DocumentReference.author")
+        classes = self._classes_of(document)
+        if classes != {PATIENT_DOCUMENT_CLASS}:
+            kind = f"is of class {', '.join(sorted(classes))}" if classes else "has no DMP class"
+            message = (
+                f"{role}: the patient adds documents of class {PATIENT_DOCUMENT_CLASS} only (Autres documents "
+                f"déposés par le patient); this DocumentReference.type {kind}"
+            )
+            raise Denied(message, rule="R15", expression="DocumentReference.type")
 
     def _check_replacements(
         self, access: Access, new: dict[str, Any], old: dict[str, Any] | None, facts: WriteFacts
@@ -483,12 +500,13 @@ class DmpPolicy:
             return _authored_by_patient(document, access.state)
         return False
 
-    def _of_class(self, document: dict[str, Any], class_code: str) -> bool:
-        """Whether the document's type is of the TRE_A03 class ``class_code`` (JDV_J66 map)."""
-        return any(
-            self.matrix.class_of(str(c.get("system")), str(c.get("code"))) == class_code
+    def _classes_of(self, document: dict[str, Any]) -> set[str]:
+        """The TRE_A03 classes of the document's type codings (JDV_J66 map); empty for none."""
+        classes = {
+            self.matrix.class_of(str(c.get("system")), str(c.get("code")))
             for c in (document.get("type") or {}).get("coding") or []
-        )
+        }
+        return {c for c in classes if c is not None}
 
     def _sees(self, access: Access, document: dict[str, Any], facts: WriteFacts) -> bool:
         """Whether a professional may read ``document`` (R10, R11): for R18's "can read it"."""
@@ -633,19 +651,23 @@ def _names_author(doc: dict[str, Any], idnatps: str | None, read: Callable[[str,
 
 
 def _authored_by_patient(doc: dict[str, Any], state: PatientState) -> bool:
-    """A patient-authored document names this DMP's Patient as its author, by reference or as a
+    """A patient-authored document names this DMP's Patient as an author, by reference or as a
     contained Patient carrying the INS (R15, R19); another patient as author is not "their own"."""
-    contained = {f"#{c.get('id')}": c for c in doc.get("contained") or []}
-    for author in doc.get("author") or []:
-        ref = str(author.get("reference", ""))
-        if _literal_patient(ref) in state.patient_ids:
-            return True
-        target = contained.get(ref) or {}
-        if target.get("resourceType") == "Patient" and any(
-            (i.get("system"), i.get("value")) == state.ins for i in target.get("identifier") or []
-        ):
-            return True
-    return False
+    return any(_is_the_patient(author, doc, state) for author in doc.get("author") or [])
+
+
+def _is_the_patient(author: Any, doc: dict[str, Any], state: PatientState) -> bool:
+    """Whether one ``author`` Reference of ``doc`` designates this DMP's Patient."""
+    if not isinstance(author, dict):
+        return False
+    ref = str(author.get("reference", ""))
+    if _literal_patient(ref) in state.patient_ids:
+        return True
+    contained = {f"#{c.get('id')}": c for c in doc.get("contained") or [] if isinstance(c, dict)}
+    target = contained.get(ref) or {}
+    return target.get("resourceType") == "Patient" and any(
+        (i.get("system"), i.get("value")) == state.ins for i in target.get("identifier") or []
+    )
 
 
 def _replaced(doc: dict[str, Any]) -> dict[str, str]:

@@ -44,6 +44,7 @@ from authz.tokens import own_issuer
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier, Token
 from tests.dmp import CR_CONSULTATION, FINESS, INS_SYSTEM, LOINC, SYNTHESE, As, World
 
+TRE_A03 = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
 TRE_A05 = "https://mos.esante.gouv.fr/NOS/TRE_A05-TypeDocComplementaire/FHIR/TRE-A05-TypeDocComplementaire"
 REIMBURSEMENT = (TRE_A05, "REMB")  # class 60: denied to Infirmier (60)
 PATIENT_DOC = (TRE_A05, "EXPPAT_1")  # class 90: documents the patient adds
@@ -1150,6 +1151,80 @@ def test_r15_the_patient_adds_only_their_own_class_90_documents(world: World, wh
     forbidden(client.post("DocumentReference", document(pid, PATIENT_DOC, patient_author=other)))
     forbidden(client.post("DocumentReference", document(pid, PATIENT_DOC)))  # no author
     assert docs_of(world.patient(INS_A), pid) == {own.get_json()["id"]}
+
+
+def _refused_for(response: TestResponse, element: str, words: str) -> None:
+    """403 (R15) naming the element the refusal is about, with a message that says why."""
+    forbidden(response)
+    first = response.get_json()["issue"][0]
+    assert first["expression"] == [element] and words in first["diagnostics"], first
+
+
+@pytest.mark.parametrize("who", ["PAT", "LEGREP"])
+def test_r15_why_a_patients_document_is_refused(world: World, who: str) -> None:
+    pid = world.seed_patient(INS_A)
+    representative(world, INS_A, REP_1)
+    client = world.patient(INS_A) if who == "PAT" else legrep(world, INS_A, REP_1)
+    before = len(docs_of(world.patient(INS_A), pid))
+    # A type of class 90 with its class as category: accepted.
+    with_category = document(pid, PATIENT_DOC, patient_author=pid, category=[_class("90")])
+    assert client.post("DocumentReference", with_category).status_code == 201
+    # Another class, by its type: 403 saying which class.
+    _refused_for(
+        client.post("DocumentReference", document(pid, CONSULTATION, patient_author=pid)),
+        "DocumentReference.type",
+        f"{who}: the patient adds documents of class 90 only (Autres documents déposés par le patient); "
+        "this DocumentReference.type is of class 10",
+    )
+    # A category of class 90 on a type of another class: the codes disagree (422, CONTRACT §5).
+    disguised = document(pid, CONSULTATION, patient_author=pid, category=[_class("90")])
+    response = client.post("DocumentReference", disguised)
+    assert response.status_code == 422 and response.get_json()["issue"][0]["code"] == "code-invalid"
+    # A type of no DMP class at all.
+    _refused_for(
+        client.post("DocumentReference", document(pid, (LOINC, "28617-9"), patient_author=pid)),
+        "DocumentReference.type",
+        "this DocumentReference.type has no DMP class",
+    )
+    # Authors: the Patient and only them; not a professional beside them, not the representative,
+    # not nobody.
+    own = document(pid, PATIENT_DOC, patient_author=pid)
+    for doc in (
+        {**own, "author": [*own["author"], {"identifier": {"system": IDNATPS_SYSTEM, "value": DR}}]},
+        {**own, "author": [{"identifier": {"system": INS_SYSTEM, "value": REP_1}}]},
+        document(pid, PATIENT_DOC),
+    ):
+        _refused_for(
+            client.post("DocumentReference", doc),
+            "DocumentReference.author",
+            "the author of a document the patient adds is this DMP's Patient, and only they",
+        )
+    # A contained Patient carrying the DMP's INS is the Patient too.
+    contained = {
+        **document(pid, PATIENT_DOC),
+        "contained": [{"resourceType": "Patient", "id": "me", "identifier": [{"system": INS_SYSTEM, "value": INS_A}]}],
+        "author": [{"reference": "#me"}],
+    }
+    assert client.post("DocumentReference", contained).status_code == 201
+    assert len(docs_of(world.patient(INS_A), pid)) == before + 2
+
+
+def test_r15_the_patients_document_stays_theirs_and_of_class_90(world: World) -> None:
+    """The patient changes their own document (R19), but not into what they could not have added."""
+    pid = world.seed_patient(INS_A)
+    patient = world.patient(INS_A)
+    doc = patient.post("DocumentReference", document(pid, PATIENT_DOC, patient_author=pid)).get_json()
+    retyped = {**doc, "type": document(pid, CONSULTATION)["type"]}
+    _refused_for(patient.put(f"DocumentReference/{doc['id']}", retyped), "DocumentReference.type", "class 10")
+    reattributed = {**doc, "author": [{"identifier": {"system": IDNATPS_SYSTEM, "value": DR}}]}
+    _refused_for(patient.put(f"DocumentReference/{doc['id']}", reattributed), "DocumentReference.author", "only they")
+    described = {**doc, "description": "mon ordonnance de lunettes"}
+    assert patient.put(f"DocumentReference/{doc['id']}", described).status_code == 200
+    assert stored(world, "DocumentReference", doc["id"])["type"] == doc["type"]
+
+
+def _class(code: str) -> dict[str, Any]:
+    return {"coding": [{"system": TRE_A03, "code": code}]}
 
 
 # -- R16 consents --------------------------------------------------------------------------------
