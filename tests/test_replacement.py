@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from werkzeug.test import TestResponse
 
-from authz.terms import ACCESS, IDNATPS_SYSTEM, INVISIBLE_TO_PATIENT, MASKED_FROM_PROFESSIONALS
+from authz.terms import IDNATPS_SYSTEM, INVISIBLE_TO_PATIENT, MASKED_FROM_PROFESSIONALS
 from storage.query import OPEN_SCOPE
 from tests.conftest import Fhir
 from tests.dmp import CR_CONSULTATION, INS_SYSTEM, LOINC, World
@@ -30,10 +30,7 @@ JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 
 @pytest.fixture
 def pid(world: World) -> str:
-    patient = world.seed_patient(INS)
-    for granted in (DR, DR_2):
-        world.seed_consent(ACCESS, INS, (IDNATPS_SYSTEM, granted))
-    return patient
+    return world.seed_granted(INS, DR, DR_2)
 
 
 def replacing(pid: str, target: str, *, author: str | None = DR, **extra: Any) -> dict[str, Any]:
