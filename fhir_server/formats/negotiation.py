@@ -53,6 +53,32 @@ def response_format(format_param: str | None, accept: str | None) -> str | None:
         return fmt
     if not accept:
         return JSON
+    for mtype in _ranked(accept):
+        fmt = _FORMAT_ALIASES.get(mtype)
+        if fmt:
+            return fmt
+        if mtype in ("*/*", "application/*"):
+            return JSON
+    return None
+
+
+def prefers(accept: str | None, mtype: str) -> bool:
+    """Whether ``Accept`` names ``mtype`` as the client's first choice (highest q, first listed
+    among equals): a browser asking for a page, not a client that merely tolerates one."""
+    ranked = _ranked(accept or "")
+    return bool(ranked) and ranked[0] == mtype
+
+
+def acceptable(accept: str | None, mtype: str) -> bool:
+    """Whether ``Accept`` admits ``mtype`` at all (exactly, as ``type/*`` or as ``*/*``)."""
+    if not accept:
+        return True
+    major = mtype.split("/")[0]
+    return any(m in (mtype, f"{major}/*", "*/*") for m in _ranked(accept))
+
+
+def _ranked(accept: str) -> list[str]:
+    """The media types of an ``Accept`` header a client takes (q > 0), most wanted first."""
     ranked: list[tuple[float, int, str]] = []
     for position, item in enumerate(accept.split(",")):
         pieces = [p.strip() for p in item.split(";")]
@@ -63,16 +89,9 @@ def response_format(format_param: str | None, accept: str | None) -> str | None:
                     q = float(p[2:])
                 except ValueError:
                     q = 0.0
-        ranked.append((-q, position, pieces[0].lower()))
-    for neg_q, _, mtype in sorted(ranked):
-        if neg_q == 0:
-            continue
-        fmt = _FORMAT_ALIASES.get(mtype)
-        if fmt:
-            return fmt
-        if mtype in ("*/*", "application/*"):
-            return JSON
-    return None
+        if q > 0 and pieces[0]:
+            ranked.append((-q, position, pieces[0].lower()))
+    return [mtype for _, _, mtype in sorted(ranked)]
 
 
 def parse_body(data: bytes, content_type: str | None) -> Any:
