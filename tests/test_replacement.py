@@ -229,6 +229,15 @@ def test_a_document_of_another_server_is_not_replaced_here(world: World, pid: st
 # -------------------------------------------------------------------------- other paths
 
 
+def test_a_document_does_not_replace_itself(world: World, pid: str) -> None:
+    doc = world.seed_document(pid, author=DR)
+    current = world.doctor(DR, INS).get(f"DocumentReference/{doc}").get_json()
+    itself = {**current, "relatesTo": [{"code": "replaces", "target": {"reference": f"DocumentReference/{doc}"}}]}
+    response = world.doctor(DR, INS).put(f"DocumentReference/{doc}", itself)
+    refused(response, 422, "business-rule", f"DocumentReference/{doc} cannot replace itself")
+    assert status_and_version(world, doc) == ("current", 1)
+
+
 def test_an_update_that_creates_replaces_too(world: World, pid: str) -> None:
     old = world.seed_document(pid, author=DR)
     response = world.doctor(DR, INS).put(

@@ -57,6 +57,8 @@ def plan(svc: FhirService, req: FhirRequest, new: dict[str, Any] | None, old: di
     for where, target in _relations(svc, new):
         if target in before:
             continue
+        if target is not None and target == new.get("id"):
+            raise _refusal(where, f"DocumentReference/{target} cannot replace itself", "business-rule")
         stored = _stored(svc, target) if target else None
         patient = _patient_id(svc, new.get("subject"))
         if stored is None or patient is None or _patient_id(svc, stored.get("subject")) != patient:
