@@ -24,7 +24,7 @@ from storage.query import OPEN_SCOPE
 from tests.dmp import LOINC, As, World
 from tests.document_codes import CODES, nist_dmp_codes
 from tests.nist_mhd import cases
-from tests.paths import EXAMPLES, SHARED_DATA, example_transaction_bundles
+from tests.paths import EXAMPLES, HL7_EXAMPLES, SHARED_DATA, example_transaction_bundles
 from tests.test_mhd_provide import DR, INS, submission
 
 TRE_A03 = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
@@ -282,9 +282,11 @@ def _examples() -> dict[str, dict[str, Any]]:
     """Every example DocumentReference of the reference data, alone or in a transaction Bundle."""
     found: dict[str, dict[str, Any]] = {}
     folders = [EXAMPLES / f"{f}/examples" for f in ("ihe-mhd", "ans-pdsm", "ans-pdsm4dmp")]
-    for path in sorted(p for folder in [*folders, SHARED_DATA / "fhir-examples"] for p in folder.glob("*.json")):
+    folders += [SHARED_DATA / "fhir-examples", HL7_EXAMPLES]
+    for path in sorted(p for folder in folders for p in folder.glob("*.json")):
         resource = json.loads(path.read_text())
-        name = f"{path.parent.parent.name if path.parent.name == 'examples' else path.parent.name}/{path.stem}"
+        folder = path.parent.parent if path.parent.name in ("examples", "resources") else path.parent
+        name = f"{folder.name}/{path.stem}"
         if resource.get("resourceType") == "DocumentReference":
             found[name] = resource
         elif path in example_transaction_bundles():
@@ -299,7 +301,8 @@ TYPE_55107 = ("DocumentReference.type", "http://loinc.org|55107-7 is not a docum
 #: The examples whose codes the DMP refuses, and why. The IHE MHD examples classify with LOINC
 #: 11369-6 (no DMP class) and some type with LOINC codes outside JDV_J07 (55107-7, 28655-9); the ANS
 #: drafts give the class of another type (34133-9 is a synthèse, 11; 11488-4 a compte rendu, 10) or
-#: a class code outside TRE_A03's DMP classes ("03" for a prescription).
+#: a class code outside TRE_A03's DMP classes ("03" for a prescription); the HL7 R4 example types
+#: with LOINC 34108-1 and classifies with an IHE connectathon code.
 EXAMPLE_PROBLEMS = {
     "ans-pdsm/DocumentReference-doc-old": [("DocumentReference.category[0]", "class 10 disagrees")],
     "ans-pdsm/DocumentReference-exemple-pdsm-documentreference": [
@@ -326,6 +329,10 @@ EXAMPLE_PROBLEMS = {
     "fhir-examples/Bundle-example-td2-iti65-lot-soumission[1]": [
         ("DocumentReference.category[0]", "class 11 disagrees")
     ],
+    "hl7-fhir-r4-examples/DocumentReference-example": [
+        ("DocumentReference.type", "http://loinc.org|34108-1 is not a document type"),
+        ("DocumentReference.category[0]", "http://ihe.net/xds/connectathon/classCodes|History and Physical is not"),
+    ],
     "ihe-mhd/DocumentReference-ex-DocumentReferenceComprehensive": [TYPE_55107, CATEGORY_11369],
     "ihe-mhd/DocumentReference-ex-DocumentReferenceComprehensiveDelayedAssembly": [TYPE_55107, CATEGORY_11369],
     "ihe-mhd/DocumentReference-ex-DocumentReferenceComprehensiveOnDemand": [CATEGORY_11369],
@@ -350,7 +357,7 @@ EXAMPLE_PROBLEMS = {
 def test_the_examples_whose_codes_the_dmp_refuses() -> None:
     examples = _examples()
     assert set(EXAMPLE_PROBLEMS) <= set(examples)
-    assert len(examples) == 38
+    assert len(examples) == 39
     for name, resource in examples.items():
         found = CODES.problems(resource)
         expected = EXAMPLE_PROBLEMS.get(name, [])
