@@ -127,6 +127,10 @@ def test_a_document_with_dmp_codes_is_created(world: World, pid: str, doctor: As
             [("DocumentReference.type", "urn:oid:2.16.840.1.113883.6.1|11488-4 is not a document type")],
         ),
         (
+            lambda pid: document(pid, None, type={"coding": [{"code": "11488-4"}]}),  # no system: not LOINC's
+            [("DocumentReference.type", "|11488-4 is not a document type")],
+        ),
+        (
             lambda pid: document(pid, None, type={"text": "Compte rendu"}),
             [("DocumentReference.type", "no coding: a document type is a code of JDV_J07")],
         ),
@@ -154,7 +158,17 @@ def test_a_document_with_dmp_codes_is_created(world: World, pid: str, doctor: As
             ],
         ),
     ],
-    ids=["outside-j07", "system-by-oid", "text-only", "loinc-category", "class-99", "disagreeing", "two", "several"],
+    ids=[
+        "outside-j07",
+        "system-by-oid",
+        "no-system",
+        "text-only",
+        "loinc-category",
+        "class-99",
+        "disagreeing",
+        "two",
+        "several",
+    ],
 )
 def test_a_document_with_other_codes_is_refused(
     world: World, pid: str, doctor: As, doc: Any, problems: list[tuple[str, str]]

@@ -103,7 +103,7 @@ class DocumentCodes:
 
 def _codings(concept: dict[str, Any]) -> list[Code]:
     return [
-        (str(c.get("system")), str(c.get("code")))
+        (str(c.get("system") or ""), str(c.get("code") or ""))
         for c in concept.get("coding") or []
         if isinstance(c, dict) and (c.get("system") or c.get("code"))
     ]
