@@ -58,11 +58,8 @@ MAX_SUBSCRIPTIONS = 20
 
 
 def _denied(exc: Denied) -> FhirError:
-    if exc.status == 404:
-        return FhirError(404, str(exc), "not-found")
-    if exc.status == 422:
-        return FhirError(422, str(exc), "business-rule", expression=list(exc.expression))
-    return FhirError(exc.status, str(exc), "forbidden")
+    default = {404: "not-found", 422: "business-rule"}.get(exc.status, "forbidden")
+    return FhirError(exc.status, str(exc), exc.code or default, expression=list(exc.expression) or None)
 
 
 class DmpScope:
@@ -135,6 +132,7 @@ class DmpGuard:
             dmp_created_here=bool(self._created_patients),
             professions_of=self._gate.professions_of,
             read=self._gate.stored,
+            visible=self._visible,
             attaching=self._gate.documents_attaching,
             creation_code_consumed=lambda ins: creation_code_consumed(self._gate.store, ins),
         )
@@ -142,6 +140,14 @@ class DmpGuard:
             self._gate.policy.check_write(self.access, method, resource_type, new, old, facts)
         except Denied as exc:
             raise _denied(exc) from None
+
+    def _visible(self, resource_type: str, resource_id: str) -> bool:
+        """Whether this caller may read the stored resource: the read filter decides, as for a read."""
+        try:
+            self._gate.store.read(resource_type, resource_id, self.scope)
+        except (NotFound, Gone):
+            return False
+        return True
 
     def after_write(self, method: str, stored: Stored, old: dict[str, Any] | None) -> None:
         """A new DMP starts with its emergency settings and its creator's grant (R5, R16); a new

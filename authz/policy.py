@@ -84,14 +84,24 @@ SUBSCRIBERS = frozenset({PATIENT, LEGAL_REPRESENTATIVE})
 
 
 class Denied(Exception):
-    """A refusal. ``status`` 403 where the record's existence is no secret, 404 otherwise; 422
-    for a change that breaks a rule, naming the elements at fault (``expression``) where known."""
+    """A refusal. ``status`` 403 where the record's existence is no secret, 404 otherwise; 422 for
+    a change the rules refuse whoever asks. ``code`` and ``expression`` say more when the refusal is
+    about one element of the resource sent."""
 
-    def __init__(self, message: str, status: int = 403, rule: str | None = None, expression: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        message: str,
+        status: int = 403,
+        rule: str | None = None,
+        *,
+        code: str | None = None,
+        expression: tuple[str, ...] = (),
+    ):
         super().__init__(message)
         self.status = status
         self.rule = rule
-        self.expression = expression  # the elements at fault, for a 422
+        self.code = code
+        self.expression = expression
 
 
 def subscription_criteria(state: PatientState) -> tuple[str, ...]:
@@ -514,14 +524,10 @@ class DmpPolicy:
             assert new is not None
             if role in (PROFESSIONAL, SYSTEM):
                 pass  # R15: feeding needs no authorisation (a blocked professional was refused already)
-            elif (
-                role in (PATIENT, LEGAL_REPRESENTATIVE)
-                and _authored_by_patient(new, state)
-                and self._of_class(new, PATIENT_DOCUMENT_CLASS)
-            ):
-                pass  # R15: the patient's own documents, of the class kept for them
+            elif role in (PATIENT, LEGAL_REPRESENTATIVE):
+                self._check_patient_document(role, new, state)
             else:
-                raise Denied(f"{role} may not add this document", rule="R15")
+                raise Denied(f"{role} may not add documents to a DMP", rule="R15")
             # A new document's labels are labels set by its creator (R18), who reads it.
             _check_labels_and_content(role, {}, new, is_author=True)
             return
@@ -534,22 +540,56 @@ class DmpPolicy:
         if role == PROFESSIONAL and not self._sees(access, old, facts):
             raise Denied("the document is not visible to this professional", status=404)
         _check_labels_and_content(role, old, new, is_author)
+        rewritten = _without_labels_and_archive(old) != _without_labels_and_archive(new)
+        if rewritten and role in (PATIENT, LEGAL_REPRESENTATIVE):
+            self._check_patient_document(role, new, state)  # their own document stays what R15 lets them add
+
+    def _check_patient_document(self, role: str, document: dict[str, Any], state: PatientState) -> None:
+        """R15: what the patient, or a representative for them, adds is the patient's own — every
+        author is this DMP's Patient, so that no professional is made the author of it (and thereby
+        its reader and the one who may delete it, R10, R19) — and of class 90, the class kept for
+        documents patients deposit. The class is the type's (the matrix's type → class map)."""
+        authors = document.get("author") or []
+        if not authors or not all(_is_the_patient(a, document, state) for a in authors):
+            message = f"{role}: the author of a document the patient adds is this DMP's Patient, and only they"
+            raise Denied(message, rule="R15", expression=("DocumentReference.author",))
+        classes = self._classes_of(document)
+        if classes != {PATIENT_DOCUMENT_CLASS}:
+            kind = f"is of class {', '.join(sorted(classes))}" if classes else "has no DMP class"
+            message = (
+                f"{role}: the patient adds documents of class {PATIENT_DOCUMENT_CLASS} only (Autres documents "
+                f"déposés par le patient); this DocumentReference.type {kind}"
+            )
+            raise Denied(message, rule="R15", expression=("DocumentReference.type",))
 
     def _check_replacements(
         self, access: Access, new: dict[str, Any], old: dict[str, Any] | None, facts: WriteFacts
     ) -> None:
-        """R19: only a document's author replaces it (``relatesTo`` ``replaces``). A feed (TCU)
-        does not say which professional it acts for, so it is nobody's author here."""
+        """R19: only a document's author replaces it (``relatesTo`` ``replaces``).
+
+        A feed (TCU), staff and the administration author no document — a feed does not say which
+        professional it acts for — so they replace none, whatever the target (403). Otherwise a
+        target that does not exist, is another patient's, or is hidden from a caller who did not
+        author it gets one and the same answer (422, not found): whether a document one may not see
+        exists is no one's business (R10–R13). A target the caller sees but did not author: 403.
+        """
         state = access.state
         assert state is not None
-        for target in _replaced(new) - (_replaced(old) if old else set()):
+        before = _replaced(old) if old else {}
+        added = {target: where for target, where in _replaced(new).items() if target not in before}
+        if not added:
+            return
+        if access.role not in (PROFESSIONAL, PATIENT, LEGAL_REPRESENTATIVE):
+            raise Denied(f"{access.role} authors no document, so replaces none", rule="R19")
+        for target, where in sorted(added.items()):
             replaced = facts.read("DocumentReference", target)
-            if (
-                replaced is None
-                or not _about(replaced, state.ins, state)
-                or not self._is_author(access, replaced, facts)
-            ):
-                raise Denied("only a document's author replaces it", rule="R19")
+            ours = replaced is not None and _about(replaced, state.ins, state)
+            author = ours and replaced is not None and self._is_author(access, replaced, facts)
+            if not author and not (ours and facts.visible("DocumentReference", target)):
+                message = f"{where}: DocumentReference/{target} is no document of this patient known here"
+                raise Denied(message, status=422, rule="R19", code="not-found", expression=(where,))
+            if not author:
+                raise Denied(f"DocumentReference/{target}: only a document's author replaces it", rule="R19")
 
     @staticmethod
     def _is_author(access: Access, document: dict[str, Any], facts: WriteFacts) -> bool:
@@ -562,12 +602,13 @@ class DmpPolicy:
             return _authored_by_patient(document, access.state)
         return False
 
-    def _of_class(self, document: dict[str, Any], class_code: str) -> bool:
-        """Whether the document's type is of the TRE_A03 class ``class_code`` (JDV_J66 map)."""
-        return any(
-            self.matrix.class_of(str(c.get("system")), str(c.get("code"))) == class_code
+    def _classes_of(self, document: dict[str, Any]) -> set[str]:
+        """The TRE_A03 classes of the document's type codings (JDV_J66 map); empty for none."""
+        classes = {
+            self.matrix.class_of(str(c.get("system")), str(c.get("code")))
             for c in (document.get("type") or {}).get("coding") or []
-        )
+        }
+        return {c for c in classes if c is not None}
 
     def _sees(self, access: Access, document: dict[str, Any], facts: WriteFacts) -> bool:
         """Whether a professional may read ``document`` (R10, R11): for R18's "can read it"."""
@@ -595,6 +636,7 @@ class WriteFacts:
     dmp_created_here: bool  # the request created this DMP (R16: representatives recorded at creation)
     professions_of: Callable[[str], frozenset[str]]  # TRE_G15 professions of an idNatPs, from the directory
     read: Callable[[str, str], dict[str, Any] | None]  # a stored resource by type and id, whoever may see it
+    visible: Callable[[str, str], bool]  # whether the caller may see that stored resource (the read filter)
     attaching: Callable[[str, str], list[dict[str, Any]]]  # the documents whose content is that resource
     # R20: whether this request's transaction consumed a DMP creation code for that INS
     creation_code_consumed: Callable[[Ident], bool]
@@ -760,29 +802,36 @@ def _identifiers(person: dict[str, Any]) -> list[tuple[Any, Any]]:
 
 
 def _authored_by_patient(doc: dict[str, Any], state: PatientState) -> bool:
-    """A patient-authored document names this DMP's Patient as its author, by reference or as a
+    """A patient-authored document names this DMP's Patient as an author, by reference or as a
     contained Patient carrying the INS (R15, R19); another patient as author is not "their own"."""
-    contained = {f"#{c.get('id')}": c for c in doc.get("contained") or []}
-    for author in doc.get("author") or []:
-        ref = str(author.get("reference", ""))
-        if _literal_patient(ref) in state.patient_ids:
-            return True
-        target = contained.get(ref) or {}
-        if target.get("resourceType") == "Patient" and any(
-            (i.get("system"), i.get("value")) == state.ins for i in target.get("identifier") or []
-        ):
-            return True
-    return False
+    return any(_is_the_patient(author, doc, state) for author in doc.get("author") or [])
 
 
-def _replaced(doc: dict[str, Any]) -> set[str]:
-    """The ids of the local documents ``doc`` replaces (``relatesTo`` ``replaces``)."""
-    out = set()
-    for relation in doc.get("relatesTo") or []:
+def _is_the_patient(author: Any, doc: dict[str, Any], state: PatientState) -> bool:
+    """Whether one ``author`` Reference of ``doc`` designates this DMP's Patient."""
+    if not isinstance(author, dict):
+        return False
+    ref = str(author.get("reference", ""))
+    if _literal_patient(ref) in state.patient_ids:
+        return True
+    contained = {f"#{c.get('id')}": c for c in doc.get("contained") or [] if isinstance(c, dict)}
+    target = contained.get(ref) or {}
+    return target.get("resourceType") == "Patient" and any(
+        (i.get("system"), i.get("value")) == state.ins for i in target.get("identifier") or []
+    )
+
+
+def _replaced(doc: dict[str, Any]) -> dict[str, str]:
+    """The ids of the local documents ``doc`` replaces (``relatesTo`` ``replaces``), each with the
+    element that names it (the first, when several do)."""
+    out: dict[str, str] = {}
+    for k, relation in enumerate(doc.get("relatesTo") or []):
         ref = str((relation.get("target") or {}).get("reference", ""))
         parts = ref.rstrip("/").split("/")
+        if "_history" in parts:
+            parts = parts[: parts.index("_history")]
         if relation.get("code") == "replaces" and len(parts) >= 2 and parts[-2] == "DocumentReference":
-            out.add(parts[-1])
+            out.setdefault(parts[-1], f"DocumentReference.relatesTo[{k}].target")
     return out
 
 

@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fhir_server.config import PROJECT_ROOT
+from fhir_server.documents.codes import TYPE_TO_CLASS
+from fhirmodel.terminology import Terminology
+
 LOINC = "http://loinc.org"
 INS_NIR = "urn:oid:1.2.250.1.213.1.4.8"
 RPPS = "urn:oid:1.2.250.1.71.4.2.1"
-CLASS_CODE = "urn:oid:1.2.250.1.213.1.1.4.1"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 FACILITY_TYPE = "urn:oid:1.2.250.1.213.1.1.4.9"
 PRACTICE_SETTING = "urn:oid:1.2.250.1.213.1.1.4.2.239"
@@ -50,15 +53,9 @@ DOC_TYPES: tuple[tuple[str, str], ...] = (
     ("87273-9", "Note de vaccination"),
     ("34874-8", "Compte rendu opératoire"),
 )
-#: Class codes of the JDV_J57 kind (code, display).
-CLASSES: tuple[tuple[str, str], ...] = (
-    ("10", "Compte rendu"),
-    ("11", "Synthèse"),
-    ("12", "Certificat, déclaration"),
-    ("13", "Imagerie médicale"),
-    ("14", "Traitement, soins"),
-    ("15", "Bilan d'exploration"),
-)
+#: The type → class map of ``ig/``: a document's category is its type's class, or the server refuses
+#: it (CONTRACT §5).
+_TERMINOLOGY = Terminology.load(PROJECT_ROOT / "ig" / "ConceptMap")
 #: Confidentiality label and its weight: most documents are Normal, a few Restricted / Very restricted.
 CONFIDENTIALITY_WEIGHTS: tuple[tuple[str, int], ...] = (("N", 90), ("R", 8), ("V", 2))
 FACILITIES: tuple[tuple[str, str], ...] = (
@@ -190,7 +187,13 @@ def make_document(
         "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.250.1.999.1.{rng.getrandbits(48)}"},
         "status": "current",
         "type": {"coding": [_coding(system, (code, display))]},
-        "category": [{"coding": [_coding(CLASS_CODE, rng.choice(CLASSES))]}],
+        "category": [
+            {
+                "coding": [
+                    {"system": s, "code": c} for s, c in sorted(_TERMINOLOGY.translate(TYPE_TO_CLASS, system, code))
+                ]
+            }
+        ],
         "subject": {"reference": f"Patient/{patient_id(subject)}"},
         "date": fhir_instant(created),
         "author": [{"reference": f"Practitioner/{practitioner_id(rng.randrange(pop.practitioners))}"}],

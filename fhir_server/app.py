@@ -16,6 +16,7 @@ from authz.authserver.service import build_account_service
 from authz.gate import build_gatekeeper
 from fhir_server.account_http import account_endpoints, register_account_routes
 from fhir_server.config import Config
+from fhir_server.documents.codes import DocumentCodes
 from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
 from fhir_server.oauth_http import register_oauth_routes
@@ -36,7 +37,7 @@ GatekeeperFactory = Callable[[Config, Store, Terminology], Gatekeeper]
 def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekeeper) -> FhirService:
     """The service of a configuration; access control is the DMP's unless a test says otherwise."""
     registry = SearchParamRegistry.load(config.ig_dir / "SearchParameter", SERVED_TYPES)
-    terminology = Terminology.load(config.ig_dir / "CodeSystem", config.ig_dir / "ValueSet")
+    terminology = Terminology.load(*(config.ig_dir / folder for folder in ("CodeSystem", "ValueSet", "ConceptMap")))
 
     def param_type(rtype: str, code: str) -> str | None:
         param = registry.get(rtype, code)
@@ -58,6 +59,7 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekee
         parser=SearchParser(registry, terminology, config.base_url, config.max_count),
         validator=ResourceValidator(frozenset(SERVED_TYPES)),
         gatekeeper=gatekeeper(config, store, terminology),
+        document_codes=DocumentCodes.of(terminology),
     )
 
 

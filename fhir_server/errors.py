@@ -6,6 +6,7 @@ written for the client: it names the problem, never internal details.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -47,6 +48,15 @@ def outcome_issue(severity: str, code: str, message: str, expression: list[str] 
 
 def operation_outcome(severity: str, code: str, message: str, expression: list[str] | None = None) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": [outcome_issue(severity, code, message, expression)]}
+
+
+def listing(status: int, code: str, problems: Sequence[tuple[str, str]]) -> FhirError:
+    """One error reporting every ``(element, message)`` problem (at least one), each issue naming
+    its element; the message names the first and counts the others."""
+    issues = [outcome_issue("error", code, f"{where}: {message}", [where]) for where, message in problems]
+    where, message = problems[0]
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return FhirError(status, f"{where}: {message}{more}", code, expression=[where], issues=issues)
 
 
 def bad_request(message: str, *, code: str = "invalid", expression: list[str] | None = None) -> FhirError:

@@ -7,6 +7,7 @@ headers. What the request means is decided by :meth:`FhirService.handle`.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import re
 from collections.abc import Iterable
@@ -16,13 +17,17 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from fhir_server.documents.base64_chunks import compact_base64, decoded_chunks, decoded_size
+from fhir_server.documents.cda import PAGE_CSP, CdaError, cda_to_html
+from fhir_server.documents.publish import is_xml
 from fhir_server.errors import FhirError, operation_outcome
 from fhir_server.formats.negotiation import (
     CONTENT_TYPES,
     JSON,
+    acceptable,
     format_of,
     media_type,
     parse_body,
+    prefers,
     render,
     response_format,
     wants_content,
@@ -84,6 +89,10 @@ def _dispatch(svc: FhirService, path: str) -> Response:
         resp = svc.process(fhir_req)
         if isinstance(resp.body, Download):
             return _download(resp, resp.body, request.method == "HEAD")
+        if format_param is None and prefers(accept, HTML):
+            page = _cda_page(fhir_req, resp, fhir_format=accepted is not None)
+            if page is not None:
+                return page
         raw = _raw_binary(fhir_req, resp, format_param, accept)
         if raw is not None:
             return raw
@@ -156,6 +165,46 @@ def _binary_body(path: str, data: bytes, content_type: str | None) -> dict[str, 
     return binary
 
 
+def _read_binary(req: FhirRequest, resp: FhirResponse) -> dict[str, Any] | None:
+    """The Binary a ``GET Binary/[id]`` (or its vread) answered, as stored; None for any other
+    request or answer (a 304 has none)."""
+    segments = req.path.split("/")
+    if req.method != "GET" or segments[0] != "Binary" or len(segments) < 2:
+        return None
+    binary = resp.body.load() if isinstance(resp.body, RawJson) else resp.body
+    return binary if isinstance(binary, dict) and binary.get("resourceType") == "Binary" else None
+
+
+def _cda_page(req: FhirRequest, resp: FhirResponse, fhir_format: bool) -> Response | None:
+    """A Binary read by a client that wants a page first (``Accept`` preferring ``text/html``): a
+    CDA rendered for people (``cda_to_html``: built element by element, nothing active copied).
+
+    A CDA is told by its content — an XML media type *and* a ``ClinicalDocument`` root — not by its
+    type alone. For other content the next acceptable representation answers (FHIR, or the bytes
+    themselves), or 406 when ``Accept`` admits none. Visibility was decided by the read (a Binary
+    the caller may not see is 404), which also left its AuditEvent.
+    """
+    binary = _read_binary(req, resp)
+    if binary is None:
+        return None  # another request, or a 304 (answered as any other)
+    content_type = str(binary.get("contentType") or "application/octet-stream")
+    reason = "it is not an XML document"
+    if is_xml(content_type):
+        try:
+            page = cda_to_html(binascii.a2b_base64(compact_base64(binary.get("data") or "")))
+        except CdaError as exc:
+            reason = str(exc)
+        except binascii.Error:
+            reason = "its data is not valid base64"
+        else:
+            headers = {**resp.headers, **_CONTENT_SAFETY, "Content-Security-Policy": _PAGE_POLICY, **_VARY}
+            return Response(page.encode("utf-8"), status=resp.status, headers=headers, content_type=_HTML_UTF8)
+    if fhir_format or acceptable(request.headers.get("Accept"), content_type):
+        return None
+    what = f"Binary/{binary.get('id')} ({content_type})"
+    raise FhirError(406, f"{what} cannot be shown as {HTML}: only a CDA document is, and {reason}", "not-supported")
+
+
 def _raw_binary(req: FhirRequest, resp: FhirResponse, format_param: str | None, accept: str | None) -> Response | None:
     """A Binary read by a client that does not ask for FHIR gets the content itself (R4 Binary,
     IHE MHD ITI-68; :func:`wants_content`): its bytes under its own media type, with the
@@ -165,18 +214,15 @@ def _raw_binary(req: FhirRequest, resp: FhirResponse, format_param: str | None, 
     resource itself is decrypted whole: AES-GCM authenticates a blob as one message.) Visibility
     was decided by the read: a Binary the caller may not see is 404, like one that does not exist.
     """
-    segments = req.path.split("/")
-    if req.method != "GET" or segments[0] != "Binary" or len(segments) < 2:
-        return None
-    if resp.status == 304:
+    if resp.status == 304 and req.method == "GET" and req.path.startswith("Binary/"):
         return Response(status=304, headers=resp.headers)
-    binary = resp.body.load() if isinstance(resp.body, RawJson) else resp.body
-    if not isinstance(binary, dict) or binary.get("resourceType") != "Binary":
+    binary = _read_binary(req, resp)
+    if binary is None:
         return None
     if not wants_content(format_param, accept, str(binary.get("contentType") or "")):
         return None
     encoded = compact_base64(binary.get("data") or "")
-    headers = {**resp.headers, "Content-Length": str(decoded_size(encoded)), **_CONTENT_SAFETY}
+    headers = {**resp.headers, "Content-Length": str(decoded_size(encoded)), **_CONTENT_SAFETY, **_VARY}
     content_type = binary.get("contentType") or "application/octet-stream"
     return Response(decoded_chunks(encoded), status=resp.status, headers=headers, content_type=content_type)
 
@@ -184,6 +230,13 @@ def _raw_binary(req: FhirRequest, resp: FhirResponse, format_param: str | None, 
 #: Served content is the client's, not the server's: a browser must neither sniff another type
 #: from it nor run what it holds (an HTML or SVG upload, a CDA's xml-stylesheet) as this origin.
 _CONTENT_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox; default-src 'none'"}
+#: A rendered CDA: the same, plus what the page itself says (it needs no style, script or image)
+#: and that no other site may frame it.
+_PAGE_POLICY = f"sandbox; {PAGE_CSP}; frame-ancestors 'none'"
+HTML = "text/html"
+_HTML_UTF8 = f"{HTML}; charset=utf-8"
+#: A Binary's URL answers its bytes, its FHIR form or its rendering, by Accept: caches must know.
+_VARY = {"Vary": "Accept"}
 
 
 def _download(resp: FhirResponse, download: Download, head: bool) -> Response:

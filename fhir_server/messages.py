@@ -6,7 +6,7 @@ builds one from each Bundle entry, so every interaction has exactly one implemen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,9 @@ class FhirRequest:
     assigned_id: str | None = None  # a create inside a transaction: the id chosen beforehand
     guard: Guard | None = None  # access control of this request, set by FhirService.process
     client_address: str | None = None  # the network peer, for the trail
+    #: Work an entry of a transaction Bundle leaves for when every entry has run (the Bundle runs
+    #: it, in the same store transaction); None outside a transaction, where such work runs at once.
+    completion: list[Callable[[], None]] | None = None
 
     @property
     def scope(self) -> AccessScope:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_server.config import Config
+from fhir_server.documents.codes import DocumentCodes
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.guard import Gatekeeper
 from fhir_server.messages import Download, FhirRequest, FhirResponse
@@ -61,6 +62,7 @@ class FhirService:
     parser: SearchParser
     validator: ResourceValidator
     gatekeeper: Gatekeeper
+    document_codes: DocumentCodes  # what a DocumentReference may say it is (CONTRACT §5)
     served_types: tuple[str, ...] = SERVED_TYPES
     capability: dict[str, Any] = field(init=False)
 

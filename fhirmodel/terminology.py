@@ -1,8 +1,9 @@
-"""Local CodeSystems and ValueSets from ``ig/``, for ``:in``/``:not-in`` and binding checks.
+"""Local CodeSystems, ValueSets and ConceptMaps from ``ig/``, for ``:in``/``:not-in`` and binding checks.
 
 Only what a simple expansion needs: ``compose.include`` of listed concepts or of a whole local
 CodeSystem (``filter`` is not supported and makes a ValueSet unexpandable), minus
-``compose.exclude``, plus ``expansion.contains`` when a ValueSet ships pre-expanded.
+``compose.exclude``, plus ``expansion.contains`` when a ValueSet ships pre-expanded. ConceptMaps
+are read as plain lookups (source code → target codes), without dependsOn/product.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Terminology:
     def __init__(self, resources: Iterable[dict[str, Any]]):
         self._code_systems: dict[str, dict[str, Any]] = {}
         self._value_sets: dict[str, dict[str, Any]] = {}
+        self._concept_maps: dict[str, dict[Code, frozenset[Code]]] = {}
         for res in resources:
             url = res.get("url")
             if not url:
@@ -27,6 +29,8 @@ class Terminology:
                 self._code_systems[url] = res
             elif res.get("resourceType") == "ValueSet":
                 self._value_sets[url] = res
+            elif res.get("resourceType") == "ConceptMap":
+                self._concept_maps[url] = _lookups(res)
         self._expanded: dict[str, frozenset[Code] | None] = {}
         self._system_code_sets: dict[str, frozenset[str]] = {}
 
@@ -38,6 +42,14 @@ class Terminology:
                 for path in sorted(folder.glob("*.json")):
                     resources.append(json.loads(path.read_text(encoding="utf-8")))
         return cls(resources)
+
+    def has_concept_map(self, url: str) -> bool:
+        return url.split("|")[0] in self._concept_maps
+
+    def translate(self, url: str, system: str, code: str) -> frozenset[Code]:
+        """The target codes the local ConceptMap ``url`` gives ``system|code``: empty when the
+        map lists it as unmatched, does not list it, or is unknown."""
+        return self._concept_maps.get(url.split("|")[0], {}).get((system, code), frozenset())
 
     def has_code(self, system: str, code: str) -> bool:
         """Whether ``code`` is defined by the local CodeSystem ``system`` (False if unknown)."""
@@ -116,3 +128,17 @@ class Terminology:
                     result = frozenset(included - excluded)
         self._expanded[key] = result
         return result
+
+
+def _lookups(concept_map: dict[str, Any]) -> dict[Code, frozenset[Code]]:
+    """Each source ``(system, code)`` of a ConceptMap → the ``(system, code)`` it maps to;
+    ``unmatched`` and ``disjoint`` targets map to nothing."""
+    out: dict[Code, set[Code]] = {}
+    for group in concept_map.get("group") or []:
+        source, target = group.get("source"), group.get("target")
+        for element in group.get("element") or []:
+            found = out.setdefault((str(source), str(element.get("code"))), set())
+            for mapped in element.get("target") or []:
+                if mapped.get("code") and mapped.get("equivalence") not in ("unmatched", "disjoint"):
+                    found.add((str(target), str(mapped["code"])))
+    return {key: frozenset(codes) for key, codes in out.items()}

@@ -51,6 +51,14 @@ def service(config: Config) -> Iterator[FhirService]:
 
 
 @pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    """A DMP test world (tests/dmp.py): the server with the DMP gatekeeper, on a fresh store."""
+    w = World(tmp_path)
+    yield w
+    w.close()
+
+
+@pytest.fixture
 def app(service: FhirService) -> Flask:
     return create_app(service=service)
 
@@ -58,14 +66,6 @@ def app(service: FhirService) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    """The DMP test world (tests/dmp.py): the real server with the DMP gatekeeper, on a fresh store."""
-    built = World(tmp_path)
-    yield built
-    built.close()
 
 
 class Fhir:

@@ -24,6 +24,7 @@ from authz.gate import DmpGatekeeper, build_gatekeeper
 from authz.keys import load_or_create_server_key
 from authz.lifecycle import CLOSURE_URL
 from authz.terms import (
+    ACCESS,
     BREAK_THE_GLASS,
     EMERGENCY_ACCESS,
     IDNATPS_SYSTEM,
@@ -210,6 +211,13 @@ class World:
         self.store.create(closed(patient, closed_on) if closed_on else patient)
         for purpose in (BREAK_THE_GLASS, REGULATION_CENTRE):
             self.store.create(new_consent(EMERGENCY_ACCESS, ins_of(ins), self.clock.now, purpose=purpose))
+        return pid
+
+    def seed_granted(self, ins: str, *idnatps: str) -> str:
+        """A patient's open DMP whose patient granted access (R3) to each of these professionals."""
+        pid = self.seed_patient(ins)
+        for professional in idnatps:
+            self.seed_consent(ACCESS, ins, (IDNATPS_SYSTEM, professional))
         return pid
 
     def seed_consent(

@@ -45,6 +45,7 @@ from authz.tokens import own_issuer
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier, Token
 from tests.dmp import CR_CONSULTATION, FINESS, INS_SYSTEM, LOINC, SYNTHESE, As, World, closed, reopened
 
+TRE_A03 = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
 TRE_A05 = "https://mos.esante.gouv.fr/NOS/TRE_A05-TypeDocComplementaire/FHIR/TRE-A05-TypeDocComplementaire"
 REIMBURSEMENT = (TRE_A05, "REMB")  # class 60: denied to Infirmier (60)
 PATIENT_DOC = (TRE_A05, "EXPPAT_1")  # class 90: documents the patient adds
@@ -1144,6 +1145,80 @@ def test_r15_the_patient_adds_only_their_own_class_90_documents(world: World, wh
     assert docs_of(world.patient(INS_A), pid) == {own.get_json()["id"]}
 
 
+def _refused_for(response: TestResponse, element: str, words: str) -> None:
+    """403 (R15) naming the element the refusal is about, with a message that says why."""
+    forbidden(response)
+    first = response.get_json()["issue"][0]
+    assert first["expression"] == [element] and words in first["diagnostics"], first
+
+
+@pytest.mark.parametrize("who", ["PAT", "LEGREP"])
+def test_r15_why_a_patients_document_is_refused(world: World, who: str) -> None:
+    pid = world.seed_patient(INS_A)
+    representative(world, INS_A, REP_1)
+    client = world.patient(INS_A) if who == "PAT" else legrep(world, INS_A, REP_1)
+    before = len(docs_of(world.patient(INS_A), pid))
+    # A type of class 90 with its class as category: accepted.
+    with_category = document(pid, PATIENT_DOC, patient_author=pid, category=[_class("90")])
+    assert client.post("DocumentReference", with_category).status_code == 201
+    # Another class, by its type: 403 saying which class.
+    _refused_for(
+        client.post("DocumentReference", document(pid, CONSULTATION, patient_author=pid)),
+        "DocumentReference.type",
+        f"{who}: the patient adds documents of class 90 only (Autres documents déposés par le patient); "
+        "this DocumentReference.type is of class 10",
+    )
+    # A category of class 90 on a type of another class: the codes disagree (422, CONTRACT §5).
+    disguised = document(pid, CONSULTATION, patient_author=pid, category=[_class("90")])
+    response = client.post("DocumentReference", disguised)
+    assert response.status_code == 422 and response.get_json()["issue"][0]["code"] == "code-invalid"
+    # A type of no DMP class at all.
+    _refused_for(
+        client.post("DocumentReference", document(pid, (LOINC, "28617-9"), patient_author=pid)),
+        "DocumentReference.type",
+        "this DocumentReference.type has no DMP class",
+    )
+    # Authors: the Patient and only them; not a professional beside them, not the representative,
+    # not nobody.
+    own = document(pid, PATIENT_DOC, patient_author=pid)
+    for doc in (
+        {**own, "author": [*own["author"], {"identifier": {"system": IDNATPS_SYSTEM, "value": DR}}]},
+        {**own, "author": [{"identifier": {"system": INS_SYSTEM, "value": REP_1}}]},
+        document(pid, PATIENT_DOC),
+    ):
+        _refused_for(
+            client.post("DocumentReference", doc),
+            "DocumentReference.author",
+            "the author of a document the patient adds is this DMP's Patient, and only they",
+        )
+    # A contained Patient carrying the DMP's INS is the Patient too.
+    contained = {
+        **document(pid, PATIENT_DOC),
+        "contained": [{"resourceType": "Patient", "id": "me", "identifier": [{"system": INS_SYSTEM, "value": INS_A}]}],
+        "author": [{"reference": "#me"}],
+    }
+    assert client.post("DocumentReference", contained).status_code == 201
+    assert len(docs_of(world.patient(INS_A), pid)) == before + 2
+
+
+def test_r15_the_patients_document_stays_theirs_and_of_class_90(world: World) -> None:
+    """The patient changes their own document (R19), but not into what they could not have added."""
+    pid = world.seed_patient(INS_A)
+    patient = world.patient(INS_A)
+    doc = patient.post("DocumentReference", document(pid, PATIENT_DOC, patient_author=pid)).get_json()
+    retyped = {**doc, "type": document(pid, CONSULTATION)["type"]}
+    _refused_for(patient.put(f"DocumentReference/{doc['id']}", retyped), "DocumentReference.type", "class 10")
+    reattributed = {**doc, "author": [{"identifier": {"system": IDNATPS_SYSTEM, "value": DR}}]}
+    _refused_for(patient.put(f"DocumentReference/{doc['id']}", reattributed), "DocumentReference.author", "only they")
+    described = {**doc, "description": "mon ordonnance de lunettes"}
+    assert patient.put(f"DocumentReference/{doc['id']}", described).status_code == 200
+    assert stored(world, "DocumentReference", doc["id"])["type"] == doc["type"]
+
+
+def _class(code: str) -> dict[str, Any]:
+    return {"coding": [{"system": TRE_A03, "code": code}]}
+
+
 # -- R16 consents --------------------------------------------------------------------------------
 
 
@@ -1700,6 +1775,101 @@ def test_r19_the_patient_archives_and_unarchives(world: World, who: str) -> None
     forbidden(author.request("PATCH", f"DocumentReference/{doc}", unarchive, headers=JSON_PATCH))
     assert client.request("PATCH", f"DocumentReference/{doc}", unarchive, headers=JSON_PATCH).status_code == 200
     assert docs_of(client, pid, "&archived=false") == {doc, kept}
+
+
+def test_r19_a_representative_deletes_what_the_patient_authored_only(world: World) -> None:
+    pid = world.seed_patient(INS_A)
+    representative(world, INS_A, REP_1)
+    theirs = world.seed_document(pid, PATIENT_DOC[1], type_system=PATIENT_DOC[0], patient_author=True)
+    doctors = world.seed_document(pid, author=DR)
+    rep = legrep(world, INS_A, REP_1)
+    forbidden(rep.delete(f"DocumentReference/{doctors}"))
+    assert rep.delete(f"DocumentReference/{theirs}").status_code == 204
+    assert docs_of(world.patient(INS_A), pid) == {doctors}
+
+
+@pytest.mark.parametrize("role", ["TCU", "ASS", "ADM"])
+def test_r19_feeds_staff_and_administration_delete_nothing(world: World, role: str) -> None:
+    """They read no document (R9): one they try to delete is not found, as one that does not exist."""
+    pid = world.seed_patient(INS_A)
+    doc = world.seed_document(pid, author=DR)
+    client = world.as_(role, patient=INS_A)
+    refused = issue(client.delete(f"DocumentReference/{doc}"), doc)
+    assert refused == issue(client.delete("DocumentReference/nowhere"), "nowhere")
+    assert refused[:2] == (404, "not-found")
+    assert stored(world, "DocumentReference", doc)["meta"]["versionId"] == "1"
+
+
+def test_r19_a_deleted_document_and_its_content_are_gone_for_everyone(world: World) -> None:
+    """After its author deletes it, a document is gone (410) and out of every search, and its
+    content is reached by no one: a Binary is read only through a document one sees."""
+    pid = world.seed_patient(INS_A)
+    grant(world, INS_A, DR)
+    doc = world.seed_document(pid, author=DR, with_binary=True)
+    author, patient = world.doctor(DR, INS_A), world.patient(INS_A)
+    assert patient.get(f"Binary/bin-{doc}").status_code == 200
+    events = len(audit_events(world, INS_A))
+    deleted = author.delete(f"DocumentReference/{doc}")
+    assert deleted.status_code == 204 and deleted.headers["ETag"] == 'W/"2"'
+    assert len(audit_events(world, INS_A)) == events + 1  # the deletion is in the trail
+    for reader in (author, patient):
+        assert reader.get(f"DocumentReference/{doc}").status_code == 410
+        assert docs_of(reader, pid) == set()
+        not_found(reader.get(f"Binary/bin-{doc}"))
+    assert author.delete(f"DocumentReference/{doc}").status_code == 204  # idempotent (R4 3.1.0.7.1)
+
+
+def test_r19_a_professional_who_does_not_see_a_document_cannot_tell_it_exists_by_deleting(world: World) -> None:
+    pid = world.seed_patient(INS_A)
+    grant(world, INS_A, DR_2)
+    masked = world.seed_document(pid, author=DR, labels=(MASKED_FROM_PROFESSIONALS,))
+    colleague = world.doctor(DR_2, INS_A)
+    hidden = issue(colleague.delete(f"DocumentReference/{masked}"), masked)
+    assert hidden == issue(colleague.delete("DocumentReference/nowhere"), "nowhere")
+    assert hidden[0] == 404
+
+
+@pytest.mark.parametrize("who", ["PAT", "LEGREP"])
+def test_r19_archiving_is_the_archive_flag_and_nothing_else(world: World, who: str) -> None:
+    """Archiving by JSON Patch (adding the extension) or by PUT; with a masking label too (both
+    the patient's, R18); not with any other change (the author's only); never for a document
+    hidden from the patient, nor by anyone else."""
+    pid = world.seed_patient(INS_A)
+    grant(world, INS_A, DR)
+    representative(world, INS_A, REP_1)
+    doc, other = world.seed_document(pid, author=DR), world.seed_document(pid, author=DR)
+    hidden = world.seed_document(pid, author=DR, labels=(INVISIBLE_TO_PATIENT,))
+    client = world.patient(INS_A) if who == "PAT" else legrep(world, INS_A, REP_1)
+    archive = [{"op": "add", "path": "/extension", "value": [{"url": ARCHIVED, "valueBoolean": True}]}]
+    assert client.request("PATCH", f"DocumentReference/{doc}", archive, headers=JSON_PATCH).status_code == 200
+    current = client.get(f"DocumentReference/{other}").get_json()
+    flagged = {**current, "extension": [{"url": ARCHIVED, "valueBoolean": True}]}
+    forbidden(client.put(f"DocumentReference/{other}", {**flagged, "description": "archivé et renommé"}))
+    masked = {
+        **flagged,
+        "securityLabel": [
+            *current["securityLabel"],
+            {"coding": [{"system": VISIBILITY_SYSTEM, "code": MASKED_FROM_PROFESSIONALS}]},
+        ],
+    }
+    assert client.put(f"DocumentReference/{other}", masked).status_code == 200
+    not_found(client.request("PATCH", f"DocumentReference/{hidden}", archive, headers=JSON_PATCH))
+    author = world.doctor(DR, INS_A)
+    forbidden(author.request("PATCH", f"DocumentReference/{hidden}", archive, headers=JSON_PATCH))  # R19
+    for role in ("TCU", "ASS"):  # who read no document (R9)
+        not_found(
+            world.as_(role, patient=INS_A).request("PATCH", f"DocumentReference/{hidden}", archive, headers=JSON_PATCH)
+        )
+    assert docs_of(client, pid, "&archived=true") == {doc, other}
+    assert docs_of(client, pid, "&archived=false") == set()
+    assert docs_of(author, pid, "&archived=false") == {hidden}  # what they see, not archived
+    assert stored(world, "DocumentReference", other).get("description") is None
+
+
+def issue(response: TestResponse, rid: str) -> tuple[int, str, str]:
+    """Status, code and message of a refusal about ``rid``, for comparing two of them."""
+    body = response.get_json()
+    return response.status_code, body["issue"][0]["code"], body["issue"][0]["diagnostics"].replace(rid, "…")
 
 
 # -- R20 lifecycle -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
@@ -27,10 +28,12 @@ MATRIX_CSV = SHARED_DATA / "authorisation-matrix.csv"
 LOINC = "http://loinc.org"
 TRE_A03 = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
 TRE_A05 = "https://mos.esante.gouv.fr/NOS/TRE_A05-TypeDocComplementaire/FHIR/TRE-A05-TypeDocComplementaire"
+TRE_A12 = "https://mos.esante.gouv.fr/NOS/TRE_A12-NomenclatureASTM/FHIR/TRE-A12-NomenclatureASTM"
 TRE_A07 = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
 TRE_G15 = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"
 JDV_J66 = "https://mos.esante.gouv.fr/NOS/JDV_J66-TypeCode-DMP/FHIR/JDV-J66-TypeCode-DMP"
 JDV_J57 = "https://mos.esante.gouv.fr/NOS/JDV_J57-ClassCode-DMP/FHIR/JDV-J57-ClassCode-DMP"
+JDV_J07 = "https://mos.esante.gouv.fr/NOS/JDV_J07-XdsTypeCode-CISIS/FHIR/JDV-J07-XdsTypeCode-CISIS"
 CANON = "https://dmp.example.org/fhir"
 
 COPIED = {
@@ -102,6 +105,7 @@ def test_expected_files_exist() -> None:
         "CodeSystem-TRE-R260-HL7RoleClass.json",
         "CodeSystem-TRE-A07-StatutVisibiliteDocument.json",
         "ValueSet-JDV-J66-TypeCode-DMP.json",
+        "ValueSet-JDV-J07-XdsTypeCode-CISIS.json",
         "ValueSet-JDV-J57-ClassCode-DMP.json",
         "ValueSet-JDV-J58-ConfidentialityCode-DMP.json",
         "ValueSet-JDV-J52-AvailabilityStatus-CISIS.json",
@@ -176,7 +180,7 @@ def test_build_is_deterministic_and_matches_the_committed_files(tmp_path: Path) 
     run_build(tmp_path / "b")
     first, second = tree(tmp_path / "a"), tree(tmp_path / "b")
     assert first == second
-    assert len(first) == 16
+    assert len(first) == 17
     committed = tree(IG)
     assert sorted(committed) == sorted(first), "ig/ holds files the build does not make, or lacks some"
     for rel, content in first.items():
@@ -233,6 +237,21 @@ def test_j66_expands_to_exactly_the_csv_rows() -> None:
     }
 
 
+def test_j07_expands_to_exactly_the_svs_concepts() -> None:
+    """JDV_J07 (CONTRACT §5: DocumentReference.type) holds every concept of the CI-SIS SVS file,
+    each under the FHIR URL of its code system, and every DMP type (JDV_J66) is among them."""
+    terminology = Terminology.load(IG / "CodeSystem", IG / "ValueSet")
+    svs = ElementTree.parse(TERMINOLOGY / "svs" / "JDV_J07_XdsTypeCode_CISIS.xml")
+    url_of = {"2.16.840.1.113883.6.1": LOINC, "1.2.250.1.213.1.1.4.12": TRE_A05, "ASTM": TRE_A12}
+    concepts = svs.getroot().iter("{urn:ihe:iti:svs:2008}Concept")
+    expected = {(url_of[c.get("codeSystem", "")], c.get("code", "")) for c in concepts}
+    assert len(expected) == 114
+    assert terminology.expand(JDV_J07) == expected
+    assert {(r["type_system"], r["type_code"]) for r in J66_ROWS} < expected
+    oid = {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.213.1.1.5.471"}
+    assert by_url(JDV_J07)["identifier"] == [oid]
+
+
 def test_j57_expands_to_the_eleven_classes() -> None:
     terminology = Terminology.load(IG / "CodeSystem", IG / "ValueSet")
     classes = {(TRE_A03, r["code"]) for r in read_csv(TERMINOLOGY / "document-classes-J57.csv")}
@@ -254,6 +273,19 @@ def test_concept_map_covers_every_j66_row() -> None:
     expected = {(r["type_system"], r["type_code"]): r["class_code_TRE_A03"] or None for r in J66_ROWS}
     assert mapped == expected
     assert None in mapped.values()  # the rows of the table without a class are kept, unmatched
+
+
+def test_the_terminology_reads_the_concept_map() -> None:
+    """``Terminology.translate`` gives each J66 row's class, and nothing for an unmatched row or
+    an unknown code or map."""
+    terminology = Terminology.load(*(IG / folder for folder in ("CodeSystem", "ValueSet", "ConceptMap")))
+    url = f"{CANON}/ConceptMap/dmp-document-type-to-class"
+    assert terminology.has_concept_map(url) and not terminology.has_concept_map(f"{CANON}/ConceptMap/none")
+    for row in J66_ROWS:
+        expected = {(TRE_A03, row["class_code_TRE_A03"])} if row["class_code_TRE_A03"] else set()
+        assert terminology.translate(url, row["type_system"], row["type_code"]) == expected, row
+    assert terminology.translate(url, LOINC, "28655-9") == frozenset()
+    assert terminology.translate(f"{CANON}/ConceptMap/none", LOINC, "11488-4") == frozenset()
 
 
 # --- the matrix on the real data ----------------------------------------------------------------

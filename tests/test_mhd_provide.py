@@ -30,6 +30,7 @@ from fhir_server.formats.xml import xml_to_json
 from storage.query import OPEN_SCOPE
 from tests.conftest import Fhir
 from tests.dmp import CR_CONSULTATION, FINESS, INS_SYSTEM, LOINC, As, World
+from tests.document_codes import dmp_codes, nist_dmp_codes
 from tests.nist_mhd import NistCase, cases
 from tests.paths import EXAMPLES, SHARED_DATA, example_transaction_bundles
 from tests.test_cda import make_cda
@@ -298,7 +299,8 @@ REFUSED = {
     ),
     # No subject, in a DMP: a document is about the token's patient (R1, the guard's refusal).
     "Bundle-ex-minimalProvideDocumentBundleSimpleContained": (403, "", "another patient"),
-    # A plain transaction (no MHD profile or content), whose DocumentReference names no patient (R1).
+    # A plain transaction (no MHD profile or content), whose DocumentReference names no patient (R1),
+    # once its codes are repaired (REFUSED_FOR_CODES).
     "Bundle-ex-dummyBundleDocAndBinary": (403, "", "another patient"),
     # The ANS examples lack DocumentReference.custodian, which pdsm-comprehensive-document-reference
     # requires (1..1); they are repaired and accepted in the tests further down.
@@ -309,6 +311,22 @@ REFUSED = {
     ),
     "Bundle-example-td2-1-remplacement": (422, "Bundle.entry[1].resource.custodian", "custodian is required"),
     "Bundle-example-td2-iti65-lot-soumission": (422, "Bundle.entry[1].resource.custodian", "custodian is required"),
+}
+
+
+#: Examples refused as they are for their document codes (CONTRACT §5), then run repaired
+#: (tests/document_codes.py): the IHE ones classify their documents with the LOINC code 11369-6,
+#: no DMP class, and one types its document with 28655-9, which is not in JDV_J07.
+REFUSED_FOR_CODES = {
+    "Bundle-ex-comprehensiveProvideDocumentBundleComplete": ("Bundle.entry[1].resource.category[0]", "11369-6"),
+    "Bundle-ex-comprehensiveProvideDocumentBundleDocument": ("Bundle.entry[1].resource.type", "28655-9"),
+    "Bundle-ex-comprehensiveProvideDocumentBundleMultiple": ("Bundle.entry[1].resource.category[0]", "11369-6"),
+    "Bundle-ex-comprehensiveProvideDocumentBundleSimple": ("Bundle.entry[1].resource.category[0]", "11369-6"),
+    "Bundle-ex-dummyBundleDocAndBinary": ("Bundle.entry[0].resource.category[0]", "11369-6"),
+    "Bundle-ex-unContainedComprehensiveProvideDocumentBundleComplete": (
+        "Bundle.entry[1].resource.category[0]",
+        "11369-6",
+    ),
 }
 
 
@@ -352,6 +370,13 @@ def test_example_bundles(world: World, pid: str, doctor: As, path: Path) -> None
     bundle = _prepare_example(world, pid, path)
     before = versions(world)
     response = doctor.post("", bundle)
+    if path.stem in REFUSED_FOR_CODES:
+        element, code = REFUSED_FOR_CODES[path.stem]
+        refused(response, 422, element, code)
+        assert issue(response)["code"] == "code-invalid"
+        assert versions(world) == before
+        bundle = dmp_codes(bundle)
+        response = doctor.post("", bundle)
     if path.stem in REFUSED:
         status, element, words = REFUSED[path.stem]
         assert response.status_code == status, response.get_data(as_text=True)
@@ -377,7 +402,7 @@ def test_the_contained_minimal_example_is_accepted_with_its_patient_named(world:
 
 def test_the_ihe_replace_example_repaired_supersedes_through_its_own_patch(world: World, pid: str, doctor: As) -> None:
     path = EXAMPLES / "ihe-mhd/examples/Bundle-ex-comprehensiveProvideDocumentBundleReplace.json"
-    bundle = _prepare_example(world, pid, path)
+    bundle = dmp_codes(_prepare_example(world, pid, path))  # and its category: 11369-6 is no DMP class
     entry_of(bundle, "DocumentReference")["resource"]["content"][0]["attachment"]["size"] = 23  # was 24
     targets = created(doctor.post("", bundle))
     new = stored(world, *targets[2].split("/"))
@@ -389,8 +414,10 @@ def test_the_ihe_replace_example_repaired_supersedes_through_its_own_patch(world
 
 def _repair_ans(bundle: dict[str, Any], data: bytes | None) -> dict[str, Any]:
     """An ANS example made valid: the custodian its profile requires (a contained Organization),
-    and, when ``data`` is given, a real CDA in place of the empty ``<ClinicalDocument/>`` with the
-    size and hash of what is sent."""
+    the class of its type as category (the drafts give another type's), and, when ``data`` is
+    given, a real CDA in place of the empty ``<ClinicalDocument/>`` with the size and hash of what
+    is sent."""
+    bundle = dmp_codes(bundle)
     reference = entry_of(bundle, "DocumentReference")["resource"]
     reference["contained"].append(
         {"resourceType": "Organization", "id": "custodian", "identifier": [{"system": FINESS, "value": "330780038"}]}
@@ -532,8 +559,10 @@ def test_nist_fixture_typo_alone_is_refused(world: World, pid: str, doctor: As) 
 
 @pytest.mark.parametrize("case", [c for c in NIST_CASES if c.module.startswith("MHDPDBSuccess")], ids=lambda c: c.id)
 def test_nist_positive_cases_are_accepted(world: World, pid: str, doctor: As, case: NistCase) -> None:
+    """With DMP document codes (tests/document_codes.py): the comprehensive fixtures type their
+    documents 34895-3 (not in JDV_J07) and classify them IHE ``REPORTS`` (no DMP class)."""
     before = versions(world)
-    response = post_xml(doctor, case.bundle_xml(case.fixtures[0], f"Patient/{pid}"))
+    response = post_xml(doctor, nist_dmp_codes(case.bundle_xml(case.fixtures[0], f"Patient/{pid}")))
     if case.id in NIST_FIXTURE_DEFECTS:
         refused(response, *NIST_FIXTURE_DEFECTS[case.id], "is created by a POST to")
         assert versions(world) == before
@@ -545,13 +574,24 @@ def test_nist_positive_cases_are_accepted(world: World, pid: str, doctor: As, ca
     assert after["List"] == before["List"] + 1
 
 
+def test_nist_comprehensive_fixtures_carry_codes_the_dmp_refuses(world: World, pid: str, doctor: As) -> None:
+    case = next(c for c in NIST_CASES if c.id == "comprehensive/1_Prerequisite_Single_Document_with_Binary")
+    before = versions(world)
+    response = post_xml(doctor, case.bundle_xml(case.fixtures[0], f"Patient/{pid}"))
+    refused(response, 422, "Bundle.entry[0].resource.type", f"{LOINC}|34895-3 is not a document type of JDV_J07")
+    second = response.get_json()["issue"][1]
+    assert second["expression"] == ["Bundle.entry[0].resource.category[0]"]
+    assert "urn:oid:1.3.6.1.4.1.19376.1.2.6.1|REPORTS is not a document class" in second["diagnostics"]
+    assert versions(world) == before
+
+
 def _nist_original(world: World, pid: str, doctor: As, case: NistCase) -> str:
     """Send a NIST case's original document, authored by the doctor, and return its id.
 
     The fixtures name no author; in a DMP only its author replaces a document (R19), so the
     DocumentReference gets the doctor as author here.
     """
-    bundle = xml_to_json(case.bundle_xml(case.fixtures[0], f"Patient/{pid}"))
+    bundle = xml_to_json(nist_dmp_codes(case.bundle_xml(case.fixtures[0], f"Patient/{pid}")))
     entry_of(bundle, "DocumentReference")["resource"]["author"] = [
         {"identifier": {"system": IDNATPS_SYSTEM, "value": DR}}
     ]
@@ -563,7 +603,7 @@ def _nist_original(world: World, pid: str, doctor: As, case: NistCase) -> str:
 def test_nist_replace_addendum_and_transform(world: World, pid: str, doctor: As, case: NistCase) -> None:
     original = _nist_original(world, pid, doctor, case)
     follow_up = case.bundle_xml(case.fixtures[1], f"Patient/{pid}", f"DocumentReference/{original}")
-    targets = created(post_xml(doctor, follow_up))
+    targets = created(post_xml(doctor, nist_dmp_codes(follow_up)))
     new = stored(world, *next(t for t in targets if t.startswith("DocumentReference/")).split("/"))
     code = {"DocumentReplace": "replaces", "DocumentAddendum": "appends", "DocumentTransforms": "transforms"}
     assert new["relatesTo"][0]["code"] == code[case.module]
@@ -808,12 +848,13 @@ def test_replacement_is_refused_for_a_feed(world: World, pid: str) -> None:
 
 
 def test_replacement_of_another_patients_document_is_refused(world: World, pid: str, doctor: As) -> None:
+    """Another patient's document, even the doctor's own, is answered as one that does not exist."""
     other = world.seed_patient("2850375123457")
     theirs = world.seed_document(other, author=DR)
     response = doctor.post("", submission(pid, relatesTo=replacing(theirs)))
-    refused(response, 422, "Bundle.entry[1].resource.relatesTo[0].target", f"is no document of Patient/{pid}")
+    first = refused(response, 422, "Bundle.entry[1].resource.relatesTo[0].target", "is no document of this patient")
     response = doctor.post("", submission(pid, relatesTo=replacing("nowhere")))
-    refused(response, 422, "Bundle.entry[1].resource.relatesTo[0].target", f"is no document of Patient/{pid}")
+    assert issue(response) == {**first, "diagnostics": first["diagnostics"].replace(theirs, "nowhere")}
 
 
 def test_a_bundle_that_patches_the_replaced_document_otherwise_is_rolled_back(
@@ -842,7 +883,12 @@ def test_a_bundle_that_patches_the_replaced_document_otherwise_is_rolled_back(
     )
     before = versions(world)
     response = doctor.post("", bundle)
-    refused(response, 422, "Bundle.entry[3]", "leaves it 'entered-in-error'")
+    refused(
+        response,
+        422,
+        "Bundle.entry[1].resource.relatesTo[0].target",
+        f"the transaction leaves DocumentReference/{old} 'entered-in-error'",
+    )
     assert stored(world, "DocumentReference", old)["status"] == "current"
     assert versions(world) == before
 
@@ -852,8 +898,8 @@ def test_a_bundle_that_patches_the_replaced_document_otherwise_is_rolled_back(
 
 def test_a_plain_transaction_is_no_iti65(world: World, pid: str, doctor: As) -> None:
     """No MHD profile, no MHD content: the IHE ``dummy`` example, which MHD would refuse (no
-    masterIdentifier, no SubmissionSet), is stored as a FHIR transaction."""
-    bundle = example(EXAMPLES / "ihe-mhd/examples/Bundle-ex-dummyBundleDocAndBinary.json", pid)
+    masterIdentifier, no SubmissionSet), is stored as a FHIR transaction (with DMP codes)."""
+    bundle = dmp_codes(example(EXAMPLES / "ihe-mhd/examples/Bundle-ex-dummyBundleDocAndBinary.json", pid))
     entry_of(bundle, "DocumentReference")["resource"]["subject"] = {"reference": f"Patient/{pid}"}
     targets = created(doctor.post("", bundle))
     assert stored(world, *targets[0].split("/"))["status"] == "current"

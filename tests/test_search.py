@@ -330,9 +330,11 @@ def test_string_on_other_types(fhir: Fhir) -> None:
 
 
 @pytest.fixture
-def typed_documents(fhir: Fhir) -> None:
-    put_all(
-        fhir,
+def typed_documents(service: FhirService) -> None:
+    """Codings of every form a token search must handle — no system, a local system, text only —
+    which the server would refuse as document types today (CONTRACT §5: JDV_J07 codes only), so
+    they are stored as a migration of older data would store them."""
+    for resource in (
         document("d1", type=concept((LOINC, "11488-4"), display="Consult note", text="CR de consultation")),
         document("d2", type=concept((LOINC, "34133-9"), display="Summary of episode note")),
         document("d3", type=concept((None, "11488-4")), status="superseded"),
@@ -341,7 +343,8 @@ def typed_documents(fhir: Fhir) -> None:
         ),
         document("d5", type={"text": "Ordonnance"}),
         document("d6"),
-    )
+    ):
+        service.store.create(resource)
 
 
 @pytest.mark.usefixtures("typed_documents")

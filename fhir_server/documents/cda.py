@@ -1144,8 +1144,11 @@ def _list(value: Any) -> list[Any]:
 
 # -------------------------------------------------------------------------- rendering
 
-#: Only what CSP allows runs: nothing. Belt and braces, since nothing active is ever written.
-_CSP = "default-src 'none'; img-src 'none'; style-src 'none'; script-src 'none'; base-uri 'none'; form-action 'none'"
+#: Only what CSP allows runs: nothing. Belt and braces, since nothing active is ever written. The
+#: page carries it, and the server sends it as a header too (with what only a header can say).
+PAGE_CSP = (
+    "default-src 'none'; img-src 'none'; style-src 'none'; script-src 'none'; base-uri 'none'; form-action 'none'"
+)
 #: CDA narrative block elements rendered as the HTML element of the same meaning.
 _NARRATIVE_TAGS = {
     "paragraph": "p",
@@ -1182,7 +1185,7 @@ def cda_to_html(data: bytes, max_bytes: int = MAX_BYTES) -> str:
     html = etree.Element("html", lang=_page_language(doc.language))
     head = etree.SubElement(html, "head")
     etree.SubElement(head, "meta", charset="utf-8")
-    etree.SubElement(head, "meta", {"http-equiv": "Content-Security-Policy", "content": _CSP})
+    etree.SubElement(head, "meta", {"http-equiv": "Content-Security-Policy", "content": PAGE_CSP})
     etree.SubElement(head, "title").text = doc.title or doc.type_code[2] or doc.type_code[1]
     body = etree.SubElement(html, "body")
     _render_header(body, doc)

@@ -4,8 +4,9 @@ Why: a Provide Document Bundle is a FHIR transaction with a meaning the plain tr
 does not know. The Document Recipient must refuse a submission whose metadata the declared profile
 does not allow, whose documents are not in it, whose parts name different patients, or whose
 content contradicts its metadata — before anything is stored, since the DMP's access rules are
-decided on that metadata (patient, type, author, labels). It must also apply what a submission
-entails: a document that replaces another supersedes it, in the same transaction.
+decided on that metadata (patient, type, author, labels). What a submission entails — a document
+that replaces another supersedes it, in the same transaction — is no concern of this module:
+every DocumentReference write does it (:mod:`fhir_server.documents.replacement`).
 
 A transaction is an ITI-65 when its ``meta.profile`` names a Provide Document Bundle profile
 (``profiles/``: IHE minimal, comprehensive, unContained comprehensive; ANS PDSm), or when it
@@ -24,12 +25,12 @@ The checks come in the order the transaction code can run them:
    StructureDefinitions, :mod:`fhir_server.documents.profiles`), one patient known here and open
    (R2) for the whole submission (recorded on a List that names none, and as the literal
    reference of a subject given by identifier), Folder items naming documents of the submission
-   or stored ones of its patient, each attachment's content known, its size and SHA-1
-   hash, a CDA against its DocumentReference (CI-SIS checks in :mod:`fhir_server.documents.cda`;
-   minimal metadata completed from the CDA header), replaced documents known and current;
-3. :meth:`ProvideBundle.complete`, after the entries ran, in the same store transaction: each
-   replaced document becomes ``superseded`` as a change the guard checks (``check_write``: only
-   its author replaces it, R19), or, when the Bundle patches it itself, is checked to be.
+   or stored ones of its patient, each attachment's content known, its size and SHA-1 hash, a
+   CDA against its DocumentReference (CI-SIS checks in :mod:`fhir_server.documents.cda`; minimal
+   metadata completed from the CDA header).
+
+The entries then run as any transaction's: each DocumentReference is written, its codes checked
+and what it replaces superseded, by :mod:`fhir_server.interactions.instance`.
 """
 
 from __future__ import annotations
@@ -64,8 +65,7 @@ from fhir_server.errors import FhirError, outcome_issue
 from fhir_server.interactions.instance import matches
 from fhir_server.messages import FhirRequest
 from fhir_server.service import FhirService
-from storage.interface import Gone, NotFound, VersionConflict
-from storage.query import OPEN_SCOPE, AccessScope
+from storage.interface import Gone, NotFound
 
 #: Every ITI-65 profile derives from this one (IHE MHD 4.2 minimal metadata).
 PROVIDE_BUNDLE = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Minimal.ProvideBundle"
@@ -209,8 +209,6 @@ class ProvideBundle:
     entries: Sequence[Entry]
     profiles: ProfileSet
     slices: dict[int, EntrySlice] = field(default_factory=dict)  # entry index → its slice
-    supersede: list[str] = field(default_factory=list)  # ids of documents to mark superseded
-    patched: dict[str, Entry] = field(default_factory=dict)  # replaced ids the Bundle changes itself
 
     @property
     def profile(self) -> Profile:
@@ -358,13 +356,12 @@ class ProvideBundle:
 
     def validate(self, req: FhirRequest) -> None:
         """Each resource and the submission as a whole, references resolved (422); completes
-        minimal metadata from a CDA and plans the supersessions."""
+        minimal metadata from a CDA."""
         self._check_resources()
         patient = self._patient(req)
         self._check_folder_documents(req, patient)
         contents = self._contents(req)
         self._check_contents(contents, patient)
-        self._plan_replacements(patient)
 
     def _check_resources(self) -> None:
         problems: list[Problem] = []
@@ -553,60 +550,6 @@ class ProvideBundle:
     def _is_minimal(self, entry: Entry) -> bool:
         return all(p.url == MINIMAL_DOCUMENT_REFERENCE for p in self._governing(entry))
 
-    def _plan_replacements(self, patient: Subject | None) -> None:
-        """Replaced documents are known, current and the same patient's; the Bundle either
-        patches each itself or leaves its supersession to :meth:`complete`."""
-        changed = {e.path: e for e in self.entries if e.method in ("PATCH", "PUT")}
-        problems = []
-        for where, target in _replaced(self.svc, self.documents):
-            # Looked up whoever may see it, as the R19 rule does: a writer who may not read the
-            # document still learns only "not this patient's" or, from the guard, "not yours".
-            stored = _read(self.svc, OPEN_SCOPE, "DocumentReference", target) if target else None
-            problem = _replacement_problem(stored, target, patient)
-            if problem:
-                problems.append(Problem(where, f"{where}: {problem}"))
-            elif f"DocumentReference/{target}" in changed:
-                self.patched[str(target)] = changed[f"DocumentReference/{target}"]
-            elif target not in self.supersede:
-                self.supersede.append(str(target))
-        if problems:
-            raise refusal(422, _INVALID, problems)
-
-    # -- 3. after the entries ran ------------------------------------------------------------
-
-    def complete(self, req: FhirRequest) -> None:
-        """Supersede the replaced documents (through the guard), or check the Bundle did."""
-        for target in self.supersede:
-            self._supersede(req, target)
-        for target, entry in self.patched.items():
-            stored = _read(self.svc, OPEN_SCOPE, "DocumentReference", target)
-            if stored is None or stored.get("status") != "superseded":
-                status = stored.get("status") if stored else "gone"
-                where = f"Bundle.entry[{entry.index}]"
-                message = (
-                    f"{where}: {entry.method} DocumentReference/{target} leaves it '{status}', but a document "
-                    "a submission replaces becomes 'superseded'"
-                )
-                raise refusal(422, _INVALID, [Problem(where, message)])
-
-    def _supersede(self, req: FhirRequest, target: str) -> None:
-        """``status`` → ``superseded``, as a PATCH the caller makes: the guard decides (R19, only
-        its author; R18/R2 as for any change) and records it, in the submission's transaction.
-        Read whoever may see it, as the rule itself does: R10 lets an author see their document
-        even without access to the rest of the record."""
-        try:
-            current = self.svc.store.read("DocumentReference", target, OPEN_SCOPE)
-        except (NotFound, Gone):
-            raise FhirError(409, f"the replaced DocumentReference/{target} is gone", "conflict") from None
-        old = current.json()
-        new = {**old, "status": "superseded"}
-        req.checks.check_write("PATCH", "DocumentReference", new, old)
-        try:
-            stored = self.svc.store.update(new, expected_version=current.version, method="PATCH")
-        except VersionConflict:
-            raise FhirError(409, f"the replaced DocumentReference/{target} changed meanwhile", "conflict") from None
-        req.checks.after_write("PATCH", stored, old)
-
 
 # -------------------------------------------------------------------------- helpers
 
@@ -712,10 +655,10 @@ def _local_reference(svc: FhirService, reference: str) -> tuple[str, str] | None
     return parts[0], parts[1]
 
 
-def _read(svc: FhirService, scope: FhirRequest | AccessScope, rtype: str, rid: str) -> dict[str, Any] | None:
-    """A stored resource within ``scope`` (a request's: what its caller may see), or None."""
+def _read(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> dict[str, Any] | None:
+    """A stored resource the request's caller may see, or None."""
     try:
-        return svc.store.read(rtype, rid, scope.scope if isinstance(scope, FhirRequest) else scope).json()
+        return svc.store.read(rtype, rid, req.scope).json()
     except (NotFound, Gone):
         return None
 
@@ -848,32 +791,8 @@ def _closure(needed: set[str], contained: list[dict[str, Any]]) -> list[dict[str
     return [c for c in contained if str(c.get("id")) in wanted]
 
 
-def _replaced(svc: FhirService, documents: list[Entry]) -> Iterator[tuple[str, str | None]]:
-    """``("Bundle.entry[i].resource.relatesTo[k].target", id)`` of each document a new one
-    replaces (the id None when the target is no DocumentReference of this server)."""
-    for entry in documents:
-        for k, relation in enumerate(entry.resource.get("relatesTo") or []):
-            if not isinstance(relation, dict) or relation.get("code") != "replaces":
-                continue
-            literal = (relation.get("target") or {}).get("reference")
-            local = _local_reference(svc, literal) if isinstance(literal, str) else None
-            target = local[1] if local and local[0] == "DocumentReference" else None
-            yield f"{_where(entry)}.relatesTo[{k}].target", target
-
-
-def _replacement_problem(stored: dict[str, Any] | None, target: str | None, patient: Subject | None) -> str | None:
-    """Why a replaced document cannot be replaced here; one answer for "none" and "another
-    patient's", so that nothing is learnt of other patients' records."""
-    subject = str(((stored or {}).get("subject") or {}).get("reference", ""))
-    if stored is None or (patient is not None and _local_id(subject) != patient.id):
-        whose = f"Patient/{patient.id}" if patient else "this server"
-        return f"{f'DocumentReference/{target}' if target else 'the target'} is no document of {whose}"
-    if stored.get("status") != "current":
-        return f"DocumentReference/{target} is '{stored.get('status')}': only a current document is replaced"
-    return None
-
-
 def _local_id(reference: str) -> str | None:
+    """The id in ``Patient/x`` (relative, absolute or versioned); None for anything else."""
     parts = reference.rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]

@@ -36,7 +36,7 @@ from fhir_server.documents.cda import (
     document_reference_from_cda,
     parse_cda,
 )
-from fhir_server.errors import FhirError, outcome_issue
+from fhir_server.errors import FhirError, listing
 from fhir_server.interactions.common import new_id
 from fhir_server.messages import FhirRequest
 from fhirmodel.indexing import parse_reference
@@ -98,10 +98,7 @@ def read_cda(content: Content) -> CdaDocument | None:
 
 def unprocessable(problems: list[tuple[str, str]]) -> FhirError:
     """One 422 listing every ``(element, message)`` problem, each issue naming its element."""
-    issues = [outcome_issue("error", "invalid", f"{where}: {message}", [where]) for where, message in problems]
-    where, message = problems[0]
-    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    return FhirError(422, f"{where}: {message}{more}", "invalid", expression=[where], issues=issues)
+    return listing(422, "invalid", problems)
 
 
 def cda_problem(exc: CdaError, where: str) -> FhirError:

@@ -53,7 +53,7 @@ def response_format(format_param: str | None, accept: str | None) -> str | None:
         return fmt
     if not accept:
         return JSON
-    for mtype in _preferred(accept):
+    for mtype in _ranked(accept):
         fmt = _FORMAT_ALIASES.get(mtype)
         if fmt:
             return fmt
@@ -62,8 +62,23 @@ def response_format(format_param: str | None, accept: str | None) -> str | None:
     return None
 
 
-def _preferred(accept: str) -> list[str]:
-    """The media types of an ``Accept`` header, most wanted first, those refused (``q=0``) left out."""
+def prefers(accept: str | None, mtype: str) -> bool:
+    """Whether ``Accept`` names ``mtype`` as the client's first choice (highest q, first listed
+    among equals): a browser asking for a page, not a client that merely tolerates one."""
+    ranked = _ranked(accept or "")
+    return bool(ranked) and ranked[0] == mtype
+
+
+def acceptable(accept: str | None, mtype: str) -> bool:
+    """Whether ``Accept`` admits ``mtype`` at all (exactly, as ``type/*`` or as ``*/*``)."""
+    if not accept:
+        return True
+    major = mtype.split("/")[0]
+    return any(m in (mtype, f"{major}/*", "*/*") for m in _ranked(accept))
+
+
+def _ranked(accept: str) -> list[str]:
+    """The media types of an ``Accept`` header a client takes (q > 0), most wanted first."""
     ranked: list[tuple[float, int, str]] = []
     for position, item in enumerate(accept.split(",")):
         pieces = [p.strip() for p in item.split(";")]
@@ -74,39 +89,9 @@ def _preferred(accept: str) -> list[str]:
                     q = float(p[2:])
                 except ValueError:
                     q = 0.0
-        if q > 0:
+        if q > 0 and pieces[0]:
             ranked.append((-q, position, pieces[0].lower()))
     return [mtype for _, _, mtype in sorted(ranked)]
-
-
-#: The media types that name FHIR itself rather than data that happens to be JSON or XML.
-_FHIR_TYPES = frozenset({FHIR_JSON, FHIR_XML, "application/json+fhir", "application/xml+fhir"})
-#: Types a client names to take whatever bytes a document holds.
-_ANY_CONTENT = frozenset({"*/*", "application/octet-stream"})
-
-
-def wants_content(format_param: str | None, accept: str | None, content_type: str) -> bool:
-    """Whether a read of a Binary holding ``content_type`` asks for the content itself rather than
-    the Binary resource.
-
-    R4 serves a Binary "in its native form" to an ``Accept`` that is no FHIR type, and IHE MHD
-    ITI-68 serves the document at ``content.attachment.url``, assuring only the document's own type.
-    So the content is the answer to ``*/*``, to ``application/octet-stream`` and to the content's
-    own type even when FHIR has an alias for it (a CDA's ``text/xml`` is not FHIR XML); FHIR is
-    the answer to ``_format``, to a FHIR media type preferred to those, and to a request without
-    ``Accept`` (a FHIR client's read); a client accepting neither gets 406 (ITI-68).
-    """
-    if format_param or not accept:
-        return False
-    own = media_type(content_type)
-    for mtype in _preferred(accept):
-        if mtype in _FHIR_TYPES:
-            return False
-        if mtype in _ANY_CONTENT or mtype == own or (mtype.endswith("/*") and own.startswith(mtype[:-1])):
-            return True
-        if mtype in _FORMAT_ALIASES:
-            return False
-    raise FhirError(406, f"this document is served as {own}, or as a FHIR Binary resource", "not-supported")
 
 
 def parse_body(data: bytes, content_type: str | None) -> Any:
@@ -131,3 +116,33 @@ def render(body: Any, fmt: str, pretty: bool = False) -> bytes:
     if pretty:
         return orjson.dumps(materialize(body), option=orjson.OPT_INDENT_2)
     return dumps(body)
+
+
+#: The media types that name FHIR itself rather than data that happens to be JSON or XML.
+_FHIR_TYPES = frozenset({FHIR_JSON, FHIR_XML, "application/json+fhir", "application/xml+fhir"})
+#: Types a client names to take whatever bytes a document holds.
+_ANY_CONTENT = frozenset({"*/*", "application/octet-stream"})
+
+
+def wants_content(format_param: str | None, accept: str | None, content_type: str) -> bool:
+    """Whether a read of a Binary holding ``content_type`` asks for the content itself rather than
+    the Binary resource.
+
+    R4 serves a Binary "in its native form" to an ``Accept`` that is no FHIR type, and IHE MHD
+    ITI-68 serves the document at ``content.attachment.url``, assuring only the document's own type.
+    So the content is the answer to ``*/*``, to ``application/octet-stream`` and to the content's
+    own type even when FHIR has an alias for it (a CDA's ``text/xml`` is not FHIR XML); FHIR is
+    the answer to ``_format``, to a FHIR media type preferred to those, and to a request without
+    ``Accept`` (a FHIR client's read); a client accepting neither gets 406 (ITI-68).
+    """
+    if format_param or not accept:
+        return False
+    own = media_type(content_type)
+    for mtype in _ranked(accept):
+        if mtype in _FHIR_TYPES:
+            return False
+        if mtype in _ANY_CONTENT or mtype == own or (mtype.endswith("/*") and own.startswith(mtype[:-1])):
+            return True
+        if mtype in _FORMAT_ALIASES:
+            return False
+    raise FhirError(406, f"this document is served as {own}, or as a FHIR Binary resource", "not-supported")

@@ -7,16 +7,22 @@ conditional references (``Patient?identifier=...``). Entries then run in the ord
 specification fixes: DELETE, POST, PUT, PATCH, GET. Each entry goes through the same
 interaction code as a plain HTTP request.
 
+What an entry leaves for the end of the transaction (a replaced document superseded once every
+entry ran: :mod:`fhir_server.documents.replacement`) runs after the last entry, inside the same
+store transaction. A failing entry, or such work, fails the whole Bundle; its OperationOutcome
+names the entry (``Bundle.entry[i].resource.type``).
+
 A transaction that is an IHE MHD ITI-65 Provide Document Bundle is checked as one by
-:mod:`fhir_server.documents.mhd` — as a message before anything else, as metadata once references
-are resolved, and completed (replaced documents superseded) after its entries ran, all inside the
-same store transaction.
+:mod:`fhir_server.documents.mhd` — as a message before anything else, then as metadata once
+references are resolved — before its entries run.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -102,7 +108,7 @@ def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
     )
 
 
-def _request_for(req: FhirRequest, entry: _Entry) -> FhirRequest:
+def _request_for(req: FhirRequest, entry: _Entry, completion: list[Callable[[], None]] | None = None) -> FhirRequest:
     body = entry.resource
     content_type = "application/fhir+json"
     if entry.method == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
@@ -124,6 +130,7 @@ def _request_for(req: FhirRequest, entry: _Entry) -> FhirRequest:
         guard=req.guard,
         client_address=req.client_address,
         assigned_id=entry.assigned.split("/")[1] if entry.assigned and entry.method == "POST" else None,
+        completion=completion,
     )
 
 
@@ -192,6 +199,7 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
                 entry.resource = _rewrite(svc, req, entry, entry.resource, mapping)
         if submission is not None:
             submission.validate(req)
+        left: list[tuple[_Entry, list[Callable[[], None]]]] = []
         for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
             if entry.existing is not None:
                 resp = FhirResponse(
@@ -203,18 +211,14 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
                     },
                 )
             else:
-                try:
-                    resp = svc.handle(_request_for(req, entry))
-                except FhirError as exc:
-                    raise FhirError(
-                        exc.status,
-                        f"Bundle.entry[{entry.index}] ({entry.method} {entry.path}): {exc.message}",
-                        exc.code,
-                        expression=exc.expression,
-                    ) from None
+                left.append((entry, []))
+                with _in_entry(entry):
+                    resp = svc.handle(_request_for(req, entry, left[-1][1]))
             entry.response = _response_entry(svc, resp, with_resource or entry.method == "GET")
-        if submission is not None:
-            submission.complete(req)
+        for entry, work in left:
+            for step in work:
+                with _in_entry(entry):
+                    step()
     return FhirResponse(
         200,
         {
@@ -223,6 +227,42 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
             "entry": [e.response for e in entries],
         },
     )
+
+
+@contextmanager
+def _in_entry(entry: _Entry) -> Iterator[None]:
+    """An error of an entry, or of what it left for the end, as the Bundle's: the message says which
+    entry, and elements of the entry's resource are named where they are in the Bundle."""
+    try:
+        yield
+    except FhirError as exc:
+        prefix = f"Bundle.entry[{entry.index}] ({entry.method} {entry.path})"
+        issues = [
+            {**issue, "diagnostics": f"{prefix}: {issue.get('diagnostics', '')}"}
+            | ({"expression": _located(entry, issue["expression"])} if issue.get("expression") else {})
+            for issue in exc.issues
+        ]
+        raise FhirError(
+            exc.status,
+            f"{prefix}: {exc.message}",
+            exc.code,
+            expression=_located(entry, exc.expression),
+            headers=exc.headers,
+            issues=issues,
+        ) from None
+
+
+def _located(entry: _Entry, expressions: list[str]) -> list[str]:
+    """``DocumentReference.type`` of a POST or PUT entry's resource as ``Bundle.entry[i].resource.type``
+    (a PATCH entry's resource is the patch, not the resource it names)."""
+    if entry.method not in ("POST", "PUT"):
+        return expressions
+    rtype = entry.path.split("/")[0]
+    where = f"Bundle.entry[{entry.index}].resource"
+    return [
+        where + path[len(rtype) :] if path == rtype or path.startswith((f"{rtype}.", f"{rtype}[")) else path
+        for path in expressions
+    ]
 
 
 def _assign_identities(svc: FhirService, req: FhirRequest, entries: list[_Entry]) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fhir_server.alerts.admission import admit_subscription
-from fhir_server.documents import publish
+from fhir_server.documents import publish, replacement
 from fhir_server.errors import FhirError, bad_request, not_found
 from fhir_server.interactions.common import new_id, parse_etag, version_headers, written
 from fhir_server.interactions.search import result_params, shape
@@ -94,11 +94,37 @@ def create(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
         resource = dict(resource)
         resource["id"] = req.assigned_id or new_id()  # the server assigns the id of a create (R4 3.1.0.8)
         inline = publish.extract_inline_content(svc, req, resource)  # ITI-105: documents sent inline
-        req.checks.check_write("POST", rtype, inline.document, None)
+        replaced = _check_write(svc, req, "POST", rtype, inline.document, None)
         inline.store(svc, req)
         stored = svc.store.create(inline.document)
-        req.checks.after_write("POST", stored, None)
+        _after_write(svc, req, "POST", stored, None, replaced)
     return written(svc, req, stored, 201)
+
+
+def _check_write(
+    svc: FhirService, req: FhirRequest, method: str, rtype: str, new: dict[str, Any] | None, old: dict[str, Any] | None
+) -> list[replacement.Replaced]:
+    """What every write passes before it is stored, in this order: what a document says it is
+    (CONTRACT §5), the guard's rules, then what a document replaces (known, same patient, current;
+    see :mod:`fhir_server.documents.replacement` for why after the guard)."""
+    if new is not None:
+        svc.document_codes.check(new, old)
+    req.checks.check_write(method, rtype, new, old)
+    return replacement.plan(svc, req, new, old)
+
+
+def _after_write(
+    svc: FhirService,
+    req: FhirRequest,
+    method: str,
+    stored: Stored,
+    old: dict[str, Any] | None,
+    replaced: list[replacement.Replaced],
+) -> None:
+    """What a stored write entails, in its transaction: the guard's consequences, then the
+    documents it replaces superseded."""
+    req.checks.after_write(method, stored, old)
+    replacement.supersede(svc, req, replaced)
 
 
 def update(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirResponse:
@@ -118,18 +144,18 @@ def _store_update(svc: FhirService, req: FhirRequest, resource: dict[str, Any], 
     if current is None:
         if expected is not None:
             raise FhirError(412, f"If-Match given but {rtype}/{rid} does not exist", "conflict")
-        req.checks.check_write("PUT", rtype, resource, None)
+        replaced = _check_write(svc, req, "PUT", rtype, resource, None)
         created = svc.store.create(resource, method="PUT")
-        req.checks.after_write("PUT", created, None)
+        _after_write(svc, req, "PUT", created, None, replaced)
         return written(svc, req, created, 201)
     current_version = _visible_or_404(svc, req, rtype, rid)
     old = current_version.json() if current_version else None
-    req.checks.check_write("PUT", rtype, resource, old)
+    replaced = _check_write(svc, req, "PUT", rtype, resource, old)
     try:
         stored = svc.store.update(resource, expected_version=expected)
     except VersionConflict as exc:
         raise _conflict(exc) from None
-    req.checks.after_write("PUT", stored, old)
+    _after_write(svc, req, "PUT", stored, old, replaced)
     return written(svc, req, stored, 200)
 
 
@@ -179,12 +205,12 @@ def _apply_patch(svc: FhirService, req: FhirRequest, current: Stored, expected: 
         raise FhirError(422, "a patch may not change the resource type or id", "invalid")
     svc.validator.validate(patched, expected_type=current.resource_type)
     patched = _server_managed(svc, patched)
-    req.checks.check_write("PATCH", current.resource_type, patched, original)
+    replaced = _check_write(svc, req, "PATCH", current.resource_type, patched, original)
     try:
         stored = svc.store.update(patched, expected_version=current.version, method="PATCH")
     except VersionConflict as exc:
         raise _conflict(exc) from None
-    req.checks.after_write("PATCH", stored, original)
+    _after_write(svc, req, "PATCH", stored, original, replaced)
     return written(svc, req, stored, 200)
 
 

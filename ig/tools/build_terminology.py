@@ -19,6 +19,7 @@ import json
 import re
 import shutil
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ JDV_J66 = "https://mos.esante.gouv.fr/NOS/JDV_J66-TypeCode-DMP/FHIR/JDV-J66-Type
 JDV_J57 = "https://mos.esante.gouv.fr/NOS/JDV_J57-ClassCode-DMP/FHIR/JDV-J57-ClassCode-DMP"
 
 J66_CSV = "terminology/document-types-J66-with-class.csv"
+J07_SVS = "terminology/svs/JDV_J07_XdsTypeCode_CISIS.xml"
+SVS_NS = "{urn:ihe:iti:svs:2008}"
 J57_CSV = "terminology/document-classes-J57.csv"
 G15_CSV = "terminology/professions-TRE_G15.csv"
 R248_CSV = "terminology/access-modes-TRE_R248.csv"
@@ -303,6 +306,53 @@ def nos_code_system(
     )
 
 
+def svs_value_set(path: Path, source: str, systems: dict[str, str], use: str) -> dict[str, Any]:
+    """A CI-SIS value set published in IHE SVS format, as a FHIR ValueSet listing its codes.
+
+    SVS names each code system by OID; ``systems`` gives the FHIR URL of each (the JDV_J66 table
+    carries both), and an OID without one is an error rather than a guessed URL. The canonical URL
+    is the ANS one: ``urlFichier`` + ``/FHIR/`` + the file name with hyphens (as PDSm binds it).
+    """
+    root = ET.parse(path).getroot()  # project data, not client input
+    value_set = root.find(f"{SVS_NS}ValueSet")
+    if value_set is None:
+        raise ValueError(f"{source}: no SVS ValueSet")
+    page = value_set.get("urlFichier", "")
+    name = page.rsplit("/", 1)[-1]
+    if not re.fullmatch(r"JDV_J\d+-[A-Za-z]+-[A-Za-z]+", name):
+        raise ValueError(f"{source}: unexpected urlFichier {page!r}")
+    fhir_id = name.replace("_", "-")
+    concepts: dict[str, list[dict[str, str]]] = {}
+    for concept in value_set.iter(f"{SVS_NS}Concept"):
+        oid = concept.get("codeSystem", "")
+        if oid not in systems:
+            raise ValueError(f"{source}: code {concept.get('code')} of code system {oid!r}, whose FHIR URL is unknown")
+        concepts.setdefault(systems[oid], []).append(
+            {"code": concept.get("code", ""), "display": concept.get("displayName", "")}
+        )
+    includes = [
+        {"system": system, "concept": sorted(listed, key=lambda c: c["code"])}
+        for system, listed in sorted(concepts.items())
+    ]
+    return {
+        "resourceType": "ValueSet",
+        "id": fhir_id,
+        "language": "fr-FR",
+        "url": f"{page}/FHIR/{fhir_id}",
+        "identifier": oid_identifier(value_set.get("id", "")),
+        "version": VERSION,
+        "name": name.replace("-", "_"),
+        "title": f"{name.split('-')[0]} {value_set.get('description', '')}".strip(),
+        "status": "active",
+        "experimental": False,
+        "description": f"{value_set.get('description', name)} ({use}): every code "
+        f"of the CI-SIS value set as published on {value_set.get('dateMaj', '?')[:8]}. {BUILT_BY} from "
+        f"../shared/data/{source} (ansforge/TestContenuCDA-3-0, jeuxDeValeurs).",
+        "copyright": LOINC_COPYRIGHT,
+        "compose": {"include": includes},
+    }
+
+
 def build(data: Path) -> dict[str, dict[str, Any]]:
     """Every generated resource, keyed by its path relative to the ig directory."""
     out: dict[str, dict[str, Any]] = {}
@@ -471,6 +521,9 @@ def build(data: Path) -> dict[str, dict[str, Any]]:
             },
         }
     )
+
+    oid_systems = {r["type_system_oid"]: r["type_system"] for r in j66}
+    put(svs_value_set(data / J07_SVS, J07_SVS, oid_systems, "DocumentReference.type, CONTRACT §5"))
 
     # type (system, code) -> class (TRE_A03), every J66 row; rows without a class are "unmatched".
     class_codes = {r["code"] for r in j57}
