@@ -187,8 +187,10 @@ def test_fhir_is_answered_when_asked_for(world: World, pid: str) -> None:
     doctor = world.doctor(DR, INS)
     as_json = doctor.get(f"Binary/{bid}?_format=json", headers=HTML)
     assert as_json.status_code == 200 and as_json.get_json()["resourceType"] == "Binary"
-    raw = doctor.get(f"Binary/{bid}", headers={"Accept": "text/xml"})  # XML first: FHIR XML, as always
-    assert raw.headers["Content-Type"].startswith("application/fhir+xml")
+    as_xml = doctor.get(f"Binary/{bid}", headers={"Accept": "application/fhir+xml"})
+    assert as_xml.headers["Content-Type"].startswith("application/fhir+xml")
+    own = doctor.get(f"Binary/{bid}", headers={"Accept": "text/xml"})  # the document's own type: its bytes (ITI-68)
+    assert own.get_data() == cda() and own.headers["Content-Type"] == "text/xml"
     bytes_ = doctor.get(f"Binary/{bid}", headers={"Accept": "application/octet-stream"})
     assert bytes_.get_data() == cda() and bytes_.headers["Content-Type"] == "text/xml"
 
