@@ -150,6 +150,43 @@ def server_event(
     }
 
 
+def authentication_event(
+    *,
+    person: tuple[str, str],
+    role: str,
+    about: tuple[str, str],
+    about_id: str | None,
+    succeeded: bool,
+    description: str,
+    recorded: str,
+    server: str,
+) -> dict[str, Any]:
+    """A login to the server's own authorisation server (DICOM "User Authentication" / "Login"):
+    ``person`` (INS) with ``role`` logging in, for the record of ``about`` (INS; ``about_id`` its
+    Patient). Kept in the trail of that record, so that the patient sees who logged in to act on
+    it, and every failed attempt."""
+    return {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "type": {"system": _DICOM, "code": "110114", "display": "User Authentication"},
+        "subtype": [{"system": _DICOM, "code": "110122", "display": "Login"}],
+        "action": "E",
+        "recorded": recorded,
+        "outcome": "0" if succeeded else "4",
+        "outcomeDesc": description,
+        "agent": [
+            {
+                "type": {"coding": [{"system": _PARTICIPATION, "code": "IRCP"}]},
+                "role": [{"coding": [{"system": ROLE_SYSTEM, "code": role}]}],
+                "who": {"identifier": {"system": person[0], "value": person[1]}},
+                "requestor": True,
+            }
+        ],
+        "source": {"observer": {"display": server}, "type": [{"system": _SOURCE_TYPE, "code": "4"}]},
+        "entity": [patient_entity(about, about_id)],
+    }
+
+
 def patient_entity(patient: tuple[str, str] | None, patient_id: str | None) -> dict[str, Any]:
     """The entity naming the patient an event is about: by INS and/or by the Patient's id."""
     what: dict[str, Any] = {"type": "Patient"}

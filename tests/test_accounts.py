@@ -672,3 +672,51 @@ def test_login_against_the_real_server_process(live_server: LiveServer) -> None:
     tokens = both_steps(PASSWORD)
     status, bundle = call(f"Patient?identifier={INS_SYSTEM}|{ins}", None, tokens["access_token"], method="GET")
     assert status == 200 and bundle["total"] == 1
+
+
+def logins_in_trail(client: FlaskClient, world: World, ins: str) -> list[tuple[str, str, str]]:
+    """The login events of the trail of ``ins``'s DMP as its patient reads it: (who, outcome, why)."""
+    found = world.patient(ins).get(f"AuditEvent?patient.identifier={INS_SYSTEM}|{ins}&_count=100&_sort=date")
+    assert found.status_code == 200, found.get_data(as_text=True)
+    events = [e["resource"] for e in found.get_json().get("entry") or []]
+    return [
+        (e["agent"][0]["who"]["identifier"]["value"], e["outcome"], e["outcomeDesc"])
+        for e in events
+        if e["type"]["code"] == "110114"
+    ]
+
+
+def test_logins_and_failed_attempts_are_in_the_trail_of_the_record(
+    client: FlaskClient, world: World, mailbox: Mailbox, ready: str
+) -> None:
+    before = logins_in_trail(client, world, INS_A)
+    assert [outcome for _, outcome, _ in before] == ["0"]  # the login that replaced the temporary password
+    refused(start(client, INS_A, "not the password at all"))
+    challenge = ok(start(client, INS_A, PASSWORD))["challenge"]
+    refused(post(client, "login/code", {"challenge": challenge, "code": "000000"}))
+    mailbox.code(EMAIL)  # the code of the challenge just failed
+    log_in(client, mailbox, INS_A, PASSWORD)
+    refused(start(client, "2990175123451", PASSWORD))  # no such account: nothing to trace anywhere
+    assert logins_in_trail(client, world, INS_A)[len(before) :] == [
+        (INS_A, "4", "login refused: wrong password"),
+        (INS_A, "4", "login refused: wrong one-time code"),
+        (INS_A, "0", "login by email code"),
+    ]
+
+
+def test_a_representatives_login_is_in_the_trail_of_the_record_they_act_on(
+    client: FlaskClient, world: World, mailbox: Mailbox
+) -> None:
+    world.seed_patient(INS_MINOR, birth_date=f"{time.gmtime().tm_year - 10}-01-01")
+    world.seed_consent(REPRESENTATIVE, INS_MINOR, (INS_SYSTEM, INS_REP))
+    address = "parent@example.org"
+    temporary = new_account(client, world, INS_REP, role="LEGREP", email=address)
+    challenge = ok(start(client, INS_REP, temporary, patient=INS_MINOR))["challenge"]
+    ok(post(client, "login/code", {"challenge": challenge, "code": mailbox.code(address)}))
+    about_minor = world.store.search(
+        Query("AuditEvent", Token("entity-identifier", INS_SYSTEM, INS_MINOR), count=50), OPEN_SCOPE
+    ).matches
+    logins = [e.json() for e in about_minor if e.json()["type"]["code"] == "110114"]
+    agents = [e["agent"][0] for e in logins]
+    who = [(a["who"]["identifier"]["value"], a["role"][0]["coding"][0]["code"]) for a in agents]
+    assert who == [(INS_REP, "LEGREP")]

@@ -21,7 +21,7 @@ from authz.authserver.delivery import CodeSender
 from authz.authserver.dmp_creation import DmpCreation
 from authz.authserver.errors import AuthError
 from authz.authserver.issuer import TokenIssuer
-from authz.authserver.login import Login
+from authz.authserver.login import Login, LoginTrail
 from authz.authserver.passwords import PasswordHasher, valid_cost
 from authz.authserver.sms import OUTBOX_FILE_NAME, OutboxSmsGateway, SmsGateway
 from authz.gate import caller, server_verifier
@@ -98,7 +98,7 @@ def build_account_service(
         store=store,
         issuer=issuer,
         book=book,
-        login=Login(book, hasher, issuer, sender, clock),
+        login=Login(book, hasher, issuer, sender, clock, LoginTrail(store, config.base_url)),
         admin=AccountAdmin(book, hasher, issuer, clock, dmp_exists),
         creation=DmpCreation(CreationCodes(store, clock), book, hasher, issuer, fhir, clock, dmp_exists),
         verifier=server_verifier(config),
