@@ -15,6 +15,7 @@ rules impose shapes the load:
 
 from __future__ import annotations
 
+import base64
 import http.client
 import random
 import threading
@@ -43,6 +44,7 @@ from bench.datagen import (
     unmasked,
 )
 from bench.loader import IdSample, LoadPlan, LoadStats, Progress, big_patient_rng, chunks
+from bench.mhd import provide_bundle
 
 FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"
@@ -334,3 +336,51 @@ def probe_big_patient(target: Target, big: BigPatient, tokens: Tokens) -> BigPro
 def _search_big(client: FhirClient, big: BigPatient, tokens: Tokens, who: Professional, count: int) -> dict[str, Any]:
     query = {"patient": f"Patient/{patient_id(big.index)}", "_count": str(count)}
     return client.search(query, tokens.professional(who, big.index))
+
+
+@dataclass(frozen=True)
+class MhdProbe:
+    """One patient's documents found both ways ITI-67 names the patient, then one ITI-65 of a
+    CDA and what the server gives back of it: the MHD scenarios measure requests that work."""
+
+    patient: int
+    by_reference: int | None  # total of ?patient=Patient/{id}
+    by_identifier: int | None  # total of ?patient.identifier=INS|{ins}
+    provided: str  # "HTTP 200", or the refusal
+    after: int | None  # total by identifier after the ITI-65: one more
+    cda_bytes: int
+    content_back: bool  # the Binary read back holds the CDA sent
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.by_reference == self.by_identifier
+            and self.provided == "HTTP 200"
+            and self.after == (self.by_identifier or 0) + 1
+            and self.content_back
+        )
+
+
+def probe_mhd(target: Target, pop: Population, tokens: Tokens, rng: random.Random) -> MhdProbe:
+    """As the doctor, about a random patient; adds one document to the data set."""
+    index = rng.randrange(pop.patients)
+    token = tokens.professional(DOCTOR, index)
+    system, value = patient_ins(index)
+    by_identifier = {"patient.identifier": f"{system}|{value}"}
+    client = FhirClient(target)
+    try:
+        by_reference = client.search({"patient": f"Patient/{patient_id(index)}"}, token).get("total")
+        before = client.search(by_identifier, token).get("total")
+        bundle = provide_bundle(rng, index, DOCTOR.idnatps, 1)
+        sent = next(e["resource"]["data"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary")
+        try:
+            response = client.send(Call("POST", target.base_path, token, orjson.dumps(bundle)))
+        except RequestFailed as exc:
+            return MhdProbe(index, by_reference, before, str(exc)[:600], None, len(base64.b64decode(sent)), False)
+        after = client.search(by_identifier, token).get("total")
+        binaries = created_ids(response, "Binary")
+        back = orjson.loads(client.send(Call("GET", f"{target.base_path}/Binary/{binaries[0]}", token)))
+    finally:
+        client.close()
+    size = len(base64.b64decode(sent))
+    return MhdProbe(index, by_reference, before, "HTTP 200", after, size, back.get("data") == sent)

@@ -28,6 +28,7 @@ class Scenario:
     name: str
     description: str
     make: RequestMaker
+    documents_per_request: int = 0  # ingest scenarios: documents each request carries (docs/s = req/s × this)
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,15 @@ class Result:
     first_error: str | None
     worker_cpu_s: tuple[float, ...] = ()  # CPU seconds per server worker, warm-up included
     other_cpu_s: float | None = None  # CPU seconds used by neither the server nor this client (other jobs)
+    documents_per_request: int = 0
 
     @property
     def rps(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.rps * self.documents_per_request
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +79,8 @@ class Result:
             "first_error": self.first_error,
             "worker_cpu_s": list(self.worker_cpu_s),
             "other_cpu_s": self.other_cpu_s,
+            "documents_per_request": self.documents_per_request,
+            "documents_per_second": round(self.docs_per_second, 1),
         }
 
 
@@ -162,4 +170,13 @@ def run_scenario(
     errors = sum(t.errors for t in tallies)
     first_error = next((t.first_error for t in tallies if t.first_error), None)
     summary = summarize(latencies)
-    return Result(scenario.name, scenario.description, duration, len(latencies), errors, summary, first_error)
+    return Result(
+        scenario.name,
+        scenario.description,
+        duration,
+        len(latencies),
+        errors,
+        summary,
+        first_error,
+        documents_per_request=scenario.documents_per_request,
+    )

@@ -24,10 +24,11 @@ from typing import Any
 
 from bench.auth import Tokens
 from bench.datagen import BigPatient, Population, patient_id
-from bench.httpload import BigProbe, Target, load_http, probe_big_patient, sample_ids
+from bench.httpload import BigProbe, Target, load_http, probe_big_patient, probe_mhd, sample_ids
 from bench.loader import IdSample, LoadPlan, LoadStats, load_direct
 from bench.loadgen import Result, Scenario, run_scenario
-from bench.report import format_load, format_overheads, format_table, overheads, write_json
+from bench.mhd import cda_template
+from bench.report import format_ingest, format_load, format_overheads, format_table, overheads, write_json
 from bench.scenarios import Workload, ceiling_scenario, read_search_scenarios, write_scenarios
 from bench.servers import (
     HOST,
@@ -167,6 +168,7 @@ class Run:
     startup_seconds: float = 0.0
     size_after_load: dict[str, int] | None = None
     big_check: dict[str, Any] = field(default_factory=dict)
+    mhd_check: dict[str, Any] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)  # with the DMP policy, the real server
     open_results: list[Result] = field(default_factory=list)  # same scenarios on bench/open_app.py
 
@@ -260,6 +262,7 @@ def prepare_workload(run: Run, port: int, sample: IdSample, tokens: Tokens) -> W
     if run.load is not None:
         print(format_load(run.load), flush=True)
     big_ids = check_big_patient(run, target, tokens) if run.big is not None else ()
+    check_mhd(run, target, tokens)
     if args.prewarm:
         prewarm(run.data_dir)
     return Workload(BASE_PATH, run.pop, tokens, sample.ids, run.big, big_ids)
@@ -295,6 +298,34 @@ def check_big_patient(run: Run, target: Target, tokens: Tokens) -> tuple[str, ..
         if seen != expected:
             print(f"WARNING: the {who}'s search of the big patient has total {seen}, expected {expected}", flush=True)
     return tuple(probe.visible_ids)
+
+
+def check_mhd(run: Run, target: Target, tokens: Tokens) -> None:
+    """Once, before measuring: ITI-67 finds a patient's documents by INS as by reference, and an
+    ITI-65 of the bench's CDA is accepted, found and read back. Printed, not raised."""
+    probe = probe_mhd(target, run.pop, tokens, random.Random(run.args.seed + 3))
+    template = cda_template()
+    run.mhd_check.update(
+        patient=patient_id(probe.patient),
+        total_by_reference=probe.by_reference,
+        total_by_identifier=probe.by_identifier,
+        provide=probe.provided,
+        total_after_provide=probe.after,
+        content_read_back=probe.content_back,
+        cda_example=template.source,
+        cda_bytes=probe.cda_bytes,
+        cda_sections=f"{template.sections_kept} of {template.sections}",
+        ok=probe.ok,
+    )
+    print(
+        f"MHD check on {patient_id(probe.patient)}: ITI-67 total by reference {probe.by_reference}, by INS "
+        f"{probe.by_identifier}; ITI-65 of a {probe.cda_bytes}-byte CDA ({template.source}, "
+        f"{template.sections_kept} of {template.sections} sections): {probe.provided}; then by INS {probe.after}, "
+        f"content read back {'equal' if probe.content_back else 'DIFFERENT'}",
+        flush=True,
+    )
+    if not probe.ok:
+        print("WARNING: the MHD check failed; the iti67-*/iti65-* figures may measure refusals", flush=True)
 
 
 def check_open_app(run: Run, big: BigPatient, target: Target, tokens: Tokens) -> None:
@@ -362,6 +393,10 @@ def report(run: Run) -> Path:
         print(format_load(run.load))
     print("\nwith the DMP policy (token verification, access decision, filter, one AuditEvent per request):")
     print(format_table(run.results))
+    if any(r.documents_per_request for r in run.results):
+        print("\nITI-65 ingest (latency per Bundle; each Bundle = SubmissionSet + per document a DocumentReference")
+        print("and a Binary with a ~10 KB CDA; one transaction, one AuditEvent, stored encrypted):")
+        print(format_ingest(run.results))
     rows = overheads(run.results, run.open_results)
     if run.open_results:
         print("\nwithout policy (bench/open_app.py: open gatekeeper, same data and gunicorn settings):")
@@ -376,6 +411,7 @@ def report(run: Run) -> Path:
         "environment": env,
         "load": run.load.as_dict() if run.load else None,
         "big_patient": run.big_check or None,
+        "mhd_check": run.mhd_check or None,
         "scenarios": [r.as_dict() for r in run.results],
         "open_scenarios": [r.as_dict() for r in run.open_results],
         "overhead": [row.as_dict() for row in rows],

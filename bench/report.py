@@ -11,16 +11,39 @@ from typing import Any
 from bench.loader import LoadStats
 from bench.loadgen import Result
 
+#: Width of the scenario column: the longest name (``iti67-identifier-category-sorted``) and a space.
+NAME = 34
+
 
 def format_table(results: list[Result]) -> str:
     columns = ("req/s", "p50 ms", "p90 ms", "p99 ms", "max ms")
-    head = f"{'scenario':<26}" + "".join(f"{c:>9}" for c in columns) + f"{'errors':>8}{'other cpu s':>12}  worker cpu s"
+    head = f"{'scenario':<{NAME}}" + "".join(f"{c:>9}" for c in columns)
+    head += f"{'errors':>8}{'other cpu s':>12}  worker cpu s"
     lines = [head, "-" * len(head)]
     for r in results:
         lat = r.latencies_ms
         lines.append(
-            f"{r.name:<26}{r.rps:>9.1f}{lat['p50']:>9.2f}{lat['p90']:>9.2f}{lat['p99']:>9.2f}{lat['max']:>9.2f}"
+            f"{r.name:<{NAME}}{r.rps:>9.1f}{lat['p50']:>9.2f}{lat['p90']:>9.2f}{lat['p99']:>9.2f}{lat['max']:>9.2f}"
             f"{r.errors:>8}{_other(r.other_cpu_s):>12}  {' + '.join(f'{c:g}' for c in r.worker_cpu_s)}"
+        )
+    return "\n".join(lines)
+
+
+def format_ingest(results: list[Result]) -> str:
+    """The ingest scenarios (``documents_per_request``), per document: the figure an ITI-65 feed
+    cares about, next to the latency of one whole Bundle."""
+    head = (
+        f"{'scenario':<{NAME}}{'docs/Bundle':>12}{'Bundles/s':>10}{'docs/s':>9}"
+        f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if not r.documents_per_request:
+            continue
+        lat = r.latencies_ms
+        lines.append(
+            f"{r.name:<{NAME}}{r.documents_per_request:>12}{r.rps:>10.1f}{r.docs_per_second:>9.1f}"
+            f"{lat['p50']:>9.2f}{lat['p90']:>9.2f}{lat['p99']:>9.2f}{lat['max']:>9.2f}{r.errors:>8}"
         )
     return "\n".join(lines)
 
@@ -80,13 +103,13 @@ def overheads(auth: list[Result], opened: list[Result]) -> list[Overhead]:
 
 def format_overheads(rows: list[Overhead]) -> str:
     head = (
-        f"{'scenario':<26}{'auth req/s':>11}{'open req/s':>11}{'req/s cost':>11}"
+        f"{'scenario':<{NAME}}{'auth req/s':>11}{'open req/s':>11}{'req/s cost':>11}"
         f"{'auth p50':>10}{'open p50':>10}{'p50 +ms':>9}{'p50 +%':>8}"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
         lines.append(
-            f"{row.name:<26}{row.auth_rps:>11.1f}{row.open_rps:>11.1f}{row.throughput_cost_pct:>10.0f}%"
+            f"{row.name:<{NAME}}{row.auth_rps:>11.1f}{row.open_rps:>11.1f}{row.throughput_cost_pct:>10.0f}%"
             f"{row.auth_p50:>10.2f}{row.open_p50:>10.2f}{row.p50_ms:>+9.2f}{row.p50_pct:>+7.0f}%"
         )
     return "\n".join(lines)

@@ -560,3 +560,26 @@ def test_a_store_refuses_keys_that_are_not_its_own(tmp_path: Path) -> None:
         SqliteStore(path, _index, _param_type, SERVED_TYPES, strangers)
     with pytest.raises(MasterKeyError, match="encrypted content"):
         SqliteStore(path, _index, _param_type, SERVED_TYPES)
+
+
+def test_a_sorted_search_reads_each_match_s_sort_key_from_its_own_index_rows(tmp_path: Path) -> None:
+    """``_sort`` probes a match's values through the ``(res, param)`` index (SQLite). Left to itself,
+    the planner read the sort key from the covering value index, walking every row of the parameter
+    in the database for each match: ``_sort=-date`` grew with the database, not with the page."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    for n, day in enumerate((3, 1, 2)):
+        store.create({**doc(f"d{n}", "p1"), "date": f"2024-01-0{day}T00:00:00Z"})
+    store.create({**doc("other", "p2"), "date": "2024-01-04T00:00:00Z"})
+    statements: list[str] = []
+    conn = store._conn()
+    conn.set_trace_callback(statements.append)
+    query = Query("DocumentReference", Reference("subject", "Patient", "p1"), sort=(SortKey("date", descending=True),))
+    found = store.search(query, OPEN_SCOPE)
+    conn.set_trace_callback(None)
+    assert [s.id for s in found.matches] == ["d0", "d2", "d1"]
+    page = next(s for s in statements if "ORDER BY" in s and "idx_date" in s)
+    plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {page}")]
+    assert any("idx_date_res (res=? AND param=?)" in step for step in plan), plan
+    assert not any("idx_date_search" in step for step in plan), plan
+    store.close()

@@ -107,7 +107,12 @@ def _record_aad(kind: str, key: str) -> str:
 
 
 def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param: str) -> str:
-    return f"(SELECT {agg}(x.{column}) FROM {table} x WHERE x.res = r.pk AND x.param = {compiler.arg(param)})"
+    """A match's sort key, read from its own index rows. The probe names its ``(res, param)`` index,
+    as the compiler's conditions do: the planner otherwise picks the covering value index (``param``,
+    value..., ``res``) and walks every row of the parameter for each match (``_sort=-date`` read
+    every ``date`` of the database, twice, per DocumentReference found)."""
+    arg = compiler.arg(param)
+    return f"(SELECT {agg}(x.{column}) FROM {table} x INDEXED BY {table}_res WHERE x.res = r.pk AND x.param = {arg})"
 
 
 class SqliteStore(Store):
