@@ -56,6 +56,13 @@ DOC_TYPES: tuple[tuple[str, str], ...] = (
 #: The type → class map of ``ig/``: a document's category is its type's class, or the server refuses
 #: it (CONTRACT §5).
 _TERMINOLOGY = Terminology.load(PROJECT_ROOT / "ig" / "ConceptMap")
+
+
+def classes_of(system: str, code: str) -> list[tuple[str, str]]:
+    """The DMP class(es) of a document type, as (system, code)."""
+    return sorted(_TERMINOLOGY.translate(TYPE_TO_CLASS, system, code))
+
+
 #: Confidentiality label and its weight: most documents are Normal, a few Restricted / Very restricted.
 CONFIDENTIALITY_WEIGHTS: tuple[tuple[str, int], ...] = (("N", 90), ("R", 8), ("V", 2))
 FACILITIES: tuple[tuple[str, str], ...] = (
@@ -187,13 +194,7 @@ def make_document(
         "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.250.1.999.1.{rng.getrandbits(48)}"},
         "status": "current",
         "type": {"coding": [_coding(system, (code, display))]},
-        "category": [
-            {
-                "coding": [
-                    {"system": s, "code": c} for s, c in sorted(_TERMINOLOGY.translate(TYPE_TO_CLASS, system, code))
-                ]
-            }
-        ],
+        "category": [{"coding": [{"system": s, "code": c} for s, c in classes_of(system, code)]}],
         "subject": {"reference": f"Patient/{patient_id(subject)}"},
         "date": fhir_instant(created),
         "author": [{"reference": f"Practitioner/{practitioner_id(rng.randrange(pop.practitioners))}"}],

@@ -25,12 +25,11 @@ import orjson
 
 from bench.auth import DOCTOR, NURSE, Professional, Tokens, bearer
 from bench.datagen import (
-    CLASS_CODE,
-    CLASSES,
     DOC_TYPES,
     LOINC,
     BigPatient,
     Population,
+    classes_of,
     make_document,
     patient_id,
     patient_ins,
@@ -125,9 +124,10 @@ def iti67_status_scenario(w: Workload) -> Scenario:
 def iti67_category_sorted_scenario(w: Workload) -> Scenario:
     def make(rng: random.Random) -> Request:
         index = rng.randrange(w.pop.patients)
+        class_system, class_code = classes_of(LOINC, rng.choice(DOC_TYPES)[0])[0]
         params = {
             "patient.identifier": _by_ins(index),
-            "category": f"{CLASS_CODE}|{rng.choice(CLASSES)[0]}",
+            "category": f"{class_system}|{class_code}",
             "_sort": "-date",
             "_count": str(MHD_PAGE),
         }
