@@ -150,9 +150,23 @@ def server_event(
     }
 
 
-def authentication_event(
+#: The kinds of events about a person's account: a login; a change of their credentials.
+ACCOUNT_EVENTS = {
+    "login": (
+        {"system": _DICOM, "code": "110114", "display": "User Authentication"},
+        {"system": _DICOM, "code": "110122", "display": "Login"},
+    ),
+    "credentials": (
+        {"system": _DICOM, "code": "110113", "display": "Security Alert"},
+        {"system": _DICOM, "code": "110137", "display": "User Security Attributes Changed"},
+    ),
+}
+
+
+def account_event(
+    kind: str,
     *,
-    person: tuple[str, str],
+    who: dict[str, Any],
     role: str,
     about: tuple[str, str],
     about_id: str | None,
@@ -161,15 +175,17 @@ def authentication_event(
     recorded: str,
     server: str,
 ) -> dict[str, Any]:
-    """A login to the server's own authorisation server (DICOM "User Authentication" / "Login"):
-    ``person`` (INS) with ``role`` logging in, for the record of ``about`` (INS; ``about_id`` its
-    Patient). Kept in the trail of that record, so that the patient sees who logged in to act on
-    it, and every failed attempt."""
+    """An event of the server's own authorisation server (``kind`` in :data:`ACCOUNT_EVENTS`): a
+    login, or an account created or reset, by ``who`` (a Reference) acting as ``role``, for the
+    record of ``about`` (INS; ``about_id`` its Patient). Kept in the trail of that record, so that
+    the patient sees who logged in to act on it, each failed attempt, and each change of the
+    credentials that open it."""
+    event_type, subtype = ACCOUNT_EVENTS[kind]
     return {
         "resourceType": "AuditEvent",
         "id": str(uuid.uuid4()),
-        "type": {"system": _DICOM, "code": "110114", "display": "User Authentication"},
-        "subtype": [{"system": _DICOM, "code": "110122", "display": "Login"}],
+        "type": event_type,
+        "subtype": [subtype],
         "action": "E",
         "recorded": recorded,
         "outcome": "0" if succeeded else "4",
@@ -178,7 +194,7 @@ def authentication_event(
             {
                 "type": {"coding": [{"system": _PARTICIPATION, "code": "IRCP"}]},
                 "role": [{"coding": [{"system": ROLE_SYSTEM, "code": role}]}],
-                "who": {"identifier": {"system": person[0], "value": person[1]}},
+                "who": who,
                 "requestor": True,
             }
         ],

@@ -15,6 +15,7 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from authz.audit import who
 from authz.authserver.errors import AuthError, invalid_request
 from authz.authserver.service import AccountService
 from authz.terms import ADMINISTRATION, PROFESSIONAL
@@ -57,12 +58,12 @@ def register_account_routes(app: Flask, accounts: AccountService, base: str) -> 
     route("password", "password", lambda: (200, accounts.login.change_password(_body())))
 
     def create_account() -> tuple[int, dict[str, Any]]:
-        accounts.administrator(request.headers.get("Authorization"))
-        return 201, accounts.admin.create(_body())
+        admin = accounts.administrator(request.headers.get("Authorization"))
+        return 201, accounts.admin.create(_body(), (who(admin), admin.role))
 
     def reset_account(ins: str) -> tuple[int, dict[str, Any]]:
-        accounts.administrator(request.headers.get("Authorization"))
-        return 200, accounts.admin.reset(ins, _body())
+        admin = accounts.administrator(request.headers.get("Authorization"))
+        return 200, accounts.admin.reset(ins, _body(), (who(admin), admin.role))
 
     def creation_code() -> tuple[int, dict[str, Any]]:
         actor = accounts.caller(request.headers.get("Authorization"), (PROFESSIONAL, ADMINISTRATION))

@@ -400,6 +400,10 @@ def test_the_cli_creates_and_resets_accounts(
     reset = temporary_password_printed(["account", "reset", "--ins", INS_A])
     refused(start(client, INS_A, created))
     assert log_in(client, mailbox, INS_A, reset)["password_change_required"] is True
+    assert [(who, why) for who, _, why in credential_changes(world, INS_A)] == [
+        ("operator (dmp-server account)", "PAT account created, temporary password"),
+        ("operator (dmp-server account)", "account reset: new temporary password, sessions ended"),
+    ]
 
 
 def test_only_the_administration_manages_accounts(client: FlaskClient, world: World) -> None:
@@ -720,3 +724,32 @@ def test_a_representatives_login_is_in_the_trail_of_the_record_they_act_on(
     agents = [e["agent"][0] for e in logins]
     who = [(a["who"]["identifier"]["value"], a["role"][0]["coding"][0]["code"]) for a in agents]
     assert who == [(INS_REP, "LEGREP")]
+
+
+def credential_changes(world: World, ins: str) -> list[tuple[str, str, str]]:
+    """The account creations and resets in the trail of ``ins``'s DMP, as its patient reads it:
+    (who, role, why)."""
+    found = world.patient(ins).get(f"AuditEvent?patient.identifier={INS_SYSTEM}|{ins}&_count=100&_sort=date")
+    assert found.status_code == 200, found.get_data(as_text=True)
+    events = [e["resource"] for e in found.get_json().get("entry") or []]
+    return [
+        (
+            e["agent"][0]["who"].get("display") or e["agent"][0]["who"]["identifier"]["value"],
+            e["agent"][0]["role"][0]["coding"][0]["code"],
+            e["outcomeDesc"],
+        )
+        for e in events
+        if e["subtype"][0]["code"] == "110137"
+    ]
+
+
+def test_the_administrations_changes_to_an_account_are_in_the_patients_trail(
+    client: FlaskClient, world: World, mailbox: Mailbox
+) -> None:
+    world.seed_patient(INS_A)
+    new_account(client, world, INS_A)
+    ok(post(client, f"accounts/{INS_A}/reset", {}, world.token("ADM", sub="support-agent-7")))
+    assert credential_changes(world, INS_A) == [
+        ("ADM-user", "ADM", "PAT account created, temporary password"),
+        ("support-agent-7", "ADM", "account reset: new temporary password, sessions ended"),
+    ]

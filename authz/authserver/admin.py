@@ -17,7 +17,11 @@ from authz.authserver.accounts import ROLES, Account, AccountBook, Contact, Iden
 from authz.authserver.errors import AuthError, invalid_request
 from authz.authserver.issuer import TokenIssuer
 from authz.authserver.passwords import PasswordHasher, temporary_password
-from authz.terms import PATIENT
+from authz.authserver.trail import AccountTrail
+from authz.terms import ADMINISTRATION, PATIENT
+
+#: Who acts when the command line does (an operator on the server's machine, no token).
+OPERATOR = ({"display": "operator (dmp-server account)"}, ADMINISTRATION)
 
 
 @dataclass
@@ -27,8 +31,9 @@ class AccountAdmin:
     issuer: TokenIssuer
     clock: Callable[[], float]
     dmp_exists: Callable[[Ident], bool]
+    trail: AccountTrail
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, body: dict[str, Any], by: tuple[dict[str, Any], str] = OPERATOR) -> dict[str, Any]:
         """A new account with a temporary password; a patient's needs their DMP to exist."""
         ins = parse_ins(body.get("ins"))
         role = body.get("role") or PATIENT
@@ -44,9 +49,10 @@ class AccountAdmin:
         account = Account(ins, role, self.hasher.hash(password), True, contact, created=int(now))
         if not self.book.add(account, now):
             raise AuthError(409, "invalid_request", "this person already has an account: reset it instead")
+        self.trail.credentials(*by, account, f"{account.role} account created, temporary password", now)
         return _answer(account, password)
 
-    def reset(self, raw_ins: str, body: dict[str, Any]) -> dict[str, Any]:
+    def reset(self, raw_ins: str, body: dict[str, Any], by: tuple[dict[str, Any], str] = OPERATOR) -> dict[str, Any]:
         """A new temporary password (and contact, if given); unlocks; ends every session."""
         ins = parse_ins(raw_ins)
         current = self.book.get(ins)
@@ -60,6 +66,7 @@ class AccountAdmin:
             account = _reset(latest, hashed, contact)
             self.book.put(account)
         self.issuer.revoke_refresh_tokens(account.subject)
+        self.trail.credentials(*by, account, "account reset: new temporary password, sessions ended", self.clock())
         return _answer(account, password)
 
 

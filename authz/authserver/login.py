@@ -22,18 +22,16 @@ from typing import Any
 
 import orjson
 
-from authz.audit import authentication_event
 from authz.authserver import otp
 from authz.authserver.accounts import CHANNELS, Account, AccountBook, Contact, Ident, ins_key, parse_ins, subject_of
 from authz.authserver.delivery import CodeSender, DeliveryError, masked
 from authz.authserver.errors import AuthError, invalid_request, login_refused, unavailable
 from authz.authserver.issuer import Grant, TokenIssuer
 from authz.authserver.passwords import MAX_LENGTH, PasswordHasher, WeakPassword, check_policy
+from authz.authserver.trail import AccountTrail
 from authz.devtoken import iua_claims
 from authz.terms import LEGAL_REPRESENTATIVE
-from fhirmodel.dates import us_to_instant
 from storage.interface import Store
-from storage.query import OPEN_SCOPE, Query, Token
 
 CHALLENGE_KIND = "login-challenge"
 CHANGE_KIND = "password-change"
@@ -91,32 +89,6 @@ class Challenge:
         return cls(**{**data, "ins": tuple(data["ins"]), "acting_for": tuple(data["acting_for"])})
 
 
-@dataclass(frozen=True)
-class LoginTrail:
-    """Logins in the trail of the record they are for (R17, R21): the patient sees each login to
-    act on their record, and each failed attempt on their account. An unknown identifier leaves
-    nothing: it names no account, and anyone could fill a stranger's trail with it."""
-
-    store: Store
-    server: str
-
-    def record(self, account: Account, about: Ident, succeeded: bool, description: str, now: float) -> None:
-        dmp = Query("Patient", Token("identifier", about[0], about[1]), count=1, total=False)
-        found = self.store.search(dmp, OPEN_SCOPE).matches
-        event = authentication_event(
-            person=account.ins,
-            role=account.role,
-            about=about,
-            about_id=found[0].id if found else None,
-            succeeded=succeeded,
-            description=description,
-            recorded=us_to_instant(int(now * 1_000_000)),
-            server=self.server,
-        )
-        with self.store.transaction():
-            self.store.create(event)
-
-
 @dataclass
 class Login:
     book: AccountBook
@@ -124,7 +96,7 @@ class Login:
     issuer: TokenIssuer
     sender: CodeSender
     clock: Callable[[], float]
-    trail: LoginTrail
+    trail: AccountTrail
 
     @property
     def store(self) -> Store:
@@ -146,11 +118,11 @@ class Login:
         now = self.clock()
         account = self.book.get(ins) or account  # as it is after the slow part
         if account.locked(now):
-            self.trail.record(account, account.ins, False, "login refused: the account is locked (R21)", now)
+            self.trail.login(account, account.ins, False, "login refused: the account is locked (R21)", now)
             raise login_refused()  # right or wrong, and not counted: the lock runs its course
         if not right:
             self.book.count_failure(ins, now)
-            self.trail.record(account, account.ins, False, "login refused: wrong password", now)
+            self.trail.login(account, account.ins, False, "login refused: wrong password", now)
             raise login_refused()
         acting_for = _acting_for(account, body.get("patient"))
         contact = _channel(account.contact, body.get("channel"))
@@ -198,11 +170,11 @@ class Login:
         with self.store.transaction():
             passed = self._check_code(key, code.strip(), now)
         if isinstance(passed, Account):
-            self.trail.record(passed, passed.ins, False, "login refused: wrong one-time code", now)
+            self.trail.login(passed, passed.ins, False, "login refused: wrong one-time code", now)
         if not isinstance(passed, tuple):
             raise login_refused()
         account, challenge = passed
-        self.trail.record(account, challenge.acting_for, True, f"login by {account.contact.channel} code", now)
+        self.trail.login(account, challenge.acting_for, True, f"login by {account.contact.channel} code", now)
         if account.temporary or challenge.change_password:
             return self._change_credential(account, now)
         grant = Grant(

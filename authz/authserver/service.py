@@ -21,9 +21,10 @@ from authz.authserver.delivery import CodeSender
 from authz.authserver.dmp_creation import DmpCreation
 from authz.authserver.errors import AuthError
 from authz.authserver.issuer import TokenIssuer
-from authz.authserver.login import Login, LoginTrail
+from authz.authserver.login import Login
 from authz.authserver.passwords import PasswordHasher, valid_cost
 from authz.authserver.sms import OUTBOX_FILE_NAME, OutboxSmsGateway, SmsGateway
+from authz.authserver.trail import AccountTrail
 from authz.gate import caller, server_verifier
 from authz.keys import load_or_create_server_key
 from authz.terms import ADMINISTRATION
@@ -85,6 +86,7 @@ def build_account_service(
         load_or_create_server_key(config.data_dir), own_issuer(config.base_url), config.base_url, store, clock=clock
     )
     book = AccountBook(store)
+    trail = AccountTrail(store, config.base_url)
     hasher = PasswordHasher(config.password_kdf_cost)
     sender = CodeSender(
         mailer or mailer_from(config), sms or OutboxSmsGateway(config.data_dir / OUTBOX_FILE_NAME, clock)
@@ -98,8 +100,8 @@ def build_account_service(
         store=store,
         issuer=issuer,
         book=book,
-        login=Login(book, hasher, issuer, sender, clock, LoginTrail(store, config.base_url)),
-        admin=AccountAdmin(book, hasher, issuer, clock, dmp_exists),
+        login=Login(book, hasher, issuer, sender, clock, trail),
+        admin=AccountAdmin(book, hasher, issuer, clock, dmp_exists, trail),
         creation=DmpCreation(CreationCodes(store, clock), book, hasher, issuer, fhir, clock, dmp_exists),
         verifier=server_verifier(config),
         known=fhir.terminology.has_code,
