@@ -179,7 +179,8 @@ class Store(ABC):
 
     @abstractmethod
     def acknowledge(self, message_id: int) -> None:
-        """Mark a queued message as delivered (or given up: it is never returned again)."""
+        """Forget a queued message once delivered (or given up): it is never returned again, and
+        its payload — about a patient — is not kept once it served."""
 
     @abstractmethod
     def defer(self, message_id: int, until: int, attempts: int) -> None:

@@ -283,6 +283,15 @@ def test_outbox_defers_a_message_until_it_is_due(backend: Callable[..., Store], 
     reopened.close()
 
 
+def test_an_acknowledged_message_leaves_the_database(tmp_path: Path) -> None:
+    store = _sqlite(tmp_path)
+    kept, served = store.enqueue("alert", b"waiting"), store.enqueue("alert", b"served")
+    store.acknowledge(served)
+    store.close()
+    with closing(sqlite3.connect(tmp_path / "store.sqlite3")) as conn:
+        assert [row[0] for row in conn.execute("SELECT id FROM outbox")] == [kept]
+
+
 def test_an_outbox_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
     """A database written before attempts and due times existed opens with its messages waiting,
     due now, with no failed attempt."""

@@ -657,7 +657,7 @@ class SqliteStore(Store):
 
     def acknowledge(self, message_id: int) -> None:
         with self.transaction():
-            self._conn().execute("UPDATE outbox SET delivered = ? WHERE id = ?", (instant_now(), message_id))
+            self._conn().execute("DELETE FROM outbox WHERE id = ?", (message_id,))
 
     def defer(self, message_id: int, until: int, attempts: int) -> None:
         with self.transaction():
