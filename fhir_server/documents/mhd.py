@@ -354,16 +354,10 @@ class ProvideBundle:
 
     # -- 2. the metadata ---------------------------------------------------------------------
 
-    def validate(self, req: FhirRequest) -> None:
-        """Each resource and the submission as a whole, references resolved (422); completes
-        minimal metadata from a CDA."""
-        self._check_resources()
-        patient = self._patient(req)
-        self._check_folder_documents(req, patient)
-        contents = self._contents(req)
-        self._check_contents(contents, patient)
-
-    def _check_resources(self) -> None:
+    def check_resources(self) -> None:
+        """Each resource against R4 and its profiles (422). Needs nothing stored, so it runs before
+        the Bundle's store transaction: the writer lock is held only for what must be read and
+        written together, and other requests are not queued behind this CPU work."""
         problems: list[Problem] = []
         for entry in self.entries:
             if entry.method in ("POST", "PUT") and isinstance(entry.resource, dict):
@@ -373,6 +367,14 @@ class ProvideBundle:
                 problems += self._profile_problems(entry)
         if problems:
             raise refusal(422, _INVALID, problems)
+
+    def validate(self, req: FhirRequest) -> None:
+        """The submission as a whole, in the store transaction, references resolved (422);
+        completes minimal metadata from a CDA."""
+        patient = self._patient(req)
+        self._check_folder_documents(req, patient)
+        contents = self._contents(req)
+        self._check_contents(contents, patient)
 
     def _r4_problems(self, entry: Entry) -> list[Problem]:
         rtype = entry.resource.get("resourceType")

@@ -192,6 +192,8 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
         if not entry.path:
             raise bad_request(f"Bundle.entry[{entry.index}]: a transaction cannot contain a batch or transaction")
     submission = mhd.provide_bundle(svc, bundle, entries)
+    if submission is not None:
+        submission.check_resources()
     with svc.store.transaction():
         mapping = _assign_identities(svc, req, entries)
         for entry in entries:
