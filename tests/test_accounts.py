@@ -561,7 +561,9 @@ def test_a_patient_creates_their_dmp_with_a_creation_code(client: FlaskClient, w
     consents = stored_about(world, "Consent", INS_NEW)
     emergency = [c for c in consents if c["category"][0]["coding"][0]["code"] == EMERGENCY_ACCESS]
     assert len(emergency) == 2 and len(consents) == 2  # no professional's grant: no professional created it
-    [event] = stored_about(world, "AuditEvent", INS_NEW)
+    issued, event = sorted(stored_about(world, "AuditEvent", INS_NEW), key=lambda e: e["recorded"])
+    assert issued["outcomeDesc"] == "DMP creation code issued" and issued["subtype"][0]["code"] == "110137"
+    assert issued["agent"][0]["who"]["identifier"]["value"] == DR  # the professional who issued it
     assert event["outcome"] == "0" and event["subtype"][0]["code"] == "create"
     assert event["agent"][0]["role"][0]["coding"][0]["code"] == "PAT"
     assert event["agent"][1]["who"]["display"] == "dmp-server/creation-code"
@@ -600,7 +602,8 @@ def test_a_refused_creation_keeps_the_code_and_its_audit_event(client: FlaskClie
     world.seed_patient(INS_NEW)  # created meanwhile by someone else
     answer = refused(post(client, "dmp", creation(code)), 409, "invalid_request")
     assert answer["outcome"]["resourceType"] == "OperationOutcome"
-    assert [e["outcome"] for e in stored_about(world, "AuditEvent", INS_NEW)] == ["4"]
+    events = sorted(stored_about(world, "AuditEvent", INS_NEW), key=lambda e: e["recorded"])
+    assert [(e["outcome"], e["subtype"][0]["code"]) for e in events] == [("0", "110137"), ("4", "create")]
     assert world.store.record_keys("dmp-creation-code") == [f"{INS_SYSTEM}|{INS_NEW}"]
     assert world.store.record_keys("account") == [] and world.store.record_keys(CONSUMED_KIND) == []
     refused(post(client, "creation-codes", {"ins": INS_NEW}, world.token("ADM")), 409, "invalid_request")

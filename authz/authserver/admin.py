@@ -49,7 +49,7 @@ class AccountAdmin:
         account = Account(ins, role, self.hasher.hash(password), True, contact, created=int(now))
         if not self.book.add(account, now):
             raise AuthError(409, "invalid_request", "this person already has an account: reset it instead")
-        self.trail.credentials(*by, account, f"{account.role} account created, temporary password", now)
+        self.trail.credentials(*by, account.ins, f"{account.role} account created, temporary password", now)
         return _answer(account, password)
 
     def reset(self, raw_ins: str, body: dict[str, Any], by: tuple[dict[str, Any], str] = OPERATOR) -> dict[str, Any]:
@@ -66,7 +66,9 @@ class AccountAdmin:
             account = _reset(latest, hashed, contact)
             self.book.put(account)
         self.issuer.revoke_refresh_tokens(account.subject)
-        self.trail.credentials(*by, account, "account reset: new temporary password, sessions ended", self.clock())
+        self.trail.credentials(
+            *by, account.ins, "account reset: new temporary password, sessions ended", self.clock()
+        )
         return _answer(account, password)
 
 

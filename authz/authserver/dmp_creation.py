@@ -20,12 +20,14 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from authz.actor import Actor
+from authz.audit import who
 from authz.authserver.accounts import Account, AccountBook, Contact, Ident, contact_from, parse_ins, subject_of
 from authz.authserver.creation_codes import CreationCodes, Held, mark_consumed, unmark_consumed
 from authz.authserver.errors import AuthError, code_refused, invalid_request
 from authz.authserver.issuer import Grant, TokenIssuer
 from authz.authserver.login import text
 from authz.authserver.passwords import PasswordHasher, WeakPassword, check_policy
+from authz.authserver.trail import AccountTrail
 from authz.devtoken import iua_claims
 from authz.state import minor_on
 from authz.terms import ADMINISTRATION, PATIENT, PROFESSIONAL
@@ -51,6 +53,7 @@ class DmpCreation:
     fhir: FhirService
     clock: Callable[[], float]
     dmp_exists: Callable[[Ident], bool]
+    trail: AccountTrail
 
     def issue_code(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
         """A creation code for an INS, asked by a professional or the administration."""
@@ -63,7 +66,9 @@ class DmpCreation:
             raise AuthError(403, "access_denied", "the token is about another patient (R1)")
         if self.dmp_exists(ins):
             raise AuthError(409, "invalid_request", "this patient already has a DMP")
-        return self.codes.issue(ins, actor.idnatps or actor.subject)
+        issued = self.codes.issue(ins, actor.idnatps or actor.subject)
+        self.trail.credentials(who(actor), actor.role, ins, "DMP creation code issued", self.clock())
+        return issued
 
     def create(self, body: dict[str, Any], client_address: str | None) -> dict[str, Any]:
         """INS + code + password + contact + identity → the DMP and the patient's account."""

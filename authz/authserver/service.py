@@ -102,7 +102,7 @@ def build_account_service(
         book=book,
         login=Login(book, hasher, issuer, sender, clock, trail),
         admin=AccountAdmin(book, hasher, issuer, clock, dmp_exists, trail),
-        creation=DmpCreation(CreationCodes(store, clock), book, hasher, issuer, fhir, clock, dmp_exists),
+        creation=DmpCreation(CreationCodes(store, clock), book, hasher, issuer, fhir, clock, dmp_exists, trail),
         verifier=server_verifier(config),
         known=fhir.terminology.has_code,
         clock=clock,

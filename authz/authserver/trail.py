@@ -26,10 +26,11 @@ class AccountTrail:
         who = {"identifier": {"system": account.ins[0], "value": account.ins[1]}}
         self._record("login", who, account.role, about, succeeded, description, now)
 
-    def credentials(self, who: dict[str, Any], role: str, account: Account, description: str, now: float) -> None:
-        """An account created or reset by ``who`` (a Reference) acting as ``role``: in the trail of
-        the record the account opens (a representative's: their own INS, where any DMP of theirs is)."""
-        self._record("credentials", who, role, account.ins, True, description, now)
+    def credentials(self, who: dict[str, Any], role: str, person: Ident, description: str, now: float) -> None:
+        """Credentials of ``person`` made or changed by ``who`` (a Reference) acting as ``role`` — an
+        account created or reset, a DMP creation code issued: in the trail of the record of
+        ``person`` (once it exists, for a creation code)."""
+        self._record("credentials", who, role, person, True, description, now)
 
     def _record(
         self, kind: str, who: dict[str, Any], role: str, about: Ident, succeeded: bool, description: str, now: float
