@@ -43,6 +43,7 @@ from authz.terms import (
     VISIBILITY_SYSTEM,
 )
 from fhirmodel.dates import us_to_date
+from fhirmodel.indexing import patient_id_in
 from storage.query import (
     EVERYTHING,
     NOTHING,
@@ -693,16 +694,8 @@ def _about(resource: dict[str, Any], ins: Ident, state: PatientState | None) -> 
         return False
     literal = ref.get("reference")
     if isinstance(literal, str):
-        return _literal_patient(literal) in (state.patient_ids if state else ())
+        return patient_id_in(literal) in (state.patient_ids if state else ())
     return isinstance(ident, dict) and bool(ident.get("value"))
-
-
-def _literal_patient(literal: str) -> str | None:
-    """The id in ``Patient/x`` (relative, absolute or versioned); None for anything else."""
-    parts = literal.rstrip("/").split("/")
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    return parts[-1] if len(parts) >= 2 and parts[-2] == "Patient" else None
 
 
 def _label(code: str) -> Expr:
@@ -812,7 +805,7 @@ def _is_the_patient(author: Any, doc: dict[str, Any], state: PatientState) -> bo
     if not isinstance(author, dict):
         return False
     ref = str(author.get("reference", ""))
-    if _literal_patient(ref) in state.patient_ids:
+    if patient_id_in(ref) in state.patient_ids:
         return True
     contained = {f"#{c.get('id')}": c for c in doc.get("contained") or [] if isinstance(c, dict)}
     target = contained.get(ref) or {}

@@ -87,6 +87,14 @@ def parse_reference(ref: str, base_url: str | None) -> tuple[str | None, str | N
     return None, None, ref
 
 
+def patient_id_in(literal: str) -> str | None:
+    """The id in ``Patient/x`` (relative, absolute or versioned); None for anything else."""
+    parts = literal.rstrip("/").split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    return parts[-1] if len(parts) >= 2 and parts[-2] == "Patient" else None
+
+
 def _text_of(value: dict[str, Any]) -> str | None:
     text = value.get("text") or value.get("display")
     return normalize_string(text) if isinstance(text, str) else None

@@ -65,6 +65,7 @@ from fhir_server.errors import FhirError, outcome_issue
 from fhir_server.interactions.instance import matches
 from fhir_server.messages import FhirRequest
 from fhir_server.service import FhirService
+from fhirmodel.indexing import patient_id_in
 from storage.interface import Gone, NotFound
 
 #: Every ITI-65 profile derives from this one (IHE MHD 4.2 minimal metadata).
@@ -636,7 +637,7 @@ def _is_about(document: dict[str, Any], patient: Subject) -> bool:
     subject = document.get("subject") or {}
     literal = subject.get("reference")
     if isinstance(literal, str):
-        return _local_id(literal) == patient.id
+        return patient_id_in(literal) == patient.id
     ident = subject.get("identifier") or {}
     return (ident.get("system"), ident.get("value")) == _ins(patient)
 
@@ -791,14 +792,6 @@ def _closure(needed: set[str], contained: list[dict[str, Any]]) -> list[dict[str
         wanted.add(current)
         queue.extend(_local_targets({k: v for k, v in by_id[current].items() if k != "id"}))
     return [c for c in contained if str(c.get("id")) in wanted]
-
-
-def _local_id(reference: str) -> str | None:
-    """The id in ``Patient/x`` (relative, absolute or versioned); None for anything else."""
-    parts = reference.rstrip("/").split("/")
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    return parts[-1] if len(parts) >= 2 and parts[-2] == "Patient" else None
 
 
 def _located(entry: Entry, violation: Violation) -> Problem:
