@@ -31,6 +31,7 @@ import orjson
 
 from fhir_server.documents import mhd
 from fhir_server.errors import FhirError, bad_request
+from fhir_server.inbound import check_parameters
 from fhir_server.interactions.common import new_id
 from fhir_server.interactions.instance import matches
 from fhir_server.messages import FhirRequest, FhirResponse, RawJson
@@ -86,12 +87,14 @@ def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
     request = entry["request"]
     method = request.get("method")
     url = request.get("url")
-    if method not in _ORDER or not isinstance(url, str) or not url:
+    if not isinstance(method, str) or method not in _ORDER or not isinstance(url, str) or not url:
         raise bad_request(f"{where}: request.method and request.url are required", expression=[f"{where}.request"])
     base = svc.config.base_url + "/"
     if url.startswith(base):
         url = url[len(base) :]
     parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    check_parameters(params, svc.config.max_parameters, svc.config.max_query_length)
     headers = {h: request[k] for k, h in _HEADERS.items() if isinstance(request.get(k), str)}
     resource = entry.get("resource")
     if method in ("POST", "PUT") and not isinstance(resource, dict):
@@ -101,7 +104,7 @@ def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
         index,
         method,
         parts.path.strip("/"),
-        parse_qsl(parts.query, keep_blank_values=True),
+        params,
         headers,
         full_url if isinstance(full_url, str) else None,
         copy.deepcopy(resource) if resource is not None else None,

@@ -13,6 +13,7 @@ from fhir_server.errors import FhirError, bad_request, not_found
 from fhir_server.interactions.common import new_id, parse_etag, version_headers, written
 from fhir_server.interactions.search import result_params, shape
 from fhir_server.messages import FhirRequest, FhirResponse
+from fhir_server.numbers import natural
 from fhir_server.patching import apply_patch
 from fhir_server.service import FhirService
 from storage.interface import Gone, NotFound, Stored, VersionConflict
@@ -44,10 +45,11 @@ def read(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirRespon
 
 def vread(svc: FhirService, req: FhirRequest, rtype: str, rid: str, vid: str) -> FhirResponse:
     req.checks.check_read(rtype, "vread")
-    if not vid.isdigit():
+    version = natural(vid)
+    if version is None:
         raise not_found(f"{rtype}/{rid} has no version '{vid}'")
     try:
-        stored = svc.store.vread(rtype, rid, int(vid), req.scope)
+        stored = svc.store.vread(rtype, rid, version, req.scope)
     except NotFound:
         raise not_found(f"{rtype}/{rid}/_history/{vid} is not known") from None
     if stored.deleted:

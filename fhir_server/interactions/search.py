@@ -16,6 +16,7 @@ import orjson
 
 from fhir_server.errors import FhirError, bad_request, operation_outcome
 from fhir_server.messages import FhirRequest, FhirResponse, RawJson
+from fhir_server.numbers import natural
 from fhir_server.search.parser import PAGING_PARAMS, ParsedSearch
 from fhir_server.service import FhirService
 from fhir_server.summary import select_elements, summarize
@@ -60,10 +61,10 @@ def page_state(svc: FhirService, req: FhirRequest) -> tuple[dict[str, Any] | Non
     state: dict[str, Any] = orjson.loads(raw)
     if state.get("principal") != req.principal:
         raise FhirError(410, "this search has expired: run it again", "expired")
-    offset = values.get("_getpagesoffset", "0")
-    if not offset.isdigit():
+    offset = natural(values.get("_getpagesoffset", "0"))
+    if offset is None:
         raise bad_request("_getpagesoffset must be a non-negative integer")
-    return state, int(offset)
+    return state, offset
 
 
 def paged_params(state: dict[str, Any], req: FhirRequest) -> list[tuple[str, str]]:
