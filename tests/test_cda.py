@@ -1,4 +1,4 @@
-"""CDA R2 ingestion (fhir_server.documents.cda): the ANS CI-SIS examples in ../shared/data/cda, the
+"""CDA R2 ingestion (fhir_server.dmp.documents.cda): the ANS CI-SIS examples in ../shared/data/cda, the
 DocumentReference derived from them, consistency checks, rendering, and hostile XML."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import lxml.html
 import pytest
 from lxml import etree
 
-from fhir_server.documents import cda as cda_module
-from fhir_server.documents.cda import (
+from fhir_server.dmp.documents import cda as cda_module
+from fhir_server.dmp.documents.cda import (
     MAX_DEPTH,
     CdaDocument,
     CdaError,
@@ -24,8 +24,8 @@ from fhir_server.documents.cda import (
     hl7_ts_to_fhir,
     parse_cda,
 )
-from fhir_server.errors import FhirError
-from fhir_server.validation import ResourceValidator
+from fhir_server.fhir.validation import ResourceValidator
+from fhirmodel.errors import FhirError
 from tests.paths import EXAMPLES, ROOT, SHARED_DATA
 
 CDA_DIR = SHARED_DATA / "cda"
