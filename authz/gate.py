@@ -19,7 +19,9 @@ from authz.keys import load_or_create_server_key
 from authz.lifecycle import CLOSED_EVENT, REOPENED_EVENT, Change, change_of
 from authz.matrix import AuthorisationMatrix
 from authz.outbox import EMERGENCY_TOPIC, SUBSCRIPTION_TOPIC, DocumentEvent, EmergencyEvent
-from authz.policy import DIRECTORY_TYPES, Access, Denied, DmpPolicy, WriteFacts
+from authz.policy import DmpPolicy
+from authz.policy.access import DIRECTORY_TYPES, Access, Denied
+from authz.policy.writes import WriteFacts
 from authz.request import RequestFacts
 from authz.scopes import INTERACTION_PERMISSION
 from authz.settings import AccessSettings
