@@ -19,6 +19,10 @@ Where both passes see the same element, only the walk's (more precise) issue is 
 Attachment.url holding a ``urn:uuid:`` (IHE MHD uses them to point at a Binary of the same
 transaction) needs no special handling: R4 ``url`` has no format beyond ``\\S*`` and the models
 accept it; the test suite pins this down.
+
+Why one module of ~600 lines: the walk is one recursive traversal that applies, at each node, the
+rules of that node's type; splitting it by rule would visit every node once per rule, and the
+merge of the passes' issues needs both in view.
 """
 
 from __future__ import annotations

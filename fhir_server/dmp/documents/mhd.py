@@ -31,13 +31,17 @@ The checks come in the order the transaction code can run them:
 
 The entries then run as any transaction's: each DocumentReference is written, its codes checked
 and what it replaces superseded, by :mod:`fhir_server.fhir.interactions.instance`.
+
+Why one module of ~700 lines: :class:`ProvideBundle` carries one submission's state through
+both phases, and its checks read best in the order IHE gives them, side by side; what stands on
+its own lives apart (the CDA in :mod:`.cda`, the completion of minimal metadata in
+:mod:`.completion`, the profile engine in :mod:`fhir_server.fhir.profiles`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,9 +53,9 @@ from fhir_server.dmp.documents.cda import (
     CdaError,
     NotClinicalDocument,
     check_against,
-    document_reference_from_cda,
     parse_cda,
 )
+from fhir_server.dmp.documents.completion import complete_from_cda
 from fhir_server.fhir.interactions.instance import matches
 from fhir_server.fhir.messages import FhirRequest
 from fhir_server.fhir.profiles import (
@@ -533,7 +537,7 @@ class ProvideBundle:
         reference = content.document.resource
         problems = [_cda_problem(content.document, text) for text in check_against(doc, reference, _ins(patient))]
         if not problems and self._is_minimal(content.document):
-            _complete_from_cda(reference, doc, content, data, patient)
+            complete_from_cda(reference, doc, content.attachment, data, patient.id if patient else None)
         return problems
 
     def _is_minimal(self, entry: Entry) -> bool:
@@ -691,93 +695,6 @@ def _ins(patient: Subject | None) -> tuple[str, str] | None:
         if isinstance(identifier, dict) and identifier.get("system") in INS_SYSTEMS and identifier.get("value"):
             return str(identifier["system"]), str(identifier["value"])
     return None
-
-
-def _complete_from_cda(
-    reference: dict[str, Any], doc: Any, content: Content, data: bytes, patient: Subject | None
-) -> None:
-    """Fill what the minimal DocumentReference leaves out with what the CDA header says (type,
-    category, date, author, custodian, labels, context...), keeping everything it does say."""
-    subject = reference.get("subject") or ({"reference": f"Patient/{patient.id}"} if patient else {})
-    derived: dict[str, Any] = document_reference_from_cda(
-        doc,
-        patient_reference=subject,
-        binary_url=str(content.attachment.get("url")),
-        size=len(data),
-        sha1_b64=base64.b64encode(hashlib.sha1(data).digest()).decode(),
-        content_type=str(content.attachment.get("contentType") or "text/xml"),
-    )
-    if not subject:
-        derived.pop("subject", None)
-    renamed = _rename_contained(derived, {str(c.get("id")) for c in reference.get("contained") or []})
-    before = _local_targets(reference)
-    _fill(reference, {k: v for k, v in renamed.items() if k != "contained"})
-    needed = _local_targets(reference) - before
-    added = _closure(needed, renamed.get("contained") or [])
-    if added:
-        reference["contained"] = [*(reference.get("contained") or []), *added]
-
-
-def _fill(target: dict[str, Any], source: dict[str, Any]) -> None:
-    """Copy into ``target`` what it lacks of ``source``, descending into objects (and into the
-    single ``content`` both have)."""
-    for key, value in source.items():
-        if key not in target:
-            target[key] = copy.deepcopy(value)
-        elif isinstance(value, dict) and isinstance(target[key], dict):
-            _fill(target[key], value)
-        elif key == "content" and len(value) == 1 and isinstance(target[key], list) and len(target[key]) == 1:
-            _fill(target[key][0], value[0])
-
-
-def _rename_contained(resource: dict[str, Any], taken: set[str]) -> dict[str, Any]:
-    """The CDA-derived resource with its contained ids prefixed where they clash with ours."""
-    renames = {f"#{c['id']}": f"#cda-{c['id']}" for c in resource.get("contained") or [] if str(c.get("id")) in taken}
-    if not renames:
-        return resource
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            out = {k: walk(v) for k, v in node.items()}
-            if isinstance(out.get("reference"), str) and out["reference"] in renames:
-                out["reference"] = renames[out["reference"]]
-            if out.get("resourceType") and f"#{out.get('id')}" in renames:
-                out["id"] = renames[f"#{out['id']}"][1:]
-            return out
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    renamed: dict[str, Any] = walk(resource)
-    return renamed
-
-
-def _local_targets(node: Any) -> set[str]:
-    """The ``#id`` references in ``node`` (outside its contained resources)."""
-    found: set[str] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and value.startswith("#"):
-                found.add(value[1:])
-            elif key != "contained":
-                found |= _local_targets(value)
-    elif isinstance(node, list):
-        for value in node:
-            found |= _local_targets(value)
-    return found
-
-
-def _closure(needed: set[str], contained: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The contained resources ``needed`` names, and those they name in turn."""
-    by_id = {str(c.get("id")): c for c in contained}
-    wanted, queue = set(), list(needed)
-    while queue:
-        current = queue.pop()
-        if current in wanted or current not in by_id:
-            continue
-        wanted.add(current)
-        queue.extend(_local_targets({k: v for k, v in by_id[current].items() if k != "id"}))
-    return [c for c in contained if str(c.get("id")) in wanted]
 
 
 def _located(entry: Entry, violation: Violation) -> Problem:
