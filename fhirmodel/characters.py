@@ -1,7 +1,7 @@
 """The characters FHIR R4 allows in a string (datatypes.html#string): none below U+0020 but tab,
 carriage return and line feed.
 
-Input holding one is refused (:mod:`fhir_server.inbound`); text the server itself copies from a
+Input holding one is refused (:mod:`fhir_server.fhir.inbound`); text the server itself copies from a
 request into a resource (the trail names the URL it was asked) has them replaced, so that what is
 stored can always be served, as XML too (XML 1.0 cannot carry them at all).
 """

@@ -13,9 +13,9 @@ import pytest
 from werkzeug.test import TestResponse
 
 from authz.terms import ACCESS, IDNATPS_SYSTEM
-from fhir_server.formats.xml import xml_to_json
-from fhir_server.inbound import MAX_DEPTH
-from fhir_server.search.parser import MAX_VALUES
+from fhir_server.fhir.formats.xml import xml_to_json
+from fhir_server.fhir.inbound import MAX_DEPTH
+from fhir_server.fhir.search.parser import MAX_VALUES
 from tests.dmp import INS_SYSTEM, As, World
 from tests.test_dmp_rules import audit_events
 from tests.test_mhd_provide import DR, INS, submission
@@ -251,7 +251,7 @@ def test_a_failure_of_the_server_is_in_the_trail(
 ) -> None:
     """A 500 still leaves its AuditEvent (outcome 8). No request is known to fail any more, so the
     fault is injected: the read interaction is made to raise, as a bug in it would."""
-    from fhir_server.interactions import instance
+    from fhir_server.fhir.interactions import instance
 
     def broken(*args: Any) -> None:
         raise RuntimeError("an injected fault")

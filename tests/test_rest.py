@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from fhir_server.app import create_app, create_service
-from fhir_server.config import Config
+from fhir_server.runtime.config import Config
 from tests.conftest import Fhir
 from tests.support import open_gatekeeper
 
