@@ -29,6 +29,7 @@ from storage.query import OPEN_SCOPE
 from tests.dmp import INS_SYSTEM, World
 from tests.paths import HL7_EXAMPLES
 from tests.test_mhd_provide import DR, INS, submission
+from tests.test_robustness import _paths as places
 
 EXAMPLES = int(os.environ.get("DMP_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(
@@ -139,18 +140,6 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
     max_leaves=8,
 )
-
-
-def places(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every place in a JSON document, as the keys and indexes leading to it."""
-    found = [prefix]
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found += places(value, (*prefix, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found += places(value, (*prefix, index))
-    return found
 
 
 @st.composite

@@ -10,7 +10,6 @@ brought each record in. A progress bar counts the units; a restarted import skip
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from authz.devtoken import ROLES, make_dev_token
 from authz.keys import load_or_create_server_key
 from authz.terms import ADMINISTRATION
 from authz.tokens import own_issuer
+from fhir_server.cli.operator import operator
 from fhir_server.runtime.config import Config
 
 
@@ -38,13 +38,6 @@ def add_import_command(subparsers: Any) -> None:
     parser.set_defaults(func=_import_command)
 
 
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 def _import_command(args: argparse.Namespace) -> int:
     from fhir_server.app import create_service
     from fhir_server.dmp.imports.run import Importer
@@ -52,7 +45,7 @@ def _import_command(args: argparse.Namespace) -> int:
 
     config = Config.from_env()
     key = load_or_create_server_key(config.data_dir)
-    login = _operator()
+    login = operator()
 
     def credentials(ins: str | None) -> str:
         token = make_dev_token(
