@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -248,7 +249,7 @@ def send(target: Target, call: Call) -> TestResponse:
     if call.accept:
         headers["Accept"] = call.accept
     return target.world.client.open(
-        "/fhir/" + call.path,
+        "/fhir/" + quote(call.path, safe="/$"),  # any character, percent-encoded as a client would
         method=call.method,
         query_string=call.params,
         data=call.body,
@@ -324,7 +325,7 @@ def test_mutated_writes_are_whole_or_refused(target: Target, data: st.DataObject
     elif rtype == "Patient":
         method, path = "PUT", f"Patient/{target.pid}"
     else:
-        method, path = "POST", str(rtype or "Binary")
+        method, path = "POST", rtype if isinstance(rtype, str) else "Binary"
     content_type = (
         "application/json-patch+json"
         if is_patch
