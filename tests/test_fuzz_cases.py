@@ -270,3 +270,23 @@ def test_binary_raw_content_is_untouched_by_the_character_rules(world: World, pi
     created = raw(patient, "POST", "Binary", b"\x00\x01binary", "application/octet-stream")
     assert created.status_code == 201, created.get_data(as_text=True)
     assert base64.b64decode(created.get_json()["data"]) == b"\x00\x01binary"
+
+
+def test_a_json_patch_carried_in_a_binary_entry_is_checked_too(world: World, pid: str, patient: As) -> None:
+    """The patch of a transaction's PATCH entry travels base64-encoded: the request's own checks
+    never saw it, so it is checked once decoded (characters, nesting)."""
+    deep = '{"url":"http://x","extension":[' * 300 + "]}" * 300
+    patches = {
+        "U+0001": '[{"op":"add","path":"/name/0/family","value":"a\\u0001b"}]',
+        "nested deeper": f'[{{"op":"add","path":"/extension","value":[{deep}]}}]',
+    }
+    for words, patch in patches.items():
+        binary = {
+            "resourceType": "Binary",
+            "contentType": "application/json-patch+json",
+            "data": base64.b64encode(patch.encode()).decode(),
+        }
+        entry = {"resource": binary, "request": {"method": "PATCH", "url": f"Patient/{pid}"}}
+        before = len(audit_events(world, INS))
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+        refused(world, patient.post("", bundle), 400, words, before)

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from fhir_server.fhir.inbound import check_parameters
+from fhir_server.fhir.inbound import check_body, check_parameters
 from fhir_server.fhir.interactions.common import new_id
 from fhir_server.fhir.interactions.instance import matches
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
@@ -124,6 +124,7 @@ def _request_for(req: FhirRequest, entry: _Entry, completion: list[Callable[[], 
             body = orjson.loads(base64.b64decode(body.get("data", ""), validate=True))
         except (ValueError, orjson.JSONDecodeError):
             raise bad_request(f"Bundle.entry[{entry.index}]: the JSON Patch in the Binary is not valid") from None
+        check_body(body, f"Bundle.entry[{entry.index}].resource.data")  # JSON the request's own checks never saw
     return FhirRequest(
         method=entry.method,
         path=entry.path,
