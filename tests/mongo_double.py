@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import mongomock
 from pymongo import MongoClient
@@ -115,7 +116,7 @@ class DoubleClient:
     """A mongomock client with the double's ``hello`` and sessions; ``close`` keeps the data, so
     that a store reopened on the same client sees what the first one wrote."""
 
-    def __init__(self, *, replica_set: bool = True):
+    def __init__(self, url: str | None = None, *, replica_set: bool = True, **options: Any):
         self._client = mongomock.MongoClient()
         self.replica_set = replica_set
         self.active: FakeSession | None = None
@@ -134,6 +135,28 @@ class DoubleClient:
 
     def close(self) -> None:
         pass
+
+
+def mongo_url(database: str) -> str:
+    """A ``DMP_STORE`` URL naming ``database``: on the real server when there is one (its own
+    database per test), else one the double answers (see :func:`use_double`)."""
+    if not REAL_URI:
+        return f"mongodb://mongomock.invalid/{database}"
+    parts = urlsplit(REAL_URI)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+def use_double(monkeypatch: Any) -> None:
+    """Without a real server, ``DMP_STORE=mongodb://…`` opens the double (a replica set)."""
+    if not REAL_URI:
+        monkeypatch.setattr("storage.mongo.connect.MongoClient", DoubleClient)
+
+
+def drop(url: str) -> None:
+    """Drop a test's database on the real server (the double's vanishes with it)."""
+    if REAL_URI:
+        with MongoClient(url) as client:
+            client.drop_database(urlsplit(url).path.strip("/"))
 
 
 def mongo_client() -> Any:

@@ -23,7 +23,7 @@ from storage.mongo.store import Indexer, MongoStore
 DEFAULT_DATABASE = "dmp"
 ALLOW_STANDALONE = "DMP_MONGO_ALLOW_STANDALONE"
 
-#: Builds the client of a URL; tests put ``mongomock`` here.
+#: Builds the client of a URL (``MongoClient`` unless given: the tests' double replaces it).
 ClientFactory = Callable[..., MongoClient[Any]]
 
 
@@ -51,12 +51,12 @@ def open_mongo_store(
     param_type: ParamType,
     resource_types: tuple[str, ...],
     cipher: EnvelopeCipher | None = None,
-    client_factory: ClientFactory = MongoClient,
+    client_factory: ClientFactory | None = None,
     environ: dict[str, str] | None = None,
 ) -> MongoStore:
     env = os.environ if environ is None else environ
     database = parse_uri(url).get("database") or DEFAULT_DATABASE
-    client = client_factory(url, **client_options())
+    client = (client_factory or MongoClient)(url, **client_options())
     kind = topology(client)
     if kind == "standalone" and env.get(ALLOW_STANDALONE) != "1":
         client.close()

@@ -48,9 +48,13 @@ FIELD_OF_TYPE = {
     "reference": "ref",
     "uri": "uri",
 }
-INDEX_FIELDS = tuple(FIELD_OF_TYPE.values())
+#: Each resource's sort keys: ``srt.<param>.a`` (the lowest value: ascending order) and
+#: ``srt.<param>.d`` (the highest: descending), R4 §3.1.1.5.6, computed when it is written so that
+#: ``_sort`` is a plain indexed sort rather than an aggregation over the index arrays.
+SORT_KEYS = "srt"
+INDEX_FIELDS = (*FIELD_OF_TYPE.values(), SORT_KEYS)
 
-#: Sort value inside each index array: the lowest ascending, the highest descending (R4 §3.1.1.5.6).
+#: Where the sort value is in an entry of each index array: (ascending, descending).
 SORT_FIELD: dict[str, tuple[str, str]] = {
     "tok": ("c", "c"),
     "str": ("n", "n"),
@@ -117,13 +121,21 @@ def record_key(kind: str, key: str) -> str:
     return f"{kind}\n{key}"
 
 
-def index_document(index: dict[str, list[IndexValue]]) -> dict[str, list[dict[str, Any]]]:
-    """The index arrays of a resource's document, from the indexer's typed values."""
-    arrays: dict[str, list[dict[str, Any]]] = {name: [] for name in INDEX_FIELDS}
+def index_document(index: dict[str, list[IndexValue]]) -> dict[str, Any]:
+    """The index arrays and sort keys of a resource's document, from the indexer's typed values."""
+    arrays: dict[str, Any] = {name: [] for name in FIELD_OF_TYPE.values()}
+    sort: dict[str, dict[str, Any]] = {}
     for param, values in index.items():
+        lows, highs = [], []
         for value in values:
             name, entry = _entry(value)
             arrays[name].append({"p": param, **entry})
+            low, high = SORT_FIELD[name]
+            lows += [entry[low]] if entry[low] is not None else []
+            highs += [entry[high]] if entry[high] is not None else []
+        if lows and "." not in param and not param.startswith("$"):  # contained names are never sorted on
+            sort[param] = {"a": min(lows), "d": max(highs)}
+    arrays[SORT_KEYS] = sort
     return arrays
 
 

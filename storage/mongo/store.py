@@ -42,7 +42,6 @@ from storage.interface import (
 from storage.mongo.compiler import NEVER, MongoCompiler, ParamType, both
 from storage.mongo.layout import (
     COUNTERS,
-    FIELD_OF_TYPE,
     INDEX_FIELDS,
     INDEXES,
     META,
@@ -51,7 +50,7 @@ from storage.mongo.layout import (
     RECORDS,
     RESOURCES,
     SCHEMA_VERSION,
-    SORT_FIELD,
+    SORT_KEYS,
     VERSIONS,
     index_document,
     patient_key,
@@ -150,6 +149,16 @@ class MongoStore(Store):
     @property
     def _session(self) -> Any:
         return self._unit.session
+
+    @property
+    def session(self) -> Any:
+        """The session of the current thread's transaction (None outside one): for the migration,
+        which writes raw documents inside the store's transactions."""
+        return self._unit.session
+
+    @property
+    def database(self) -> Database[Any]:
+        return self._db
 
     def close(self) -> None:
         self._client.close()
@@ -381,24 +390,13 @@ class MongoStore(Store):
         keys: dict[str, Any] = {}
         stages: list[dict[str, Any]] = [{"$match": where}]
         for n, key in enumerate(sort):
-            field = FIELD_OF_TYPE.get(self._param_type(rtype, key.param) or "")
-            if field is None:
+            if self._param_type(rtype, key.param) is None:
                 continue
-            low, high = SORT_FIELD[field]
-            entries = {
-                "$filter": {"input": {"$ifNull": [f"${field}", []]}, "as": "x", "cond": {"$eq": ["$$x.p", key.param]}}
-            }
-            value = {
-                "$max" if key.descending else "$min": {
-                    "$map": {"input": entries, "as": "x", "in": f"$$x.{high if key.descending else low}"}
-                }
-            }
-            stages.append({"$addFields": {f"_s{n}": value}})
-            stages.append(
-                {"$addFields": {f"_m{n}": {"$cond": [{"$eq": [{"$ifNull": [f"$_s{n}", None]}, None]}, 1, 0]}}}
-            )
-            keys[f"_m{n}"] = ASCENDING
-            keys[f"_s{n}"] = DESCENDING if key.descending else ASCENDING
+            path = f"{SORT_KEYS}.{key.param}"
+            missing = {"$cond": [{"$eq": [{"$ifNull": [f"${path}", None]}, None]}, 1, 0]}
+            stages.append({"$addFields": {f"_m{n}": missing}})
+            keys[f"_m{n}"] = ASCENDING  # missing last, either way
+            keys[f"{path}.{'d' if key.descending else 'a'}"] = DESCENDING if key.descending else ASCENDING
         if not keys:
             return (
                 coll.find(where, _CURRENT_FIELDS, session=self._session).sort("pk", ASCENDING).skip(offset).limit(count)
