@@ -21,8 +21,9 @@ from fhir_server.app import create_service
 from fhir_server.cli import main
 from fhir_server.config import Config
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError, MasterKeys
+from storage.mongo.compiler import shard_hint
 from storage.mongo.connect import StandaloneRefused, open_mongo_store
-from storage.mongo.layout import DIRECTORY_KEY
+from storage.mongo.layout import DIRECTORY_KEY, SEVERAL_PATIENTS
 from storage.mongo.store import MongoStore
 from storage.query import OPEN_SCOPE, Query, Reference
 from tests.mongo_double import REAL_URI, DoubleClient, drop, mongo_url
@@ -234,4 +235,33 @@ def test_migrate_copies_everything_sealed_resumes_and_verifies(
     assert "versions: 10 in SQLite" in capsys.readouterr().out
     with closing(sqlite3.connect(config.sqlite_path)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM version").fetchone() == (10,)  # the source is untouched
+    store.close()
+
+
+def test_a_search_naming_the_patient_is_routed_by_its_key_and_still_finds_everything(tmp_path: Path) -> None:
+    store = _mongo(tmp_path)
+    ins = {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1800175123456"}
+    store.create(patient("p1", "Martin"))
+    store.create({**doc("both-forms", "p1"), "subject": {"reference": "Patient/p1", "identifier": ins}})
+    store.create({**doc("ins-only", "p1"), "subject": {"identifier": ins}})
+    shared = {
+        "resourceType": "AuditEvent",
+        "id": "shared",
+        "type": {"code": "rest"},
+        "recorded": "2024-01-01T00:00:00Z",
+        "agent": [{"requestor": True}],
+        "source": {"observer": {"display": "dmp"}},
+        "entity": [{"what": {"reference": "Patient/p1"}}, {"what": {"reference": "Patient/p2"}}],
+    }
+    store.create(shared)
+    keys = {d["_id"]: d["pkey"] for d in store.database["resources"].find()}
+    assert keys["DocumentReference/both-forms"] == "p1"  # the INS beside the literal reference does not count
+    assert keys["DocumentReference/ins-only"] == f"{ins['system']}|{ins['value']}"
+    assert keys["AuditEvent/shared"] == SEVERAL_PATIENTS
+    by_subject = Reference("subject", "Patient", "p1")
+    assert shard_hint(by_subject, "DocumentReference") == {"p1", SEVERAL_PATIENTS}
+    assert shard_hint(Reference("patient", "Patient", "p2"), "AuditEvent") == {"p2", SEVERAL_PATIENTS}
+    assert [s.id for s in store.search(Query("DocumentReference", by_subject), OPEN_SCOPE).matches] == ["both-forms"]
+    found = store.search(Query("AuditEvent", Reference("patient", "Patient", "p2")), OPEN_SCOPE)
+    assert [s.id for s in found.matches] == ["shared"]
     store.close()

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fhirmodel.indexing import contained_param, contained_prefix
-from storage.mongo.layout import FIELD_OF_TYPE
+from storage.mongo.layout import FIELD_OF_TYPE, PATIENT_PARAMS, SEVERAL_PATIENTS
 from storage.query import (
     ANY_SYSTEM,
     EVERYTHING,
@@ -85,6 +85,36 @@ def either(filters: list[dict[str, Any]]) -> dict[str, Any]:
     if any(not f for f in parts):
         return {}
     return parts[0] if len(parts) == 1 else {"$or": parts}
+
+
+def shard_hint(expr: Expr, rtype: str) -> set[str] | None:
+    """The patient keys (:func:`storage.mongo.layout.patient_key`) every resource of ``rtype``
+    satisfying ``expr`` has one of, or None when the expression does not tell: with it, a
+    sharded cluster sends the query to those keys' shards only instead of every shard.
+
+    Only literal references tell: a resource whose ``subject`` is ``Patient/x`` is keyed ``x``
+    (or :data:`SEVERAL_PATIENTS`); one found by the patient's identifier may be keyed by a
+    literal reference beside it, which the query does not know.
+    """
+    match expr:
+        case Reference(param, "Patient", target_id, None) if param in PATIENT_PARAMS and target_id:
+            return {target_id, SEVERAL_PATIENTS}
+        case Token("_id", _, code) if rtype == "Patient" and code:
+            return {code}
+        case Nothing():
+            return set()
+        case And(items):
+            hints = [h for h in (shard_hint(i, rtype) for i in items) if h is not None]
+            return set.intersection(*hints) if hints else None
+        case Or(items):
+            union: set[str] = set()
+            for item in items:
+                hint = shard_hint(item, rtype)
+                if hint is None:
+                    return None
+                union |= hint
+            return union
+    return None
 
 
 def has_joins(expr: Expr) -> bool:

@@ -121,6 +121,22 @@ def record_key(kind: str, key: str) -> str:
     return f"{kind}\n{key}"
 
 
+def resource_document(
+    pk: int, rtype: str, rid: str, version: int, updated: str, deleted: bool, key: str, sealed: dict[str, Any]
+) -> dict[str, Any]:
+    """A resource's document, but for its index (``sealed``: ``content`` and its ``kid``)."""
+    head = {"_id": resource_key(rtype, rid), "pk": pk, "type": rtype, "id": rid, "version": version}
+    return {**head, "updated": updated, "deleted": deleted, "pkey": key, **sealed}
+
+
+def version_document(
+    seq: int, pk: int, rtype: str, rid: str, version: int, updated: str, method: str, key: str, sealed: dict[str, Any]
+) -> dict[str, Any]:
+    """One version's document, kept with its resource's patient key."""
+    head = {"_id": seq, "res": pk, "type": rtype, "id": rid, "version": version}
+    return {**head, "updated": updated, "method": method, "pkey": key, **sealed}
+
+
 def index_document(index: dict[str, list[IndexValue]]) -> dict[str, Any]:
     """The index arrays and sort keys of a resource's document, from the indexer's typed values."""
     arrays: dict[str, Any] = {name: [] for name in FIELD_OF_TYPE.values()}
@@ -159,25 +175,35 @@ def _entry(value: IndexValue) -> tuple[str, dict[str, Any]]:
     raise TypeError(f"not an index value: {value!r}")
 
 
+#: The patient key of a resource that references several patients (a shared List...): such
+#: resources gather under it, and a search naming one patient asks that key's shard too.
+SEVERAL_PATIENTS = "*"
+
+
 def patient_key(resource_type: str, resource_id: str, index: dict[str, list[IndexValue]]) -> str:
     """The shard key of a resource: the id of the patient whose record holds it.
 
     A Patient is its own record; another resource belongs to the Patient its ``patient`` or
-    ``subject`` parameter references (by identifier only, as DMP documents may name the INS: the
-    resources naming that identifier gather under it, apart from the Patient itself). Content
-    (Binary, Bundle) names no patient and is keyed by itself, spread over the shards; the rest
-    (Practitioner, Organization...) is the directory.
+    ``subject`` parameter references: by its id when the reference is literal, else by the
+    identifier (``system|value``, as DMP documents may name the INS only: those gather under it,
+    apart from the Patient itself). A resource referencing several patients is keyed
+    :data:`SEVERAL_PATIENTS`. Content (Binary, Bundle) names no patient and is keyed by itself,
+    spread over the shards; the rest (Practitioner, Organization...) is the directory.
+
+    The key is exact so that a search can be routed by it (:func:`shard_hint`): a resource whose
+    ``subject`` is ``Patient/x`` is keyed ``x`` or :data:`SEVERAL_PATIENTS`, never anything else.
     """
     if resource_type == "Patient":
         return resource_id
-    for param in PATIENT_PARAMS:
-        for value in index.get(param, ()):
-            if isinstance(value, ReferenceValue) and value.target_type == "Patient" and value.target_id:
-                return value.target_id
-    for param in PATIENT_PARAMS:  # a logical reference (the INS only): its records gather under it
-        for value in index.get(param, ()):
-            if isinstance(value, ReferenceValue) and value.identifier_value:
-                return f"{value.identifier_system}|{value.identifier_value}"
+    named = [value for param in PATIENT_PARAMS for value in index.get(param, ()) if isinstance(value, ReferenceValue)]
+    # A literal reference decides; the identifier beside it (the same patient's INS) does not count.
+    patients = {v.target_id for v in named if v.target_type == "Patient" and v.target_id} or {
+        f"{v.identifier_system}|{v.identifier_value}" for v in named if v.target_id is None and v.identifier_value
+    }
+    if len(patients) == 1:
+        return str(patients.pop())
+    if patients:
+        return SEVERAL_PATIENTS
     if resource_type in SELF_KEYED_TYPES:
         return resource_key(resource_type, resource_id)
     return DIRECTORY_KEY

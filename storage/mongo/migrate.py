@@ -44,7 +44,8 @@ from storage.mongo.layout import (
     index_document,
     patient_key,
     record_key,
-    resource_key,
+    resource_document,
+    version_document,
 )
 from storage.mongo.store import MongoStore
 
@@ -103,7 +104,6 @@ class Migration:
     def _resources(self, conn: sqlite3.Connection, progress: Progress) -> None:
         total = int(conn.execute("SELECT COUNT(*) FROM resource").fetchone()[0])
         start = self._resume_point()
-        done = int(conn.execute("SELECT COUNT(*) FROM resource WHERE pk < ?", (start,)).fetchone()[0])
         after = start - 1  # the last one present is copied again: its batch may not have finished
         while True:
             rows = conn.execute(
@@ -118,39 +118,15 @@ class Migration:
                 index = self._index(conn, pk)
                 key = patient_key(rtype, rid, index)
                 blob = None if content is None else bytes(content)
-                resources.append(
-                    {
-                        "_id": resource_key(rtype, rid),
-                        "pk": pk,
-                        "type": rtype,
-                        "id": rid,
-                        "version": version,
-                        "updated": updated,
-                        "deleted": bool(deleted),
-                        "pkey": key,
-                        "content": blob,
-                        **_kid(blob),
-                        **index_document(index),
-                    }
-                )
+                sealed = {"content": blob, **_kid(blob)}
+                head = resource_document(pk, rtype, rid, version, updated, bool(deleted), key, sealed)
+                resources.append({**head, **index_document(index)})
                 for seq, number, stamp, method, body in conn.execute(
                     "SELECT seq, version, last_updated, method, content FROM version WHERE res = ? ORDER BY seq", (pk,)
                 ):
-                    sealed = None if body is None else bytes(body)
-                    versions.append(
-                        {
-                            "_id": seq,
-                            "res": pk,
-                            "type": rtype,
-                            "id": rid,
-                            "version": number,
-                            "updated": stamp,
-                            "method": method,
-                            "pkey": key,
-                            "content": sealed,
-                            **_kid(sealed),
-                        }
-                    )
+                    kept = None if body is None else bytes(body)
+                    sealed = {"content": kept, **_kid(kept)}
+                    versions.append(version_document(seq, pk, rtype, rid, number, stamp, method, key, sealed))
             with self._target.transaction():
                 session = self._target.session
                 self._upsert(RESOURCES, resources, session)

@@ -39,7 +39,7 @@ from storage.interface import (
     Stored,
     VersionConflict,
 )
-from storage.mongo.compiler import NEVER, MongoCompiler, ParamType, both
+from storage.mongo.compiler import NEVER, MongoCompiler, ParamType, both, shard_hint
 from storage.mongo.layout import (
     COUNTERS,
     INDEX_FIELDS,
@@ -55,7 +55,9 @@ from storage.mongo.layout import (
     index_document,
     patient_key,
     record_key,
+    resource_document,
     resource_key,
+    version_document,
 )
 from storage.mongo.unit import UnitOfWork
 from storage.query import AccessScope, Everything, Include, Nothing, Query, SortKey, all_of
@@ -209,18 +211,7 @@ class MongoStore(Store):
         index = self._indexer(resource)
         key = patient_key(rtype, rid, index)
         sealed = self._sealed("content", resource_aad(rtype, rid, version), content)
-        doc = {
-            "_id": resource_key(rtype, rid),
-            "pk": pk,
-            "type": rtype,
-            "id": rid,
-            "version": version,
-            "updated": updated,
-            "deleted": False,
-            "pkey": key,
-            **sealed,
-            **index_document(index),
-        }
+        doc = {**resource_document(pk, rtype, rid, version, updated, False, key, sealed), **index_document(index)}
         if before is None:
             self._insert(RESOURCES, doc)
         else:
@@ -234,8 +225,7 @@ class MongoStore(Store):
         self, pk: int, rtype: str, rid: str, version: int, updated: str, method: str, sealed: dict[str, Any], key: str
     ) -> int:
         seq = self._next("seq")
-        doc = {"_id": seq, "res": pk, "type": rtype, "id": rid, "version": version, "updated": updated}
-        self._insert(VERSIONS, {**doc, "method": method, "pkey": key, **sealed})
+        self._insert(VERSIONS, version_document(seq, pk, rtype, rid, version, updated, method, key, sealed))
         return seq
 
     def _move_versions(self, pk: int, key: str) -> None:
@@ -371,6 +361,9 @@ class MongoStore(Store):
         if isinstance(expr, Nothing):
             return SearchResult([], [], 0 if query.total else None, watermark)
         base = self._base(rtype, watermark, query.deleted)
+        hint = shard_hint(expr, rtype)
+        if hint is not None:  # routed to the shards of these patients only
+            base["pkey"] = {"$in": sorted(hint)}
         condition = self._compiler(scope).filter(expr, rtype, base)
         if condition is NEVER:
             return SearchResult([], [], 0 if query.total else None, watermark)
