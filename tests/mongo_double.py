@@ -67,7 +67,10 @@ class FakeSession:
         return snapshot
 
     def end_session(self) -> None:
-        assert self._snapshot is None, "a session ended with its transaction still open"
+        """As pymongo does, ending a session aborts the transaction it still has open (one whose
+        commit failed)."""
+        if self._snapshot is not None:
+            self.abort_transaction()
 
 
 def _dump(db: Any) -> dict[str, list[dict[str, Any]]]:

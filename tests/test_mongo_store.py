@@ -16,17 +16,19 @@ from typing import Any
 
 import bson
 import pytest
+from pymongo.errors import OperationFailure
 
 from fhir_server.app import create_service
 from fhir_server.cli import main
 from fhir_server.config import Config
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError, MasterKeys
+from storage.interface import VersionConflict
 from storage.mongo.compiler import shard_hint
 from storage.mongo.connect import StandaloneRefused, open_mongo_store
 from storage.mongo.layout import DIRECTORY_KEY, SEVERAL_PATIENTS
 from storage.mongo.store import MongoStore
 from storage.query import OPEN_SCOPE, Query, Reference
-from tests.mongo_double import REAL_URI, DoubleClient, drop, mongo_url
+from tests.mongo_double import REAL_URI, DoubleClient, FakeSession, drop, mongo_url
 from tests.test_storage_contract import SERVED_TYPES, _index, _mongo, _param_type, doc, patient
 
 SECRET = b"Compte rendu: traitement par lithium, hospitalisation sous contrainte"
@@ -264,4 +266,31 @@ def test_a_search_naming_the_patient_is_routed_by_its_key_and_still_finds_everyt
     assert [s.id for s in store.search(Query("DocumentReference", by_subject), OPEN_SCOPE).matches] == ["both-forms"]
     found = store.search(Query("AuditEvent", Reference("patient", "Patient", "p2")), OPEN_SCOPE)
     assert [s.id for s in found.matches] == ["shared"]
+    store.close()
+
+
+def test_a_write_conflict_is_a_version_conflict_and_an_unknown_commit_is_retried(tmp_path: Path) -> None:
+    """What a replica set does under concurrent writers, played by the double: a transaction
+    aborted by a write conflict, and a commit whose outcome the driver did not learn."""
+    client = DoubleClient()
+    store = MongoStore(client, "dmp", _index, _param_type, SERVED_TYPES)
+    failures: list[str] = []
+    original = FakeSession.commit_transaction
+
+    def commit(self: FakeSession) -> None:
+        if failures:
+            error = OperationFailure("simulated", code=112)  # WriteConflict
+            error._add_error_label(failures.pop(0))
+            raise error
+        original(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FakeSession, "commit_transaction", commit)
+        failures[:] = ["UnknownTransactionCommitResult", "UnknownTransactionCommitResult"]
+        store.create(patient("p1", "Martin"))
+        assert failures == [] and store.exists("Patient", "p1") == 1
+        failures[:] = ["TransientTransactionError"]
+        with pytest.raises(VersionConflict, match="concurrent write"):
+            store.update(patient("p1", "Durand"))
+    assert store.read("Patient", "p1", OPEN_SCOPE).json()["name"][0]["family"] == "Martin"  # nothing written
     store.close()

@@ -6,6 +6,11 @@ has one: a failing inner ``transaction()`` (one entry of a batch) is undone alon
 made inside a nested unit first records the document it replaces (an *undo journal*, in memory);
 when the inner unit fails, the journal is played backwards inside the same outer transaction.
 
+A transaction MongoDB aborts because another one wrote the same document first
+(``TransientTransactionError``) cannot be run again here — its body is the caller's code — so it
+surfaces as :class:`~storage.interface.VersionConflict`: the FHIR answer to a concurrent write.
+A commit whose outcome is unknown is retried, as MongoDB's drivers do.
+
 Without transactions (a standalone ``mongod``, accepted only with
 ``DMP_MONGO_ALLOW_STANDALONE=1``), the outermost unit is journaled too and undone the same way on
 failure: best effort, and *not* atomic — another reader sees the writes before they are undone,
@@ -23,9 +28,12 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
+
+from storage.interface import VersionConflict
 
 #: (collection, ``_id``, the document before the write or None when there was none).
 Undo = tuple[str, Any, dict[str, Any] | None]
@@ -77,16 +85,21 @@ class UnitOfWork:
             )
         state.session, state.depth, state.frames = session, 1, [[]]
         try:
-            yield
-        except BaseException:
-            if session is not None:
-                session.abort_transaction()
+            try:
+                yield
+            except BaseException:
+                if session is not None:
+                    session.abort_transaction()
+                else:
+                    self._undo(state.frames[0])
+                raise
             else:
-                self._undo(state.frames[0])
+                if session is not None:
+                    _commit(session)
+        except PyMongoError as exc:
+            if exc.has_error_label("TransientTransactionError"):
+                raise VersionConflict("a concurrent write changed the same data: nothing was written, retry") from exc
             raise
-        else:
-            if session is not None:
-                session.commit_transaction()
         finally:
             state.session, state.depth, state.frames = None, 0, []
             if session is not None:
@@ -127,3 +140,19 @@ class UnitOfWork:
             coll.delete_one({"_id": key}, session=session)
             if before is not None:
                 coll.insert_one(before, session=session)
+
+
+#: How many times a commit whose outcome is unknown (a network error, an election) is retried.
+COMMIT_RETRIES = 3
+
+
+def _commit(session: ClientSession) -> None:
+    """Commit, retrying while the outcome is unknown: committing again is safe (MongoDB's own
+    convenient transaction API does the same)."""
+    for attempt in range(COMMIT_RETRIES + 1):
+        try:
+            session.commit_transaction()
+            return
+        except PyMongoError as exc:
+            if attempt == COMMIT_RETRIES or not exc.has_error_label("UnknownTransactionCommitResult"):
+                raise
