@@ -39,8 +39,11 @@ FHIR_JSON = "application/fhir+json"
 
 
 #: API test modules that also run on the MongoDB store (mongomock, or DMP_TEST_MONGODB_URI):
-#: the REST interactions, search, and the DMP rules, whose access filters go inside its queries.
-MONGO_API_MODULES = frozenset({"tests.test_rest", "tests.test_search", "tests.test_dmp_rules"})
+#: the REST interactions, search, batch/transaction Bundles (atomic), and the DMP rules, whose
+#: access filters go inside its queries.
+MONGO_API_MODULES = frozenset(
+    {"tests.test_rest", "tests.test_search", "tests.test_transactions", "tests.test_dmp_rules"}
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -396,7 +396,8 @@ class MongoStore(Store):
             )
         keys["pk"] = ASCENDING
         stages += [{"$sort": keys}, {"$skip": offset}, {"$limit": count}, {"$project": _CURRENT_FIELDS}]
-        return coll.aggregate(stages, session=self._session)
+        # The missing-last flags are computed: a large result is sorted on disk rather than refused.
+        return coll.aggregate(stages, session=self._session, allowDiskUse=True)
 
     def _includes(self, matches: list[Stored], includes: tuple[Include, ...], scope: AccessScope) -> list[Stored]:
         return follow_includes(matches, includes, lambda sources, inc: self._include_one(sources, inc, scope))
