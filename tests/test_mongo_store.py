@@ -20,7 +20,7 @@ from pymongo.errors import OperationFailure
 
 from fhir_server.app import create_service
 from fhir_server.cli import main
-from fhir_server.config import Config
+from fhir_server.runtime.config import Config
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError, MasterKeys
 from storage.interface import VersionConflict
 from storage.mongo.compiler import shard_hint
