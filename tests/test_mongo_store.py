@@ -24,7 +24,7 @@ from fhir_server.runtime.config import Config
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError, MasterKeys
 from storage.interface import VersionConflict
 from storage.mongo.compiler import shard_hint
-from storage.mongo.connect import StandaloneRefused, open_mongo_store
+from storage.mongo.connect import MongoUnavailable, StandaloneRefused, open_mongo_store
 from storage.mongo.layout import DIRECTORY_KEY, SEVERAL_PATIENTS
 from storage.mongo.store import MongoStore
 from storage.query import OPEN_SCOPE, Query, Reference
@@ -294,3 +294,12 @@ def test_a_write_conflict_is_a_version_conflict_and_an_unknown_commit_is_retried
             store.update(patient("p1", "Durand"))
     assert store.read("Patient", "p1", OPEN_SCOPE).json()["name"][0]["family"] == "Martin"  # nothing written
     store.close()
+
+
+def test_no_server_at_the_url_is_a_clear_refusal_that_never_shows_the_password() -> None:
+    """A real pymongo client, to a port where nothing listens."""
+    opened: dict[str, Any] = {"indexer": _index, "param_type": _param_type, "resource_types": SERVED_TYPES}
+    url = "mongodb://dmp:s3cret@127.0.0.1:1/dmp?serverSelectionTimeoutMS=300"
+    with pytest.raises(MongoUnavailable, match=r"no MongoDB answers at 127\.0\.0\.1:1/dmp") as refused:
+        open_mongo_store(url, environ={}, **opened)
+    assert "s3cret" not in str(refused.value)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from storage.crypto import EnvelopeCipher
@@ -27,7 +28,11 @@ ALLOW_STANDALONE = "DMP_MONGO_ALLOW_STANDALONE"
 ClientFactory = Callable[..., MongoClient[Any]]
 
 
-class StandaloneRefused(RuntimeError):
+class MongoUnavailable(RuntimeError):
+    """No MongoDB answers at the URL: the server cannot start without its store."""
+
+
+class StandaloneRefused(MongoUnavailable):
     """The URL names a standalone ``mongod`` and the operator did not accept non-atomic Bundles."""
 
 
@@ -56,12 +61,17 @@ def open_mongo_store(
 ) -> MongoStore:
     env = os.environ if environ is None else environ
     database = parse_uri(url).get("database") or DEFAULT_DATABASE
+    where = url.split("@")[-1]  # never the credentials
     client = (client_factory or MongoClient)(url, **client_options())
-    kind = topology(client)
+    try:
+        kind = topology(client)
+    except PyMongoError as exc:
+        client.close()
+        raise MongoUnavailable(f"DMP_STORE: no MongoDB answers at {where}: {exc}") from None
     if kind == "standalone" and env.get(ALLOW_STANDALONE) != "1":
         client.close()
         raise StandaloneRefused(
-            f"DMP_STORE names a standalone mongod ({url.split('@')[-1]}): it has no transactions, so a"
+            f"DMP_STORE names a standalone mongod ({where}): it has no transactions, so a"
             f" failing Bundle could be half-written. Run a replica set (even of one member), or set"
             f" {ALLOW_STANDALONE}=1 to accept non-atomic Bundles."
         )

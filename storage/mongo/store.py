@@ -8,7 +8,8 @@ which, and how MongoDB's own client-side field-level encryption can cover the eq
 
 Sequence numbers (``pk`` per resource, ``seq`` per version, outbox ids) come from counters
 incremented *outside* the caller's transaction: inside it, every two concurrent writers would
-conflict on the counter document. A rolled-back transaction leaves a gap, nothing else.
+conflict on the counter document. A rolled-back transaction leaves a gap; a write committing after
+a search began may carry a number below its watermark (``docs/mongodb.md``, "Where it differs").
 """
 
 from __future__ import annotations
