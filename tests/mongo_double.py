@@ -162,8 +162,9 @@ def drop(url: str) -> None:
             client.drop_database(urlsplit(url).path.strip("/"))
 
 
-def mongo_client() -> Any:
-    """A client for one test: the real server when ``DMP_TEST_MONGODB_URI`` is set, else the double."""
+def mongo_client(*, replica_set: bool = True) -> Any:
+    """A client for one test: the real server when ``DMP_TEST_MONGODB_URI`` is set, else the double
+    (a replica set member, or a standalone server that has no sessions)."""
     if REAL_URI:
         return MongoClient(REAL_URI, w="majority", readConcernLevel="majority", retryWrites=True)
-    return DoubleClient()
+    return DoubleClient(replica_set=replica_set)
