@@ -136,9 +136,12 @@ def test_a_closure_is_explicit_and_dated_today(world: World) -> None:
     body = status(backdated, 422, "business-rule")
     assert body["issue"][0]["expression"] == ["Patient.extension:dmp-fermeture.extension:date"]
     dated_only = {**closure(today), "extension": closure(today)["extension"][:1]}
-    no_motif = {**current, "active": False, "extension": [dated_only]}
-    body = status(patient.put(f"Patient/{pid}", no_motif), 422)
-    assert body["issue"][0]["expression"] == ["Patient.extension[0].extension:motif"]
+    no_reason = {**current, "active": False, "extension": [dated_only]}
+    body = status(patient.put(f"Patient/{pid}", no_reason), 422, "business-rule")
+    assert body["issue"][0]["expression"] == ["Patient.extension:dmp-fermeture.extension:reason"]
+    both = {**closure(today), "extension": [*closure(today)["extension"], {"url": "motif", "valueString": "x"}]}
+    body = status(patient.put(f"Patient/{pid}", {**current, "active": False, "extension": [both]}), 422)
+    assert body["issue"][0]["expression"] == ["Patient.extension:dmp-fermeture.extension:reason"]
     twice = {**current, "active": False, "extension": [closure(today), closure(today)]}
     status(patient.put(f"Patient/{pid}", twice), 422, "business-rule")
     assert stored(world, "Patient", pid)["meta"]["versionId"] == "1"  # nothing of it was stored
@@ -156,7 +159,25 @@ def test_a_closure_may_come_with_other_changes_and_by_json_patch(world: World) -
     status(client(world, "LEGREP").request("PATCH", f"Patient/{pid}", patch, headers=JSON_PATCH), 200)
     kept = stored(world, "Patient", pid)
     assert kept["active"] is False and kept["telecom"][0]["value"] == "a@example.org"
-    assert kept["extension"][0]["extension"][1] == {"url": "motif", "valueString": "décès"}
+    assert kept["extension"][0]["extension"][1] == {"url": "reason", "valueString": "décès"}
+
+
+def test_a_closure_in_the_former_form_is_still_accepted(world: World) -> None:
+    """CONTRACT §3 names ``date`` (valueDate or valueDateTime) and ``reason``; ``motif`` (the former
+    name of ``reason``) with a valueDateTime, as clients of the first version sent it, still closes."""
+    pid, _ = open_dmp(world)
+    now = world.clock.now
+    former = {
+        "url": CLOSURE_URL,
+        "extension": [
+            {"url": "date", "valueDateTime": now.isoformat(timespec="seconds")},
+            {"url": "motif", "valueCoding": {"system": "https://example.org/motifs", "code": "deces"}},
+        ],
+    }
+    current = stored(world, "Patient", pid)
+    status(client(world, "PAT").put(f"Patient/{pid}", {**current, "active": False, "extension": [former]}), 200)
+    assert stored(world, "Patient", pid)["active"] is False
+    assert lifecycle_events(world, INS_A) == ["deprecate"]
 
 
 def test_a_closed_dmp_is_only_reopened(world: World) -> None:
