@@ -14,6 +14,7 @@ from typing import Any
 from authz.actor import Actor, ActorError, Known, actor_from_claims
 from authz.audit import AuditRecord, audit_event, for_patient_view, who
 from authz.authserver.creation_codes import creation_code_consumed
+from authz.binding import foreign_patient
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
 from authz.lifecycle import CLOSED_EVENT, REOPENED_EVENT, Change, change_of
@@ -27,6 +28,7 @@ from authz.terms import (
     BREAK_THE_GLASS,
     EMERGENCY_ACCESS,
     IDNATPS_SYSTEM,
+    INS_SYSTEMS,
     MEDECIN_TRAITANT,
     PROFESSION_SYSTEM,
     PROFESSIONAL,
@@ -45,6 +47,7 @@ from fhir_server.config import Config
 from fhir_server.errors import FhirError
 from fhir_server.messages import FhirRequest, RawJson
 from fhirmodel.dates import instant_now
+from fhirmodel.ins import malformed_ins
 from fhirmodel.terminology import Terminology
 from storage.interface import Gone, NotFound, Store, Stored
 from storage.query import ANY_SYSTEM, OPEN_SCOPE, AccessScope, Expr, Query, Reference, Token, all_of, any_of
@@ -117,17 +120,22 @@ class DmpGuard:
     def requester(self) -> dict[str, Any]:
         return {"role": self.actor.role, "who": who(self.actor)}
 
-    def check_search(self, resource_type: str, parameters: list[str]) -> None:
+    def check_search(self, resource_type: str, params: list[tuple[str, str]]) -> None:
         try:
-            self._gate.policy.check_search(resource_type, parameters)
+            self._gate.policy.check_search(resource_type, [name for name, _ in params])
         except Denied as exc:
             raise FhirError(400, str(exc), "required") from None
+        other = foreign_patient(resource_type, params, self.access.ins, self.access.state)
+        if other is not None:
+            raise FhirError(403, f"this token is about another patient than {other} (R1)", "forbidden")
 
     def check_write(
         self, method: str, resource_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> None:
         permission = "c" if method in ("POST", "PUT") and old is None else _WRITE_PERMISSION[method]
         self._allowed_by_scopes(resource_type, permission)
+        for where, problem in malformed_ins(new, INS_SYSTEMS):  # CONTRACT §3, whoever writes it
+            raise FhirError(422, f"{where}: {problem}", "value", expression=[where])
         facts = WriteFacts(
             dmp_created_here=bool(self._created_patients),
             professions_of=self._gate.professions_of,

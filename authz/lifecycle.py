@@ -116,7 +116,8 @@ def check_closure(new: dict[str, Any], now_us: int) -> None:
     reasons = [name for name in ("reason", "motif") if _part(found[0], name)]
     if len(reasons) != 1:
         problem = "needs a reason" if not reasons else "gives its reason twice (reason and motif, its former name)"
-        raise LifecycleError(f"the closure extension {problem} (R20)", "Patient.extension:dmp-fermeture.extension:reason")
+        element = "Patient.extension:dmp-fermeture.extension:reason"
+        raise LifecycleError(f"the closure extension {problem} (R20)", element)
     day = _closure_date(_part(found[0], "date"))
     element = "Patient.extension:dmp-fermeture.extension:date"
     try:

@@ -36,8 +36,9 @@ class Guard(Protocol):
     def requester(self) -> dict[str, Any]:
         """Who is asking, as files made for them name them: ``{"role": code, "who": Reference}``."""
 
-    def check_search(self, resource_type: str, parameters: list[str]) -> None:
-        """Raise FhirError (400) when a search lacks a parameter the server requires."""
+    def check_search(self, resource_type: str, params: list[tuple[str, str]]) -> None:
+        """Raise FhirError (400) when a search lacks a parameter the server requires, (403) when
+        it is about someone the caller may not ask about."""
 
     def check_write(
         self, method: str, resource_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None

@@ -41,7 +41,7 @@ class OpenGuard:
     def requester(self) -> dict[str, Any]:
         return {"role": "open", "who": {"display": self._principal}}
 
-    def check_search(self, resource_type: str, parameters: list[str]) -> None:
+    def check_search(self, resource_type: str, params: list[tuple[str, str]]) -> None:
         return None
 
     def check_write(

@@ -40,9 +40,9 @@ from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
 from tests.conftest import LiveServer
 from tests.dmp import INS_SYSTEM, As, World
 
-INS_A = "1800175123456"
-INS_B = "2850375123457"
-REP = "2750175000001"  # the legal representative's own INS
+INS_A = "180017512345660"
+INS_B = "285037512345787"
+REP = "275017500000135"  # the legal representative's own INS
 DR = "810000000001"  # a doctor the patient granted access to
 DR_OUT = "810000000003"  # a doctor without access
 MT = "810000000010"  # the médecin traitant
@@ -447,7 +447,7 @@ def test_the_zip_is_produced_while_its_members_are_read() -> None:
 
 
 def test_a_zip_streamed_by_a_real_server(live_server: LiveServer) -> None:
-    ins, idnatps = "1690575123450", "810002673811"
+    ins, idnatps = "169057512345087", "810002673811"
     base = urlsplit(live_server.base_url)
     doctor = live_server.token("HCP", idnatps=idnatps, profession="10", person_id=ins)
     patient = live_server.token("PAT", person_id=ins, sub=ins, scope="patient/*.cruds")

@@ -28,9 +28,9 @@ from fhirmodel.dates import add_years
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
 from tests.dmp import INS_SYSTEM, As, World, closed, closure, reopened
 
-INS_A = "1800175123456"
-INS_B = "2850375123457"
-REP = "2750175000001"
+INS_A = "180017512345660"
+INS_B = "285037512345787"
+REP = "275017500000135"
 DR = "810000000001"  # granted
 DR_OUT = "810000000003"  # no grant
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
@@ -323,7 +323,7 @@ def world_with_three_dmps(world: World) -> dict[str, str]:
     old = seed_old_dmp(world, today)
     other = world.seed_patient(INS_B, pid="dmp-other")
     other_doc = world.seed_document(other, doc_id="other-doc", with_binary=True, description="Compte rendu de Basile")
-    recent = world.seed_patient("1690175123450", pid="dmp-recent", closed_on=date(today.year - 9, 1, 15))
+    recent = world.seed_patient("169017512345023", pid="dmp-recent", closed_on=date(today.year - 9, 1, 15))
     status(world.patient(INS_A).get(f"Patient/{old['pid']}"), 200)  # R2: the patient still reads it
     status(world.doctor(DR, INS_A).get(f"Patient/{old['pid']}"), 403)  # a refusal is in the trail too
     assert world.patient(INS_B).ids(f"DocumentReference?patient={other}") == {other_doc}
