@@ -8,12 +8,13 @@ server, and records the request in the trail. ``authz.gate`` implements it for t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
 from fhir_server.messages import FhirRequest, RawJson
 from storage.interface import Stored
-from storage.query import AccessScope
+from storage.query import AccessScope, Expr
 
 
 class Guard(Protocol):
@@ -62,6 +63,10 @@ class Gatekeeper(Protocol):
     def guard(self, req: FhirRequest, interaction: str) -> Guard:
         """The guard of one request; FhirError 401 for missing or bad credentials, 403 for an
         identified caller refused outright (the refusal is recorded before it is raised)."""
+
+    def use_criteria(self, criteria: Callable[[str, list[tuple[str, str]]], Expr]) -> None:
+        """How search parameters on a type become a store condition: the server's search parser,
+        handed over once built (access may be granted as searches: SMART granular scopes)."""
 
     def subscriber_scope(self, subscription_id: str, moment: datetime) -> AccessScope | None:
         """What the person who set up a Subscription may see at ``moment``, as a store filter; None

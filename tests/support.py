@@ -8,6 +8,7 @@ exists only here — the server itself always builds the DMP gatekeeper.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from fhir_server.config import Config
 from fhir_server.messages import FhirRequest, RawJson
 from fhirmodel.terminology import Terminology
 from storage.interface import Store, Stored
-from storage.query import OPEN_SCOPE, AccessScope
+from storage.query import OPEN_SCOPE, AccessScope, Expr
 
 
 class OpenGuard:
@@ -77,6 +78,9 @@ class OpenGatekeeper:
 
     def subscriber_scope(self, subscription_id: str, moment: datetime) -> AccessScope | None:
         return self._guard.scope
+
+    def use_criteria(self, criteria: Callable[[str, list[tuple[str, str]]], Expr]) -> None:
+        return None
 
 
 def open_gatekeeper(config: Config, store: Store, terminology: Terminology) -> OpenGatekeeper:

@@ -736,15 +736,23 @@ def test_r6_the_medecin_traitant_hands_the_status_to_another_authorised_doctor(w
 
 
 @pytest.mark.parametrize(
-    ("designated", "why"),
-    [(DR_OUT, "no R3 access"), (PHARMACIST, "not a doctor"), ("810000000099", "not in the directory")],
+    ("designated", "why", "says"),
+    [
+        (DR_OUT, "no R3 access", "must first be authorised"),
+        (PHARMACIST, "not a doctor", "must be a doctor (TRE_G15 10): the directory records 21"),
+        ("810000000099", "not in the directory", "810000000099 is not in the server's directory of professionals"),
+    ],
 )
-def test_r6_only_an_authorised_doctor_is_designated(world: World, designated: str, why: str) -> None:
+def test_r6_only_an_authorised_doctor_is_designated(world: World, designated: str, why: str, says: str) -> None:
+    """R6 reads the profession in the server's directory (CONTRACT §3): the refusal tells a doctor
+    the directory does not know from a professional it knows as no doctor."""
     _with_medecin_traitant(world)
     grant(world, INS_A, PHARMACIST)
     grant(world, INS_A, "810000000099")
     for client in (world.doctor(MT, INS_A), world.patient(INS_A)):
-        business_rule(client.post("Consent", consent(MEDECIN_TRAITANT, INS_A, (IDNATPS_SYSTEM, designated))))
+        response = client.post("Consent", consent(MEDECIN_TRAITANT, INS_A, (IDNATPS_SYSTEM, designated)))
+        business_rule(response)
+        assert says in response.get_json()["issue"][0]["diagnostics"], why
     current = [
         c["provision"]["actor"][0]["reference"]["identifier"]["value"]
         for c in consents_in_store(world, INS_A)
