@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from fhir_server.cli.accounts import add_account_command
 from fhir_server.cli.clients import add_client_command
+from fhir_server.cli.directory import add_directory_command
 from fhir_server.cli.token import add_token_command
 from fhir_server.runtime.config import Config
 
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     add_token_command(sub)
     add_account_command(sub)
     add_client_command(sub)
+    add_directory_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -57,6 +57,7 @@ from fhir_server.dmp.documents.cda import (
     parse_cda,
 )
 from fhir_server.dmp.documents.completion import complete_from_cda
+from fhir_server.dmp.documents.unique_ids import check_unique_ids, submitted
 from fhir_server.fhir.interactions.instance import matches
 from fhir_server.fhir.messages import FhirRequest
 from fhir_server.fhir.profiles import (
@@ -68,7 +69,6 @@ from fhir_server.fhir.profiles import (
     matches_pattern,
     violations,
 )
-from fhir_server.dmp.documents.unique_ids import check_unique_ids, submitted
 from fhir_server.fhir.service import BundleEntry, FhirService
 from fhirmodel.errors import FhirError, outcome_issue
 from fhirmodel.indexing import patient_id_in
