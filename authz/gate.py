@@ -26,7 +26,7 @@ from authz.policy.writes import WriteFacts
 from authz.request import RequestFacts
 from authz.scopes import INTERACTION_PERMISSION
 from authz.settings import AccessSettings
-from authz.smart_scopes import Criteria, letters_for, scope_condition
+from authz.smart_scopes import READING_OPERATION, Criteria, letters_for, scope_condition
 from authz.state import PatientState, decision_of, load_state
 from authz.subscribers import forget, recall, remember
 from authz.terms import (
@@ -82,10 +82,13 @@ def _denied(exc: Denied) -> FhirError:
 
 
 class DmpScope:
-    """The per-type filters for one request, computed once per type: the policy's, and the
-    token's SMART scopes for the ``letters`` the request needs (:mod:`authz.smart_scopes`)."""
+    """The per-type filters for one request, computed once per type: the policy's, and — for a
+    request that returns what it reads — the token's SMART scopes for the ``letters`` it needs
+    (:mod:`authz.smart_scopes`; ``None``: a write, whose own look-ups return nothing)."""
 
-    def __init__(self, policy: DmpPolicy, access: Access, letters: str = "rs", criteria: Criteria | None = None):
+    def __init__(
+        self, policy: DmpPolicy, access: Access, letters: str | None = "rs", criteria: Criteria | None = None
+    ):
         self._policy = policy
         self._access = access
         self._letters = letters
@@ -95,8 +98,11 @@ class DmpScope:
     def filter(self, resource_type: str) -> Expr:
         expr = self._cache.get(resource_type)
         if expr is None:
-            scoped = scope_condition(self._access.actor.scopes, resource_type, self._letters, self._criteria)
-            expr = self._cache[resource_type] = all_of(self._policy.filter(self._access, resource_type), scoped)
+            expr = self._policy.filter(self._access, resource_type)
+            if self._letters is not None:
+                scopes = self._access.actor.scopes
+                expr = all_of(expr, scope_condition(scopes, resource_type, self._letters, self._criteria))
+            self._cache[resource_type] = expr
         return expr
 
 
@@ -122,8 +128,15 @@ class DmpGuard:
         if not self.actor.scopes.allows(resource_type, permission):
             raise FhirError(403, f"the token's scopes do not allow this on {resource_type}", "forbidden")
 
+    def _narrow(self, letters: str | None) -> None:
+        """The scope filter for what the request (or a Bundle's entry) now does."""
+        if letters != self._letters:
+            self._letters = letters
+            self.scope = DmpScope(self._gate.policy, self.access, letters, self._gate.criteria)
+
     def check_read(self, resource_type: str, interaction: str) -> None:
         self._allowed_by_scopes(resource_type, INTERACTION_PERMISSION.get(interaction, "r"))
+        self._narrow(letters_for(interaction) or "r")
         try:
             self._gate.policy.check_read(self.access, resource_type)
         except Denied as exc:
@@ -131,9 +144,12 @@ class DmpGuard:
 
     def check_operation(self, resource_type: str, name: str, reads: tuple[str, ...]) -> None:
         """An operation reading its own type needs ``r`` on it (``$everything`` reads the Patient);
-        the other types it reads are filtered by the scopes like any read (:class:`DmpScope`)."""
+        what an operation that reads returns is filtered by the scopes granting ``r`` or ``s``
+        (:class:`DmpScope`), as a read or search would be. One that reads nothing of the record
+        (``$generate-metadata``, a creation) keeps the filter of a write."""
         if resource_type in reads:
             self._allowed_by_scopes(resource_type, "r")
+        self._narrow(READING_OPERATION if reads else None)
         try:
             self._gate.policy.check_operation(self.access, resource_type, name)
         except Denied as exc:
@@ -156,6 +172,7 @@ class DmpGuard:
         self, method: str, resource_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> None:
         self._allowed_by_scopes(resource_type, _WRITE_PERMISSION[method])
+        self._narrow(None)
         for where, problem in malformed_ins(new, INS_SYSTEMS):  # CONTRACT §3, whoever writes it
             raise FhirError(422, f"{where}: {problem}", "value", expression=[where])
         facts = WriteFacts(

@@ -14,16 +14,18 @@ counted, and paging stays right:
 
 Which letters fit a request: ``r`` for an instance-level read (read, vread, history of one
 resource), ``s`` for a search or a type/system history, ``r`` or ``s`` for an operation that reads
-(``$everything``, ``$dmp-export``), any letter for a write or a Bundle (their own reads — the
-current version, a conditional match — are part of writing; each entry's interaction is checked
-on its own letter).
+(``$everything``, ``$dmp-export``). A write — and an operation that writes, such as
+``$generate-metadata`` — gets no scope filter: its own look-ups (the current version, a
+conditional match, the patient a reference names, the content it describes) return nothing to
+the caller, and the write itself needs its letter. A Bundle's entries share one guard, which each
+entry's check sets to what that entry does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from authz.scopes import PERMISSIONS, Scopes
+from authz.scopes import Scopes
 from storage.query import EVERYTHING, NOTHING, Expr, any_of
 
 #: Turns a search's parameters on a type into the store's condition (the FHIR search parser's).
@@ -38,13 +40,16 @@ _READING = {
     "search-system": "s",
     "history-type": "s",
     "history-system": "s",
-    "operation": "rs",
 }
+#: The letters of an operation that reads the record (``$everything``, ``$dmp-export``).
+READING_OPERATION = "rs"
 
 
-def letters_for(interaction: str) -> str:
-    """The scope letters whose grants decide what a request of this interaction sees."""
-    return _READING.get(interaction, PERMISSIONS)
+def letters_for(interaction: str) -> str | None:
+    """The scope letters whose grants decide what a request of this interaction sees; None for
+    one that writes (its look-ups — the current version, a conditional match, the patient a
+    reference names — return nothing to the caller, and the write itself needs its letter)."""
+    return _READING.get(interaction)
 
 
 def scope_condition(scopes: Scopes, resource_type: str, letters: str, criteria: Criteria | None) -> Expr:

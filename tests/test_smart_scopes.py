@@ -12,6 +12,8 @@ from werkzeug.test import TestResponse
 
 from authz.scopes import INTERACTION_PERMISSION, Grant, Scopes, parse_scope
 from tests.dmp import INS_SYSTEM, As, World, closure
+from tests.test_mhd_publish import DR_DAVID, cda, grant, parameters, person, seed_dmp
+from tests.test_mhd_publish import INS_A as MHD_INS
 
 INS = "180017512345660"
 TRE_A03 = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
@@ -208,3 +210,26 @@ def test_the_discovery_document_announces_the_scope_syntaxes_served(world: World
     assert {"permission-v1", "permission-v2", "permission-patient", "permission-user"} <= set(document["capabilities"])
     assert all(scope.split("/")[0] in ("patient", "user", "system") for scope in document["scopes_supported"])
     assert INS_SYSTEM  # the record's INS system, named in the README's examples
+
+
+def test_an_operation_that_writes_reads_what_it_writes_with_create_scopes(world: World) -> None:
+    """``$generate-metadata`` describes a Binary the client sent: ``c`` on both is what it needs
+    (the scope filter of a write, not that of a read)."""
+    seed_dmp(world, MHD_INS)
+    grant(world, MHD_INS, DR_DAVID)
+    feed = world.as_(
+        "HCP",
+        patient=person(MHD_INS),
+        idnatps=DR_DAVID,
+        profession="10",
+        scope="user/DocumentReference.c user/Binary.c",
+    )
+    data = cda("LDL-EES_2022.01.xml")
+    uploaded = world.client.post(
+        "/fhir/Binary", data=data, headers={**feed.headers, "Content-Type": "application/hl7-v3+xml"}
+    )
+    assert uploaded.status_code == 201, uploaded.get_data(as_text=True)
+    url = f"{world.config.base_url}/Binary/{uploaded.get_json()['id']}"
+    response = feed.post("DocumentReference/$generate-metadata", parameters({"name": "url", "valueUrl": url}))
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert feed.get(f"DocumentReference/{response.get_json()['id']}").status_code == 403  # no r
