@@ -12,7 +12,7 @@ from werkzeug.test import TestResponse
 
 from authz.scopes import INTERACTION_PERMISSION, Grant, Scopes, parse_scope
 from tests.dmp import INS_SYSTEM, As, World, closure
-from tests.test_mhd_publish import DR_DAVID, cda, grant, parameters, person, seed_dmp
+from tests.test_mhd_publish import DR_DAVID, cda, grant, parameters, person, seed_dmp, uploaded_binary
 from tests.test_mhd_publish import INS_A as MHD_INS
 
 INS = "180017512345660"
@@ -224,12 +224,7 @@ def test_an_operation_that_writes_reads_what_it_writes_with_create_scopes(world:
         profession="10",
         scope="user/DocumentReference.c user/Binary.c",
     )
-    data = cda("LDL-EES_2022.01.xml")
-    uploaded = world.client.post(
-        "/fhir/Binary", data=data, headers={**feed.headers, "Content-Type": "application/hl7-v3+xml"}
-    )
-    assert uploaded.status_code == 201, uploaded.get_data(as_text=True)
-    url = f"{world.config.base_url}/Binary/{uploaded.get_json()['id']}"
+    url = uploaded_binary(world, feed, cda("LDL-EES_2022.01.xml"))
     response = feed.post("DocumentReference/$generate-metadata", parameters({"name": "url", "valueUrl": url}))
     assert response.status_code == 201, response.get_data(as_text=True)
     assert feed.get(f"DocumentReference/{response.get_json()['id']}").status_code == 403  # no r
