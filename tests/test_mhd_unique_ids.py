@@ -12,6 +12,18 @@ from authz.terms import ACCESS, IDNATPS_SYSTEM
 from storage.query import OPEN_SCOPE, Query, Token
 from tests.dmp import As, World
 from tests.test_mhd_provide import INS, created, doctor, entry_of, pid, submission
+from tests.test_mhd_publish import (
+    BY_DR_DAVID,
+    CR_CONSULTATION,
+    DR_DAVID,
+    PDF,
+    b64,
+    grant,
+    professional,
+    seed_dmp,
+    simplified,
+)
+from tests.test_mhd_publish import INS_A as PUBLISH_INS
 
 __all__ = ["doctor", "pid"]  # the fixtures of tests/test_mhd_provide.py, used here too
 
@@ -90,3 +102,26 @@ def test_two_documents_of_one_submission_with_one_unique_id(world: World, pid: s
     assert issue["details"]["text"] == "XDSRegistryDuplicateUniqueIdInMessage"
     assert issue["expression"] == ["Bundle.entry[3].resource.masterIdentifier"]
     assert registered(world) == 0
+
+
+def test_simplified_publish_holds_the_unique_id_too(world: World) -> None:
+    """ITI-105 (a DocumentReference POSTed with its document inline) keeps the same rule."""
+    pid = seed_dmp(world, PUBLISH_INS)
+    grant(world, PUBLISH_INS, DR_DAVID)
+    doctor = professional(world, PUBLISH_INS, DR_DAVID)
+
+    def publish(data: bytes) -> Any:
+        attachment = {"contentType": "application/pdf", "data": b64(data)}
+        master = {"system": "urn:ietf:rfc:3986", "value": UNIQUE_ID}
+        document = simplified(pid, attachment, type=CR_CONSULTATION, author=BY_DR_DAVID, masterIdentifier=master)
+        return doctor.post("DocumentReference", document)
+
+    assert publish(PDF).status_code == 201
+    refused = publish(PDF + b"\n% a later version")
+    assert refused.status_code == 422, refused.get_data(as_text=True)
+    issue = refused.get_json()["issue"][0]
+    assert issue["details"]["text"] == "XDSNonIdenticalHash" and issue["expression"] == [
+        "DocumentReference.masterIdentifier"
+    ]
+    assert publish(PDF).status_code == 201  # the same document again
+    assert registered(world) == 2
