@@ -95,8 +95,8 @@ def test_prefer_return(fhir: Fhir) -> None:
 
 
 def test_conditional_create(fhir: Fhir) -> None:
-    ident = {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1800175123456"}
-    headers = {"If-None-Exist": "identifier=urn:oid:1.2.250.1.213.1.4.8|1800175123456"}
+    ident = {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "180017512345660"}
+    headers = {"If-None-Exist": "identifier=urn:oid:1.2.250.1.213.1.4.8|180017512345660"}
     first = fhir.request("POST", "Patient", patient(identifier=[ident]), headers=headers)
     assert first.status_code == 201
     again = fhir.request("POST", "Patient", patient(identifier=[ident]), headers=headers)

@@ -536,7 +536,7 @@ def test_rewrap_after_rotation_keeps_everything_readable(tmp_path: Path) -> None
     store = _sqlite(tmp_path)
     _write_a_life(store)
     session = store.save_session(b"paging state", 60)
-    store.put_record("account", "1800175123456", b"password hash")
+    store.put_record("account", "180017512345660", b"password hash")
     keys = MasterKeys.load_or_create(tmp_path)  # another process's view: the rotate command
     old = keys.active.kid
     new = keys.rotate()
@@ -557,7 +557,7 @@ def test_rewrap_after_rotation_keeps_everything_readable(tmp_path: Path) -> None
         "p1"
     ]
     assert reopened.load_session(session) == b"paging state"
-    assert reopened.get_record("account", "1800175123456") == (b"password hash", None)
+    assert reopened.get_record("account", "180017512345660") == (b"password hash", None)
     assert [m.payload for m in reopened.pending("alert")] == [ATTACHMENT_BYTES]
     reopened.close()
 

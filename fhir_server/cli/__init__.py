@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from fhir_server.cli.accounts import add_account_command
 from fhir_server.cli.clients import add_client_command
+from fhir_server.cli.directory import add_directory_command
 from fhir_server.cli.imports import add_import_command
 from fhir_server.cli.migrate import add_migrate_command
 from fhir_server.cli.operator import operator
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     add_client_command(sub)
     add_import_command(sub)
     add_migrate_command(sub)
+    add_directory_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

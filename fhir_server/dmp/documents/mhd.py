@@ -27,7 +27,8 @@ The checks come in the order the transaction code can run them:
    reference of a subject given by identifier), Folder items naming documents of the submission
    or stored ones of its patient, each attachment's content known, its size and SHA-1 hash, a
    CDA against its DocumentReference (CI-SIS checks in :mod:`fhir_server.dmp.documents.cda`; minimal
-   metadata completed from the CDA header).
+   metadata completed from the CDA header), each document's uniqueId not registered with other
+   content (:mod:`fhir_server.dmp.documents.unique_ids`).
 
 The entries then run as any transaction's: each DocumentReference is written, its codes checked
 and what it replaces superseded, by :mod:`fhir_server.fhir.interactions.instance`.
@@ -56,6 +57,7 @@ from fhir_server.dmp.documents.cda import (
     parse_cda,
 )
 from fhir_server.dmp.documents.completion import complete_from_cda
+from fhir_server.dmp.documents.unique_ids import check_unique_ids, submitted
 from fhir_server.fhir.interactions.instance import matches
 from fhir_server.fhir.messages import FhirRequest
 from fhir_server.fhir.profiles import (
@@ -518,14 +520,19 @@ class ProvideBundle:
 
     def _check_contents(self, contents: list[Content], patient: Subject | None) -> None:
         problems = []
+        unique_ids = []
         for content in contents:
             data = content.data()
             if data is None:
                 continue
             mismatches = _size_and_hash(content, data)
             problems += mismatches or self._cda(content, data, patient)
+            known = submitted(_where(content.document), content.document.resource, data)
+            if known is not None and content.document.method == "POST":
+                unique_ids.append(known)
         if problems:
             raise refusal(422, _INVALID, problems)
+        check_unique_ids(self.svc.store, unique_ids)
 
     def _cda(self, content: Content, data: bytes, patient: Subject | None) -> list[Problem]:
         """A CDA must agree with its DocumentReference; minimal metadata is completed from it."""

@@ -86,7 +86,7 @@ def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
         query = replace(parsed.query, offset=offset, watermark=state["watermark"])
         session_key: str | None = dict(req.params)["_getpages"]
     else:
-        req.checks.check_search(rtype, [name for name, _ in req.params])
+        req.checks.check_search(rtype, req.params)
         parsed = svc.parser.parse(rtype, req.params, strict=req.strict, default_count=svc.config.default_count)
         query = parsed.query
         session_key = None
