@@ -26,7 +26,7 @@ from fhir_server.validation import ResourceValidator
 from fhirmodel.indexing import extract_index
 from fhirmodel.searchparams import SearchParamRegistry
 from fhirmodel.terminology import Terminology
-from storage import open_store
+from storage import SqliteSettings, open_store
 from storage.crypto import EnvelopeCipher, MasterKeys
 from storage.interface import Store
 
@@ -49,7 +49,8 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekee
         indexer=lambda resource: extract_index(registry, resource, config.base_url),
         param_type=param_type,
         resource_types=SERVED_TYPES,
-        cipher=EnvelopeCipher(MasterKeys.load_or_create(config.data_dir)),
+        cipher=EnvelopeCipher(MasterKeys.load_or_create(config.data_dir, config.master_key_file)),
+        sqlite=SqliteSettings(cache_mb=config.sqlite_cache_mb, synchronous=config.sqlite_synchronous),
     )
     return FhirService(
         config=config,

@@ -129,7 +129,8 @@ def _reindex(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    """Rotate the master key: new active key, every data key re-wrapped, unused old keys deleted.
+    """Rotate the master key: new active key, the database key and every data key re-wrapped,
+    unused old keys deleted.
 
     Safe while servers run: they pick the new key up on their next write, and an old key is
     retired only once no stored blob uses it any more.
@@ -139,7 +140,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
     config = Config.from_env()
     service = create_service(config)
-    keys = MasterKeys.load_or_create(config.data_dir)
+    keys = MasterKeys.load_or_create(config.data_dir, config.master_key_file)
     try:
         new_kid = keys.rotate()
         rewrapped = service.store.rewrap_all()
