@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 
 from authz.devtoken import add_token_command
 from fhir_server.account_cli import add_account_command
+from fhir_server.backup_cli import add_backup_command
 from fhir_server.client_cli import add_client_command
 from fhir_server.config import Config
+from fhir_server.restore_cli import add_restore_command
 
 if TYPE_CHECKING:
     from fhir_server.jobs import JobContext
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     add_token_command(sub)
     add_account_command(sub)
     add_client_command(sub)
+    add_backup_command(sub)
+    add_restore_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -15,6 +15,7 @@ stay encrypted with their own keys whatever the backend, and a page-level key al
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import time
@@ -424,6 +425,16 @@ class SqliteStore(Store):
         if busy:
             return f"compacted; write-ahead log not truncated yet ({done}/{frames} frames back: a reader is open)"
         return "compacted; write-ahead log truncated"
+
+    def snapshot(self, target: Path) -> None:
+        """A consistent copy of the database at ``target`` while it serves (``VACUUM INTO``: one
+        read transaction, writers go on), encrypted under the same key, owner-only, synced."""
+        if self.path == ":memory:":
+            raise ValueError("an in-memory database has no file to copy")
+        os.close(os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))  # empty: VACUUM INTO fills it
+        self._conn().execute("VACUUM INTO ?", (str(target),))
+        with open(target, "rb+") as handle:
+            os.fsync(handle.fileno())
 
     # -- reads -------------------------------------------------------------------------------
 
