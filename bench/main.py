@@ -12,7 +12,6 @@ import os
 import platform
 import random
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from bench.servers import (
     worker_cpu_seconds,
 )
 from bench.servers import wait_ready as wait_server
+from storage.sqlite.connection import SQLITE_VERSION
 
 RESULTS_DIR = ROOT / "bench" / "results"
 BASE_PATH = "/fhir"
@@ -378,7 +378,7 @@ def environment(run: Run) -> dict[str, Any]:
         "server_startup_s": round(run.startup_seconds, 2),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        "sqlite": SQLITE_VERSION,
         "platform": platform.platform(),
         "data_dir": str(run.data_dir),
     }

@@ -32,6 +32,9 @@ from storage.crypto import MasterKeyError
 OperationalError: type[Exception] = sqlcipher.OperationalError
 DatabaseError: type[Exception] = sqlcipher.DatabaseError
 
+#: The SQLite the store runs on (SQLCipher's, not the standard library's).
+SQLITE_VERSION: str = sqlcipher.sqlite_version
+
 #: ``PRAGMA synchronous`` levels a server may run with. FULL (the default) syncs the write-ahead
 #: log at every commit, so an acknowledged write survives a power loss; NORMAL syncs only at
 #: checkpoints (faster, but the last commits may be lost with the power, never corrupted).
