@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fhir_server.config import PROJECT_ROOT  # noqa: E402  (needs the path fix above)
-from fhir_server.service import SERVED_TYPES  # noqa: E402
+from fhir_server.fhir.service import SERVED_TYPES  # noqa: E402  (needs the path fix above)
+from fhir_server.runtime.config import PROJECT_ROOT  # noqa: E402
 from fhirmodel.indexing import extract_index  # noqa: E402
 from fhirmodel.searchparams import SearchParamRegistry  # noqa: E402
 from storage.crypto import EnvelopeCipher, MasterKeys  # noqa: E402

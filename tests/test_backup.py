@@ -21,7 +21,7 @@ from authz.devtoken import make_dev_token
 from authz.keys import load_or_create_server_key
 from authz.tokens import own_issuer
 from fhir_server.app import create_service
-from fhir_server.config import Config
+from fhir_server.runtime.config import Config
 from storage.query import OPEN_SCOPE, Query
 from tests.paths import ROOT
 from tests.smtp_sink import free_port

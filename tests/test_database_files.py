@@ -13,8 +13,8 @@ from flask.testing import FlaskClient
 
 from fhir_server.app import create_service
 from fhir_server.cli import main
-from fhir_server.config import Config
-from fhir_server.service import SERVED_TYPES, FhirService
+from fhir_server.fhir.service import SERVED_TYPES, FhirService
+from fhir_server.runtime.config import Config
 from storage.crypto import EnvelopeCipher, MasterKeyError, MasterKeys
 from storage.query import OPEN_SCOPE
 from storage.sqlite import dbkey
