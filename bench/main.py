@@ -12,7 +12,6 @@ import os
 import platform
 import random
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from bench.servers import (
     worker_cpu_seconds,
 )
 from bench.servers import wait_ready as wait_server
+from storage.sqlite.connection import SQLITE_VERSION
 
 RESULTS_DIR = ROOT / "bench" / "results"
 BASE_PATH = "/fhir"
@@ -391,7 +391,7 @@ def environment(run: Run) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "store": _store_name(args.store),
-        "sqlite": sqlite3.sqlite_version,
+        "sqlite": SQLITE_VERSION,
         "platform": platform.platform(),
         "data_dir": str(run.data_dir),
     }

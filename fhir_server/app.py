@@ -33,7 +33,7 @@ from fhir_server.runtime.config import Config
 from fhirmodel.indexing import extract_index
 from fhirmodel.searchparams import SearchParamRegistry
 from fhirmodel.terminology import Terminology
-from storage import open_store
+from storage import SqliteSettings, open_store
 from storage.crypto import EnvelopeCipher, MasterKeys
 from storage.interface import Store
 
@@ -69,7 +69,8 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = dmp_gatekeepe
         indexer=lambda resource: extract_index(registry, resource, config.base_url),
         param_type=param_type,
         resource_types=SERVED_TYPES,
-        cipher=EnvelopeCipher(MasterKeys.load_or_create(config.data_dir)),
+        cipher=EnvelopeCipher(MasterKeys.load_or_create(config.data_dir, config.master_key_file)),
+        sqlite=SqliteSettings(cache_mb=config.sqlite_cache_mb, synchronous=config.sqlite_synchronous),
     )
     parser = SearchParser(registry, terminology, config.base_url, config.max_count)
     access = gatekeeper(config, store, terminology)

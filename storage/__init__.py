@@ -8,6 +8,7 @@ from pathlib import Path
 from storage.crypto import EnvelopeCipher
 from storage.interface import Store
 from storage.sqlite.compiler import ParamType
+from storage.sqlite.connection import DEFAULT_SETTINGS, SqliteSettings
 from storage.sqlite.store import Indexer, SqliteStore
 
 
@@ -19,12 +20,13 @@ def open_store(
     param_type: ParamType,
     resource_types: tuple[str, ...],
     cipher: EnvelopeCipher | None = None,
+    sqlite: SqliteSettings = DEFAULT_SETTINGS,
 ) -> Store:
     """The store a ``DMP_STORE`` URL names (SQLite in the data directory by default); with a
-    ``cipher``, contents are encrypted at rest."""
+    ``cipher``, contents are encrypted at rest (and a SQLite database as a whole)."""
     if url is None or url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :]) if url else default_sqlite
-        return SqliteStore(path, indexer, param_type, resource_types, cipher)
+        return SqliteStore(path, indexer, param_type, resource_types, cipher, sqlite)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from storage.mongo.connect import open_mongo_store
 

@@ -170,13 +170,14 @@ class MasterKeys:
         self._lock = threading.Lock()
 
     @classmethod
-    def load_or_create(cls, data_dir: Path) -> MasterKeys:
-        """Load ``data_dir/keys/master-keys.json``, creating it with one key on first start.
+    def load_or_create(cls, data_dir: Path, file: Path | None = None) -> MasterKeys:
+        """Load ``data_dir/keys/master-keys.json`` (or ``file``, kept outside the data directory:
+        ``DMP_MASTER_KEY_FILE``), creating it with one key on first start.
 
         Workers starting together each generate a key set and link it into place; a link never
         replaces an existing file, so one wins and the others load the winner's keys.
         """
-        path = Path(data_dir) / KEY_DIR_NAME / MASTER_KEYS_FILE
+        path = file or Path(data_dir) / KEY_DIR_NAME / MASTER_KEYS_FILE
         if not path.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             first = MasterKey.generate()

@@ -8,7 +8,6 @@ checks them against the real time), as in tests/test_dmp_rules.py.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ from fhir_server.dmp.lifecycle.purge import purge
 from fhir_server.runtime.config import Config
 from fhirmodel.dates import add_years
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
+from tests.dbfiles import decrypted_bytes, open_database
 from tests.dmp import INS_SYSTEM, As, World, closed, closure, reopened
 
 INS_A = "180017512345660"
@@ -337,16 +337,16 @@ def everything(world: World) -> set[tuple[str, str, int]]:
 
 
 def on_disk(world: World, *needles: str) -> set[str]:
-    """Which of ``needles`` the database files hold, once the WAL is written back."""
+    """Which of ``needles`` the database files hold once decrypted (free pages included), after
+    the WAL is written back: what remains for whoever holds the keys."""
     with world.store.transaction():
         pass
-    conn = sqlite3.connect(world.config.sqlite_path)
+    conn = open_database(world.config.sqlite_path)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
-    files = [world.config.sqlite_path, world.config.sqlite_path.with_name(world.config.sqlite_path.name + "-wal")]
-    raw = b"".join(f.read_bytes() for f in files if f.exists())
+    raw = decrypted_bytes(world.config.sqlite_path)
     return {n for n in needles if n.encode() in raw}
 
 

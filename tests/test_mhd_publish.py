@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import sqlite3
 from contextlib import closing
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -33,6 +32,7 @@ from authz.terms import (
 from fhir_server.dmp.documents.cda import parse_cda
 from fhir_server.dmp.documents.generate_metadata import GENERATE_METADATA
 from storage.query import OPEN_SCOPE, Query
+from tests.dbfiles import open_database
 from tests.dmp import As, World
 from tests.paths import SHARED_DATA
 
@@ -710,6 +710,6 @@ def test_published_documents_are_not_on_disk_in_clear(world: World) -> None:
     assert all(path.exists() for path in files) and files[1].stat().st_size > 0
     secrets = (SECRET_PHRASE, b"ZQXJ-7734")
     assert [(path.name, s) for path in files for s in secrets if s in path.read_bytes()] == []
-    with closing(sqlite3.connect(database)) as conn:
+    with closing(open_database(database)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert [s for s in secrets if s in database.read_bytes()] == []

@@ -13,7 +13,6 @@ import fcntl
 import logging
 import os
 import socket
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import closing
@@ -39,6 +38,8 @@ from fhir_server.dmp.alerts.retry import MAX_ATTEMPTS, delay
 from fhir_server.dmp.jobs import JobContext, run_jobs
 from fhir_server.runtime.mail import DisabledMailer, Mailer, SmtpMailer
 from storage.interface import Queued
+from storage.sqlite.connection import OperationalError
+from tests.dbfiles import open_database
 from tests.dmp import CR_CONSULTATION, INS_SYSTEM, LOINC, As, World
 from tests.paths import EXAMPLES
 from tests.smtp_sink import SmtpSink, free_port
@@ -396,10 +397,11 @@ class Hook:
             return False
         finally:
             os.close(fd)
-        with closing(sqlite3.connect(self.database, timeout=0, isolation_level=None)) as conn:
+        with closing(open_database(self.database)) as conn:
+            conn.execute("PRAGMA busy_timeout = 0")
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
+            except OperationalError:
                 return False
             conn.execute("ROLLBACK")
         return True

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from fhir_server.cli.accounts import add_account_command
+from fhir_server.cli.backup import add_backup_command
 from fhir_server.cli.clients import add_client_command
 from fhir_server.cli.directory import add_directory_command
 from fhir_server.cli.imports import add_import_command
 from fhir_server.cli.migrate import add_migrate_command
 from fhir_server.cli.operator import operator
+from fhir_server.cli.restore import add_restore_command
 from fhir_server.cli.token import add_token_command
 from fhir_server.runtime.config import Config
 
@@ -126,7 +128,8 @@ def _reindex(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    """Rotate the master key: new active key, every data key re-wrapped, unused old keys deleted.
+    """Rotate the master key: new active key, the database key and every data key re-wrapped,
+    unused old keys deleted.
 
     Safe while servers run: they pick the new key up on their next write, and an old key is
     retired only once no stored blob uses it any more.
@@ -136,7 +139,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
     config = Config.from_env()
     service = create_service(config)
-    keys = MasterKeys.load_or_create(config.data_dir)
+    keys = MasterKeys.load_or_create(config.data_dir, config.master_key_file)
     try:
         new_kid = keys.rotate()
         rewrapped = service.store.rewrap_all()
@@ -186,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     add_import_command(sub)
     add_migrate_command(sub)
     add_directory_command(sub)
+    add_backup_command(sub)
+    add_restore_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

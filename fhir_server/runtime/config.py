@@ -65,6 +65,9 @@ class Config:
     # anything else in clear, nor an address of the server's own networks
     subscription_allow_http: bool = False
     retention_years: int = 10  # how long a closed DMP is kept and may be reopened (R20)
+    sqlite_cache_mb: int = 8  # SQLite page cache per connection (one connection per serving thread)
+    sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk when acknowledged; NORMAL relaxes it
+    master_key_file: Path | None = None  # the master keys elsewhere than data_dir/keys/master-keys.json
     ig_dir: Path = field(default=PROJECT_ROOT / "ig")
     capability_dir: Path = field(default=PROJECT_ROOT / "capability")
 
@@ -101,6 +104,9 @@ class Config:
             password_kdf_cost=_int(env, "DMP_PASSWORD_KDF_COST", defaults.password_kdf_cost),
             subscription_allow_http=_flag(env, "DMP_SUBSCRIPTION_ALLOW_HTTP"),
             retention_years=_positive(env, "DMP_RETENTION_YEARS", defaults.retention_years),
+            sqlite_cache_mb=_positive(env, "DMP_SQLITE_CACHE_MB", defaults.sqlite_cache_mb),
+            sqlite_synchronous=(env.get("DMP_SQLITE_SYNCHRONOUS") or defaults.sqlite_synchronous).strip().upper(),
+            master_key_file=Path(env["DMP_MASTER_KEY_FILE"]) if env.get("DMP_MASTER_KEY_FILE") else None,
             max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
             max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),

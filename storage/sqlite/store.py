@@ -5,17 +5,19 @@ database lock up front (``BEGIN IMMEDIATE``) so two writers queue instead of dea
 lock upgrade. A transaction is the unit of atomicity for FHIR transactions and conditional
 operations: reads inside it see its own writes.
 
-With a cipher, every content blob (resource versions, search sessions, outbox payloads) is
-sealed before it reaches SQLite and opened on the way out, its row's identity bound as associated
-data: callers only ever see plaintext in :class:`Stored`, the file holds none of it. The search
-index tables are not encrypted: they hold the indexed values that SQL must compare.
+With a cipher, encryption at rest is two layers. The whole database (every table, the search
+index included, and its write-ahead log) is encrypted by SQLCipher under a database key that the
+master key wraps (:mod:`storage.sqlite.dbkey`). And every content blob (resource versions, search
+sessions, outbox payloads, private records) is also sealed by the envelope cipher before it
+reaches SQLite and opened on the way out, its row's identity bound as associated data: documents
+stay encrypted with their own keys whatever the backend, and a page-level key alone opens none.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,7 +52,17 @@ from storage.interface import (
 )
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
 from storage.sealing import check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
+from storage.sqlite import dbkey
 from storage.sqlite.compiler import TABLE_OF_TYPE, ParamType, SqlCompiler
+from storage.sqlite.connection import (
+    DEFAULT_SETTINGS,
+    OperationalError,
+    SqliteSettings,
+    ThreadConnections,
+    connect,
+    restrict_files,
+)
+from storage.sqlite.encrypt import encrypt_in_place, is_plaintext
 from storage.sqlite.schema import ADDED_COLUMNS, DDL, INDEX_TABLES, SCHEMA_VERSION
 from storage.sqlite.writer import WriterLock
 from storage.stamp import stamp
@@ -110,18 +122,21 @@ class SqliteStore(Store):
         param_type: ParamType,
         resource_types: tuple[str, ...],
         cipher: EnvelopeCipher | None = None,
+        settings: SqliteSettings = DEFAULT_SETTINGS,
     ):
         self.path = str(path)
         self._indexer = indexer
         self._param_type = param_type
         self._resource_types = resource_types
         self._cipher = cipher
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
         self._writer = WriterLock(self.path)
+        key: bytes | None = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            with self._writer:  # one process creates the key or encrypts an old database
+                restrict_files(Path(self.path))
+                key = self._database_key() if cipher is not None and settings.encrypted else None
+        self._connections = ThreadConnections(lambda: connect(self.path, key, settings))
         conn = self._conn()
         conn.executescript(DDL)
         self._migrate(conn)
@@ -130,6 +145,21 @@ class SqliteStore(Store):
         except MasterKeyError:
             self.close()
             raise
+
+    def _database_key(self) -> bytes:
+        """The database's key: created with a new database, loaded for an encrypted one; a
+        plaintext database of an earlier version is encrypted now, once (:mod:`storage.sqlite.encrypt`)."""
+        assert self._cipher is not None
+        database = Path(self.path)
+        fresh = database.stat().st_size == 0
+        plaintext = is_plaintext(database)
+        if not (fresh or plaintext):
+            return dbkey.load(database, self._cipher)
+        exists = dbkey.key_path(database).exists()
+        key = dbkey.load(database, self._cipher) if exists else dbkey.create(database, self._cipher)
+        if plaintext:
+            encrypt_in_place(database, key)
+        return key
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -146,7 +176,7 @@ class SqliteStore(Store):
                     continue
                 try:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
-                except sqlite3.OperationalError as exc:
+                except OperationalError as exc:
                     if "duplicate column" not in str(exc):
                         raise
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -180,27 +210,20 @@ class SqliteStore(Store):
     # -- connections and transactions --------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA cache_size = -65536")
-            conn.execute("PRAGMA temp_store = MEMORY")
-            self._local.conn = conn
-            self._local.depth = 0
-            with self._lock:
-                self._all.append(conn)
-        return conn
+        return self._connections.slot().conn
+
+    def open_connections(self) -> int:
+        """How many connections this store holds open: one per live thread that used it."""
+        return self._connections.count()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        conn = self._conn()
-        if self._local.depth:
+        slot = self._connections.slot()
+        conn = slot.conn
+        if slot.depth:
             # Nested: a savepoint, so that a failing inner unit (one batch entry) is undone alone.
-            self._local.depth += 1
-            savepoint = f"sp{self._local.depth}"
+            slot.depth += 1
+            savepoint = f"sp{slot.depth}"
             conn.execute(f"SAVEPOINT {savepoint}")
             try:
                 yield
@@ -211,11 +234,11 @@ class SqliteStore(Store):
             else:
                 conn.execute(f"RELEASE {savepoint}")
             finally:
-                self._local.depth -= 1
+                slot.depth -= 1
             return
         with self._writer:
             conn.execute("BEGIN IMMEDIATE")
-            self._local.depth = 1
+            slot.depth = 1
             try:
                 yield
             except BaseException:
@@ -224,14 +247,10 @@ class SqliteStore(Store):
             else:
                 conn.execute("COMMIT")
             finally:
-                self._local.depth = 0
+                slot.depth = 0
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._connections.close_all()
         self._writer.close()
 
     # -- writes ------------------------------------------------------------------------------
@@ -327,7 +346,8 @@ class SqliteStore(Store):
         """Delete the resource's rows: its index values, its versions, the resource itself.
 
         ``secure_delete`` is on while they go, so that SQLite overwrites the freed cells with zeros
-        instead of leaving the index values (which are not encrypted) in free space;
+        instead of leaving the index values in free space (encrypted with the database, but
+        readable by whoever holds its key);
         :meth:`compact` then rewrites the file for what earlier, ordinary deletes left behind.
         """
         with self.transaction():
@@ -364,6 +384,16 @@ class SqliteStore(Store):
         if busy:
             return f"compacted; write-ahead log not truncated yet ({done}/{frames} frames back: a reader is open)"
         return "compacted; write-ahead log truncated"
+
+    def snapshot(self, target: Path) -> None:
+        """A consistent copy of the database at ``target`` while it serves (``VACUUM INTO``: one
+        read transaction, writers go on), encrypted under the same key, owner-only, synced."""
+        if self.path == ":memory:":
+            raise ValueError("an in-memory database has no file to copy")
+        os.close(os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))  # empty: VACUUM INTO fills it
+        self._conn().execute("VACUUM INTO ?", (str(target),))
+        with open(target, "rb+") as handle:
+            os.fsync(handle.fileno())
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -662,13 +692,13 @@ class SqliteStore(Store):
     # -- master key rotation -----------------------------------------------------------------
 
     def rewrap_all(self, batch: int = 500) -> int:
-        """Re-wrap every blob whose data key is not under the active master key.
+        """Re-wrap the database key and every blob whose data key is not under the active master key.
 
         Each batch is read and rewritten inside one write transaction, so a concurrent update is
         never overwritten by an older blob; short batches keep the write lock for little time.
         """
         cipher = self._require_cipher()
-        done = 0
+        done = int(self.path != ":memory:" and dbkey.rewrap(Path(self.path), cipher))
         for table, key, column in _SEALED_COLUMNS:
             last: Any = None
             while True:
@@ -690,10 +720,11 @@ class SqliteStore(Store):
         return [(row[0], bytes(row[1])) for row in self._conn().execute(sql, args).fetchall()]
 
     def key_ids_in_use(self) -> set[str]:
-        """The master keys that wrap at least one stored blob (reads only the blobs' headers)."""
+        """The master keys that wrap the database key or at least one stored blob (reads only headers)."""
         if self._cipher is None:
             return set()
-        kids: set[str] = set()
+        database_kid = None if self.path == ":memory:" else dbkey.kid(Path(self.path), self._cipher)
+        kids = {database_kid} if database_kid else set()
         for table, _key, column in _SEALED_COLUMNS:
             sql = f"SELECT DISTINCT substr({column}, 1, {MAX_HEADER_BYTES}) FROM {table} WHERE length({column}) > 0"
             kids.update(self._cipher.kid_of(bytes(row[0])) for row in self._conn().execute(sql))

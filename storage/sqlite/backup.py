@@ -1,0 +1,164 @@
+"""Backups of the SQLite store, taken while it serves, and their restoration.
+
+A backup is two directories, meant to be stored apart: the *data* (a consistent copy of the
+database, still encrypted, and its wrapped database key) and the *keys* (the master keys and the
+other secrets of ``data_dir/keys``). Either alone is useless to a thief. Each has a
+``manifest.json`` giving every file's size and SHA-256, the server version and the date; the data
+manifest also gives the counts of resources per type and of versions, checked after a restore.
+
+The copy is ``VACUUM INTO`` on the live database: it reads one snapshot (a WAL read transaction,
+so writers go on meanwhile) and writes a compact file encrypted under the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from storage.crypto import MASTER_KEYS_FILE, EnvelopeCipher
+from storage.secretfile import fsync_dir
+from storage.sqlite import dbkey
+from storage.sqlite.connection import SqliteSettings, connect
+from storage.sqlite.schema import SCHEMA_VERSION
+from storage.sqlite.store import SqliteStore
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+DATA_KIND = "dmp-server database backup"
+KEYS_KIND = "dmp-server keys backup"
+_CHUNK = 1 << 20
+
+
+class BackupError(Exception):
+    """A backup cannot be written, or a backup to restore is incomplete, altered or of another kind."""
+
+
+def back_up(
+    store: SqliteStore, cipher: EnvelopeCipher, dest: Path, keys_dest: Path, key_files: Iterable[Path], version: str
+) -> dict[str, Any]:
+    """Write the data backup to ``dest`` and the key files to ``keys_dest``; returns the data manifest.
+
+    The master key file is saved as ``master-keys.json`` whatever its name (``DMP_MASTER_KEY_FILE``)."""
+    if dest.resolve() == keys_dest.resolve():
+        raise BackupError("the keys must go to another directory than the data")
+    for directory in (dest, keys_dest):
+        if directory.exists() and any(directory.iterdir()):
+            raise BackupError(f"{directory} is not empty")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+    database = Path(store.path)
+    copy = dest / database.name
+    store.snapshot(copy)
+    key_file = dbkey.key_path(database)
+    shutil.copyfile(key_file, dest / key_file.name)
+    counts = _counts(copy, dbkey.load(database, cipher))
+    manifest = _write_manifest(
+        dest,
+        [copy, dest / key_file.name],
+        {"kind": DATA_KIND, "version": version, "database": copy.name, "schema_version": SCHEMA_VERSION, **counts},
+    )
+    copies = []
+    for path in {cipher.master_keys.path, *key_files}:
+        target = keys_dest / (MASTER_KEYS_FILE if path == cipher.master_keys.path else path.name)
+        shutil.copyfile(path, target)
+        copies.append(target)
+    _write_manifest(keys_dest, copies, {"kind": KEYS_KIND, "version": version})
+    return manifest
+
+
+def verify(directory: Path, kind: str) -> dict[str, Any]:
+    """The manifest of a backup directory once every file it lists is there, of its size and hash."""
+    try:
+        manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"{directory}: no readable {MANIFEST} ({exc})") from None
+    if manifest.get("kind") != kind or manifest.get("format") != FORMAT:
+        raise BackupError(f"{directory} is not a {kind} (format {FORMAT})")
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        if Path(name).name != name or not path.is_file():
+            raise BackupError(f"{directory}: {name} is missing")
+        if _describe(path) != expected:
+            raise BackupError(f"{directory}: {name} is not the file the manifest describes (altered or truncated)")
+    return manifest
+
+
+def restore(src: Path, keys_src: Path, database: Path, keys_dir: Path, master_key_file: Path) -> dict[str, Any]:
+    """Copy a verified backup into place: the database and its key beside it, the master keys to
+    ``master_key_file``, the other key files into ``keys_dir``. Any earlier WAL is removed."""
+    data, keys = verify(src, DATA_KIND), verify(keys_src, KEYS_KIND)
+    if MASTER_KEYS_FILE not in keys["files"]:
+        raise BackupError(f"{keys_src} holds no {MASTER_KEYS_FILE}")
+    for directory in (database.parent, keys_dir, master_key_file.parent):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for suffix in ("-wal", "-shm"):
+        database.with_name(database.name + suffix).unlink(missing_ok=True)
+    _install(src / data["database"], database)
+    _install(src / dbkey.key_path(Path(data["database"])).name, dbkey.key_path(database))
+    for name in keys["files"]:
+        _install(keys_src / name, master_key_file if name == MASTER_KEYS_FILE else keys_dir / name)
+    return data
+
+
+def counts_of(database: Path, cipher: EnvelopeCipher) -> dict[str, Any]:
+    """What a data manifest counts, read from ``database`` (to check a restored copy)."""
+    return _counts(database, dbkey.load(database, cipher))
+
+
+def _counts(database: Path, key: bytes) -> dict[str, Any]:
+    conn = connect(str(database), key, SqliteSettings())
+    try:
+        rows = conn.execute("SELECT type, COUNT(*) FROM resource WHERE deleted = 0 GROUP BY type ORDER BY type")
+        resources = {str(rtype): int(n) for rtype, n in rows}
+        versions = int(conn.execute("SELECT COUNT(*) FROM version").fetchone()[0])
+        check = str(conn.execute("PRAGMA quick_check").fetchone()[0])
+    finally:
+        conn.close()
+    if check != "ok":
+        raise BackupError(f"{database} fails SQLite's integrity check: {check}")
+    return {"resources": resources, "versions": versions}
+
+
+def _write_manifest(directory: Path, files: list[Path], fields: dict[str, Any]) -> dict[str, Any]:
+    for path in files:
+        os.chmod(path, 0o600)
+        _fsync(path)
+    manifest = {
+        "format": FORMAT,
+        **fields,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": {path.name: _describe(path) for path in files},
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    _fsync(directory / MANIFEST)
+    fsync_dir(directory)
+    return manifest
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _install(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` (0600) through a temporary name, synced before the rename."""
+    staging = target.with_name(f".{target.name}.restoring")
+    shutil.copyfile(source, staging)
+    os.chmod(staging, 0o600)
+    _fsync(staging)
+    os.replace(staging, target)
+    fsync_dir(target.parent)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())

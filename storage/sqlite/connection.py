@@ -1,0 +1,156 @@
+"""Opening the SQLite database, and keeping one connection per thread that closes with its thread.
+
+The driver is SQLCipher (``sqlcipher3``, the DB-API of the standard ``sqlite3`` module over
+SQLite with page-level AES-256 encryption): with a key every page of the database and of its
+write-ahead log is encrypted and authenticated (HMAC-SHA512), the search index included; without
+a key it is plain SQLite. The key is passed raw (``x'…'``), so no connection pays SQLCipher's
+passphrase derivation (256 000 rounds of PBKDF2-HMAC-SHA512, 0.2 s of CPU here): it is already
+256 random bits.
+
+Why a connection closes with its thread: a server making one thread per request (the
+development server) would otherwise keep one connection (two descriptors and its page cache)
+per request it ever served. The connection lives in a per-thread slot; when the thread ends,
+Python drops its thread-local data, the slot is collected and a finaliser closes the connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from sqlcipher3 import dbapi2 as sqlcipher
+
+from storage.crypto import MasterKeyError
+
+#: The driver's errors (not those of the standard ``sqlite3`` module, a distinct class tree).
+OperationalError: type[Exception] = sqlcipher.OperationalError
+DatabaseError: type[Exception] = sqlcipher.DatabaseError
+
+#: The SQLite the store runs on (SQLCipher's, not the standard library's).
+SQLITE_VERSION: str = sqlcipher.sqlite_version
+
+#: ``PRAGMA synchronous`` levels a server may run with. FULL (the default) syncs the write-ahead
+#: log at every commit, so an acknowledged write survives a power loss; NORMAL syncs only at
+#: checkpoints (faster, but the last commits may be lost with the power, never corrupted).
+SYNCHRONOUS_LEVELS = ("FULL", "EXTRA", "NORMAL")
+#: The first bytes of a plaintext SQLite database (an encrypted one starts with random salt).
+PLAINTEXT_HEADER = b"SQLite format 3\x00"
+#: A database's own files besides the main one; each holds pages of it.
+SIDE_FILES = ("-wal", "-shm")
+
+
+@dataclass(frozen=True)
+class SqliteSettings:
+    """How connections are tuned (``DMP_SQLITE_CACHE_MB``, ``DMP_SQLITE_SYNCHRONOUS``)."""
+
+    cache_mb: int = 8  # page cache per connection; one connection per serving thread
+    synchronous: str = "FULL"
+    #: Whole-database encryption when the store has keys. The server always has it on; off only
+    #: where a test or benchmark needs to see or measure what it hides.
+    encrypted: bool = True
+
+    def __post_init__(self) -> None:
+        if self.synchronous not in SYNCHRONOUS_LEVELS:
+            levels = ", ".join(SYNCHRONOUS_LEVELS)
+            raise ValueError(f"DMP_SQLITE_SYNCHRONOUS must be one of {levels}, not {self.synchronous!r}")
+        if self.cache_mb < 1:
+            raise ValueError(f"DMP_SQLITE_CACHE_MB must be at least 1, not {self.cache_mb}")
+
+
+#: What a store runs with unless told otherwise.
+DEFAULT_SETTINGS = SqliteSettings()
+
+
+def restrict_files(database: Path) -> None:
+    """Create the database file owner-only (0600) if missing, and make it and its WAL and shared
+    memory owner-only if an earlier version left them readable by others. SQLite gives a new WAL
+    and shared-memory file the database file's mode, so they follow."""
+    fd = os.open(database, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for path in (database, *(database.with_name(database.name + s) for s in SIDE_FILES)):
+        if path.exists():
+            os.chmod(path, 0o600)
+
+
+def connect(path: str, key: bytes | None, settings: SqliteSettings) -> sqlite3.Connection:
+    """A connection in autocommit mode (the store opens its transactions itself), WAL journal.
+
+    With ``key`` the database is opened encrypted; a key that does not open it, or a key missing
+    for an encrypted file, is a :class:`MasterKeyError` naming the file, not a driver error.
+    """
+    conn = sqlcipher.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    try:
+        if key is not None:
+            conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the key is checked on first read
+    except DatabaseError:
+        conn.close()
+        if key is None:
+            raise MasterKeyError(f"{path} is encrypted: open it with its database key") from None
+        raise MasterKeyError(f"{path} does not open with its database key (another database's key file?)") from None
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA cache_size = {-1024 * settings.cache_mb}")  # negative: in KiB
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return cast(sqlite3.Connection, conn)
+
+
+class _Slot:
+    """One thread's connection and its transaction nesting depth."""
+
+    __slots__ = ("__weakref__", "conn", "depth")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.depth = 0
+
+
+class ThreadConnections:
+    """At most one connection per thread, closed when the thread ends or on :meth:`close_all`."""
+
+    def __init__(self, opener: Callable[[], sqlite3.Connection]):
+        self._opener = opener
+        self._local = threading.local()
+        self._open: dict[int, sqlite3.Connection] = {}
+        self._lock = threading.RLock()  # a finaliser may run in a thread already holding it
+        self._tokens = itertools.count()
+
+    def slot(self) -> _Slot:
+        """The calling thread's slot, its connection opened on first use."""
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            conn = self._opener()
+            slot = _Slot(conn)
+            token = next(self._tokens)
+            with self._lock:
+                self._open[token] = conn
+            weakref.finalize(slot, self._release, token)
+            self._local.slot = slot
+        return slot
+
+    def _release(self, token: int) -> None:
+        with self._lock:
+            conn = self._open.pop(token, None)
+        if conn is not None:
+            conn.close()
+
+    def count(self) -> int:
+        """How many connections are open now (one per live thread that used the store)."""
+        with self._lock:
+            return len(self._open)
+
+    def close_all(self) -> None:
+        with self._lock:
+            conns, self._open = list(self._open.values()), {}
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
