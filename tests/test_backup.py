@@ -26,7 +26,7 @@ from storage.query import OPEN_SCOPE, Query
 from tests.paths import ROOT
 from tests.smtp_sink import free_port
 
-INS = "2990175123456"
+INS = "299017512345649"
 IDNATPS = "810002673899"
 
 

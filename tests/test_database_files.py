@@ -24,7 +24,7 @@ from tests.dbfiles import decrypted_bytes
 from tests.support import open_gatekeeper
 from tests.test_storage_contract import _index, _param_type, patient
 
-INS = "1840675123456"
+INS = "184067512345641"
 FAMILY = "Zabrowskiewicz"
 GIVEN = "Philomene"
 EMAIL = "philomene.zabrowskiewicz@example.org"

@@ -9,7 +9,6 @@ for), or on the server ``DMP_TEST_MONGODB_URI`` names. The contract every backen
 from __future__ import annotations
 
 import base64
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from storage.mongo.connect import MongoUnavailable, StandaloneRefused, open_mong
 from storage.mongo.layout import DIRECTORY_KEY, SEVERAL_PATIENTS
 from storage.mongo.store import MongoStore
 from storage.query import OPEN_SCOPE, Query, Reference
+from tests.dbfiles import open_database
 from tests.mongo_double import REAL_URI, DoubleClient, FakeSession, drop, mongo_url
 from tests.test_storage_contract import SERVED_TYPES, _index, _mongo, _param_type, doc, patient
 
@@ -235,7 +235,7 @@ def test_migrate_copies_everything_sealed_resumes_and_verifies(
     store.database["versions"].update_one({"_id": 1}, {"$set": {"content": b"tampered"}})
     assert main(["migrate", "--from", source, "--to", mongo_target, "--verify-only"]) == 1
     assert "versions: 10 in SQLite" in capsys.readouterr().out
-    with closing(sqlite3.connect(config.sqlite_path)) as conn:
+    with closing(open_database(config.sqlite_path)) as conn:  # encrypted as a whole: opened with its key
         assert conn.execute("SELECT COUNT(*) FROM version").fetchone() == (10,)  # the source is untouched
     store.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from fhir_server.runtime.config import Config
@@ -35,8 +36,6 @@ def _progress(what: str, done: int, total: int) -> None:
 
 
 def _migrate_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from fhir_server.app import create_service
     from storage.mongo.migrate import Migration
     from storage.mongo.store import MongoStore
@@ -48,11 +47,12 @@ def _migrate_command(args: argparse.Namespace) -> int:
     if not source.is_file():
         print(f"dmp-server migrate: no SQLite store at {source}", file=sys.stderr)
         return 2
-    service = create_service(dataclasses.replace(Config.from_env(), store_url=args.target))
+    config = Config.from_env()
+    service = create_service(dataclasses.replace(config, store_url=args.target))
     store = service.store
     assert isinstance(store, MongoStore)
     try:
-        migration = Migration(source, store, batch=args.batch)
+        migration = Migration(source, store, key=_database_key(source, config), batch=args.batch)
         if not args.verify_only:
             migration.run(_progress)
         expected, found = migration.source_tally(), migration.target_tally()
@@ -66,3 +66,14 @@ def _migrate_command(args: argparse.Namespace) -> int:
         print("dmp-server migrate: the copy differs from the source (rerun to resume)", file=sys.stderr)
         return 1
     return 0
+
+
+def _database_key(source: Path, config: Config) -> bytes | None:
+    """The SQLite database's key, unwrapped by the master keys (None for a file of a version that
+    did not encrypt the database as a whole)."""
+    from storage.crypto import EnvelopeCipher, MasterKeys
+    from storage.sqlite import dbkey
+
+    if not dbkey.key_path(source).exists():
+        return None
+    return dbkey.load(source, EnvelopeCipher(MasterKeys.load_or_create(config.data_dir, config.master_key_file)))

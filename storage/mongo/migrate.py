@@ -48,6 +48,7 @@ from storage.mongo.layout import (
     version_document,
 )
 from storage.mongo.store import MongoStore
+from storage.sqlite.connection import connect_read_only
 
 #: How each SQLite index table's row (after ``res, param``) becomes a typed value.
 _VALUES: dict[str, tuple[str, Callable[..., IndexValue]]] = {
@@ -81,14 +82,15 @@ def _kid(blob: bytes | None) -> dict[str, Any]:
 
 
 class Migration:
-    def __init__(self, sqlite_path: Path, target: MongoStore, *, batch: int = 500):
+    def __init__(self, sqlite_path: Path, target: MongoStore, *, key: bytes | None = None, batch: int = 500):
         self._path = sqlite_path
+        self._key = key  # the SQLite database's own key (it is encrypted as a whole), None for an older plain file
         self._target = target
         self._db = target.database
         self._batch = batch
 
     def _source(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)
+        return connect_read_only(self._path, self._key)
 
     def run(self, progress: Progress) -> None:
         with closing(self._source()) as conn:

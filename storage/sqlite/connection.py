@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from sqlcipher3 import dbapi2 as sqlcipher
 
@@ -85,7 +85,22 @@ def connect(path: str, key: bytes | None, settings: SqliteSettings) -> sqlite3.C
     With ``key`` the database is opened encrypted; a key that does not open it, or a key missing
     for an encrypted file, is a :class:`MasterKeyError` naming the file, not a driver error.
     """
-    conn = sqlcipher.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    conn = _keyed(sqlcipher.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False), path, key)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA cache_size = {-1024 * settings.cache_mb}")  # negative: in KiB
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return cast(sqlite3.Connection, conn)
+
+
+def connect_read_only(path: Path, key: bytes | None) -> sqlite3.Connection:
+    """A connection that reads ``path`` and can write nothing (a tool copying a store elsewhere)."""
+    return cast(sqlite3.Connection, _keyed(sqlcipher.connect(f"file:{path}?mode=ro", uri=True), str(path), key))
+
+
+def _keyed(conn: Any, path: str, key: bytes | None) -> Any:
+    """``conn`` opened with ``key``, checked by a first read."""
     try:
         if key is not None:
             conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
@@ -95,12 +110,7 @@ def connect(path: str, key: bytes | None, settings: SqliteSettings) -> sqlite3.C
         if key is None:
             raise MasterKeyError(f"{path} is encrypted: open it with its database key") from None
         raise MasterKeyError(f"{path} does not open with its database key (another database's key file?)") from None
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute(f"PRAGMA cache_size = {-1024 * settings.cache_mb}")  # negative: in KiB
-    conn.execute("PRAGMA temp_store = MEMORY")
-    return cast(sqlite3.Connection, conn)
+    return conn
 
 
 class _Slot:
