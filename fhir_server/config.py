@@ -61,6 +61,7 @@ class Config:
     # anything else in clear, nor an address of the server's own networks
     subscription_allow_http: bool = False
     retention_years: int = 10  # how long a closed DMP is kept and may be reopened (R20)
+    portal_idle_seconds: int = 900  # a « Mon DMP » session untouched this long is over
     ig_dir: Path = field(default=PROJECT_ROOT / "ig")
     capability_dir: Path = field(default=PROJECT_ROOT / "capability")
 
@@ -92,6 +93,7 @@ class Config:
             password_kdf_cost=_int(env, "DMP_PASSWORD_KDF_COST", defaults.password_kdf_cost),
             subscription_allow_http=_flag(env, "DMP_SUBSCRIPTION_ALLOW_HTTP"),
             retention_years=_positive(env, "DMP_RETENTION_YEARS", defaults.retention_years),
+            portal_idle_seconds=_positive(env, "DMP_PORTAL_IDLE_SECONDS", defaults.portal_idle_seconds),
             max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
             max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),
