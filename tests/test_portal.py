@@ -176,7 +176,9 @@ def test_pages_are_protected_by_headers_and_cookie_flags(portal: Portal) -> None
     html = response.get_data(as_text=True)
     assert not re.search(r"<script(?![^>]*\bsrc=)", html), "no inline script"
     assert ' style="' not in html and "onclick" not in html
-    assert visitor.client.get(f"{PORTAL}/static/portal/portal.css").status_code == 200
+    for asset in re.findall(r'(?:href|src)="(/fhir/mon-dmp/static/[^"]+)"', html):
+        assert visitor.client.get(asset).status_code == 200, asset
+    assert 'href="/fhir/mon-dmp/static/portal/portal.css"' in html
 
 
 def test_an_https_base_makes_the_cookie_secure(tmp_path: Path) -> None:
@@ -426,7 +428,8 @@ def test_designating_and_changing_the_medecin_traitant(portal: Portal) -> None:
     world.seed_consent("access", INS, (IDNATPS_SYSTEM, DR))
     world.seed_consent("access", INS, (IDNATPS_SYSTEM, OTHER_DR))
     visitor = portal.signed_in()
-    visitor.get("/acces")
+    granted = visitor.get("/acces")  # Consents naming them by idNatPs only: named from the directory
+    assert "<strong>Dr Jean Dupont</strong>" in granted and "<strong>Dr Jean Bernard</strong>" in granted
     html = visitor.follow(visitor.post("/acces/medecin-traitant", {"idnatps": DR}))
     assert "Dr Jean Dupont est désormais votre médecin traitant" in html
     html = visitor.follow(visitor.post("/acces/medecin-traitant", {"idnatps": OTHER_DR}))

@@ -44,7 +44,7 @@ def history() -> Any:
     filters = {name: args.get(name, "") for name in ("du", "au", "professionnel", "connexions")}
     return page(
         "history.html",
-        rows=[trail_row(event, terminology) for event in found.resources],
+        rows=[trail_row(event, terminology, session().subject) for event in found.resources],
         total=found.total,
         filters=filters,
         next_page=page_link("portal.history", found.next, filters),

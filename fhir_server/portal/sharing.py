@@ -10,6 +10,7 @@ the person's token, judged by the policy like any client's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +53,7 @@ def sharing() -> Any:
     except RecordError as exc:
         return refused(f"Les autorisations n'ont pas pu être lues : {exc.message}", exc.status)
     terminology = portal().service.terminology
-    rows = [consent_row(c, terminology) for c in consents]
+    rows = _named([consent_row(c, terminology) for c in consents])
     query = request.args.get("recherche", "").strip()[:_MAX_QUERY]
     found = _directory(query) if query else None
     by_category: dict[str, list[ConsentRow]] = {}
@@ -211,8 +212,12 @@ def _safe_consents() -> list[dict[str, Any]]:
 def _directory(query: str) -> list[dict[str, str]] | None:
     """Professionals of the directory by idNatPs (digits) or by name."""
     params = [("identifier", f"{IDNATPS_SYSTEM}|{query}")] if query.isdigit() else [("name", query)]
+    return _directory_search(params)
+
+
+def _directory_search(params: list[tuple[str, str]]) -> list[dict[str, str]] | None:
     try:
-        found = record().search("Practitioner", [*params, ("_count", "20")])
+        found = record().search("Practitioner", [*params, ("_count", "50")])
     except RecordError:
         return None
     terminology = portal().service.terminology
@@ -231,6 +236,17 @@ def _directory(query: str) -> list[dict[str, str]] | None:
         ]
         shown.append({"idnatps": idnatps, "name": person_name(practitioner), "profession": ", ".join(professions)})
     return shown
+
+
+def _named(rows: list[ConsentRow]) -> list[ConsentRow]:
+    """Rows whose Consent names a professional by idNatPs only (the creating doctor's grant, R16)
+    get the directory's name for them: one search for all of them."""
+    unnamed = sorted({row.actor_id for row in rows if row.actor_id and row.actor.endswith(row.actor_id)})
+    if not unnamed:
+        return rows
+    query = ",".join(f"{IDNATPS_SYSTEM}|{idnatps}" for idnatps in unnamed)
+    names = {p["idnatps"]: p["name"] for p in _directory_search([("identifier", query)]) or []}
+    return [replace(row, actor=names[row.actor_id]) if row.actor_id in names else row for row in rows]
 
 
 def _professional(idnatps: str) -> tuple[str, str] | None:

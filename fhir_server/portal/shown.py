@@ -203,7 +203,8 @@ _ACTIONS = {"C": "création", "R": "lecture", "U": "modification", "D": "suppres
 _OUTCOMES = {"0": "accepté", "4": "refusé", "8": "échec", "12": "échec"}
 
 
-def trail_row(event: dict[str, Any], terminology: Terminology) -> TrailRow:
+def trail_row(event: dict[str, Any], terminology: Terminology, me: str | None) -> TrailRow:
+    """One event of the trail; ``me`` (the signed-in person's token subject) is shown as « Vous »."""
     agents = [a for a in event.get("agent") or [] if a.get("requestor")] or (event.get("agent") or [{}])[:1]
     user = agents[0] if agents else {}
     codings = [c for role in user.get("role") or [] for c in role.get("coding") or []]
@@ -212,22 +213,18 @@ def trail_row(event: dict[str, Any], terminology: Terminology) -> TrailRow:
     purposes = [c for p in event.get("purposeOfEvent") or [] for c in p.get("coding") or []]
     purpose = next((c for c in purposes if c.get("system") in PURPOSE_SYSTEMS), None)
     location = (user.get("location") or {}).get("identifier") or {}
-    entities = [e for e in event.get("entity") or [] if (e.get("what") or {}).get("reference")]
-    what = ", ".join(str(e["what"]["reference"]).split("/_history")[0] for e in entities)
-    if not what:
-        what = next((str(e.get("description")) for e in event.get("entity") or [] if e.get("description")), "—")
     etype = event.get("type") or {}
     subtypes = [str(s.get("display") or s.get("code")) for s in event.get("subtype") or []]
     return TrailRow(
         when=day(event.get("recorded")),
-        who=reference_label(user.get("who"), {}),
+        who="Vous" if me and user.get("altId") == me else reference_label(user.get("who"), {}),
         role=terminology.display(ROLE_SYSTEM, role) or role or "—" if role else "—",
         profession=(terminology.display(PROFESSION_SYSTEM, str(profession.get("code"))) or str(profession.get("code")))
         if profession
         else "—",
         establishment=str(location.get("value") or "—"),
-        what=what,
-        action=" / ".join(subtypes) or _ACTIONS.get(str(event.get("action")), "—"),
+        what=_what(event.get("entity") or []),
+        action=" / ".join([_ACTIONS.get(str(event.get("action")), "—"), *subtypes]),
         purpose=(terminology.display(str(purpose.get("system")), str(purpose.get("code"))) or str(purpose.get("code")))
         if purpose
         else "—",
@@ -237,3 +234,15 @@ def trail_row(event: dict[str, Any], terminology: Terminology) -> TrailRow:
         ),
         login=(etype.get("system"), etype.get("code")) == LOGIN_EVENT,
     )
+
+
+def _what(entities: list[dict[str, Any]]) -> str:
+    """What an event was about: the resources it names besides the patient, or the type a search
+    looked through, or else the record itself."""
+    targets = [
+        str(e["what"]["reference"]).split("/_history")[0]
+        for e in entities
+        if (e.get("what") or {}).get("reference") and (e.get("what") or {}).get("type") != "Patient"
+    ]
+    searched = [f"recherche de {e['description']}" for e in entities if e.get("query") and e.get("description")]
+    return ", ".join(targets + searched) or "votre dossier"
