@@ -74,6 +74,7 @@ def chromium(profile: Path, downloads: Path) -> Iterator[webdriver.Chrome]:
 def screenshot(driver: webdriver.Chrome, name: str, size: tuple[int, int] = DESKTOP) -> Path:
     """The whole page as it is now, at ``size`` (its full height), saved as ``name``.png."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.set_window_size(*size)
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
     driver.set_window_size(size[0], max(size[1], min(height + 140, 4000)))
     path = SCREENSHOTS / f"{name}.png"
