@@ -27,7 +27,7 @@ from authz.terms import (
     REPRESENTATIVE,
 )
 from fhir_server.app import create_app
-from fhir_server.portal.sessions import COOKIE_NAME
+from fhir_server.dmp.portal.sessions import COOKIE_NAME
 from storage.query import OPEN_SCOPE
 from tests.dmp import INS_SYSTEM, SYNTHESE, EpochClock, World
 from tests.portal_support import PASSWORD, Mailbox, csrf_of
