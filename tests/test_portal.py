@@ -194,6 +194,7 @@ def test_a_page_without_a_session_goes_to_sign_in(portal: Portal) -> None:
     for path in ("/", "/documents", "/acces", "/historique", "/alertes", "/telechargement", "/fermeture"):
         response = portal.visitor().client.get(f"{PORTAL}{path}")
         assert response.status_code == 302 and response.headers["Location"].endswith("/mon-dmp/connexion")
+        assert "Set-Cookie" not in response.headers  # no session is kept for a visitor sent away
 
 
 def test_wrong_passwords_lock_the_account_with_one_message(portal: Portal) -> None:

@@ -1,7 +1,7 @@
 """My access history (R17): the AuditEvents of my record, as the trail API gives them to me.
 
 Who (name, profession, establishment), when, what, why (purpose of use; emergencies flagged, R5),
-filtered by dates and professional (the agent's ``altid``: a professional's idNatPs), and the
+filtered by dates and professional (the user agent named by idNatPs: ``agent:identifier``), and the
 logins to my account (DICOM "User Authentication" events, R21). Reading the trail is itself a
 request in the trail, as with any client.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Blueprint, request
 
+from authz.terms import IDNATPS_SYSTEM
 from fhir_server.dmp.portal.documents import is_day, page_link
 from fhir_server.dmp.portal.record import RecordError
 from fhir_server.dmp.portal.shown import LOGIN_EVENT, trail_row
@@ -33,7 +34,7 @@ def history() -> Any:
             params.append(("date", f"{prefix}{args[name]}"))
     professional = args.get("professionnel", "").strip()[:20]
     if professional.isdigit():
-        params.append(("altid", professional))
+        params.append(("agent:identifier", f"{IDNATPS_SYSTEM}|{professional}"))
     if args.get("connexions") == "1":
         params.append(("type", "|".join(LOGIN_EVENT)))
     try:

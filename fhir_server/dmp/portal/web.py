@@ -126,7 +126,8 @@ def signed_in(view: View) -> View:
 
     @wraps(view)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        if not session().signed_in:
+        current = g.get("portal_session")  # no new session for a visitor who is only sent away
+        if current is None or not current.signed_in:
             if g.get("portal_expired"):
                 return to_sign_in("Votre session a expiré. Reconnectez-vous.")
             return redirect(url_for("portal.sign_in"))
