@@ -83,8 +83,9 @@ def screenshot(driver: webdriver.Chrome, name: str, size: tuple[int, int] = DESK
     return path
 
 
-def wait_for(what: Callable[[], T | None], description: str, timeout: float = 20.0) -> T:
-    """Poll until ``what`` gives something: a page loading, a download finishing."""
+def wait_for(what: Callable[[], T | None], description: str, timeout: float = 60.0) -> T:
+    """Poll until ``what`` gives something: a page loading, a download finishing (generous: the
+    machine may be busy; a wait that ends early costs nothing)."""
     deadline = time.monotonic() + timeout
     while True:
         found = what()

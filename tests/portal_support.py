@@ -22,7 +22,7 @@ class Mailbox:
 
     def next_code(self) -> str:
         self.read += 1
-        return code_in(self.sink.wait_for(self.address, self.read)[self.read - 1])
+        return code_in(self.sink.wait_for(self.address, self.read, timeout=30.0)[self.read - 1])
 
 
 def csrf_of(html: str) -> str:

@@ -349,15 +349,15 @@ def test_a_form_without_its_csrf_token_is_refused(live_server: LiveServer, brows
 
 
 def test_an_expired_session_is_refused(tmp_path: Path, session_smtp_sink: SmtpSink, browser: webdriver.Chrome) -> None:
-    """A server whose sessions end after 3 idle seconds: a form sent later does nothing."""
-    with running_server(tmp_path / "data", session_smtp_sink, DMP_PORTAL_IDLE_SECONDS="3") as server:
+    """A server whose sessions end after 5 idle seconds: a form sent later does nothing."""
+    with running_server(tmp_path / "data", session_smtp_sink, DMP_PORTAL_IDLE_SECONDS="5") as server:
         scene = Scene(server)
         pid = scene.record(LATE, "Paul", "Durand", "1976-01-30")
         doc = scene.document(pid, LATE, "Bilan", b"RAS", "text/plain", "2024-05-05T10:00:00Z")
         email = "paul.durand@example.org"
         first_sign_in(browser, server, LATE, scene.account(LATE, email), email)
         browser.get(portal_url(server, f"/documents/{doc}"))
-        time.sleep(4)  # idle past the timeout (a wait, not a measurement)
+        time.sleep(6)  # idle past the timeout (a wait, not a measurement)
         button(browser, "Masquer aux professionnels").click()
         wait_for(lambda: browser.find_elements(By.ID, "identifier"), "the sign-in page")
         assert "Votre session a expiré" in text_of(browser)
