@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.select import Select
 
 from tests.browser import PHONE, button, chromium, fresh_directory, screenshot, text_of, wait_for
 from tests.conftest import LiveServer, running_server
@@ -289,8 +290,20 @@ def test_a_patient_controls_the_dmp_in_a_browser(
     assert "manifest.json" in names and "trail/AuditEvent.ndjson" in names
     assert any(n.startswith("documents/") for n in names) and not any(n.startswith("authorisations/") for n in names)
 
+    # My own document (class 90), uploaded from the computer
+    upload = downloads / "vaccins.pdf"
+    upload.write_bytes(b"%PDF-1.4 carnet de vaccination")
+    browser.get(portal_url(live_server, "/documents/ajouter"))
+    Select(browser.find_element(By.ID, "type")).select_by_index(1)
+    browser.find_element(By.ID, "titre").send_keys("Mes vaccinations")
+    browser.find_element(By.ID, "fichier").send_keys(str(upload))
+    screenshot(browser, "12-ajouter-un-document")
+    button(browser, "Ajouter").click()
+    wait_for(lambda: "Document ajouté à votre DMP" in text_of(browser), "the new document")
+    assert "Vous (patient)" in text_of(browser) and "Mes vaccinations" in text_of(browser)
+
     browser.get(portal_url(live_server, "/fermeture"))
-    screenshot(browser, "12-fermeture")
+    screenshot(browser, "13-fermeture")
     button(browser, "Se déconnecter").click()
     wait_for(lambda: "Vous êtes déconnecté" in text_of(browser), "the sign-out")
     browser.get(portal_url(live_server, "/documents"))
@@ -325,7 +338,7 @@ def test_a_representative_acts_for_a_minor(live_server: LiveServer, browser: web
     email = "marc.petit@example.org"
     first_sign_in(browser, live_server, PARENT, scene.account(PARENT, email, "LEGREP"), email, patient=CHILD)
     assert "Représentant légal, pour Léo Petit" in text_of(browser)
-    screenshot(browser, "13-representant-accueil")
+    screenshot(browser, "14-representant-accueil")
     browser.get(portal_url(live_server, "/documents"))
     assert "1 document." in text_of(browser)
     browser.get(portal_url(live_server, "/acces"))
@@ -344,22 +357,22 @@ def test_a_form_without_its_csrf_token_is_refused(live_server: LiveServer, brows
     button(browser, "Masquer aux professionnels").click()
     wait_for(lambda: "Demande refusée" in text_of(browser), "the refusal")
     assert "jeton de sécurité" in text_of(browser)
-    screenshot(browser, "14-csrf-refuse")
+    screenshot(browser, "15-csrf-refuse")
     assert doc in scene.documents_seen_by(scene.doctor(DR, ins), pid), "nothing was masked"
 
 
 def test_an_expired_session_is_refused(tmp_path: Path, session_smtp_sink: SmtpSink, browser: webdriver.Chrome) -> None:
-    """A server whose sessions end after 5 idle seconds: a form sent later does nothing."""
-    with running_server(tmp_path / "data", session_smtp_sink, DMP_PORTAL_IDLE_SECONDS="5") as server:
+    """A server whose sessions end after 8 idle seconds: a form sent later does nothing."""
+    with running_server(tmp_path / "data", session_smtp_sink, DMP_PORTAL_IDLE_SECONDS="8") as server:
         scene = Scene(server)
         pid = scene.record(LATE, "Paul", "Durand", "1976-01-30")
         doc = scene.document(pid, LATE, "Bilan", b"RAS", "text/plain", "2024-05-05T10:00:00Z")
         email = "paul.durand@example.org"
         first_sign_in(browser, server, LATE, scene.account(LATE, email), email)
         browser.get(portal_url(server, f"/documents/{doc}"))
-        time.sleep(6)  # idle past the timeout (a wait, not a measurement)
+        time.sleep(9)  # idle past the timeout (a wait, not a measurement)
         button(browser, "Masquer aux professionnels").click()
         wait_for(lambda: browser.find_elements(By.ID, "identifier"), "the sign-in page")
         assert "Votre session a expiré" in text_of(browser)
-        screenshot(browser, "15-session-expiree")
+        screenshot(browser, "16-session-expiree")
         assert doc in scene.documents_seen_by(scene.doctor(DR, LATE), pid), "nothing was masked"
