@@ -541,7 +541,7 @@ class SqliteStore(Store):
         conn = self._conn()
         compiler = self._compiler(scope)
         if not inc.reverse:
-            marks = ", ".join(compiler.arg(s.pk) for s in sources)
+            marks = compiler.one_of("i.res", (s.pk for s in sources))
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
             target_types = [inc.target_type] if inc.target_type else None
             type_cond = f" AND t.type = {compiler.arg(inc.target_type)}" if inc.target_type else ""
@@ -549,13 +549,10 @@ class SqliteStore(Store):
             sql = (
                 f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
                 " JOIN resource t ON t.type = i.target_type AND t.id = i.target_id"
-                f" WHERE i.res IN ({marks}){param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
+                f" WHERE {marks}{param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
             )
         else:
-            targets = " OR ".join(
-                f"(i.target_type = {compiler.arg(s.resource_type)} AND i.target_id = {compiler.arg(s.id)})"
-                for s in sources
-            )
+            targets = compiler.any_reference_to("i", ((s.resource_type, s.id) for s in sources))
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
             scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type])
             sql = (

@@ -294,14 +294,18 @@ class ProvideBundle:
         submission = self.submission_set
         listed: set[int] = set()
         problems = []
-        for i, item in enumerate(submission.resource.get("entry") or []):
-            reference = ((item or {}).get("item") or {}).get("reference")
+        for i, item in enumerate(_listed(submission.resource.get("entry"))):
+            reference = _item_reference(item)
             target = by_url.get(reference) if isinstance(reference, str) else None
             kind = self.slices.get(target.index) if target else None
             if target is None or kind is None or kind.name not in ("DocumentRefs", "Folders"):
                 where = f"{_where(submission)}.entry[{i}].item"
                 problems.append(
-                    Problem(where, f"{where}: {reference} is no DocumentReference or Folder of this Bundle")
+                    Problem(
+                        where,
+                        f"{where}: {reference or 'an item without a reference'} "
+                        "is no DocumentReference or Folder of this Bundle",
+                    )
                 )
             else:
                 listed.add(target.index)
@@ -617,9 +621,22 @@ def _folder_references(folders: list[Entry]) -> Iterator[tuple[str, str]]:
     """``("Bundle.entry[i].resource.entry[j].item", reference)`` of each Folder item; an item
     without a literal reference has an empty one (it names no document)."""
     for folder in folders:
-        for j, item in enumerate(folder.resource.get("entry") or [] if isinstance(folder.resource, dict) else []):
-            reference = ((item or {}).get("item") or {}).get("reference") if isinstance(item, dict) else None
-            yield f"{_where(folder)}.entry[{j}].item", reference if isinstance(reference, str) else ""
+        entries = folder.resource.get("entry") if isinstance(folder.resource, dict) else None
+        for j, item in enumerate(_listed(entries)):
+            yield f"{_where(folder)}.entry[{j}].item", _item_reference(item) or ""
+
+
+def _listed(value: Any) -> list[Any]:
+    """A List's ``entry`` as sent, before any validation: its items if it is an array (anything
+    else is reported by the resource's own checks)."""
+    return value if isinstance(value, list) else []
+
+
+def _item_reference(item: Any) -> str | None:
+    """The literal reference of a List entry's ``item``, when the entry has that shape at all."""
+    inner = item.get("item") if isinstance(item, dict) else None
+    reference = inner.get("reference") if isinstance(inner, dict) else None
+    return reference if isinstance(reference, str) else None
 
 
 def _is_about(document: dict[str, Any], patient: Subject) -> bool:
