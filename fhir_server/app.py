@@ -17,11 +17,13 @@ from fhir_server.dmp.accounts.http import account_endpoints, register_account_ro
 from fhir_server.dmp.accounts.service import build_account_service
 from fhir_server.dmp.alerts.admission import SubscriptionAdmission
 from fhir_server.dmp.alerts.job import alerts
+from fhir_server.dmp.documents.codes import DocumentCodes
 from fhir_server.dmp.documents.extension import documents_extensions
 from fhir_server.dmp.export.operation import EXPORT
 from fhir_server.dmp.jobs import Job, purge_expired_records
 from fhir_server.dmp.lifecycle.majority import majority_job
 from fhir_server.dmp.oauth.http import register_oauth_routes
+from fhir_server.dmp.portal import register_portal
 from fhir_server.fhir.http import register_routes
 from fhir_server.fhir.interactions.operations import CORE
 from fhir_server.fhir.messages import Gatekeeper
@@ -109,4 +111,5 @@ def create_app(
     accounts = build_account_service(config, service, clock=clock, issuer=auth.issuer)
     register_account_routes(app, accounts, config.base_path)
     auth.publication.publish(account_endpoints(config.base_url))
+    register_portal(app, service, accounts, DocumentCodes.of(service.terminology), clock)
     return app

@@ -61,7 +61,8 @@ class Terminology:
 
     def display(self, system: str, code: str) -> str | None:
         """The display of ``code`` in the local CodeSystem ``system`` (a profession's name for a
-        message to a patient); None when unknown."""
+        message to a patient), else as a local ValueSet enumerating it names it (LOINC document
+        types have no local CodeSystem, but JDV_J07 lists their French names); None when unknown."""
         pending = list((self._code_systems.get(system) or {}).get("concept") or [])
         while pending:
             concept = pending.pop()
@@ -69,6 +70,13 @@ class Terminology:
                 display = concept.get("display")
                 return display if isinstance(display, str) else None
             pending.extend(concept.get("concept") or [])
+        for value_set in self._value_sets.values():
+            for part in (value_set.get("compose") or {}).get("include") or []:
+                if part.get("system") != system:
+                    continue
+                for concept in part.get("concept") or []:
+                    if concept.get("code") == code and isinstance(concept.get("display"), str):
+                        return str(concept["display"])
         return None
 
     def _system_codes(self, system: str) -> list[str] | None:

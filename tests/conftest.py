@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,15 +154,14 @@ class LiveServer:
         )
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory, session_smtp_sink: SmtpSink) -> Iterator[LiveServer]:
-    """``dmp-server serve`` in its own process, on a free loopback port, with the DMP rules on and
-    its mail going to an SMTP sink on loopback."""
+@contextmanager
+def running_server(data_dir: Path, mail: SmtpSink, **settings: str) -> Iterator[LiveServer]:
+    """``dmp-server serve`` in its own process on a free loopback port, with the DMP rules on, its
+    mail going to ``mail`` and ``settings`` as further ``DMP_`` environment variables."""
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}/fhir"
-    data_dir = tmp_path_factory.mktemp("live") / "data"
     env = {**os.environ, "DMP_DATA_DIR": str(data_dir), "DMP_BASE_URL": base_url, "PYTHONPATH": str(ROOT)}
-    env |= {"DMP_SMTP_HOST": session_smtp_sink.host, "DMP_SMTP_PORT": str(session_smtp_sink.port)}
+    env |= {"DMP_SMTP_HOST": mail.host, "DMP_SMTP_PORT": str(mail.port), **settings}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(port)],
         env=env,
@@ -180,10 +180,18 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, session_smtp_sink: Smt
                     err = proc.stderr.read().decode() if proc.stderr else ""
                     raise RuntimeError(f"the server did not start: {err}") from None
                 time.sleep(0.1)
-        yield LiveServer(base_url, data_dir, session_smtp_sink)
+        yield LiveServer(base_url, data_dir, mail)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory, session_smtp_sink: SmtpSink) -> Iterator[LiveServer]:
+    """``dmp-server serve`` in its own process, on a free loopback port, with the DMP rules on and
+    its mail going to an SMTP sink on loopback."""
+    with running_server(tmp_path_factory.mktemp("live") / "data", session_smtp_sink) as server:
+        yield server

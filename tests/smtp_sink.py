@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -42,6 +43,15 @@ class SmtpSink:
                 return found
             time.sleep(0.02)
         raise AssertionError(f"{count} mail(s) to {address} expected, {len(self.to(address))} received")
+
+
+def code_in(message: Message) -> str:
+    """The 6-digit one-time code a login mail carries."""
+    payload = message.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    found = re.search(r"\b([0-9]{6})\b", payload.decode("utf-8"))
+    assert found, payload
+    return found.group(1)
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from fhir_server.dmp.accounts.service import AccountService
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier, Token
 from tests.conftest import LiveServer
 from tests.dmp import INS_SYSTEM, EpochClock, World
-from tests.smtp_sink import SmtpSink
+from tests.smtp_sink import SmtpSink, code_in
 
 #: scrypt cost in these tests (fast); the default cost runs in the live-server test.
 COST = 2**4
@@ -74,18 +73,10 @@ class Mailbox:
         count = self.read.get(address, 0) + 1
         message = self.sink.wait_for(address, count)[count - 1]
         self.read[address] = count
-        return _code_in(message)
+        return code_in(message)
 
     def unread(self, address: str) -> int:
         return len(self.sink.to(address)) - self.read.get(address, 0)
-
-
-def _code_in(message: Message) -> str:
-    payload = message.get_payload(decode=True)
-    assert isinstance(payload, bytes)
-    found = re.search(r"\b([0-9]{6})\b", payload.decode("utf-8"))
-    assert found, payload
-    return found.group(1)
 
 
 @pytest.fixture

@@ -68,6 +68,7 @@ class Config:
     sqlite_cache_mb: int = 8  # SQLite page cache per connection (one connection per serving thread)
     sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk when acknowledged; NORMAL relaxes it
     master_key_file: Path | None = None  # the master keys elsewhere than data_dir/keys/master-keys.json
+    portal_idle_seconds: int = 900  # a « Mon DMP » session untouched this long is over
     ig_dir: Path = field(default=PROJECT_ROOT / "ig")
     capability_dir: Path = field(default=PROJECT_ROOT / "capability")
 
@@ -107,6 +108,7 @@ class Config:
             sqlite_cache_mb=_positive(env, "DMP_SQLITE_CACHE_MB", defaults.sqlite_cache_mb),
             sqlite_synchronous=(env.get("DMP_SQLITE_SYNCHRONOUS") or defaults.sqlite_synchronous).strip().upper(),
             master_key_file=Path(env["DMP_MASTER_KEY_FILE"]) if env.get("DMP_MASTER_KEY_FILE") else None,
+            portal_idle_seconds=_positive(env, "DMP_PORTAL_IDLE_SECONDS", defaults.portal_idle_seconds),
             max_body=_int(env, "DMP_MAX_BODY", defaults.max_body),
             max_binary_body=_int(env, "DMP_MAX_BINARY_BODY", 0) or None if binary else None,
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),
