@@ -35,9 +35,9 @@ from tests.smtp_sink import SmtpSink
 from tests.test_cda import make_cda
 
 COST = 2**4
-INS = "1800175123456"
-INS_REP = "1700475123459"
-INS_MINOR = "2150575123450"
+INS = "180017512345660"
+INS_REP = "170047512345913"
+INS_MINOR = "215057512345064"
 DR = "810002673899"
 OTHER_DR = "810000000099"
 EMAIL = "patient@example.org"

@@ -36,10 +36,10 @@ PROFESSION_SYSTEM = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR
 CLASS_SYSTEM = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
 CANON = "https://dmp.example.org/fhir"
 HL7 = "http://terminology.hl7.org/CodeSystem"
-PATIENT = "1850675123454"
-PARENT = "1700475123459"
-CHILD = "2150575123450"
-LATE = "1760175123451"
+PATIENT = "185067512345491"
+PARENT = "170047512345913"
+CHILD = "215057512345064"
+LATE = "176017512345167"
 DR = "810002673899"  # Dr Jean Dupont, who created the DMP
 GP = "810000000099"  # Dr Anne Bernard, in the directory
 ER = "810000000123"  # an emergency physician
@@ -347,7 +347,7 @@ def test_a_representative_acts_for_a_minor(live_server: LiveServer, browser: web
 
 def test_a_form_without_its_csrf_token_is_refused(live_server: LiveServer, browser: webdriver.Chrome) -> None:
     scene = Scene(live_server)
-    ins = "2920275123452"
+    ins = "292027512345224"
     pid = scene.record(ins, "Julie", "Roux", "1992-02-20")
     doc = scene.document(pid, ins, "Bilan", b"RAS", "text/plain", "2024-05-05T10:00:00Z")
     email = "julie.roux@example.org"
