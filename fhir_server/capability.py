@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from authz.authserver.discovery import token_endpoint
+from fhir_server.conformance.declarations import Declarations
 from fhir_server.interactions.operations import OPERATIONS
 from fhirmodel.searchparams import SearchParamRegistry
 
@@ -21,17 +22,6 @@ CANONICAL = "https://dmp.example.org/fhir/CapabilityStatement/dmp-server"
 #: the primary source since SMART 2.0; the extension stays for clients that read only /metadata).
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
-TYPE_INTERACTIONS = (
-    "read",
-    "vread",
-    "update",
-    "patch",
-    "delete",
-    "history-instance",
-    "history-type",
-    "create",
-    "search-type",
-)
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 FORMATS = ("application/fhir+json", "application/fhir+xml", "json", "xml")
 PATCH_FORMATS = ("application/json-patch+json", "application/fhir+json", "application/fhir+xml")
@@ -39,8 +29,18 @@ PATCH_FORMATS = ("application/json-patch+json", "application/fhir+json", "applic
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_has")
 
 
-def capability_statement(registry: SearchParamRegistry, served_types: tuple[str, ...], base_url: str) -> dict[str, Any]:
-    resources = [_resource(registry, served_types, rtype) for rtype in served_types]
+def capability_statement(
+    registry: SearchParamRegistry,
+    served_types: tuple[str, ...],
+    base_url: str,
+    declarations: Declarations,
+    profiles: dict[str, list[str]],
+) -> dict[str, Any]:
+    """The statement; ``profiles`` are the canonical urls of the profiles the server knows (and
+    checks, ``profiles/``) per type they constrain."""
+    resources = [
+        _resource(registry, served_types, rtype, declarations, profiles.get(rtype, [])) for rtype in served_types
+    ]
     return {
         "resourceType": "CapabilityStatement",
         "id": SOFTWARE_NAME,
@@ -52,11 +52,13 @@ def capability_statement(registry: SearchParamRegistry, served_types: tuple[str,
         "date": RELEASE_DATE,
         "publisher": "dmp-server project",
         "kind": "instance",
+        "instantiates": list(declarations.instantiates),
         "software": {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION},
         "implementation": {"description": "DMP health-document server", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": list(FORMATS),
         "patchFormat": list(PATCH_FORMATS),
+        "implementationGuide": list(declarations.implementation_guides),
         "rest": [
             {
                 "mode": "server",
@@ -94,20 +96,32 @@ def capability_statement(registry: SearchParamRegistry, served_types: tuple[str,
     }
 
 
-def _resource(registry: SearchParamRegistry, served_types: tuple[str, ...], rtype: str) -> dict[str, Any]:
+def _resource(
+    registry: SearchParamRegistry,
+    served_types: tuple[str, ...],
+    rtype: str,
+    declarations: Declarations,
+    supported_profiles: list[str],
+) -> dict[str, Any]:
     """What the server supports for one type: interactions, search parameters, operations."""
     params = registry.for_type(rtype)
     entry: dict[str, Any] = {
         "type": rtype,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
-        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+    }
+    if supported_profiles:
+        entry["supportedProfile"] = sorted(supported_profiles)
+    offered = declarations.interactions[rtype]
+    entry |= {
+        "interaction": [{"code": code} for code in offered],
         "versioning": "versioned-update",
-        "readHistory": True,
-        "updateCreate": True,
-        "conditionalCreate": True,
-        "conditionalRead": "not-supported",
-        "conditionalUpdate": True,
-        "conditionalDelete": "single",
+        "readHistory": "vread" in offered,
+        "updateCreate": "update" in offered,
+        "conditionalCreate": "create" in offered,
+        # If-None-Match (ETag) and If-Modified-Since both answer 304 on a read.
+        "conditionalRead": "full-support" if "read" in offered else "not-supported",
+        "conditionalUpdate": "update" in offered,
+        "conditionalDelete": "single" if "delete" in offered else "not-supported",
         "referencePolicy": ["literal", "logical", "resolves"],
         "searchInclude": sorted(f"{rtype}:{p.code}" for p in params.values() if p.type == "reference"),
         "searchRevInclude": sorted(
@@ -121,7 +135,9 @@ def _resource(registry: SearchParamRegistry, served_types: tuple[str, ...], rtyp
         ],
     }
     # R4: operation.name is the name without "$"; the definition is the OperationDefinition's url.
-    operations = [{"name": op.name, "definition": op.definition} for op in OPERATIONS if op.resource_type == rtype]
+    operations = [
+        {"name": op.name, "definition": op.definition} for op in OPERATIONS if op.resource_type in (rtype, "Resource")
+    ]
     if operations:
         entry["operation"] = operations
     return entry

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_server.config import Config
+from fhir_server.conformance.declarations import TYPE_INTERACTIONS, Declarations
 from fhir_server.documents.codes import DocumentCodes
 from fhir_server.errors import FhirError, bad_request
 from fhir_server.guard import Gatekeeper
@@ -51,6 +52,7 @@ class Route:
     interaction: str
     run: Callable[[], FhirResponse]
     public: bool = False  # answered without credentials (the CapabilityStatement)
+    resource_type: str | None = None  # the type searched when it is not the path's first (compartments)
 
 
 @dataclass
@@ -65,11 +67,17 @@ class FhirService:
     document_codes: DocumentCodes  # what a DocumentReference may say it is (CONTRACT §5)
     served_types: tuple[str, ...] = SERVED_TYPES
     capability: dict[str, Any] = field(init=False)
+    declarations: Declarations = field(init=False)  # what each type allows (ig/capability)
 
     def __post_init__(self) -> None:
         from fhir_server.capability import capability_statement
+        from fhir_server.documents.profiles import load_profiles
 
-        self.capability = capability_statement(self.registry, self.served_types, self.config.base_url)
+        self.declarations = Declarations.load(self.config.ig_dir / "capability" / "capability.json", self.served_types)
+        profiles = load_profiles().resource_profiles()
+        self.capability = capability_statement(
+            self.registry, self.served_types, self.config.base_url, self.declarations, profiles
+        )
 
     def index(self, resource: dict[str, Any]) -> Any:
         return extract_index(self.registry, resource, self.config.base_url)
@@ -117,7 +125,15 @@ class FhirService:
         return response
 
     def route(self, req: FhirRequest) -> Route:
-        """The interaction a request asks for, ready to run."""
+        """The interaction a request asks for, ready to run; 405 for one its type does not offer
+        (the same table the CapabilityStatement lists)."""
+        route = self._route(req)
+        rtype = route.resource_type or next((s for s in (req.path or "").split("/") if s), "")
+        if route.interaction in TYPE_INTERACTIONS and not self.declarations.allows(rtype, route.interaction):
+            raise FhirError(405, f"{rtype} does not offer the {route.interaction} interaction", "not-supported")
+        return route
+
+    def _route(self, req: FhirRequest) -> Route:
         from fhir_server.interactions import bundle, history, instance, search, system
 
         segments = [s for s in req.path.split("/") if s] if req.path else []
