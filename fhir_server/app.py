@@ -16,6 +16,7 @@ from authz.authserver.service import build_account_service
 from authz.gate import build_gatekeeper
 from fhir_server.account_http import account_endpoints, register_account_routes
 from fhir_server.config import Config
+from fhir_server.conformance.invariants import InvariantSet
 from fhir_server.documents.codes import DocumentCodes
 from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
@@ -57,7 +58,9 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekee
         registry=registry,
         terminology=terminology,
         parser=SearchParser(registry, terminology, config.base_url, config.max_count),
-        validator=ResourceValidator(frozenset(SERVED_TYPES)),
+        validator=ResourceValidator(
+            frozenset(SERVED_TYPES), InvariantSet.load(config.ig_dir / "invariants" / "r4-invariants.json")
+        ),
         gatekeeper=gatekeeper(config, store, terminology),
         document_codes=DocumentCodes.of(terminology),
     )

@@ -129,7 +129,8 @@ class FhirService:
         (the same table the CapabilityStatement lists)."""
         route = self._route(req)
         rtype = route.resource_type or next((s for s in (req.path or "").split("/") if s), "")
-        if route.interaction in TYPE_INTERACTIONS and not self.declarations.allows(rtype, route.interaction):
+        typed = rtype in self.served_types  # not the pages of a search, asked at the base
+        if typed and route.interaction in TYPE_INTERACTIONS and not self.declarations.allows(rtype, route.interaction):
             raise FhirError(405, f"{rtype} does not offer the {route.interaction} interaction", "not-supported")
         return route
 
@@ -187,6 +188,9 @@ class FhirService:
                 case "DELETE":
                     return Route("delete", lambda: instance.delete(self, req, rtype, rid))
             raise FhirError(405, f"{method} is not supported on {rtype}/{rid}", "not-supported")
+        if rtype == "Patient" and len(segments) == 3 and segments[2] in self.served_types and method == "GET":
+            searched = segments[2]  # a compartment search, R4 §3.1.1.1.1 (GET only)
+            return Route("search-type", lambda: search.search(self, req, searched, rid), resource_type=searched)
         if segments[2].startswith("$") and len(segments) == 3:
             return self._operation(req, rtype, rid, segments[2][1:], method)
         if segments[2] == "_history" and len(segments) in (3, 4):
@@ -205,7 +209,8 @@ class FhirService:
         if operation is None:
             where = rtype if rid is None else f"{rtype}/[id]"
             raise FhirError(404, f"the operation ${name} is not supported on {where}", "not-supported")
-        self._only(method, operation.method)
+        if method not in operation.methods:
+            raise FhirError(405, f"{method} is not supported for ${name}", "not-supported")
         return Route("operation", lambda: operation.run(self, req, rid))
 
     def resource_type(self, name: str) -> str:

@@ -79,6 +79,10 @@ class SearchParamRegistry:
     def for_type(self, resource_type: str) -> dict[str, SearchParam]:
         return self._by_type.get(resource_type, {})
 
+    def types(self) -> list[str]:
+        """The resource types with search parameters (the served ones), in name order."""
+        return sorted(self._by_type)
+
     @classmethod
     def load(cls, folder: Path, resource_types: Iterable[str]) -> SearchParamRegistry:
         """Read every SearchParameter in ``folder`` and compile it for the served types.

@@ -63,7 +63,7 @@ def test_local_operation_definitions_match_the_operations_served(client: FlaskCl
     from fhir_server.export.operation import PART
     from fhir_server.interactions.operations import OPERATIONS
 
-    inputs = {"dmp-export": {PART}}
+    inputs = {"dmp-export": {PART}, "validate": {"resource", "mode", "profile"}}
     statement = client.get("/fhir/metadata").get_json()
     advertised = {
         (resource["type"], op["name"], op["definition"])
@@ -80,12 +80,13 @@ def test_local_operation_definitions_match_the_operations_served(client: FlaskCl
         assert definition["code"] == operation.name
         assert definition["resource"] == [operation.resource_type]
         assert (definition["type"], definition["instance"]) == (
-            operation.level == "type",
-            operation.level == "instance",
+            "type" in operation.levels,
+            "instance" in operation.levels,
         )
         assert definition["system"] is False
         assert {p["name"] for p in definition["parameter"] if p["use"] == "in"} == inputs[operation.name]
-        assert (operation.resource_type, operation.name, definition["url"]) in advertised
+        types = SERVED_TYPES if operation.resource_type == "Resource" else (operation.resource_type,)
+        assert all((rtype, operation.name, definition["url"]) in advertised for rtype in types)
 
 
 def _interaction_request(fhir: Fhir, rtype: str, interaction: str) -> tuple[str, str, Any, dict[str, str]]:

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 from fhir_server.alerts.admission import admit_subscription
 from fhir_server.documents import publish, replacement
 from fhir_server.errors import FhirError, bad_request, not_found
-from fhir_server.interactions.common import new_id, parse_etag, version_headers, written
+from fhir_server.interactions.common import new_id, not_modified_since, parse_etag, version_headers, written
 from fhir_server.interactions.search import result_params, shape
 from fhir_server.messages import FhirRequest, FhirResponse
 from fhir_server.patching import apply_patch
@@ -38,6 +38,8 @@ def read(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirRespon
     headers = version_headers(svc, stored)
     if_none_match = req.header("If-None-Match")
     if if_none_match and parse_etag(if_none_match) == stored.version:
+        return FhirResponse(304, None, headers)
+    if not if_none_match and not_modified_since(req.header("If-Modified-Since"), stored.last_updated):
         return FhirResponse(304, None, headers)
     return FhirResponse(200, shape(req, stored, *result_params(req.params)), headers)
 

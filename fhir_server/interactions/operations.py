@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from fhir_server.conformance.validate import VALIDATE, validate
 from fhir_server.documents.generate_metadata import GENERATE_METADATA, generate_metadata
 from fhir_server.export.operation import DMP_EXPORT, dmp_export
 from fhir_server.interactions.everything import EVERYTHING, everything
@@ -30,18 +31,22 @@ Implementation = Callable[["FhirService", FhirRequest, "str | None"], FhirRespon
 class Operation:
     """One operation: where it is invoked, its OperationDefinition, and its implementation."""
 
-    resource_type: str
+    resource_type: str  # "Resource": on every served type
     name: str  # without the "$"
     definition: str  # OperationDefinition canonical, for the CapabilityStatement
     run: Implementation
-    method: str = "POST"
-    level: Level = "type"
+    methods: tuple[str, ...] = ("POST",)
+    levels: tuple[Level, ...] = ("type",)
 
 
 def find(resource_type: str, name: str, level: Level) -> Operation | None:
     """The operation ``$name`` on ``resource_type`` at that level, if the server implements it."""
     return next(
-        (op for op in OPERATIONS if (op.resource_type, op.name, op.level) == (resource_type, name, level)),
+        (
+            op
+            for op in OPERATIONS
+            if op.name == name and op.resource_type in (resource_type, "Resource") and level in op.levels
+        ),
         None,
     )
 
@@ -53,6 +58,7 @@ OPERATIONS: tuple[Operation, ...] = (
         GENERATE_METADATA,
         lambda svc, req, _id: generate_metadata(svc, req),
     ),
-    Operation("Patient", "everything", EVERYTHING, everything, method="GET", level="instance"),
-    Operation("Patient", "dmp-export", DMP_EXPORT, dmp_export, method="GET", level="instance"),
+    Operation("Patient", "everything", EVERYTHING, everything, methods=("GET",), levels=("instance",)),
+    Operation("Patient", "dmp-export", DMP_EXPORT, dmp_export, methods=("GET",), levels=("instance",)),
+    Operation("Resource", "validate", VALIDATE, validate, methods=("GET", "POST"), levels=("type", "instance")),
 )

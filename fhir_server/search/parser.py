@@ -151,7 +151,7 @@ class SearchParser:
                 elif name == "_sort":
                     sort = self._sort(resource_type, value)
                 elif name in ("_include", "_revinclude") or name.startswith(("_include:", "_revinclude:")):
-                    includes.append(self._include(resource_type, name, value))
+                    includes.extend(self._includes(resource_type, name, value))
                 elif name == "_summary":
                     if value not in SUMMARY_MODES:
                         raise bad_request(f"_summary must be one of {', '.join(sorted(SUMMARY_MODES))}")
@@ -215,6 +215,21 @@ class SearchParser:
                 raise bad_request(f"cannot sort {resource_type} by unknown parameter '{code}'")
             keys.append(SortKey(code, desc))
         return tuple(keys)
+
+    def _includes(self, resource_type: str, name: str, value: str) -> list[Include]:
+        """One ``_include``/``_revinclude``; the bare wildcard ``*`` means every reference
+        parameter: of the matches (``_include=*``; with ``:iterate``, of whatever was included too)
+        or of every served type that may refer to them (``_revinclude=*``)."""
+        if value != "*":
+            return [self._include(resource_type, name, value)]
+        reverse = name.startswith("_revinclude")
+        iterate = name.endswith((":iterate", ":recurse"))
+        sources = [resource_type] if not reverse and not iterate else self.registry.types()
+        return [
+            Include(source, None, None, reverse, iterate)
+            for source in sources
+            if any(p.type == "reference" for p in self.registry.for_type(source).values())
+        ]
 
     def _include(self, resource_type: str, name: str, value: str) -> Include:
         reverse = name.startswith("_revinclude")
