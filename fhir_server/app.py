@@ -16,6 +16,7 @@ from authz.authserver.service import build_account_service
 from authz.gate import build_gatekeeper
 from fhir_server.account_http import account_endpoints, register_account_routes
 from fhir_server.config import Config
+from fhir_server.conformance.api_page import register_api_description_routes
 from fhir_server.conformance.invariants import InvariantSet
 from fhir_server.documents.codes import DocumentCodes
 from fhir_server.guard import Gatekeeper
@@ -76,6 +77,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body, config.max_binary_body or 0)
     app.extensions["fhir_service"] = service
     register_routes(app, service)
+    register_api_description_routes(app, service)
     auth = build_authorization_server(config, service.store, clock=clock)
     register_oauth_routes(app, auth, config.base_path)
     accounts = build_account_service(config, service, clock=clock, issuer=auth.issuer)

@@ -160,3 +160,32 @@ def test_statement_declares_profiles_actors_and_guides(client: FlaskClient) -> N
     actors = "https://profiles.ihe.net/ITI/MHD/CapabilityStatement/IHE.MHD."
     assert {f"{actors}DocumentRecipient", f"{actors}DocumentResponder"} <= set(statement["instantiates"])
     assert "https://profiles.ihe.net/ITI/MHD/ImplementationGuide/ihe.iti.mhd" in statement["implementationGuide"]
+
+
+def test_openapi_document_follows_the_statement(client: FlaskClient) -> None:
+    response = client.get("/fhir/openapi.json")  # no token, like /metadata
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    statement = client.get("/fhir/metadata").get_json()
+    for resource in statement["rest"][0]["resource"]:
+        rtype, offered = resource["type"], {i["code"] for i in resource["interaction"]}
+        assert ("post" in paths.get(f"/{rtype}", {})) == ("create" in offered), rtype
+        assert ("delete" in paths.get(f"/{rtype}/{{id}}", {})) == ("delete" in offered), rtype
+        searched = {p["name"] for p in paths[f"/{rtype}"]["get"]["parameters"]}
+        assert {p["name"] for p in resource["searchParam"]} <= searched
+        assert "post" in paths[f"/{rtype}/$validate"] and "get" in paths[f"/{rtype}/{{id}}/$validate"]
+    assert "get" in paths["/Patient/{id}/$everything"]
+    assert paths["/metadata"]["get"]["security"] == []
+
+
+def test_browsable_api_page(client: FlaskClient) -> None:
+    response = client.get("/fhir/api")
+    assert response.status_code == 200 and response.content_type.startswith("text/html")
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    page = response.get_data(as_text=True)
+    assert "<script" not in page and "http-equiv" not in page and "<link" not in page
+    assert 'id="DocumentReference"' in page and "<code>$validate</code>" in page
+    assert "<code>$everything</code>" in page and "<code>subject</code>" in page
+    assert "search-type" in page
