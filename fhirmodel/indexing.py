@@ -8,8 +8,9 @@ way (SQLite tables, MongoDB sub-documents).
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -221,7 +222,22 @@ def values_for(param: SearchParam, typed: list[Typed], base_url: str | None) -> 
                 out.extend(_references(value, base_url))
             case "uri":
                 out.extend(_uris(value))
+            case "composite":
+                out.extend(_composites(param, (value, vtype), base_url))
     return list(dict.fromkeys(out))  # drop duplicates, keep order
+
+
+def _composites(param: SearchParam, element: Typed, base_url: str | None) -> list[TokenValue]:
+    """A composite's values for one element its expression found: every combination of its
+    components' values, as tokens whose code is the combination's key
+    (:func:`fhirmodel.composite.key`), so that the components of one element match together."""
+    from fhirmodel.composite import component_keys, key
+
+    per_component = []
+    for component in param.components:
+        values = values_for(replace(param, type=component.type), component.extractor(element), base_url)
+        per_component.append([k for v in values for k in component_keys(v)])
+    return [TokenValue(None, key(combination), None) for combination in itertools.product(*per_component)]
 
 
 def extract_index(

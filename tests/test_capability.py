@@ -33,6 +33,7 @@ def test_every_advertised_search_parameter_is_usable(client: FlaskClient, servic
         "uri": "http://x",
         "number": "1",
         "quantity": "1",
+        "composite": "x$Patient/1",
     }
     for resource in statement["rest"][0]["resource"]:
         assert resource["searchParam"], resource["type"]

@@ -153,3 +153,37 @@ def test_hidden_documents_stay_hidden_through_these_searches(world: World) -> No
     assert patient.get(f"DocumentReference/{hidden}/_history?_at=2020").status_code == 404
     history = patient.get("DocumentReference/_history?_at=2000-01-01T00:00:00Z").get_json()
     assert hidden not in {e.get("resource", {}).get("id") for e in history.get("entry", [])}
+
+
+def test_composite_relationship_matches_both_components_on_one_element(fhir: Fhir) -> None:
+    _patient(fhir, "p1")
+    for did in ("old1", "old2"):
+        _document(fhir, did, "p1")
+    both = [
+        {"code": "replaces", "target": {"reference": "DocumentReference/old1"}},
+        {"code": "appends", "target": {"reference": "DocumentReference/old2"}},
+    ]
+    _document(fhir, "new", "p1", relatesTo=both)
+    _document(
+        fhir, "other", "p1", relatesTo=[{"code": "transforms", "target": {"reference": "DocumentReference/old1"}}]
+    )
+    assert fhir.ids("DocumentReference?relationship=replaces$DocumentReference/old1") == {"new"}
+    assert fhir.ids("DocumentReference?relationship=replaces$old1") == {"new"}
+    assert fhir.ids("DocumentReference?relationship=appends$old2,transforms$old1") == {"new", "other"}
+    # The code of one relatesTo with the target of another is no match.
+    assert fhir.ids("DocumentReference?relationship=replaces$DocumentReference/old2") == set()
+    assert fhir.ids("DocumentReference?relationship=transforms$old2") == set()
+    assert fhir.ids("DocumentReference?relationship:missing=true") == {"old1", "old2"}
+    strict = {"Prefer": "handling=strict"}
+    assert fhir.request("GET", "DocumentReference?relationship=replaces", headers=strict).status_code == 400
+    assert fhir.request("GET", "DocumentReference?relationship=a$b$c", headers=strict).status_code == 400
+
+
+def test_composite_search_keeps_hidden_documents_hidden(world: World) -> None:
+    pid = world.seed_patient(INS_A)
+    target = world.seed_document(pid)
+    replaces = [{"code": "replaces", "target": {"reference": f"DocumentReference/{target}"}}]
+    visible = world.seed_document(pid, relatesTo=replaces)
+    hidden = world.seed_document(pid, labels=(INVISIBLE_TO_PATIENT,), relatesTo=replaces)
+    found = world.patient(INS_A).ids(f"DocumentReference?patient={pid}&relationship=replaces${target}")
+    assert found == {visible} and hidden not in found

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from fhir_server.errors import bad_request
+from fhirmodel.composite import KEYED_TYPES, key, search_form
 from fhirmodel.dates import DateFormatError, date_range, now_us
 from fhirmodel.indexing import normalize_string, parse_reference
 from fhirmodel.schema import is_resource_type
@@ -373,7 +374,23 @@ class SearchParser:
             case "uri":
                 mode = modifier if modifier in ("below", "above") else "eq"
                 return Uri(param.code, _unescape(raw), mode)  # type: ignore[arg-type]
+            case "composite":
+                return self._composite(param, raw)
         raise _Unsupported(f"{param.type} parameters are not supported")
+
+    def _composite(self, param: SearchParam, raw: str) -> Expr:
+        """``a$b``: one element whose components hold ``a`` and ``b`` (:mod:`fhirmodel.composite`)."""
+        values = split_escaped(raw, "$")
+        if len(values) != len(param.components):
+            raise bad_request(f"{param.code}: expected {len(param.components)} values separated by '$'")
+        parts = []
+        for component, value in zip(param.components, values, strict=True):
+            if component.type not in KEYED_TYPES:
+                raise _Unsupported(f"{param.code}: {component.type} components are not supported")
+            if value == "":
+                raise bad_request(f"{param.code}: empty component value")
+            parts.append(search_form(component.type, value, self.base_url))
+        return Token(param.code, ANY_SYSTEM, key(parts))
 
     def _token(self, param: SearchParam, modifier: str, raw: str) -> Expr:
         if modifier == "text":
