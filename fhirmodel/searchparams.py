@@ -21,7 +21,7 @@ MODIFIERS: dict[str, frozenset[str]] = {
     "number": frozenset({"missing"}),
     "date": frozenset({"missing"}),
     "string": frozenset({"missing", "exact", "contains"}),
-    "token": frozenset({"missing", "text", "not", "in", "not-in", "of-type"}),
+    "token": frozenset({"missing", "text", "not", "in", "not-in", "of-type", "below"}),
     "reference": frozenset({"missing", "identifier"}),  # plus ":<Type>", checked separately
     "quantity": frozenset({"missing"}),
     "uri": frozenset({"missing", "below", "above"}),

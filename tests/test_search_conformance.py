@@ -9,6 +9,10 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 from authz.terms import INVISIBLE_TO_PATIENT
+from fhir_server.search.parser import SearchParser
+from fhir_server.service import FhirService
+from fhirmodel.terminology import Terminology
+from storage.query import TokenIn
 from tests.conftest import Fhir
 from tests.dmp import World
 
@@ -187,3 +191,39 @@ def test_composite_search_keeps_hidden_documents_hidden(world: World) -> None:
     hidden = world.seed_document(pid, labels=(INVISIBLE_TO_PATIENT,), relatesTo=replaces)
     found = world.patient(INS_A).ids(f"DocumentReference?patient={pid}&relationship=replaces${target}")
     assert found == {visible} and hidden not in found
+
+
+CLASSES = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
+
+
+def test_token_below_follows_the_code_system_hierarchy(service: FhirService) -> None:
+    """``:below`` is subsumption: the code and every code nested under it in the CodeSystem."""
+    tree = {
+        "resourceType": "CodeSystem",
+        "url": "http://example.org/cs/tree",
+        "concept": [
+            {"code": "A", "concept": [{"code": "A1", "concept": [{"code": "A1x"}]}, {"code": "A2"}]},
+            {"code": "B"},
+        ],
+    }
+    parser = SearchParser(service.registry, Terminology([tree]), service.config.base_url, 100)
+    where = parser.parse(
+        "DocumentReference", [("category:below", "http://example.org/cs/tree|A")], strict=True, default_count=10
+    )
+    assert where.query.where == TokenIn(
+        "category", frozenset(("http://example.org/cs/tree", c) for c in ("A", "A1", "A1x", "A2"))
+    )
+    leaf = parser.parse(
+        "DocumentReference", [("category:below", "http://example.org/cs/tree|B")], strict=True, default_count=10
+    )
+    assert leaf.query.where == TokenIn("category", frozenset({("http://example.org/cs/tree", "B")}))
+
+
+def test_token_below_over_http(fhir: Fhir) -> None:
+    _patient(fhir, "p1")
+    _document(fhir, "d1", "p1", category=[{"coding": [{"system": CLASSES, "code": "11"}]}])
+    _document(fhir, "d2", "p1", category=[{"coding": [{"system": CLASSES, "code": "10"}]}])
+    assert fhir.ids(f"DocumentReference?category:below={CLASSES}|11") == {"d1"}
+    strict = {"Prefer": "handling=strict"}
+    for bad in ("11", "http://example.org/unknown|11", f"{CLASSES}|nope"):
+        assert fhir.request("GET", f"DocumentReference?category:below={bad}", headers=strict).status_code == 400

@@ -400,6 +400,8 @@ class SearchParser:
             if codes is None:
                 raise bad_request(f"{param.code}:in: ValueSet '{raw}' is not known to this server", code="not-found")
             return TokenIn(param.code, codes)
+        if modifier == "below":
+            return self._below(param, raw)
         if modifier == "of-type":
             pieces = split_escaped(raw, "|")
             if len(pieces) != 3:
@@ -410,6 +412,20 @@ class SearchParser:
             return Token(param.code, ANY_SYSTEM, pieces[0])
         system, code = pieces
         return Token(param.code, system or None, code or None)
+
+    def _below(self, param: SearchParam, raw: str) -> Expr:
+        """Token ``:below`` (R4 search.html, token): codings subsumed by ``system|code`` — the code
+        itself and those below it in the local CodeSystem's hierarchy (:meth:`Terminology.subsumed`).
+        A system the server does not hold cannot be answered (400), rather than answered as
+        ``system|code`` alone, which would hide what is below."""
+        pieces = [_unescape(p) for p in _split_unescaped_once(raw, "|")]
+        if len(pieces) != 2 or not pieces[0] or not pieces[1]:
+            raise bad_request(f"{param.code}:below: expected system|code")
+        system, code = pieces
+        codes = self.terminology.subsumed(system, code)
+        if codes is None:
+            raise bad_request(f"{param.code}:below: {system}|{code} is not a code of a CodeSystem known to this server")
+        return TokenIn(param.code, frozenset((system, c) for c in codes))
 
     def _number(self, param: SearchParam, prefix: Prefix, text: str) -> Expr:
         try:
