@@ -12,39 +12,15 @@ composite and such a value is refused.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from fhirmodel.indexing import IndexValue, ReferenceValue, TokenValue, UriValue, parse_reference
+from fhirmodel.indexing import parse_reference
 
 #: Component types a composite key can hold (equality makes sense for them).
 KEYED_TYPES = frozenset({"token", "reference", "uri"})
 
 
-def _escape(part: str) -> str:
-    return part.replace("\\", "\\\\").replace("$", "\\$")
-
-
-def key(parts: Sequence[str]) -> str:
-    """The index key of one combination of component values (each already in a search form)."""
-    return "$".join(_escape(part) for part in parts)
-
-
-def component_keys(value: IndexValue) -> list[str]:
-    """Every form a search may name one indexed component value by."""
-    match value:
-        case TokenValue(system=system, code=code) if code is not None:
-            return [code, f"{system or ''}|{code}"]
-        case ReferenceValue(target_type=rtype, target_id=rid, url=url):
-            if url is not None:
-                return [url]
-            return [rid, f"{rtype}/{rid}"] if rtype and rid else [rid] if rid else []
-        case UriValue(value=uri):
-            return [uri]
-    return []
-
-
 def search_form(component_type: str, raw: str, base_url: str) -> str:
-    """A searched component value in the form :func:`component_keys` indexes it under."""
+    """A searched component value in the form :func:`fhirmodel.indexing.component_keys` indexes
+    it under (joined with the others by :func:`fhirmodel.indexing.composite_key`)."""
     if component_type == "reference":
         rtype, rid, url = parse_reference(raw, base_url)
         if url is not None:  # an absolute URL, or a bare id: indexed as they are

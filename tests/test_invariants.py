@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fhir_server.conformance.invariants import InvariantSet
-from fhir_server.service import FhirService
+from fhir_server.fhir.invariants import InvariantSet
+from fhir_server.fhir.service import FhirService
 from tests.conftest import Fhir
 from tests.dmp import World
 from tests.paths import ROOT

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 from authz.terms import INVISIBLE_TO_PATIENT
-from fhir_server.search.parser import SearchParser
-from fhir_server.service import FhirService
+from fhir_server.fhir.search.parser import SearchParser
+from fhir_server.fhir.service import FhirService
 from fhirmodel.terminology import Terminology
 from storage.query import TokenIn
 from tests.conftest import Fhir

@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from fhir_server.conformance.invariants import Invariant, compile_invariant  # noqa: E402
-from fhir_server.service import SERVED_TYPES  # noqa: E402
+from fhir_server.fhir.invariants import Invariant, compile_invariant  # noqa: E402
+from fhir_server.fhir.service import SERVED_TYPES  # noqa: E402
 
 OUTPUT = ROOT / "ig" / "invariants" / "r4-invariants.json"
 #: Examples larger than this (the specification's own definition Bundles) are not used for trials.
