@@ -9,9 +9,9 @@ as that write would check them — nothing is written. The answer is an Operatio
 whatever it finds; a request that cannot be understood is ``400``, and what the caller may not
 read is ``404``/``403`` as for a read.
 
-A ``meta.profile`` the server does not know is reported as a warning: the R4 rules say a server
-need not check profiles it does not know (it may reject the resource, or keep it; this server
-keeps it and says so here).
+A ``meta.profile`` the server does not know is reported as a warning: in R4 it is the sender's
+claim, which a server is not required to verify; a write carrying one is accepted (a server may
+refuse such profiles or accept them; this one accepts them and says so here).
 """
 
 from __future__ import annotations
