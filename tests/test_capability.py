@@ -177,6 +177,8 @@ def test_openapi_document_follows_the_statement(client: FlaskClient) -> None:
         assert {p["name"] for p in resource["searchParam"]} <= searched
         assert "post" in paths[f"/{rtype}/$validate"] and "get" in paths[f"/{rtype}/{{id}}/$validate"]
     assert "get" in paths["/Patient/{id}/$everything"]
+    assert statement["rest"][0]["compartment"] == ["http://hl7.org/fhir/CompartmentDefinition/patient"]
+    assert "get" in paths["/Patient/{id}/DocumentReference"] and "/Patient/{id}/Organization" not in paths
     assert paths["/metadata"]["get"]["security"] == []
 
 

@@ -26,6 +26,7 @@ OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-u
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 FORMATS = ("application/fhir+json", "application/fhir+xml", "json", "xml")
 PATCH_FORMATS = ("application/json-patch+json", "application/fhir+json", "application/fhir+xml")
+PATIENT_COMPARTMENT_DEFINITION = "http://hl7.org/fhir/CompartmentDefinition/patient"
 #: Search result parameters every type supports (R4 §3.1.1.5).
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_has")
 
@@ -103,6 +104,8 @@ def capability_statement(
                 },
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                # Searches in a patient's compartment: GET Patient/[id]/[type] (R4 §3.1.1.1.1).
+                "compartment": [PATIENT_COMPARTMENT_DEFINITION],
                 "searchParam": [
                     {"name": name, "type": "special" if name == "_has" else "number" if name == "_count" else "string"}
                     for name in RESULT_PARAMS

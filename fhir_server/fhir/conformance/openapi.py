@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_server.fhir.capability import PATIENT_COMPARTMENT_DEFINITION
+from fhir_server.fhir.interactions.compartment import PATIENT_COMPARTMENT
 from fhir_server.fhir.service import Operation
 
 FHIR_JSON = "application/fhir+json"
@@ -47,6 +49,12 @@ def openapi_document(capability: dict[str, Any], operations: tuple[Operation, ..
         paths["/_history"] = {"get": _op("The history of every resource", "history-system", [], FHIR_JSON)}
     for resource in rest["resource"]:
         _type_paths(paths, resource, rest.get("searchParam", []), operations)
+    if PATIENT_COMPARTMENT_DEFINITION in rest.get("compartment", []):
+        for resource in rest["resource"]:
+            if resource["type"] in PATIENT_COMPARTMENT:
+                rtype, params = resource["type"], [_search_param(p) for p in resource.get("searchParam", [])]
+                summary, op_id = f"Search {rtype} in a patient's compartment", f"search-Patient-compartment-{rtype}"
+                paths[f"/Patient/{{id}}/{rtype}"] = {"get": _op(summary, op_id, [_ID, *params], FHIR_JSON)}
     return {
         "openapi": "3.0.3",
         "info": {

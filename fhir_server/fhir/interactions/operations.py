@@ -8,8 +8,8 @@ CapabilityStatement lists every registered operation under its resource type.
 
 from __future__ import annotations
 
-from fhir_server.fhir.conformance.validate import VALIDATE, validate
 from fhir_server.fhir.interactions.everything import EVERYTHING, everything
+from fhir_server.fhir.interactions.validate import VALIDATE, validate
 from fhir_server.fhir.service import Extensions, Level, Operation
 
 #: The operations of the FHIR machinery itself; capabilities register theirs the same way.
