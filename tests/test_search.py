@@ -188,6 +188,8 @@ def consent(cid: str, **extra: Any) -> dict[str, Any]:
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
         },
         "category": [{"coding": [{"system": LOINC, "code": "59284-0"}]}],
+        # R4 ppc-1: a Consent names a policy or a policy rule (checked on every write).
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
         **extra,
     }
 
