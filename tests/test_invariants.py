@@ -12,7 +12,7 @@ from tests.dmp import World
 from tests.paths import ROOT
 
 INVARIANTS = ROOT / "ig" / "invariants" / "r4-invariants.json"
-INS_A = "1800175123456"
+INS_A = "180017512345660"
 
 
 def _patient(**elements: Any) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def test_validate_is_checked_like_the_read_or_write_it_stands_for(world: World) 
     pid = world.seed_patient(INS_A)
     patient = world.patient(INS_A)
     assert patient.get(f"Patient/{pid}/$validate").status_code == 200
-    stranger = world.patient("2850375123457")
+    stranger = world.patient("285037512345787")
     assert stranger.get(f"Patient/{pid}/$validate").status_code in (403, 404)
     event = {"resourceType": "AuditEvent"}
     answer = patient.post("AuditEvent/$validate?mode=create", event)

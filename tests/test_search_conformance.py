@@ -16,8 +16,8 @@ from storage.query import TokenIn
 from tests.conftest import Fhir
 from tests.dmp import World
 
-INS_A = "1800175123456"
-INS_B = "2850375123457"
+INS_A = "180017512345660"
+INS_B = "285037512345787"
 
 
 def _patient(fhir: Fhir, pid: str) -> None:

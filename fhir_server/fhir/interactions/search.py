@@ -16,6 +16,7 @@ import orjson
 
 from fhir_server.fhir.interactions.compartment import PATIENT_COMPARTMENT, compartment_members
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
+from fhir_server.fhir.numbers import natural
 from fhir_server.fhir.search.parser import PAGING_PARAMS, ParsedSearch
 from fhir_server.fhir.service import FhirService
 from fhir_server.fhir.summary import select_elements, summarize
@@ -63,10 +64,10 @@ def page_state(svc: FhirService, req: FhirRequest) -> tuple[dict[str, Any] | Non
     state: dict[str, Any] = orjson.loads(raw)
     if state.get("principal") != req.principal:
         raise FhirError(410, "this search has expired: run it again", "expired")
-    offset = values.get("_getpagesoffset", "0")
-    if not offset.isdigit():
+    offset = natural(values.get("_getpagesoffset", "0"))
+    if offset is None:
         raise bad_request("_getpagesoffset must be a non-negative integer")
-    return state, int(offset)
+    return state, offset
 
 
 def paged_params(state: dict[str, Any], req: FhirRequest) -> list[tuple[str, str]]:
@@ -90,8 +91,10 @@ def search(svc: FhirService, req: FhirRequest, rtype: str, patient: str | None =
         query = replace(parsed.query, offset=offset, watermark=state["watermark"])
         session_key: str | None = dict(req.params)["_getpages"]
     else:
-        named = [name for name, _ in req.params] + list(PATIENT_COMPARTMENT.get(rtype, ()) if patient else ())
-        req.checks.check_search(rtype, named)
+        # A compartment search is checked as its equivalent, which names the patient by each of
+        # the compartment's parameters (R1: another patient's compartment is refused likewise).
+        named = [(param, f"Patient/{patient}") for param in PATIENT_COMPARTMENT.get(rtype, ())] if patient else []
+        req.checks.check_search(rtype, list(req.params) + named)
         parsed = svc.parser.parse(rtype, req.params, strict=req.strict, default_count=svc.config.default_count)
         query = parsed.query
         session_key = None
