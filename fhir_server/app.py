@@ -24,8 +24,10 @@ from fhir_server.dmp.jobs import Job, purge_expired_records
 from fhir_server.dmp.lifecycle.majority import majority_job
 from fhir_server.dmp.oauth.http import register_oauth_routes
 from fhir_server.dmp.portal import register_portal
+from fhir_server.fhir.conformance.api_page import register_api_description_routes
 from fhir_server.fhir.http import register_routes
 from fhir_server.fhir.interactions.operations import CORE
+from fhir_server.fhir.invariants import InvariantSet
 from fhir_server.fhir.messages import Gatekeeper
 from fhir_server.fhir.routing import route
 from fhir_server.fhir.search.parser import SearchParser
@@ -83,7 +85,9 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = dmp_gatekeepe
         registry=registry,
         terminology=terminology,
         parser=parser,
-        validator=ResourceValidator(frozenset(SERVED_TYPES)),
+        validator=ResourceValidator(
+            frozenset(SERVED_TYPES), InvariantSet.load(config.ig_dir / "invariants" / "r4-invariants.json")
+        ),
         gatekeeper=access,
         router=route,
         extensions=capabilities(config, terminology),
@@ -106,6 +110,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body, config.max_binary_body or 0)
     app.extensions["fhir_service"] = service
     register_routes(app, service)
+    register_api_description_routes(app, service)
     auth = build_authorization_server(config.base_url, config.data_dir, service.store, clock=clock)
     register_oauth_routes(app, auth, config.base_path)
     accounts = build_account_service(config, service, clock=clock, issuer=auth.issuer)

@@ -268,6 +268,23 @@ def _compile_fhirpath(expr: str) -> Extractor:
     return extract
 
 
+#: Values reached from one typed value (a composite's element) by a relative path.
+RelativeExtractor = Callable[[Typed], list[Typed]]
+
+
+def compile_relative(expression: str) -> RelativeExtractor | None:
+    """A path relative to a value (a composite search parameter's component, ``code`` under a
+    ``relatesTo``), walked from that value with its type; ``None`` when it is no simple path."""
+    steps = _parse_steps(_strip_parens(expression))
+    if not steps:
+        return None
+
+    def extract(start: Typed) -> list[Typed]:
+        return _walk(steps, [start], {})  # no resolve() in a component: no root needed
+
+    return extract
+
+
 def compile_expression(resource_type: str, expression: str) -> Extractor | None:
     """Compile the members of ``expression`` that apply to ``resource_type``.
 

@@ -8,8 +8,10 @@ way (SQLite tables, MongoDB sub-documents).
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -221,7 +223,44 @@ def values_for(param: SearchParam, typed: list[Typed], base_url: str | None) -> 
                 out.extend(_references(value, base_url))
             case "uri":
                 out.extend(_uris(value))
+            case "composite":
+                out.extend(_composites(param, (value, vtype), base_url))
     return list(dict.fromkeys(out))  # drop duplicates, keep order
+
+
+def _composites(param: SearchParam, element: Typed, base_url: str | None) -> list[TokenValue]:
+    """A composite's values for one element its expression found: every combination of its
+    components' values, as tokens whose code is the combination's key (:func:`composite_key`), so
+    that the components of one element match together (:mod:`fhirmodel.composite`)."""
+    per_component = []
+    for component in param.components:
+        values = values_for(replace(param, type=component.type), component.extractor(element), base_url)
+        per_component.append([k for v in values for k in component_keys(v)])
+    return [TokenValue(None, composite_key(c), None) for c in itertools.product(*per_component)]
+
+
+def _escape(part: str) -> str:
+    return part.replace("\\", "\\\\").replace("$", "\\$")
+
+
+def composite_key(parts: Sequence[str]) -> str:
+    """The index key of one combination of a composite's component values, each in a search form
+    (:mod:`fhirmodel.composite`)."""
+    return "$".join(_escape(part) for part in parts)
+
+
+def component_keys(value: IndexValue) -> list[str]:
+    """Every form a search may name one indexed component value by."""
+    match value:
+        case TokenValue(system=system, code=code) if code is not None:
+            return [code, f"{system or ''}|{code}"]
+        case ReferenceValue(target_type=rtype, target_id=rid, url=url):
+            if url is not None:
+                return [url]
+            return [rid, f"{rtype}/{rid}"] if rtype and rid else [rid] if rid else []
+        case UriValue(value=uri):
+            return [uri]
+    return []
 
 
 def extract_index(

@@ -162,4 +162,3 @@ def is_resource_type(name: str) -> bool:
     except (KeyError, ValueError, AttributeError):
         return False
     return bool(model.has_resource_base()) and getattr(model, "__resource_type__", None) == name
-

@@ -14,21 +14,32 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fhirmodel.fhirpath import Extractor, compile_expression, split_union
+from fhirmodel.fhirpath import Extractor, RelativeExtractor, compile_expression, compile_relative, split_union
 
 #: Search parameter types of FHIR R4, and the modifiers each allows on this server.
 MODIFIERS: dict[str, frozenset[str]] = {
     "number": frozenset({"missing"}),
     "date": frozenset({"missing"}),
     "string": frozenset({"missing", "exact", "contains"}),
-    "token": frozenset({"missing", "text", "not", "in", "not-in", "of-type"}),
+    "token": frozenset({"missing", "text", "not", "in", "not-in", "of-type", "below"}),
     "reference": frozenset({"missing", "identifier"}),  # plus ":<Type>", checked separately
     "quantity": frozenset({"missing"}),
     "uri": frozenset({"missing", "below", "above"}),
     "composite": frozenset(),
     "special": frozenset(),
 }
-INDEXED_TYPES = frozenset({"number", "date", "string", "token", "reference", "quantity", "uri"})
+INDEXED_TYPES = frozenset({"number", "date", "string", "token", "reference", "quantity", "uri", "composite"})
+
+
+@dataclass(frozen=True)
+class Component:
+    """One component of a composite parameter: its type (that of the SearchParameter its
+    ``definition`` names) and its expression, relative to each element the composite's own
+    expression finds."""
+
+    type: str
+    expression: str
+    extractor: RelativeExtractor = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class SearchParam:
     extractor: Extractor = field(compare=False, repr=False)
     definition: dict[str, Any] = field(compare=False, repr=False)
     through: tuple[Through, ...] = ()
+    components: tuple[Component, ...] = ()  # a composite's, in order
 
     @property
     def modifiers(self) -> frozenset[str]:
@@ -79,6 +91,10 @@ class SearchParamRegistry:
     def for_type(self, resource_type: str) -> dict[str, SearchParam]:
         return self._by_type.get(resource_type, {})
 
+    def types(self) -> list[str]:
+        """The resource types with search parameters (the served ones), in name order."""
+        return sorted(self._by_type)
+
     @classmethod
     def load(cls, folder: Path, resource_types: Iterable[str]) -> SearchParamRegistry:
         """Read every SearchParameter in ``folder`` and compile it for the served types.
@@ -89,12 +105,15 @@ class SearchParamRegistry:
         """
         served = list(resource_types)
         params: dict[tuple[str, str], SearchParam] = {}
-        for path in sorted(folder.glob("*.json")):
-            definition = json.loads(path.read_text(encoding="utf-8"))
-            if definition.get("resourceType") != "SearchParameter":
-                continue
+        definitions = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.json"))]
+        definitions = [d for d in definitions if d.get("resourceType") == "SearchParameter"]
+        types_by_url = {d.get("url"): d.get("type") for d in definitions}
+        for definition in definitions:
             expression = definition.get("expression")
             if not expression or definition.get("type") not in INDEXED_TYPES:
+                continue
+            components = _components(definition, types_by_url)
+            if components is None:
                 continue
             bases = set(definition.get("base", ()))
             for rtype in served:
@@ -116,8 +135,25 @@ class SearchParamRegistry:
                     targets=tuple(definition.get("target", ())),
                     extractor=extractor,
                     definition=definition,
+                    components=components,
                 )
         return cls(replace(p, through=_throughs(p, params)) for p in params.values())
+
+
+def _components(definition: dict[str, Any], types_by_url: dict[Any, Any]) -> tuple[Component, ...] | None:
+    """A composite's components (``()`` for other parameters); ``None`` when one cannot be
+    honoured — its definition is not loaded, is itself composite, or its expression is no path —
+    and the parameter is then not offered."""
+    if definition.get("type") != "composite":
+        return ()
+    found = []
+    for component in definition.get("component") or []:
+        ctype = types_by_url.get(component.get("definition"))
+        extractor = compile_relative(str(component.get("expression") or ""))
+        if ctype not in INDEXED_TYPES or ctype == "composite" or extractor is None:
+            return None
+        found.append(Component(ctype, component["expression"], extractor))
+    return tuple(found) or None
 
 
 _THROUGH = re.compile(r"^(?P<type>\w+)\.(?P<path>\w+(?:\.\w+)*)\.resolve\(\)\.(?P<rest>\w+(?:\.\w+)*)$")

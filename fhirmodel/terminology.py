@@ -59,6 +59,26 @@ class Terminology:
             self._system_code_sets[system] = codes
         return code in codes
 
+    def subsumed(self, system: str, code: str) -> frozenset[str] | None:
+        """``code`` and every code below it in the local CodeSystem ``system`` (its nested
+        ``concept`` hierarchy): what token ``:below`` matches. None when the system is not known
+        here (what is below a code cannot then be told) or does not define the code."""
+        if not self.has_code(system, code):
+            return None
+        pending = list((self._code_systems.get(system) or {}).get("concept") or [])
+        while pending:
+            concept = pending.pop()
+            if concept.get("code") == code:
+                below: set[str] = set()
+                stack = [concept]
+                while stack:
+                    current = stack.pop()
+                    below.add(str(current.get("code")))
+                    stack.extend(current.get("concept") or [])
+                return frozenset(below)
+            pending.extend(concept.get("concept") or [])
+        return None
+
     def display(self, system: str, code: str) -> str | None:
         """The display of ``code`` in the local CodeSystem ``system`` (a profession's name for a
         message to a patient), else as a local ValueSet enumerating it names it (LOINC document

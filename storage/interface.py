@@ -148,8 +148,15 @@ class Store(ABC):
         offset: int = 0,
         count: int = 20,
         watermark: int | None = None,
+        at: tuple[str, str] | None = None,
     ) -> HistoryPage:
-        """Versions, newest first, of one resource, one type or everything, within ``scope``."""
+        """Versions, newest first, of one resource, one type or everything, within ``scope``.
+
+        ``since``: versions written at or after that instant. ``at`` (R4 ``_at``), a period
+        ``[start, end)`` of instants: the versions that were current at some moment of it — written
+        before ``end``, and not replaced (by a later version within the watermark) at or before
+        ``start``. Instants are the store's fixed-width UTC text, so they compare as text.
+        """
 
     @abstractmethod
     def exists(self, resource_type: str, resource_id: str) -> int | None:

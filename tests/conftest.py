@@ -43,7 +43,13 @@ FHIR_JSON = "application/fhir+json"
 #: the REST interactions, search, batch/transaction Bundles (atomic), and the DMP rules, whose
 #: access filters go inside its queries.
 MONGO_API_MODULES = frozenset(
-    {"tests.test_rest", "tests.test_search", "tests.test_transactions", "tests.test_dmp_rules"}
+    {
+        "tests.test_rest",
+        "tests.test_search",
+        "tests.test_transactions",
+        "tests.test_dmp_rules",
+        "tests.test_search_conformance",
+    }
 )
 
 

@@ -75,14 +75,18 @@ def _mutate(resource: dict[str, Any], rng: random.Random) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_mutated_resources_get_4xx_not_500(client: FlaskClient, seed: int) -> None:
+def test_mutated_resources_get_4xx_not_500(client: FlaskClient, service: FhirService, seed: int) -> None:
     rng = random.Random(seed)
     for sample in SAMPLES:
         resource = json.loads(sample.read_text())
         for _ in range(15):
             body = _mutate(resource, rng)
-            response = client.post(f"/fhir/{resource['resourceType']}", json=body)
-            assert response.status_code in (201, 400, 422), (body, response.get_data(as_text=True))
+            rtype = resource["resourceType"]
+            if service.declarations.allows(rtype, "create"):
+                response = client.post(f"/fhir/{rtype}", json=body)
+            else:  # the trail, written by the server only: what a client sends is still parsed by $validate
+                response = client.post(f"/fhir/{rtype}/$validate", json=body)
+            assert response.status_code in (200, 201, 400, 422), (body, response.get_data(as_text=True))
             if response.status_code != 201:
                 assert response.get_json()["resourceType"] == "OperationOutcome"
 

@@ -67,6 +67,12 @@ def put_all(fhir: Fhir, *resources: dict[str, Any]) -> None:
         put(fhir, resource)
 
 
+def seed_trail(service: FhirService, *events: dict[str, Any]) -> None:
+    """AuditEvents, written as the server writes its trail: no client may (R17, 405)."""
+    for event in events:
+        service.store.create(event)
+
+
 def delete(fhir: Fhir, path: str) -> None:
     response = fhir.request("DELETE", path)
     assert response.status_code in (200, 204), response.get_data(as_text=True)
@@ -182,6 +188,8 @@ def consent(cid: str, **extra: Any) -> dict[str, Any]:
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
         },
         "category": [{"coding": [{"system": LOINC, "code": "59284-0"}]}],
+        # R4 ppc-1: a Consent names a policy or a policy rule (checked on every write).
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
         **extra,
     }
 
@@ -607,9 +615,9 @@ def test_date_approximately_near_now_is_at_least_a_day(fhir: Fhir) -> None:
     assert found(fhir, f"Patient?birthdate=ap{(today - timedelta(days=29)).isoformat()}") == {"month"}
 
 
-def test_date_time_zones_and_precision(fhir: Fhir) -> None:
-    put_all(
-        fhir,
+def test_date_time_zones_and_precision(fhir: Fhir, service: FhirService) -> None:
+    seed_trail(
+        service,
         audit_event("a1", "2024-03-01T10:00:00+01:00"),  # 09:00Z
         audit_event("a2", "2024-03-01T00:30:00+02:00"),  # 2024-02-29T22:30Z (a leap day)
         audit_event("a3", "2024-03-01T23:59:59.500Z"),
@@ -1465,8 +1473,8 @@ def filtered(fhir: Fhir, service: FhirService, monkeypatch: pytest.MonkeyPatch) 
         document("p2doc", "Patient/p2"),
         document("p3old", "Patient/p3", status="superseded", type=concept((LOINC, "34133-9"))),
         doc_list("l1", "DocumentReference/cur0", "DocumentReference/old0", "Patient/p2"),
-        audit_event("a1", "2024-03-01T10:00:00Z"),
     )
+    seed_trail(service, audit_event("a1", "2024-03-01T10:00:00Z"))
 
     def apply(scope: AccessScope) -> None:
         monkeypatch.setattr(service, "gatekeeper", OpenGatekeeper(scope))

@@ -107,6 +107,8 @@ class Reach:
                 return  # a document's creation: the write rules decide (R1, R15)
             case ("Patient", "everything"):
                 self._check_record_reader(access)
+            case (_, "validate"):
+                return  # what it stands for is checked as that read or write would be
             case ("Patient", "dmp-export"):
                 self._check_record_reader(access)
                 if access.role not in (PATIENT, LEGAL_REPRESENTATIVE):

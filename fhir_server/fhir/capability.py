@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from authz.authserver.discovery import token_endpoint
+from fhir_server.fhir.declarations import Declarations
+from fhir_server.fhir.profiles import load_profiles
 from fhir_server.fhir.service import FhirService, Operation
 from fhirmodel.searchparams import SearchParamRegistry
 
@@ -21,33 +23,41 @@ CANONICAL = "https://dmp.example.org/fhir/CapabilityStatement/dmp-server"
 #: the primary source since SMART 2.0; the extension stays for clients that read only /metadata).
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
-TYPE_INTERACTIONS = (
-    "read",
-    "vread",
-    "update",
-    "patch",
-    "delete",
-    "history-instance",
-    "history-type",
-    "create",
-    "search-type",
-)
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 FORMATS = ("application/fhir+json", "application/fhir+xml", "json", "xml")
 PATCH_FORMATS = ("application/json-patch+json", "application/fhir+json", "application/fhir+xml")
+PATIENT_COMPARTMENT_DEFINITION = "http://hl7.org/fhir/CompartmentDefinition/patient"
 #: Search result parameters every type supports (R4 §3.1.1.5).
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_has")
 
 
 def capability_of(svc: FhirService) -> dict[str, Any]:
-    """The CapabilityStatement of a service: what it serves, with the operations registered in it."""
-    return capability_statement(svc.registry, svc.served_types, svc.extensions.operations, svc.config.base_url)
+    """The CapabilityStatement of a service: what it serves, with the operations registered in it,
+    the interactions its declarations allow and the profiles it knows (``profiles/``)."""
+    return capability_statement(
+        svc.registry,
+        svc.served_types,
+        svc.extensions.operations,
+        svc.config.base_url,
+        svc.declarations,
+        load_profiles().resource_profiles(),
+    )
 
 
 def capability_statement(
-    registry: SearchParamRegistry, served_types: tuple[str, ...], operations: tuple[Operation, ...], base_url: str
+    registry: SearchParamRegistry,
+    served_types: tuple[str, ...],
+    operations: tuple[Operation, ...],
+    base_url: str,
+    declarations: Declarations,
+    profiles: dict[str, list[str]],
 ) -> dict[str, Any]:
-    resources = [_resource(registry, served_types, operations, rtype) for rtype in served_types]
+    """The statement; ``profiles`` are the canonical urls of the profiles the server knows (and
+    checks) per type they constrain."""
+    resources = [
+        _resource(registry, served_types, operations, rtype, declarations, profiles.get(rtype, []))
+        for rtype in served_types
+    ]
     return {
         "resourceType": "CapabilityStatement",
         "id": SOFTWARE_NAME,
@@ -59,11 +69,13 @@ def capability_statement(
         "date": RELEASE_DATE,
         "publisher": "dmp-server project",
         "kind": "instance",
+        "instantiates": list(declarations.instantiates),
         "software": {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION},
         "implementation": {"description": "DMP health-document server", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": list(FORMATS),
         "patchFormat": list(PATCH_FORMATS),
+        "implementationGuide": list(declarations.implementation_guides),
         "rest": [
             {
                 "mode": "server",
@@ -92,6 +104,8 @@ def capability_statement(
                 },
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                # Searches in a patient's compartment: GET Patient/[id]/[type] (R4 §3.1.1.1.1).
+                "compartment": [PATIENT_COMPARTMENT_DEFINITION],
                 "searchParam": [
                     {"name": name, "type": "special" if name == "_has" else "number" if name == "_count" else "string"}
                     for name in RESULT_PARAMS
@@ -102,21 +116,32 @@ def capability_statement(
 
 
 def _resource(
-    registry: SearchParamRegistry, served_types: tuple[str, ...], operations: tuple[Operation, ...], rtype: str
+    registry: SearchParamRegistry,
+    served_types: tuple[str, ...],
+    operations: tuple[Operation, ...],
+    rtype: str,
+    declarations: Declarations,
+    supported_profiles: list[str],
 ) -> dict[str, Any]:
     """What the server supports for one type: interactions, search parameters, operations."""
     params = registry.for_type(rtype)
     entry: dict[str, Any] = {
         "type": rtype,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
-        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+    }
+    if supported_profiles:
+        entry["supportedProfile"] = sorted(supported_profiles)
+    offered = declarations.interactions[rtype]
+    entry |= {
+        "interaction": [{"code": code} for code in offered],
         "versioning": "versioned-update",
-        "readHistory": True,
-        "updateCreate": True,
-        "conditionalCreate": True,
-        "conditionalRead": "not-supported",
-        "conditionalUpdate": True,
-        "conditionalDelete": "single",
+        "readHistory": "vread" in offered,
+        "updateCreate": "update" in offered,
+        "conditionalCreate": "create" in offered,
+        # If-None-Match (ETag) and If-Modified-Since both answer 304 on a read.
+        "conditionalRead": "full-support" if "read" in offered else "not-supported",
+        "conditionalUpdate": "update" in offered,
+        "conditionalDelete": "single" if "delete" in offered else "not-supported",
         "referencePolicy": ["literal", "logical", "resolves"],
         "searchInclude": sorted(f"{rtype}:{p.code}" for p in params.values() if p.type == "reference"),
         "searchRevInclude": sorted(
@@ -130,7 +155,9 @@ def _resource(
         ],
     }
     # R4: operation.name is the name without "$"; the definition is the OperationDefinition's url.
-    listed = [{"name": op.name, "definition": op.definition} for op in operations if op.resource_type == rtype]
+    listed = [
+        {"name": op.name, "definition": op.definition} for op in operations if op.resource_type in (rtype, "Resource")
+    ]
     if listed:
         entry["operation"] = listed
     return entry

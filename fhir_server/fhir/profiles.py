@@ -135,6 +135,15 @@ class ProfileSet:
             self._built[url] = self._build(url)
         return self._built[url]
 
+    def resource_profiles(self) -> dict[str, list[str]]:
+        """The canonical urls of the resource profiles here, per resource type they constrain (for
+        the CapabilityStatement's ``supportedProfile``)."""
+        found: dict[str, list[str]] = {}
+        for url, definition in sorted(self.definitions.items()):
+            if definition.get("kind") == "resource" and not definition.get("abstract"):
+                found.setdefault(str(definition["type"]), []).append(url)
+        return found
+
     def _chain(self, url: str) -> list[dict[str, Any]]:
         """The definitions from the most basic known one down to ``url``."""
         chain: list[dict[str, Any]] = []

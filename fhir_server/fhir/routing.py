@@ -6,6 +6,7 @@ exactly like HTTP requests. It sits above the interactions it names; the service
 
 from __future__ import annotations
 
+from fhir_server.fhir.declarations import TYPE_INTERACTIONS
 from fhir_server.fhir.interactions import bundle, history, instance, paging, search, system
 from fhir_server.fhir.interactions.operations import find as find_operation
 from fhir_server.fhir.messages import FhirRequest
@@ -14,7 +15,17 @@ from fhirmodel.errors import FhirError
 
 
 def route(svc: FhirService, req: FhirRequest) -> Route:
-    """The interaction a request asks for, ready to run."""
+    """The interaction a request asks for, ready to run; 405 for one its type does not offer
+    (the table the CapabilityStatement lists, :mod:`fhir_server.fhir.declarations`)."""
+    found = _route(svc, req)
+    rtype = found.resource_type or next((s for s in (req.path or "").split("/") if s), "")
+    typed = rtype in svc.served_types  # not the pages of a search, asked at the base
+    if typed and found.interaction in TYPE_INTERACTIONS and not svc.declarations.allows(rtype, found.interaction):
+        raise FhirError(405, f"{rtype} does not offer the {found.interaction} interaction", "not-supported")
+    return found
+
+
+def _route(svc: FhirService, req: FhirRequest) -> Route:
     segments = [s for s in req.path.split("/") if s] if req.path else []
     method = req.method.upper()
     if not segments:
@@ -66,6 +77,9 @@ def route(svc: FhirService, req: FhirRequest) -> Route:
             case "DELETE":
                 return Route("delete", lambda: instance.delete(svc, req, rtype, rid))
         raise FhirError(405, f"{method} is not supported on {rtype}/{rid}", "not-supported")
+    if rtype == "Patient" and len(segments) == 3 and segments[2] in svc.served_types and method == "GET":
+        searched = segments[2]  # a compartment search, R4 §3.1.1.1.1 (GET only)
+        return Route("search-type", lambda: search.search(svc, req, searched, rid), resource_type=searched)
     if segments[2].startswith("$") and len(segments) == 3:
         return _operation(svc, req, rtype, rid, segments[2][1:], method)
     if segments[2] == "_history" and len(segments) in (3, 4):
@@ -83,7 +97,8 @@ def _operation(svc: FhirService, req: FhirRequest, rtype: str, rid: str | None, 
     if operation is None:
         where = rtype if rid is None else f"{rtype}/[id]"
         raise FhirError(404, f"the operation ${name} is not supported on {where}", "not-supported")
-    _only(method, operation.method)
+    if method not in operation.methods:
+        raise FhirError(405, f"{method} is not supported for ${name}", "not-supported")
     return Route("operation", lambda: operation.run(svc, req, rid))
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from fhir_server.fhir.declarations import Declarations
 from fhir_server.fhir.inbound import check_body, check_parameters, check_path
 from fhir_server.fhir.messages import Download, FhirRequest, FhirResponse, Gatekeeper
 from fhir_server.fhir.search.parser import SearchParser
@@ -146,12 +147,12 @@ Implementation = Callable[["FhirService", FhirRequest, "str | None"], FhirRespon
 class Operation:
     """One operation: where it is invoked, its OperationDefinition, and its implementation."""
 
-    resource_type: str
+    resource_type: str  # "Resource": on every served type
     name: str  # without the "$"
     definition: str  # OperationDefinition canonical, for the CapabilityStatement
     run: Implementation
-    method: str = "POST"
-    level: Level = "type"
+    methods: tuple[str, ...] = ("POST",)
+    levels: tuple[Level, ...] = ("type",)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ class Route:
     interaction: str
     run: Callable[[], FhirResponse]
     public: bool = False  # answered without credentials (the CapabilityStatement)
+    resource_type: str | None = None  # the type searched when it is not the path's first (compartments)
 
 
 #: Finds the interaction a request asks for; lives above the interactions it names.
@@ -199,6 +201,10 @@ class FhirService:
     router: Router  # the interaction a request asks for (fhir_server.fhir.routing.route)
     extensions: Extensions = field(default_factory=Extensions)  # the machinery's operations and what capabilities add
     served_types: tuple[str, ...] = SERVED_TYPES
+    declarations: Declarations = field(init=False)  # what each type allows (ig/capability)
+
+    def __post_init__(self) -> None:
+        self.declarations = Declarations.load(self.config.ig_dir / "capability" / "capability.json", self.served_types)
 
     def index(self, resource: dict[str, Any]) -> Any:
         return extract_index(self.registry, resource, self.config.base_url)

@@ -42,6 +42,7 @@ from lxml import etree
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from fhir_server.fhir.invariants import InvariantSet
 from fhir_server.fhir.profiles import load_profiles, violations
 from fhirmodel.base64_chunks import compact_base64
 from fhirmodel.errors import FhirError, outcome_issue
@@ -523,8 +524,9 @@ def _covered(model_path: str, walk_paths: set[str], resource_paths: set[str]) ->
 class ResourceValidator:
     """Validates resources sent for storage against FHIR R4 and this server's served types."""
 
-    def __init__(self, served_types: frozenset[str]):
+    def __init__(self, served_types: frozenset[str], invariants: InvariantSet | None = None):
         self.served_types = served_types
+        self.invariants = invariants  # the R4 FHIRPath invariants (ig/invariants), checked last
 
     def validate(self, resource: Any, *, expected_type: str | None = None) -> None:
         """Raise FhirError(422 or 400, ...) naming every problem found; return None when valid.
@@ -540,6 +542,8 @@ class ResourceValidator:
         if len(issues) <= MAX_ISSUES and not walk.too_deep:
             issues.extend(_model_issues(resource, resource_type, walk))
             issues.extend(_extension_issues(resource, resource_type))
+            if not issues and self.invariants is not None:  # on a structurally valid resource only
+                issues.extend(self.invariants.broken(resource))
         if not issues:
             return
         outcome = [outcome_issue("error", code, message, [path]) for path, code, message in issues[:MAX_ISSUES]]

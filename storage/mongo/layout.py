@@ -47,6 +47,7 @@ FIELD_OF_TYPE = {
     "quantity": "qty",
     "reference": "ref",
     "uri": "uri",
+    "composite": "tok",  # one token per element's combination of values (fhirmodel.composite)
 }
 #: Each resource's sort keys: ``srt.<param>.a`` (the lowest value: ascending order) and
 #: ``srt.<param>.d`` (the highest: descending), R4 §3.1.1.5.6, computed when it is written so that

@@ -437,6 +437,7 @@ class MongoStore(Store):
         offset: int = 0,
         count: int = 20,
         watermark: int | None = None,
+        at: tuple[str, str] | None = None,
     ) -> HistoryPage:
         """Versions of the resources the scope lets the caller see (judged on their current
         index, as SQLite does): the visible resources are found with the scope inside the query,
@@ -458,9 +459,20 @@ class MongoStore(Store):
                 return HistoryPage([], 0, watermark)
             versions["res"] = {"$in": sorted(d["pk"] for d in self._find(RESOURCES, visible, {"pk": 1}))}
         coll = self._db[VERSIONS]
+        if at is not None:
+            versions = self._current_during(versions, *at)
         total = coll.count_documents(versions, session=self._session)
         page = coll.find(versions, session=self._session).sort("_id", DESCENDING).skip(offset).limit(count)
         return HistoryPage([self._stored({**v, "pk": v["res"]}, v) for v in page], total, watermark)
+
+    def _current_during(self, versions: dict[str, Any], start: str, end: str) -> dict[str, Any]:
+        """``versions`` narrowed to those current at some moment of ``[start, end)`` (``_at``):
+        written within it, or the last one of their resource written at or before ``start``."""
+        before = {**versions, "updated": {**versions.get("updated", {}), "$lte": start}}
+        pipeline = [{"$match": before}, {"$group": {"_id": "$res", "last": {"$max": "$_id"}}}]
+        last = sorted(g["last"] for g in self._db[VERSIONS].aggregate(pipeline, session=self._session))
+        written = {**versions.get("updated", {}), "$gt": start, "$lt": end}
+        return {**versions, "$or": [{"_id": {"$in": last}}, {"updated": written}]}
 
     # -- paging sessions, outbox ---------------------------------------------------------------
 

@@ -50,6 +50,7 @@ TABLE_OF_TYPE = {
     "quantity": "idx_quantity",
     "reference": "idx_reference",
     "uri": "idx_uri",
+    "composite": "idx_token",  # one token per element's combination (fhirmodel.composite)
 }
 
 #: The scope filter of a resource type, as an expression (given by the store per query).

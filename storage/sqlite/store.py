@@ -553,6 +553,7 @@ class SqliteStore(Store):
         offset: int = 0,
         count: int = 20,
         watermark: int | None = None,
+        at: tuple[str, str] | None = None,
     ) -> HistoryPage:
         conn = self._conn()
         if watermark is None:
@@ -568,6 +569,13 @@ class SqliteStore(Store):
             parts.append(f"r.id = {compiler.arg(resource_id)}")
         if since is not None:
             parts.append(f"v.last_updated >= {compiler.arg(since)}")
+        if at is not None:
+            start, end = at
+            parts.append(f"v.last_updated < {compiler.arg(end)}")
+            parts.append(
+                "NOT EXISTS (SELECT 1 FROM version w WHERE w.res = v.res AND w.version > v.version"
+                f" AND w.seq <= {compiler.arg(watermark)} AND w.last_updated <= {compiler.arg(start)})"
+            )
         where = " AND ".join(parts)
         base = "FROM version v JOIN resource r ON r.pk = v.res WHERE " + where
         total = int(conn.execute(f"SELECT COUNT(*) {base}", compiler.args).fetchone()[0])

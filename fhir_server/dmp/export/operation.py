@@ -68,5 +68,5 @@ def dmp_export(svc: FhirService, req: FhirRequest, patient_id: str | None) -> Fh
 
 #: The export capability as the FHIR machinery sees it (see :mod:`fhir_server.fhir.service`).
 EXPORT = Extensions(
-    operations=(Operation("Patient", "dmp-export", DMP_EXPORT, dmp_export, method="GET", level="instance"),)
+    operations=(Operation("Patient", "dmp-export", DMP_EXPORT, dmp_export, methods=("GET",), levels=("instance",)),)
 )

@@ -31,6 +31,25 @@ def http_date(instant: str) -> str:
     return format_datetime(moment, usegmt=True)
 
 
+def not_modified_since(header: str | None, instant: str) -> bool:
+    """Whether a resource last updated at ``instant`` is unchanged since an ``If-Modified-Since``
+    date (RFC 9110 §13.1.3: HTTP dates have whole seconds, so the instant is cut to its second).
+    An unreadable date is ignored, as the RFC asks, and the resource is sent."""
+    if not header:
+        return False
+    from datetime import datetime
+    from email.utils import parsedate_to_datetime
+
+    try:
+        since = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return False
+    if since.tzinfo is None:
+        return False
+    modified = datetime.fromisoformat(instant.replace("Z", "+00:00")).replace(microsecond=0)
+    return modified <= since
+
+
 def parse_etag(value: str | None) -> int | None:
     """The version in an ``If-Match`` header (``W/"3"``); 400 when it is not one."""
     if value is None:

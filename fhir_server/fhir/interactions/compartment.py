@@ -98,6 +98,25 @@ def each(svc: FhirService, req: FhirRequest, query: Query) -> Iterator[Stored]:
         offset += BATCH
 
 
+def compartment_members(svc: FhirService, req: FhirRequest, patient_id: str, resource_type: str) -> Expr:
+    """``GET Patient/[id]/[type]``: the resources of ``resource_type`` in that patient's
+    compartment (R4 CompartmentDefinition ``patient``), as a condition added to the search.
+
+    The caller's scope still applies inside the query, as for the equivalent search
+    (``[type]?subject=Patient/[id]``...). A Patient the caller cannot see is not an error here,
+    as that search's is not either: its members are then only those naming it by literal
+    reference, of which the scope leaves what the caller may see (its identifiers, which logical
+    references use, are not read from a resource the caller may not read).
+    """
+    if resource_type not in PATIENT_COMPARTMENT:
+        raise not_found(f"{resource_type} is not in the Patient compartment")
+    try:
+        patient = svc.store.read("Patient", patient_id, req.scope)
+    except (NotFound, Gone):
+        return any_of(*(Reference(p, "Patient", patient_id) for p in PATIENT_COMPARTMENT[resource_type]))
+    return PatientRecord(patient).member(resource_type)
+
+
 def read_patient(svc: FhirService, req: FhirRequest, patient_id: str) -> Stored:
     """The Patient, among those the caller sees: another patient's is not found (R1)."""
     try:

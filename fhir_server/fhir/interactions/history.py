@@ -18,25 +18,30 @@ from storage.interface import Gone, NotFound, Stored
 _STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "204 No Content"}
 
 
-def _since(value: str) -> str:
-    """``_since`` as the store's instant text (UTC, fixed width) so that it compares as text."""
+def _instants(name: str, value: str) -> tuple[str, str]:
+    """A date parameter's range ``[low, high)`` as the store's instant text (UTC, fixed width) so
+    that it compares as text."""
     try:
-        low, _ = date_range(value)
+        low, high = date_range(value)
     except DateFormatError as exc:
-        raise bad_request(f"_since: {exc}") from None
-    return us_to_instant(low)[:23] + "Z"
+        raise bad_request(f"{name}: {exc}") from None
+    return us_to_instant(low)[:23] + "Z", us_to_instant(high)[:23] + "Z"
 
 
 def history(svc: FhirService, req: FhirRequest, rtype: str | None, rid: str | None) -> FhirResponse:
     state, offset = page_state(svc, req)
     values = dict(req.params)
+    at: tuple[str, str] | None
     if state is not None:
         since, watermark, key = state.get("since"), state["watermark"], values["_getpages"]
+        at = (str(state["at"][0]), str(state["at"][1])) if state.get("at") else None
     else:
-        unknown = [n for n in values if n not in ("_since", "_count", "_format", "_pretty")]
+        unknown = [n for n in values if n not in ("_since", "_at", "_count", "_format", "_pretty")]
         if unknown and req.strict:
             raise bad_request(f"unsupported history parameter(s): {', '.join(unknown)}", code="not-supported")
-        since = _since(values["_since"]) if "_since" in values else None
+        since = _instants("_since", values["_since"])[0] if "_since" in values else None
+        # R4 ``_at``: the versions current at some moment of the period the date value names.
+        at = _instants("_at", values["_at"]) if "_at" in values else None
         watermark, key = None, None
     count_text = values.get("_count", str(svc.config.default_count))
     asked = natural(count_text)
@@ -47,7 +52,9 @@ def history(svc: FhirService, req: FhirRequest, rtype: str | None, rid: str | No
         req.checks.check_read(rtype, "history-instance" if rid else "history-type")
     if rtype is not None and rid is not None:
         _check_instance(svc, req, rtype, rid)
-    result = svc.store.history(req.scope, rtype, rid, since=since, offset=offset, count=count, watermark=watermark)
+    result = svc.store.history(
+        req.scope, rtype, rid, since=since, offset=offset, count=count, watermark=watermark, at=at
+    )
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "total": result.total}
     path = "/".join(p for p in (rtype, rid, "_history") if p)
     links = [{"relation": "self", "url": f"{svc.config.base_url}/{path}"}]
@@ -59,6 +66,7 @@ def history(svc: FhirService, req: FhirRequest, rtype: str | None, rid: str | No
                 "type": rtype,
                 "id": rid,
                 "since": since,
+                "at": at,
                 "watermark": result.watermark,
                 "principal": req.principal,
                 "params": [],

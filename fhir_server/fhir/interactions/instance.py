@@ -7,7 +7,7 @@ import copy
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fhir_server.fhir.interactions.common import new_id, parse_etag, version_headers, written
+from fhir_server.fhir.interactions.common import new_id, not_modified_since, parse_etag, version_headers, written
 from fhir_server.fhir.interactions.search import result_params, shape
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhir_server.fhir.numbers import natural
@@ -37,6 +37,8 @@ def read(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirRespon
     headers = version_headers(svc, stored)
     if_none_match = req.header("If-None-Match")
     if if_none_match and parse_etag(if_none_match) == stored.version:
+        return FhirResponse(304, None, headers)
+    if not if_none_match and not_modified_since(req.header("If-Modified-Since"), stored.last_updated):
         return FhirResponse(304, None, headers)
     return FhirResponse(200, shape(req, stored, *result_params(req.params)), headers)
 

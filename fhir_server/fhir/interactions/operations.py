@@ -9,17 +9,26 @@ CapabilityStatement lists every registered operation under its resource type.
 from __future__ import annotations
 
 from fhir_server.fhir.interactions.everything import EVERYTHING, everything
+from fhir_server.fhir.interactions.validate import VALIDATE, validate
 from fhir_server.fhir.service import Extensions, Level, Operation
 
 #: The operations of the FHIR machinery itself; capabilities register theirs the same way.
 CORE = Extensions(
-    operations=(Operation("Patient", "everything", EVERYTHING, everything, method="GET", level="instance"),)
+    operations=(
+        Operation("Patient", "everything", EVERYTHING, everything, methods=("GET",), levels=("instance",)),
+        Operation("Resource", "validate", VALIDATE, validate, methods=("GET", "POST"), levels=("type", "instance")),
+    )
 )
 
 
 def find(operations: tuple[Operation, ...], resource_type: str, name: str, level: Level) -> Operation | None:
-    """The operation ``$name`` on ``resource_type`` at that level, if the server implements it."""
+    """The operation ``$name`` on ``resource_type`` (or on every type: ``Resource``) at that
+    level, if the server implements it."""
     return next(
-        (op for op in operations if (op.resource_type, op.name, op.level) == (resource_type, name, level)),
+        (
+            op
+            for op in operations
+            if op.name == name and op.resource_type in (resource_type, "Resource") and level in op.levels
+        ),
         None,
     )

@@ -21,4 +21,4 @@ def page(svc: FhirService, req: FhirRequest) -> FhirResponse:
         return history.history(svc, req, state.get("type"), state.get("id"))
     if state.get("kind") == "everything":
         return everything.page(svc, req, state, offset)
-    return search(svc, req, state["type"])
+    return search(svc, req, state["type"], state.get("patient"))

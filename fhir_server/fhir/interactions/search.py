@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from fhir_server.fhir.interactions.compartment import PATIENT_COMPARTMENT, compartment_members
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhir_server.fhir.numbers import natural
 from fhir_server.fhir.search.parser import PAGING_PARAMS, ParsedSearch
@@ -22,6 +23,7 @@ from fhir_server.fhir.summary import select_elements, summarize
 from fhirmodel.errors import FhirError, bad_request, operation_outcome
 from fhirmodel.rawjson import RawJson
 from storage.interface import Stored
+from storage.query import all_of
 
 
 def shape(
@@ -75,31 +77,40 @@ def paged_params(state: dict[str, Any], req: FhirRequest) -> list[tuple[str, str
     return [p for p in saved if p[0] != "_count"] + count
 
 
-def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
+def search(svc: FhirService, req: FhirRequest, rtype: str, patient: str | None = None) -> FhirResponse:
+    """A search of ``rtype``; within the compartment of Patient ``patient`` when given
+    (``GET Patient/[id]/[type]``, :func:`compartment_members`), checked like the equivalent
+    search that names the patient by the compartment's parameters."""
     req.checks.check_read(rtype, "search-type")
     state, offset = page_state(svc, req)
     if state is not None:
-        if state["type"] != rtype:
+        if state["type"] != rtype or state.get("patient") != patient:
             raise bad_request("this paging key belongs to another search")
         params = paged_params(state, req)
         parsed = svc.parser.parse(rtype, params, strict=state["strict"], default_count=svc.config.default_count)
         query = replace(parsed.query, offset=offset, watermark=state["watermark"])
         session_key: str | None = dict(req.params)["_getpages"]
     else:
-        req.checks.check_search(rtype, req.params)
+        # A compartment search is checked as its equivalent, which names the patient by each of
+        # the compartment's parameters (R1: another patient's compartment is refused likewise).
+        named = [(param, f"Patient/{patient}") for param in PATIENT_COMPARTMENT.get(rtype, ())] if patient else []
+        req.checks.check_search(rtype, list(req.params) + named)
         parsed = svc.parser.parse(rtype, req.params, strict=req.strict, default_count=svc.config.default_count)
         query = parsed.query
         session_key = None
+    if patient is not None:
+        query = replace(query, where=all_of(query.where, compartment_members(svc, req, patient, rtype)))
     result = svc.store.search(query, req.scope)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if result.total is not None:
         bundle["total"] = result.total
-    self_url = _self_url(svc, rtype, parsed, session_key, query.offset)
+    path = f"Patient/{patient}/{rtype}" if patient else rtype
+    self_url = _self_url(svc, path, parsed, session_key, query.offset)
     bundle["link"] = paging_links(
         svc,
         self_url,
         session_key,
-        lambda: _save_session(svc, req, rtype, parsed, result.watermark),
+        lambda: _save_session(svc, req, rtype, parsed, result.watermark, patient),
         query.offset,
         query.count,
         len(result.matches),
@@ -155,11 +166,11 @@ def entry(
     }
 
 
-def _self_url(svc: FhirService, rtype: str, parsed: ParsedSearch, key: str | None, offset: int) -> str:
+def _self_url(svc: FhirService, path: str, parsed: ParsedSearch, key: str | None, offset: int) -> str:
     if key is not None:
         return page_url(svc, key, parsed.query.count)(offset)
     query = urlencode(parsed.applied)
-    return f"{svc.config.base_url}/{rtype}" + (f"?{query}" if query else "")
+    return f"{svc.config.base_url}/{path}" + (f"?{query}" if query else "")
 
 
 def page_url(svc: FhirService, key: str, count: int) -> Any:
@@ -169,10 +180,13 @@ def page_url(svc: FhirService, key: str, count: int) -> Any:
     return url
 
 
-def _save_session(svc: FhirService, req: FhirRequest, rtype: str, parsed: ParsedSearch, watermark: int) -> str:
+def _save_session(
+    svc: FhirService, req: FhirRequest, rtype: str, parsed: ParsedSearch, watermark: int, patient: str | None
+) -> str:
     state = {
         "kind": "search",
         "type": rtype,
+        "patient": patient,
         "params": parsed.applied,
         "strict": req.strict,
         "watermark": watermark,

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from fhir_server.fhir.numbers import natural
+from fhirmodel.composite import KEYED_TYPES, search_form
 from fhirmodel.dates import DateFormatError, date_range, now_us
 from fhirmodel.errors import FhirError, bad_request
-from fhirmodel.indexing import normalize_string, parse_reference
+from fhirmodel.indexing import composite_key, normalize_string, parse_reference
 from fhirmodel.schema import is_resource_type
 from fhirmodel.searchparams import SearchParam, SearchParamRegistry, Through
 from fhirmodel.terminology import Terminology
@@ -163,7 +164,7 @@ class SearchParser:
                 elif name == "_sort":
                     sort = self._sort(resource_type, value)
                 elif name in ("_include", "_revinclude") or name.startswith(("_include:", "_revinclude:")):
-                    includes.append(self._include(resource_type, name, value))
+                    includes.extend(self._includes(resource_type, name, value))
                 elif name == "_summary":
                     if value not in SUMMARY_MODES:
                         raise bad_request(f"_summary must be one of {', '.join(sorted(SUMMARY_MODES))}")
@@ -229,6 +230,21 @@ class SearchParser:
                 raise bad_request(f"cannot sort {resource_type} by unknown parameter '{code}'")
             keys.append(SortKey(code, desc))
         return tuple(keys)
+
+    def _includes(self, resource_type: str, name: str, value: str) -> list[Include]:
+        """One ``_include``/``_revinclude``; the bare wildcard ``*`` means every reference
+        parameter: of the matches (``_include=*``; with ``:iterate``, of whatever was included too)
+        or of every served type that may refer to them (``_revinclude=*``)."""
+        if value != "*":
+            return [self._include(resource_type, name, value)]
+        reverse = name.startswith("_revinclude")
+        iterate = name.endswith((":iterate", ":recurse"))
+        sources = [resource_type] if not reverse and not iterate else self.registry.types()
+        return [
+            Include(source, None, None, reverse, iterate)
+            for source in sources
+            if any(p.type == "reference" for p in self.registry.for_type(source).values())
+        ]
 
     def _include(self, resource_type: str, name: str, value: str) -> Include:
         reverse = name.startswith("_revinclude")
@@ -372,7 +388,23 @@ class SearchParser:
             case "uri":
                 mode = modifier if modifier in ("below", "above") else "eq"
                 return Uri(param.code, _unescape(raw), mode)  # type: ignore[arg-type]
+            case "composite":
+                return self._composite(param, raw)
         raise _Unsupported(f"{param.type} parameters are not supported")
+
+    def _composite(self, param: SearchParam, raw: str) -> Expr:
+        """``a$b``: one element whose components hold ``a`` and ``b`` (:mod:`fhirmodel.composite`)."""
+        values = split_escaped(raw, "$")
+        if len(values) != len(param.components):
+            raise bad_request(f"{param.code}: expected {len(param.components)} values separated by '$'")
+        parts = []
+        for component, value in zip(param.components, values, strict=True):
+            if component.type not in KEYED_TYPES:
+                raise _Unsupported(f"{param.code}: {component.type} components are not supported")
+            if value == "":
+                raise bad_request(f"{param.code}: empty component value")
+            parts.append(search_form(component.type, value, self.base_url))
+        return Token(param.code, ANY_SYSTEM, composite_key(parts))
 
     def _token(self, param: SearchParam, modifier: str, raw: str) -> Expr:
         if modifier == "text":
@@ -382,6 +414,8 @@ class SearchParser:
             if codes is None:
                 raise bad_request(f"{param.code}:in: ValueSet '{raw}' is not known to this server", code="not-found")
             return TokenIn(param.code, codes)
+        if modifier == "below":
+            return self._below(param, raw)
         if modifier == "of-type":
             pieces = split_escaped(raw, "|")
             if len(pieces) != 3:
@@ -392,6 +426,20 @@ class SearchParser:
             return Token(param.code, ANY_SYSTEM, pieces[0])
         system, code = pieces
         return Token(param.code, system or None, code or None)
+
+    def _below(self, param: SearchParam, raw: str) -> Expr:
+        """Token ``:below`` (R4 search.html, token): codings subsumed by ``system|code`` — the code
+        itself and those below it in the local CodeSystem's hierarchy (:meth:`Terminology.subsumed`).
+        A system the server does not hold cannot be answered (400), rather than answered as
+        ``system|code`` alone, which would hide what is below."""
+        pieces = [_unescape(p) for p in _split_unescaped_once(raw, "|")]
+        if len(pieces) != 2 or not pieces[0] or not pieces[1]:
+            raise bad_request(f"{param.code}:below: expected system|code")
+        system, code = pieces
+        codes = self.terminology.subsumed(system, code)
+        if codes is None:
+            raise bad_request(f"{param.code}:below: {system}|{code} is not a code of a CodeSystem known to this server")
+        return TokenIn(param.code, frozenset((system, c) for c in codes))
 
     def _number(self, param: SearchParam, prefix: Prefix, text: str) -> Expr:
         try:
