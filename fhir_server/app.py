@@ -20,6 +20,7 @@ from fhir_server.documents.codes import DocumentCodes
 from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
 from fhir_server.oauth_http import register_oauth_routes
+from fhir_server.ops.install import install_operations
 from fhir_server.search.parser import SearchParser
 from fhir_server.service import SERVED_TYPES, FhirService
 from fhir_server.validation import ResourceValidator
@@ -78,4 +79,5 @@ def create_app(
     accounts = build_account_service(config, service, clock=clock, issuer=auth.issuer)
     register_account_routes(app, accounts, config.base_path)
     auth.publication.publish(account_endpoints(config.base_url))
+    install_operations(app, service)
     return app

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from fhir_server.documents.base64_chunks import compact_base64, decoded_chunks, decoded_size
@@ -80,6 +80,7 @@ def _dispatch(svc: FhirService, path: str) -> Response:
         accepted = response_format(format_param, accept)
         fmt = accepted or JSON
         fhir_req = _fhir_request(svc, path)
+        g.fhir_request = fhir_req  # its interaction, once routed, is in the request log
         # A search POSTed as a form may carry its result parameters in the body, like the others.
         params = dict(fhir_req.params)
         if format_param is None and "_format" in params:

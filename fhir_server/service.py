@@ -84,9 +84,10 @@ class FhirService:
             route: Route | FhirError = self.route(req)
         except FhirError as exc:
             route = exc
+        interaction = route.interaction if isinstance(route, Route) else "unknown"
+        req.interaction = interaction
         if isinstance(route, Route) and route.public:
             return route.run()
-        interaction = route.interaction if isinstance(route, Route) else "unknown"
         guard = self.gatekeeper.guard(req, interaction)
         if isinstance(route, FhirError):
             raise route
