@@ -66,7 +66,8 @@ def _server_base_url(config: Config) -> str | None:
 
 def run_command(args: argparse.Namespace, data_dir: str | None) -> int:
     """Run the parsed command with ``data_dir`` as its data directory (and, for the commands on a
-    server's data, that server's base URL unless DMP_BASE_URL says otherwise); 2 on a bad setting."""
+    server's data, that server's base URL unless DMP_BASE_URL says otherwise); 2 on a bad setting
+    or a store or data directory that cannot be used."""
     saved = {name: os.environ.get(name) for name in (DATA_DIR_ENV, BASE_URL_ENV)}
     if data_dir is not None:
         os.environ[DATA_DIR_ENV] = data_dir
@@ -79,7 +80,9 @@ def run_command(args: argparse.Namespace, data_dir: str | None) -> int:
                 os.environ[BASE_URL_ENV] = base_url
         result: int = args.func(args)
         return result
-    except ConfigError as exc:
+    except (ConfigError, ValueError, OSError) as exc:
+        # a setting, a store URL without its backend, a data directory that cannot be written:
+        # what the operator must change, said in one line rather than as a traceback
         print(f"dmp-server {args.command}: {exc}", file=sys.stderr)
         return 2
     finally:
