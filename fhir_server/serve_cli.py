@@ -8,6 +8,7 @@ of in every worker; and the keys and the database exist before workers race to c
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -103,6 +104,7 @@ def _develop(config: Config, settings: ServeSettings) -> int:
     app = _built(config)
     print(banner(config, settings, "Werkzeug development server (--dev): not for production"), file=sys.stderr)
     log_as_json_lines()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # its access lines hold paths and queries
     start_jobs_leader(config)
     run_simple(settings.host, settings.port, app, threaded=True)
     return 0

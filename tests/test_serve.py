@@ -9,9 +9,11 @@ signs with that server's key for that base URL; bad settings are one line and ex
 from __future__ import annotations
 
 import json
+import re
 import stat
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,7 @@ def test_two_servers_on_one_host_keep_their_own_control_socket_and_jobs(tmp_path
                 assert _control(socket, "show workers")["count"] == 2
                 assert f"FHIR base {running.root}/fhir" in running.output()
                 assert "gunicorn, 2 worker(s) × 2 thread(s)" in running.output()
+            _metrics_add_up_over_workers(first)
             assert first.stop() == 0  # SIGTERM: a graceful stop
             assert not sockets[0].exists()
             assert call("GET", f"{second.root}/readyz")[0] == 200  # the other one is untouched
@@ -71,6 +74,21 @@ def test_two_servers_on_one_host_keep_their_own_control_socket_and_jobs(tmp_path
     for running in (first, second):
         # one process per data directory ran the periodic jobs, and it said so once
         assert running.output().count("this process runs the periodic jobs") == 1
+
+
+def _healthz_count(server: Running) -> float:
+    with urllib.request.urlopen(f"{server.root}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    found = re.search(r'dmp_http_requests_total\{interaction="healthz",status="200",type=""\} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
+def _metrics_add_up_over_workers(server: Running) -> None:
+    """Each request on a new connection, so both workers serve some; whichever worker answers
+    /metrics, it counts them all (prometheus_client's multiprocess mode)."""
+    for _ in range(30):
+        assert call("GET", f"{server.root}/healthz")[0] == 200
+    assert [_healthz_count(server) for _ in range(6)] == [30.0] * 6
 
 
 def test_the_port_makes_the_base_url_and_token_follows_the_data_directory(tmp_path: Path) -> None:
@@ -102,8 +120,10 @@ def test_the_port_makes_the_base_url_and_token_follows_the_data_directory(tmp_pa
 def test_dev_runs_the_development_server_only_when_asked(tmp_path: Path) -> None:
     server = _serve(tmp_path, "--dev")
     try:
-        assert call("GET", f"{server.root}/fhir/metadata")[0] == 200
+        assert call("GET", f"{server.root}/fhir/metadata?_summary=true")[0] == 200
         assert "Werkzeug development server (--dev): not for production" in server.output()
+        assert '"interaction": "capabilities"' in server.output()  # its JSON request line...
+        assert "_summary" not in server.output()  # ...and no Werkzeug line with the path and query
     finally:
         server.stop()
 
