@@ -58,6 +58,8 @@ class ProductionServer(BaseApplication):  # type: ignore[misc]
             "child_exit": self._worker_gone,
             "on_exit": self._stopped,
         }
+        if Path("/dev/shm").is_dir():  # the workers' heartbeat files in memory, not on a disk that may stall
+            options["worker_tmp_dir"] = "/dev/shm"
         if socket is None:
             options["control_socket_disable"] = True
         else:
