@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from authz.keys import server_key_path
-from fhir_server.ops.access_log import JsonLines
-from fhir_server.ops.proxies import TrustedProxies
+from fhir_server.fhir.ops.access_log import JsonLines
+from fhir_server.fhir.ops.proxies import TrustedProxies
 from storage.crypto import KEY_DIR_NAME, MASTER_KEYS_FILE
 from tests.dmp import INS_SYSTEM, World
 from tests.test_dmp_rules import audit_events

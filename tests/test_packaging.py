@@ -96,7 +96,11 @@ def test_the_wheel_ships_its_data_and_serves_from_any_folder(tmp_path: Path) -> 
         assert status == 200 and metadata is not None
         assert metadata["implementation"]["url"] == f"{server.root}/fhir"
         where = subprocess.run(
-            [str(tmp_path / "venv" / "bin" / "python"), "-c", "import fhir_server.config as c; print(c.PROJECT_ROOT)"],
+            [
+                str(tmp_path / "venv" / "bin" / "python"),
+                "-c",
+                "import fhir_server.runtime.config as c; print(c.PROJECT_ROOT)",
+            ],
             cwd=folder,
             env=env,
             capture_output=True,
