@@ -50,7 +50,7 @@ class ProductionServer(BaseApplication):  # type: ignore[misc]
             "threads": settings.threads,
             "worker_class": "gthread",
             "graceful_timeout": settings.graceful_timeout,
-            "accesslog": None,  # the app logs each request itself, as JSON (fhir_server/ops/access_log.py)
+            "accesslog": None,  # the app logs each request itself, as JSON (fhir_server/fhir/ops/access_log.py)
             "proc_name": f"dmp-server {config.data_dir.resolve()}",
             # X-Forwarded-Proto and the like only from the proxies trusted with X-Forwarded-For
             "forwarded_allow_ips": ",".join(config.trusted_proxies),
