@@ -66,7 +66,7 @@ def start_fhir_server(data_dir: Path, port: int, workers: int, threads: int, log
 
 
 def _gunicorn(app: str, port: int, workers: int, threads: int) -> list[str]:
-    """The settings ``dmp-server serve`` gives gunicorn when workers or threads exceed 1 (no access log)."""
+    """The gunicorn settings ``dmp-server serve`` uses (gthread workers, no access log), for the other apps."""
     cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "--threads", str(threads), "-k", "gthread"]
     return [*cmd, "-b", f"{HOST}:{port}", app]
 

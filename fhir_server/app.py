@@ -29,6 +29,7 @@ from fhir_server.fhir.http import register_routes
 from fhir_server.fhir.interactions.operations import CORE
 from fhir_server.fhir.invariants import InvariantSet
 from fhir_server.fhir.messages import Gatekeeper
+from fhir_server.fhir.ops.install import install_operations
 from fhir_server.fhir.routing import route
 from fhir_server.fhir.search.parser import SearchParser
 from fhir_server.fhir.service import SERVED_TYPES, Extensions, FhirService
@@ -117,4 +118,5 @@ def create_app(
     register_account_routes(app, accounts, config.base_path)
     auth.publication.publish(account_endpoints(config.base_url))
     register_portal(app, service, accounts, DocumentCodes.of(service.terminology), clock)
+    install_operations(app, service)
     return app

@@ -633,6 +633,8 @@ def test_clients_are_registered_listed_and_removed_by_the_cli(
     monkeypatch.setenv("DMP_DATA_DIR", str(data_dir))
     monkeypatch.delenv("DMP_BASE_URL", raising=False)
     monkeypatch.delenv("DMP_STORE", raising=False)
+    assert main(["client", "list"]) == 2  # no server has started on this data directory: refused
+    load_or_create_server_key(data_dir)  # what the server's first start does
     jwks_file = tmp_path / "feed-jwks.json"
     jwks_file.write_text(json.dumps(jwks_of(public_jwk(keys.rs384, "k1"))))
     register = ["client", "register", "--client-id", "cnam-feed", "--jwks", str(jwks_file), "--role", "TCU"]

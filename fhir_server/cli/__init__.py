@@ -5,48 +5,30 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from fhir_server.cli.accounts import add_account_command
 from fhir_server.cli.backup import add_backup_command
 from fhir_server.cli.clients import add_client_command
+from fhir_server.cli.command import add_data_dir_option, run_command, split_data_dir
 from fhir_server.cli.directory import add_directory_command
 from fhir_server.cli.imports import add_import_command
 from fhir_server.cli.migrate import add_migrate_command
 from fhir_server.cli.operator import operator
 from fhir_server.cli.restore import add_restore_command
+from fhir_server.cli.serve import add_serve_command
 from fhir_server.cli.token import add_token_command
 from fhir_server.runtime.config import Config
-
-if TYPE_CHECKING:
-    from fhir_server.dmp.jobs import JobContext
-
-
-def _job_context(config: Config) -> JobContext:
-    from fhir_server.app import create_service
-    from fhir_server.dmp.jobs import JobContext
-    from fhir_server.runtime.mail import mailer_from
-
-    return JobContext(create_service(config), mailer_from(config))
-
-
-def _start_jobs(config: Config) -> None:
-    """The periodic jobs run beside the server, on their own store connection."""
-    from fhir_server.app import JOBS
-    from fhir_server.dmp.jobs import JobRunner
-
-    if config.jobs_interval > 0:
-        JobRunner(_job_context(config), JOBS, config.jobs_interval).start()
 
 
 def _jobs(args: argparse.Namespace) -> int:
     from fhir_server.app import JOBS
+    from fhir_server.cli.jobs_leader import job_context
     from fhir_server.dmp.jobs import run_jobs
 
     if args.list:
         print("\n".join(JOBS))
         return 0
-    context = _job_context(Config.from_env())
+    context = job_context(Config.from_env())
     try:
         done = run_jobs(context, JOBS, args.only)
     except ValueError as exc:
@@ -86,33 +68,6 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from fhir_server.app import create_app
-
-    config = Config.from_env()
-    _start_jobs(config)
-    if args.workers > 1 or args.threads > 1:
-        from gunicorn.app.base import BaseApplication
-
-        class _Gunicorn(BaseApplication):  # type: ignore[misc]
-            def load_config(self) -> None:
-                self.cfg.set("bind", f"{args.host}:{args.port}")
-                self.cfg.set("workers", args.workers)
-                self.cfg.set("threads", args.threads)
-                self.cfg.set("worker_class", "gthread")
-                self.cfg.set("accesslog", None)
-
-            def load(self):  # type: ignore[no-untyped-def]
-                return create_app(config)
-
-        _Gunicorn().run()
-        return 0
-    from werkzeug.serving import run_simple
-
-    app = create_app(config)
-    print(f"dmp-server: FHIR base {config.base_url} (data in {config.data_dir})", file=sys.stderr)
-    run_simple(args.host, args.port, app, threaded=True)
-    return 0
 
 
 def _reindex(args: argparse.Namespace) -> int:
@@ -159,12 +114,8 @@ def _rotate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmp-server", description="DMP FHIR R4 document server")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="start the FHIR server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (1 = built-in server)")
-    serve.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker")
-    serve.set_defaults(func=_serve)
+    add_data_dir_option(parser)
+    add_serve_command(sub)
     reindex = sub.add_parser("reindex", help="recompute search indexes (after SearchParameters in ig/ change)")
     reindex.add_argument("--type", help="only this resource type")
     reindex.set_defaults(func=_reindex)
@@ -191,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     add_directory_command(sub)
     add_backup_command(sub)
     add_restore_command(sub)
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    data_dir, rest = split_data_dir(sys.argv[1:] if argv is None else argv)
+    return run_command(parser.parse_args(rest), data_dir)
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from fhir_server.fhir.formats.negotiation import (
@@ -84,6 +84,7 @@ def _dispatch(svc: FhirService, path: str) -> Response:
         client_address=request.remote_addr,
     )
     try:
+        g.fhir_request = fhir_req  # its interaction, once routed, is in the request log
         resp = svc.process(fhir_req, admission)
         if isinstance(resp.body, Download):
             return _download(resp, resp.body, request.method == "HEAD")

@@ -32,6 +32,7 @@ class FhirRequest:
     assigned_id: str | None = None  # a create inside a transaction: the id chosen beforehand
     guard: Guard | None = None  # access control of this request, set by FhirService.process
     client_address: str | None = None  # the network peer, for the trail
+    interaction: str | None = None  # what FhirService.process routed it to (request log, metrics)
     #: Work an entry of a transaction Bundle leaves for when every entry has run (the Bundle runs
     #: it, in the same store transaction); None outside a transaction, where such work runs at once.
     completion: list[Callable[[], None]] | None = None

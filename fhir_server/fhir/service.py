@@ -220,10 +220,11 @@ class FhirService:
         the rollback.
         """
         route = self._routed(req)
+        interaction = route.interaction if isinstance(route, Route) else "unknown"
+        req.interaction = interaction
         if isinstance(route, Route) and route.public:
             self._admit(req, admit)
             return route.run()
-        interaction = route.interaction if isinstance(route, Route) else "unknown"
         guard = self.gatekeeper.guard(req, interaction)
         req.guard = guard
         try:
@@ -231,6 +232,7 @@ class FhirService:
             if admit is not None:  # the body is known now: a POST to the base is a batch or a transaction
                 route = self._routed(req)
                 interaction = route.interaction if isinstance(route, Route) else "unknown"
+                req.interaction = interaction
             if isinstance(route, FhirError):
                 raise route
             if req.method.upper() in ("GET", "HEAD"):

@@ -1,0 +1,96 @@
+"""One JSON line per request, and the request id that ties it to the client's and proxies' logs.
+
+The line says what kind of request it was and how it went — request id, method, FHIR
+interaction, resource type, status, duration, client address — and nothing about whom it was
+about: no path (it holds resource ids), no query string (it holds identifiers), no body, no token.
+
+``X-Request-ID`` is taken from the request when it is a plain token (a proxy or client set it),
+else made here, and always echoed in the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Response, g, request
+
+from fhir_server.fhir.ops.metrics import count_request
+
+REQUEST_ID_HEADER = "X-Request-ID"
+#: An incoming request id is kept only if it cannot forge log lines or carry much: a plain token.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
+log = logging.getLogger("dmp_server.access")
+
+
+def request_id(incoming: str | None) -> str:
+    """The id of this request: the one sent, if it is a plain token; else a new random one."""
+    if incoming and _REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def begin() -> None:
+    g.request_started = time.perf_counter()
+    g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
+
+
+def describe(served_types: tuple[str, ...]) -> tuple[str, str]:
+    """(interaction, resource type) of the current request: the FHIR interaction the service
+    routed it to, else the name of the endpoint that answered (``auth_token``, ``healthz``...)."""
+    fhir_request = g.get("fhir_request")
+    if fhir_request is None:
+        return request.endpoint or "unmatched", ""
+    head = fhir_request.path.split("/", 1)[0]
+    return fhir_request.interaction or "unknown", head if head in served_types else ""
+
+
+def finish(response: Response, served_types: tuple[str, ...], *, metrics: bool) -> Response:
+    started = g.get("request_started")
+    duration = time.perf_counter() - started if started is not None else 0.0
+    rid = g.get("request_id") or request_id(None)
+    response.headers[REQUEST_ID_HEADER] = rid
+    interaction, resource_type = describe(served_types)
+    if metrics:
+        count_request(interaction, resource_type, response.status_code, duration)
+    fields = {
+        "request_id": rid,
+        "method": request.method,
+        "interaction": interaction,
+        "type": resource_type or None,
+        "status": response.status_code,
+        "duration_ms": round(duration * 1000, 1),
+        "client": request.remote_addr,
+    }
+    log.info("request", extra={"fields": fields})
+    return response
+
+
+class JsonLines(logging.Formatter):
+    """Every log record as one JSON object on one line (what log collectors parse)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def log_as_json_lines(level: int = logging.INFO) -> None:
+    """Send the process's log records to stderr as JSON lines (``dmp-server serve``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
