@@ -14,6 +14,7 @@ from typing import Any
 from authz.actor import Actor, ActorError, Known, actor_from_claims
 from authz.audit import AuditRecord, audit_event, for_patient_view, who
 from authz.authserver.creation_codes import creation_code_consumed
+from authz.authserver.revocation import DenyList
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
 from authz.lifecycle import CLOSED_EVENT, REOPENED_EVENT, Change, change_of
@@ -413,16 +414,16 @@ def caller(verifier: TokenVerifier, known: Known, authorization: str | None) -> 
         raise FhirError(403, f"no access: {exc}", "forbidden") from None
 
 
-def server_verifier(config: Config) -> TokenVerifier:
+def server_verifier(config: Config, store: Store) -> TokenVerifier:
     """The verifier of a server's bearer tokens: its own key (created on first start) and the
-    trusted issuers."""
+    trusted issuers; a token revoked at the server's revocation endpoint fails until it expires."""
     key = load_or_create_server_key(config.data_dir)
-    return TokenVerifier.with_server_key(
-        key, own_issuer(config.base_url), load_trusted_issuers(config.trusted_issuers), config.base_url
-    )
+    issuers = load_trusted_issuers(config.trusted_issuers)
+    revoked = DenyList(store).revoked
+    return TokenVerifier.with_server_key(key, own_issuer(config.base_url), issuers, config.base_url, revoked=revoked)
 
 
 def build_gatekeeper(config: Config, store: Store, terminology: Terminology) -> DmpGatekeeper:
     """The DMP gatekeeper of a server: its verifier, the authorisation matrix from ``ig/``."""
     policy = DmpPolicy(AuthorisationMatrix.load(config.ig_dir), config.retention_years)
-    return DmpGatekeeper(store, server_verifier(config), policy, terminology.has_code, config.base_url)
+    return DmpGatekeeper(store, server_verifier(config, store), policy, terminology.has_code, config.base_url)

@@ -19,6 +19,7 @@ from fhir_server.config import Config
 from fhir_server.documents.codes import DocumentCodes
 from fhir_server.guard import Gatekeeper
 from fhir_server.http import register_routes
+from fhir_server.launch_http import register_launch_routes
 from fhir_server.oauth_http import register_oauth_routes
 from fhir_server.search.parser import SearchParser
 from fhir_server.service import SERVED_TYPES, FhirService
@@ -77,5 +78,6 @@ def create_app(
     register_oauth_routes(app, auth, config.base_path)
     accounts = build_account_service(config, service, clock=clock, issuer=auth.issuer)
     register_account_routes(app, accounts, config.base_path)
+    register_launch_routes(app, auth, accounts, config.base_path)
     auth.publication.publish(account_endpoints(config.base_url))
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from authz.authserver.discovery import token_endpoint
+from authz.authserver.discovery import launch_endpoints, token_endpoint
 from fhir_server.interactions.operations import OPERATIONS
 from fhirmodel.searchparams import SearchParamRegistry
 
@@ -39,6 +39,10 @@ PATCH_FORMATS = ("application/json-patch+json", "application/fhir+json", "applic
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_has")
 
 
+def _oauth_uris(base_url: str) -> dict[str, str]:
+    return {"token": token_endpoint(base_url), **launch_endpoints(base_url)}
+
+
 def capability_statement(registry: SearchParamRegistry, served_types: tuple[str, ...], base_url: str) -> dict[str, Any]:
     resources = [_resource(registry, served_types, rtype) for rtype in served_types]
     return {
@@ -64,7 +68,10 @@ def capability_statement(registry: SearchParamRegistry, served_types: tuple[str,
                     "extension": [
                         {
                             "url": OAUTH_URIS,
-                            "extension": [{"url": "token", "valueUri": token_endpoint(base_url)}],
+                            "extension": [
+                                {"url": name, "valueUri": uri}
+                                for name, uri in _oauth_uris(base_url).items()
+                            ],
                         }
                     ],
                     "service": [

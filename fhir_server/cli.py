@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from authz.devtoken import add_token_command
 from fhir_server.account_cli import add_account_command
+from fhir_server.app_cli import add_app_command
 from fhir_server.client_cli import add_client_command
 from fhir_server.config import Config
 
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     add_token_command(sub)
     add_account_command(sub)
     add_client_command(sub)
+    add_app_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -341,7 +341,8 @@ CASES: dict[str, tuple[Case, int, str | None]] = {
     "no scope": (_raw({"scope": ""}), 400, "invalid_scope"),
     "no grant_type": (_raw({"grant_type": ""}), 400, "invalid_request"),
     "grant_type password": (_raw({"grant_type": "password"}), 400, "unsupported_grant_type"),
-    "grant_type authorization_code": (_raw({"grant_type": "authorization_code"}), 400, "unsupported_grant_type"),
+    "grant_type implicit": (_raw({"grant_type": "implicit"}), 400, "unsupported_grant_type"),
+    "authorization_code by a backend client": (_raw({"grant_type": "authorization_code"}), 400, "unauthorized_client"),
     "person_id not an INS": (_params(person_id="1.2.3^^^&1.2.3&ISO"), 400, "invalid_request"),
     "resource of another server": (_params(resource="https://other.example/fhir"), 400, "invalid_target"),
     "SAML token asked": (
@@ -511,12 +512,12 @@ def test_discovery_document(backend: Backend) -> None:
     assert document["issuer"] == f"{BASE_URL}/auth"
     assert document["token_endpoint"] == TOKEN_URL
     assert document["jwks_uri"] == f"{BASE_URL}/auth/jwks"
-    assert document["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert document["token_endpoint_auth_methods_supported"] == ["private_key_jwt", "none"]  # "none": patient apps
     assert document["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
-    assert document["grant_types_supported"] == ["client_credentials", "refresh_token"]
+    assert document["grant_types_supported"] == ["authorization_code", "client_credentials", "refresh_token"]
     assert {"client-confidential-asymmetric", "permission-v2"} <= set(document["capabilities"])
     assert "system/*.cruds" in document["scopes_supported"]
-    assert "code_challenge_methods_supported" not in document and "authorization_endpoint" not in document
+    assert document["code_challenge_methods_supported"] == ["S256"]  # SMART App Launch (test_app_launch.py)
     assert document["dmp_endpoints"] == account_endpoints(BASE_URL)  # the patient login's
     assert backend.http.post("/fhir/.well-known/smart-configuration").status_code == 405
 
@@ -558,11 +559,11 @@ def test_other_grants_and_endpoints_plug_in(backend: Backend) -> None:
     backend.auth.register_grant("urn:example:echo", echo)
     with pytest.raises(ValueError, match="already registered"):
         backend.auth.register_grant("refresh_token", echo)
-    backend.auth.publication.publish({"example": f"{BASE_URL}/example"}, capabilities=["permission-offline"])
+    backend.auth.publication.publish({"example": f"{BASE_URL}/example"}, capabilities=["permission-user"])
     document = backend.http.get("/fhir/.well-known/smart-configuration").get_json()
     assert "urn:example:echo" in document["grant_types_supported"]
     assert document["dmp_endpoints"] == {**account_endpoints(BASE_URL), "example": f"{BASE_URL}/example"}
-    assert "permission-offline" in document["capabilities"]
+    assert "permission-user" in document["capabilities"]
     answer = backend.http.post(TOKEN, data={"grant_type": "urn:example:echo", "word": "hello"})
     assert answer.status_code == 200 and answer.get_json()["access_token"] == "hello"
     oauth_error(backend.http.post(TOKEN, data={"grant_type": "urn:example:echo"}), 400, "invalid_request")
