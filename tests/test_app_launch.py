@@ -33,6 +33,7 @@ from tests.test_accounts import (
     EMAIL,
     INS_A,
     INS_MINOR,
+    INS_NEW,
     INS_REP,
     PASSWORD,
     Mailbox,
@@ -365,6 +366,14 @@ def test_a_legal_representative_opens_the_minors_record(client: FlaskClient, wor
     tokens = ok(launch.exchange(redirected(launch.post("consent", decision="approve"))["code"][0]))
     assert tokens["patient"] == minor
     assert fhir(client, f"Patient/{minor}", tokens["access_token"]).status_code == 200
+
+    # Another record, with or without a DMP: the same refusal, and no Patient id given away (R8).
+    world.seed_patient(INS_A)
+    for other in (INS_A, INS_NEW):
+        launch = Launch(client)
+        html(launch.sign_in(mailbox, INS_REP, address, patient=other))
+        query = redirected(launch.post("consent", decision="approve"))
+        assert query["error"] == ["access_denied"] and "does not reach" in query["error_description"][0]
 
 
 # -- introspection and revocation ----------------------------------------------------------------

@@ -44,8 +44,9 @@ from authz.authserver.revocation import DenyList
 from authz.authserver.token_endpoint import INVALID_GRANT, OAuthError, TokenRequest
 from authz.devtoken import iua_claims
 from authz.scopes import parse_scope
+from authz.state import load_state
+from authz.terms import LEGAL_REPRESENTATIVE
 from storage.interface import Store
-from storage.query import OPEN_SCOPE, Query, Token
 
 if TYPE_CHECKING:
     from authz.authserver.server import AuthorizationServer
@@ -256,13 +257,14 @@ class AppAuthorization:
         if not approve:
             raise pending.refused("access_denied", "the user refused the authorisation")
         acting_for: Ident = (pending.acting_for[0], pending.acting_for[1])
-        context = {}
-        if LAUNCH_PATIENT in pending.scope:
-            patient = self._patient_id(acting_for)
-            if patient is None:
-                raise pending.refused("access_denied", "there is no DMP for this patient")
-            context["patient"] = patient
         person: Ident = (pending.person[0], pending.person[1])
+        now = self.clock()
+        state = load_state(self.store, acting_for)
+        represents = state is not None and state.representative(person, int(now * 1_000_000))  # µs, as Consents
+        if state is None or (pending.role == LEGAL_REPRESENTATIVE and not represents):
+            # One answer for both: naming an INS must not tell a representative whether it has a DMP.
+            raise pending.refused("access_denied", "the signed-in person does not reach this patient's record")
+        context = {"patient": state.patient_ids[0]} if LAUNCH_PATIENT in pending.scope else {}
         grant = Grant(
             sub=subject_of(person),
             scope=" ".join(pending.scope),
@@ -273,7 +275,6 @@ class AppAuthorization:
         code = otp.ticket()
         held = {"client_id": pending.client_id, "redirect_uri": pending.redirect_uri, "challenge": pending.challenge}
         value = orjson.dumps({**held, "grant": orjson.loads(grant.to_json())})
-        now = self.clock()
         self.store.put_record(CODE_KIND, otp.digest(code), value, expires=int(now) + CODE_LIFETIME)
         app = self.apps.get(pending.client_id)
         name = app.name if app is not None else pending.client_id
@@ -285,11 +286,6 @@ class AppAuthorization:
 
     def app_of(self, pending: Pending) -> PatientApp | None:
         return self.apps.get(pending.client_id)
-
-    def _patient_id(self, ins: Ident) -> str | None:
-        query = Query("Patient", Token("identifier", ins[0], ins[1]), count=1, total=False)
-        found = self.store.search(query, OPEN_SCOPE).matches
-        return found[0].id if found else None
 
     def _save(self, session: str, pending: Pending, *, new: bool = False) -> None:
         key = otp.digest(session)
