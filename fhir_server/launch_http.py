@@ -124,7 +124,12 @@ def register_launch_routes(app: Flask, server: AuthorizationServer, accounts: Ac
         return response
 
     def consent(session: str, csrf: str, pending: Pending) -> Response:
-        return _redirect(flow.decide(session, csrf, request.form.get("decision") == "approve"))
+        try:
+            response = _redirect(flow.decide(session, csrf, request.form.get("decision") == "approve"))
+        except RedirectError as exc:
+            response = _redirect(exc.location())
+        response.delete_cookie(COOKIE, path=root, httponly=True, samesite="Lax", secure=secure)  # the session is over
+        return response
 
     def introspect() -> Response:
         return _oauth_json(lambda: status.introspect(token_request()))

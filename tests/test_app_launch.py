@@ -203,7 +203,9 @@ def test_a_patient_app_gets_a_token_for_the_patient_through_login_code_and_conse
     page = html(consent)
     assert "patient/*.rs" in page and "lire, rechercher" in page and "Autoriser" in page
     assert "https://app.example.org" in consent.headers["Content-Security-Policy"]  # form-action of the redirect
-    query = redirected(launch.post("consent", decision="approve"))
+    approved = launch.post("consent", decision="approve")
+    assert "dmp_authorize=;" in approved.headers["Set-Cookie"]  # the session's cookie is cleared
+    query = redirected(approved)
     assert query["state"] == [launch.state]
 
     tokens = ok(launch.exchange(query["code"][0]))
@@ -281,6 +283,9 @@ def test_faults_in_the_request_go_back_to_the_app_once_its_redirect_uri_is_known
     refused("unsupported_response_type", response_type="token")
     refused("invalid_scope", scope="user/*.rs openid fhirUser")
     refused("invalid_request", launch="xyz")
+    twice = Launch(client)
+    query = redirected(client.get(f"{AUTHORIZE}?{urlencode(twice.params)}&code_challenge_method=plain"))
+    assert query["error"] == ["invalid_request"] and "repeated" in query["error_description"][0]
 
     # No trustworthy redirect URI: a page, never a redirect (RFC 6749 §4.1.2.1).
     for params in (

@@ -63,7 +63,16 @@ LAUNCH_PATIENT = "launch/patient"
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 #: The parameters of an authorisation request, each at most once (RFC 6749 §3.1).
-_SINGLE = ("response_type", "client_id", "redirect_uri", "scope", "state", "aud", "code_challenge")
+_SINGLE = (
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "aud",
+    "code_challenge",
+    "code_challenge_method",
+)
 MAX_STATE = 1000
 
 
