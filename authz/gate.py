@@ -19,8 +19,13 @@ from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
 from authz.lifecycle import CLOSED_EVENT, REOPENED_EVENT, Change, change_of
 from authz.matrix import AuthorisationMatrix
-from authz.policy import DIRECTORY_TYPES, Access, Denied, DmpPolicy, WriteFacts
+from authz.outbox import EMERGENCY_TOPIC, SUBSCRIPTION_TOPIC, DocumentEvent, EmergencyEvent
+from authz.policy import DmpPolicy
+from authz.policy.access import DIRECTORY_TYPES, Access, Denied
+from authz.policy.writes import WriteFacts
+from authz.request import RequestFacts
 from authz.scopes import INTERACTION_PERMISSION
+from authz.settings import AccessSettings
 from authz.state import PatientState, decision_of, load_state
 from authz.subscribers import forget, recall, remember
 from authz.terms import (
@@ -41,11 +46,9 @@ from authz.tokens import (
     load_trusted_issuers,
     own_issuer,
 )
-from fhir_server.alerts.topics import EMERGENCY_TOPIC, SUBSCRIPTION_TOPIC, DocumentEvent, EmergencyEvent
-from fhir_server.config import Config
-from fhir_server.errors import FhirError
-from fhir_server.messages import FhirRequest, RawJson
 from fhirmodel.dates import instant_now
+from fhirmodel.errors import FhirError
+from fhirmodel.rawjson import RawJson
 from fhirmodel.terminology import Terminology
 from storage.interface import Gone, NotFound, Store, Stored
 from storage.query import ANY_SYSTEM, OPEN_SCOPE, AccessScope, Expr, Query, Reference, Token, all_of, any_of
@@ -273,7 +276,7 @@ class DmpGuard:
             shown.pop("entry", None)
         return shown
 
-    def record(self, req: FhirRequest, interaction: str, status: int, reason: str | None) -> None:
+    def record(self, req: RequestFacts, interaction: str, status: int, reason: str | None) -> None:
         """One AuditEvent per request about a record; an alert for every emergency access (R5)."""
         patient = self.actor.patient
         segments = [s for s in req.path.split("/") if s]
@@ -326,7 +329,7 @@ class DmpGatekeeper:
         self.server_name = server_name
         self.clock = clock
 
-    def guard(self, req: FhirRequest, interaction: str) -> DmpGuard:
+    def guard(self, req: RequestFacts, interaction: str) -> DmpGuard:
         actor = caller(self.verifier, self.known, req.header("Authorization"))
         moment = self.clock()
         try:
@@ -414,16 +417,18 @@ def caller(verifier: TokenVerifier, known: Known, authorization: str | None) -> 
         raise FhirError(403, f"no access: {exc}", "forbidden") from None
 
 
-def server_verifier(config: Config, store: Store) -> TokenVerifier:
+def server_verifier(settings: AccessSettings, store: Store) -> TokenVerifier:
     """The verifier of a server's bearer tokens: its own key (created on first start) and the
     trusted issuers; a token revoked at the server's revocation endpoint fails until it expires."""
-    key = load_or_create_server_key(config.data_dir)
-    issuers = load_trusted_issuers(config.trusted_issuers)
+    key = load_or_create_server_key(settings.data_dir)
+    issuers = load_trusted_issuers(settings.trusted_issuers)
     revoked = DenyList(store).revoked
-    return TokenVerifier.with_server_key(key, own_issuer(config.base_url), issuers, config.base_url, revoked=revoked)
+    return TokenVerifier.with_server_key(
+        key, own_issuer(settings.base_url), issuers, settings.base_url, revoked=revoked
+    )
 
 
-def build_gatekeeper(config: Config, store: Store, terminology: Terminology) -> DmpGatekeeper:
+def build_gatekeeper(settings: AccessSettings, store: Store, terminology: Terminology) -> DmpGatekeeper:
     """The DMP gatekeeper of a server: its verifier, the authorisation matrix from ``ig/``."""
-    policy = DmpPolicy(AuthorisationMatrix.load(config.ig_dir), config.retention_years)
-    return DmpGatekeeper(store, server_verifier(config, store), policy, terminology.has_code, config.base_url)
+    policy = DmpPolicy(AuthorisationMatrix.load(settings.ig_dir), settings.retention_years)
+    return DmpGatekeeper(store, server_verifier(settings, store), policy, terminology.has_code, settings.base_url)

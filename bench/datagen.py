@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fhir_server.config import PROJECT_ROOT
-from fhir_server.documents.codes import TYPE_TO_CLASS
+from fhir_server.dmp.documents.codes import TYPE_TO_CLASS
+from fhir_server.runtime.config import PROJECT_ROOT
 from fhirmodel.terminology import Terminology
 
 LOINC = "http://loinc.org"

@@ -177,7 +177,7 @@ def load_data(run: Run, port: int, sample: IdSample, tokens: Tokens) -> LoadStat
     args = run.args
     plan = LoadPlan(run.pop, args.docs, args.batch, args.seed, args.max_load_seconds, run.big)
     if args.load == "direct":
-        from fhir_server.config import Config
+        from fhir_server.runtime.config import Config
 
         config = Config(data_dir=run.data_dir, base_url=fhir_base_url(port))
         return load_direct(config, plan, sample)

@@ -6,7 +6,7 @@ comments and indentation removed, its whole header kept and as many of its body 
 as fit. Per document only what must differ is replaced: the document's id (a ``2.25.`` OID from a
 fresh UUID, so that ids never repeat, even in a reused directory), its date, the patient's INS in
 ``recordTarget`` and the idNatPs of its author (the bench doctor, who sends it). The server checks
-every one of those against the DocumentReference (fhir_server/documents/cda.py, ``check_against``),
+every one of those against the DocumentReference (fhir_server/dmp/documents/cda.py, ``check_against``),
 as it checks the size and SHA-1 of the Binary.
 
 The Bundle follows the ANS PDSm profiles for the DMP (``pdsm-comprehensive-provide-document-bundle``,
@@ -87,7 +87,7 @@ def _h(tag: str) -> str:
 def cda_template(path: Path = CDA_EXAMPLE, target_bytes: int = CDA_TARGET_BYTES) -> CdaTemplate:
     """Read the example once: placeholders for the document id, date, patient INS and author, then
     the body's sections kept in order while the document stays within ``target_bytes``."""
-    from fhir_server.documents.cda import parse_cda  # the server's reading of it: type and title
+    from fhir_server.dmp.documents.cda import parse_cda  # the server's reading of it: type and title
 
     raw = path.read_bytes()
     parser = etree.XMLParser(remove_comments=True, remove_pis=True, remove_blank_text=True, resolve_entities=False)

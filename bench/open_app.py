@@ -12,7 +12,7 @@ every request through, records nothing and ignores the tokens the bench still se
 from __future__ import annotations
 
 from fhir_server.app import create_app, create_service
-from fhir_server.config import Config
+from fhir_server.runtime.config import Config
 from tests.support import open_gatekeeper
 
 app = create_app(service=create_service(Config.from_env(), gatekeeper=open_gatekeeper))

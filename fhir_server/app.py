@@ -11,19 +11,27 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from authz.authserver.server import build_authorization_server
-from authz.authserver.service import build_account_service
+from authz.authserver.grants import build_authorization_server
 from authz.gate import build_gatekeeper
-from fhir_server.account_http import account_endpoints, register_account_routes
-from fhir_server.config import Config
-from fhir_server.documents.codes import DocumentCodes
-from fhir_server.guard import Gatekeeper
-from fhir_server.http import register_routes
-from fhir_server.launch_http import register_launch_routes
-from fhir_server.oauth_http import register_oauth_routes
-from fhir_server.search.parser import SearchParser
-from fhir_server.service import SERVED_TYPES, FhirService
-from fhir_server.validation import ResourceValidator
+from fhir_server.dmp.accounts.http import account_endpoints, register_account_routes
+from fhir_server.dmp.accounts.launch_http import register_launch_routes
+from fhir_server.dmp.accounts.service import build_account_service
+from fhir_server.dmp.alerts.admission import SubscriptionAdmission
+from fhir_server.dmp.alerts.job import alerts
+from fhir_server.dmp.documents.extension import documents_extensions
+from fhir_server.dmp.export.operation import EXPORT
+from fhir_server.dmp.jobs import Job, purge_expired_records
+from fhir_server.dmp.lifecycle.majority import majority_job
+from fhir_server.dmp.oauth.http import register_oauth_routes
+from fhir_server.dmp.oauth.token_status import register_token_status_routes
+from fhir_server.fhir.http import register_routes
+from fhir_server.fhir.interactions.operations import CORE
+from fhir_server.fhir.messages import Gatekeeper
+from fhir_server.fhir.routing import route
+from fhir_server.fhir.search.parser import SearchParser
+from fhir_server.fhir.service import SERVED_TYPES, Extensions, FhirService
+from fhir_server.fhir.validation import ResourceValidator
+from fhir_server.runtime.config import Config
 from fhirmodel.indexing import extract_index
 from fhirmodel.searchparams import SearchParamRegistry
 from fhirmodel.terminology import Terminology
@@ -31,11 +39,24 @@ from storage import open_store
 from storage.crypto import EnvelopeCipher, MasterKeys
 from storage.interface import Store
 
+#: The periodic jobs, by name, in the order they run (``fhir_server.dmp.jobs``). No purge of closed
+#: DMPs here: removing them for good is an operator's decision (``dmp-server purge``).
+JOBS: dict[str, Job] = {
+    "majority": majority_job,
+    "alerts": alerts,
+    "purge-records": purge_expired_records,
+}
+
 #: Builds a server's access control from its configuration, store and terminology.
 GatekeeperFactory = Callable[[Config, Store, Terminology], Gatekeeper]
 
 
-def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekeeper) -> FhirService:
+def dmp_gatekeeper(config: Config, store: Store, terminology: Terminology) -> Gatekeeper:
+    """Access control by the DMP rules (``authz``), from this configuration."""
+    return build_gatekeeper(config.access, store, terminology)
+
+
+def create_service(config: Config, gatekeeper: GatekeeperFactory = dmp_gatekeeper) -> FhirService:
     """The service of a configuration; access control is the DMP's unless a test says otherwise."""
     registry = SearchParamRegistry.load(config.ig_dir / "SearchParameter", SERVED_TYPES)
     terminology = Terminology.load(*(config.ig_dir / folder for folder in ("CodeSystem", "ValueSet", "ConceptMap")))
@@ -60,8 +81,15 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = build_gatekee
         parser=SearchParser(registry, terminology, config.base_url, config.max_count),
         validator=ResourceValidator(frozenset(SERVED_TYPES)),
         gatekeeper=gatekeeper(config, store, terminology),
-        document_codes=DocumentCodes.of(terminology),
+        router=route,
+        extensions=capabilities(config, terminology),
     )
+
+
+def capabilities(config: Config, terminology: Terminology) -> Extensions:
+    """The FHIR machinery's own operations and what each DMP capability adds to it."""
+    alerts = Extensions(write_rules=(SubscriptionAdmission(config.subscription_allow_http),))
+    return CORE + documents_extensions(terminology) + alerts + EXPORT
 
 
 def create_app(
@@ -74,8 +102,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max(config.max_body, config.max_binary_body or 0)
     app.extensions["fhir_service"] = service
     register_routes(app, service)
-    auth = build_authorization_server(config, service.store, clock=clock)
+    auth = build_authorization_server(config.base_url, config.data_dir, service.store, clock=clock)
     register_oauth_routes(app, auth, config.base_path)
+    register_token_status_routes(app, auth, config.base_path)
     accounts = build_account_service(config, service, clock=clock, issuer=auth.issuer)
     register_account_routes(app, accounts, config.base_path)
     register_launch_routes(app, auth, accounts, config.base_path)

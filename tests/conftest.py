@@ -21,8 +21,8 @@ from authz.devtoken import make_dev_token
 from authz.keys import load_or_create_server_key
 from authz.tokens import own_issuer
 from fhir_server.app import create_app, create_service
-from fhir_server.config import Config
-from fhir_server.service import FhirService
+from fhir_server.fhir.service import FhirService
+from fhir_server.runtime.config import Config
 from tests.dmp import World
 from tests.paths import ROOT
 from tests.support import open_gatekeeper

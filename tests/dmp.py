@@ -34,8 +34,8 @@ from authz.terms import (
 )
 from authz.tokens import own_issuer
 from fhir_server.app import create_app, create_service
-from fhir_server.config import Config
-from fhir_server.service import FhirService
+from fhir_server.fhir.service import FhirService
+from fhir_server.runtime.config import Config
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
 
 INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"
@@ -142,7 +142,7 @@ class World:
         self.config = Config(data_dir=tmp_path / "data", **settings)
 
         def gatekeeper(config: Config, store: Any, terminology: Any) -> DmpGatekeeper:
-            built = build_gatekeeper(config, store, terminology)
+            built = build_gatekeeper(config.access, store, terminology)
             built.clock = self.clock
             return built
 

@@ -15,7 +15,7 @@ import copy
 import re
 from typing import Any
 
-from fhir_server.documents.codes import DocumentCodes
+from fhir_server.dmp.documents.codes import DocumentCodes
 from fhirmodel.terminology import Terminology
 from tests.paths import ROOT
 

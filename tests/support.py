@@ -11,8 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fhir_server.config import Config
-from fhir_server.messages import FhirRequest, RawJson
+from fhir_server.fhir.messages import FhirRequest
+from fhir_server.runtime.config import Config
+from fhirmodel.rawjson import RawJson
 from fhirmodel.terminology import Terminology
 from storage.interface import Store, Stored
 from storage.query import OPEN_SCOPE, AccessScope

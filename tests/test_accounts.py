@@ -22,13 +22,13 @@ from werkzeug.test import TestResponse
 from authz.authserver.accounts import LOCK_SECONDS
 from authz.authserver.creation_codes import CODE_LIFETIME, CONSUMED_KIND
 from authz.authserver.issuer import RefreshRefused
-from authz.authserver.login import CODE_LIFETIME as LOGIN_CODE_LIFETIME
-from authz.authserver.service import AccountService
 from authz.authserver.sms import OUTBOX_FILE_NAME
 from authz.terms import EMERGENCY_ACCESS, REPRESENTATIVE
 from authz.tokens import TokenVerifier
 from fhir_server.app import create_app
 from fhir_server.cli import main as cli
+from fhir_server.dmp.accounts.login import CODE_LIFETIME as LOGIN_CODE_LIFETIME
+from fhir_server.dmp.accounts.service import AccountService
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier, Token
 from tests.conftest import LiveServer
 from tests.dmp import INS_SYSTEM, EpochClock, World

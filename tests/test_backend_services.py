@@ -37,12 +37,12 @@ from authz.devtoken import iua_claims
 from authz.keys import load_or_create_server_key
 from authz.terms import ACCESS, IDNATPS_SYSTEM
 from authz.tokens import InvalidToken, TokenVerifier, TrustedIssuer
-from fhir_server.account_http import account_endpoints
-from fhir_server.app import create_app
+from fhir_server.app import JOBS, create_app
 from fhir_server.cli import main
-from fhir_server.config import Config
-from fhir_server.jobs import JobContext, run_jobs
-from fhir_server.mail import DisabledMailer
+from fhir_server.dmp.accounts.http import account_endpoints
+from fhir_server.dmp.jobs import JobContext, run_jobs
+from fhir_server.runtime.config import Config
+from fhir_server.runtime.mail import DisabledMailer
 from tests.dmp import FINESS, INS_SYSTEM, As, World
 from tests.jwks_server import JwksServer
 from tests.test_tokens import b64, b64_json, pem, public_jwk, public_pem
@@ -416,7 +416,7 @@ def test_assertion_times_follow_the_clock(backend: Backend, keys: Keys) -> None:
     # The used jtis are forgotten once their assertions could not be replayed anyway.
     later = datetime.fromtimestamp(start + 3600, UTC)
     context = JobContext(backend.world.service, DisabledMailer(), clock=lambda: later)
-    assert run_jobs(context, ["purge-records"]) == {"purge-records": 2}
+    assert run_jobs(context, JOBS, ["purge-records"]) == {"purge-records": 2}
 
 
 # -- clients whose keys are at a jwks_uri ---------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 
 from flask.testing import FlaskClient
 
-from fhir_server.service import FhirService
+from fhir_server.fhir.service import FhirService
 from tests.paths import ROOT
 
 PUBLISHED = ROOT / "capability" / "CapabilityStatement-dmp-server.json"
@@ -53,11 +53,10 @@ def test_every_advertised_interaction_is_routed(client: FlaskClient) -> None:
         assert client.get(f"/fhir/{rtype}/none").status_code == 404
 
 
-def test_local_operation_definitions_match_the_operations_served(client: FlaskClient) -> None:
+def test_local_operation_definitions_match_the_operations_served(client: FlaskClient, service: FhirService) -> None:
     """``ig/OperationDefinition`` describes the operations the server implements, where it
     implements them (type or instance level), with the input parameters their code accepts."""
-    from fhir_server.export.operation import PART
-    from fhir_server.interactions.operations import OPERATIONS
+    from fhir_server.dmp.export.operation import PART
 
     inputs = {"dmp-export": {PART}}
     statement = client.get("/fhir/metadata").get_json()
@@ -70,7 +69,7 @@ def test_local_operation_definitions_match_the_operations_served(client: FlaskCl
     assert definitions
     for path in definitions:
         definition = json.loads(path.read_text(encoding="utf-8"))
-        served = [op for op in OPERATIONS if op.definition == definition["url"]]
+        served = [op for op in service.extensions.operations if op.definition == definition["url"]]
         assert len(served) == 1, path.name
         operation = served[0]
         assert definition["code"] == operation.name

@@ -1,4 +1,4 @@
-"""CDA R2 ingestion (fhir_server.documents.cda): the ANS CI-SIS examples in ../shared/data/cda, the
+"""CDA R2 ingestion (fhir_server.dmp.documents.cda): the ANS CI-SIS examples in ../shared/data/cda, the
 DocumentReference derived from them, consistency checks, rendering, and hostile XML."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import lxml.html
 import pytest
 from lxml import etree
 
-from fhir_server.documents import cda as cda_module
-from fhir_server.documents.cda import (
+from fhir_server.dmp.documents.cda import (
     MAX_DEPTH,
     CdaDocument,
     CdaError,
@@ -23,9 +22,10 @@ from fhir_server.documents.cda import (
     document_reference_from_cda,
     hl7_ts_to_fhir,
     parse_cda,
+    safe_xml,
 )
-from fhir_server.errors import FhirError
-from fhir_server.validation import ResourceValidator
+from fhir_server.fhir.validation import ResourceValidator
+from fhirmodel.errors import FhirError
 from tests.paths import EXAMPLES, ROOT, SHARED_DATA
 
 CDA_DIR = SHARED_DATA / "cda"
@@ -604,7 +604,7 @@ def test_the_parser_itself_resolves_nothing(tmp_path: Path) -> None:
     entity, so even a document that got past the first check could not read a file."""
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP-SECRET-7f3a")
-    root = cda_module._pull_parse(xxe_document(secret).encode())
+    root = safe_xml._pull_parse(xxe_document(secret).encode())
     assert "TOP-SECRET" not in etree.tostring(root, encoding="unicode")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from fhir_server.app import create_service
 from fhir_server.cli import main
-from fhir_server.config import Config
+from fhir_server.runtime.config import Config
 from storage.crypto import (
     DecryptionError,
     EnvelopeCipher,

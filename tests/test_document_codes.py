@@ -18,7 +18,7 @@ import pytest
 from werkzeug.test import TestResponse
 
 from authz.terms import ACCESS, IDNATPS_SYSTEM
-from fhir_server.documents.codes import DocumentCodes
+from fhir_server.dmp.documents.codes import DocumentCodes
 from fhirmodel.terminology import Terminology
 from storage.query import OPEN_SCOPE
 from tests.dmp import LOINC, As, World
@@ -382,7 +382,7 @@ def test_the_examples_whose_codes_the_dmp_refuses() -> None:
 
 def test_the_nist_comprehensive_fixtures_type_outside_j07() -> None:
     """Every comprehensive NIST fixture types 34895-3 and classifies IHE REPORTS; repaired, none."""
-    from fhir_server.formats.xml import xml_to_json
+    from fhir_server.fhir.formats.xml import xml_to_json
 
     seen = 0
     for case in cases():

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from fhir_server.formats.xml import xml_to_json
+from fhir_server.fhir.formats.xml import xml_to_json
 from tests.conftest import LiveServer
 
 INS = "2990175123456"

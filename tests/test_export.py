@@ -35,7 +35,7 @@ from authz.terms import (
     MEDECIN_TRAITANT,
     REPRESENTATIVE,
 )
-from fhir_server.export.zipstream import Member, stream_zip
+from fhir_server.dmp.export.zipstream import Member, stream_zip
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
 from tests.conftest import LiveServer
 from tests.dmp import INS_SYSTEM, As, World

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from fhir_server.config import PROJECT_ROOT
-from fhir_server.service import SERVED_TYPES
+from fhir_server.fhir.service import SERVED_TYPES
+from fhir_server.runtime.config import PROJECT_ROOT
 from fhirmodel.dates import MAX_US, MIN_US, DateFormatError, date_range, us_to_instant
 from fhirmodel.fhirpath import Typed
 from fhirmodel.indexing import (

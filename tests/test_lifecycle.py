@@ -22,8 +22,8 @@ from authz.lifecycle import CLOSURE_URL, LIFECYCLE_SYSTEM
 from authz.subscribers import KIND as SUBSCRIBER_KIND
 from authz.terms import ACCESS, BREAK_THE_GLASS, IDNATPS_SYSTEM, REPRESENTATIVE
 from fhir_server.cli import main
-from fhir_server.config import Config
-from fhir_server.purge import purge
+from fhir_server.dmp.lifecycle.purge import purge
+from fhir_server.runtime.config import Config
 from fhirmodel.dates import add_years
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
 from tests.dmp import INS_SYSTEM, As, World, closed, closure, reopened

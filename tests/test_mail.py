@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from fhir_server.config import Config
-from fhir_server.mail import DisabledMailer, Mail, MailError, SmtpMailer, mailer_from
+from fhir_server.runtime.config import Config
+from fhir_server.runtime.mail import DisabledMailer, Mail, MailError, SmtpMailer, mailer_from
 from tests.smtp_sink import SmtpSink, free_port
 
 

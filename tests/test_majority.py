@@ -20,9 +20,10 @@ import pytest
 from authz.consents import new_consent
 from authz.lifecycle import LIFECYCLE_SYSTEM
 from authz.terms import ACCESS, IDNATPS_SYSTEM, REPRESENTATIVE
+from fhir_server.app import JOBS
 from fhir_server.cli import main
-from fhir_server.jobs import JobContext, run_jobs
-from fhir_server.mail import Mailer, SmtpMailer
+from fhir_server.dmp.jobs import JobContext, run_jobs
+from fhir_server.runtime.mail import Mailer, SmtpMailer
 from fhirmodel.dates import add_months, add_years
 from storage.query import OPEN_SCOPE
 from tests.dmp import INS_SYSTEM, As, World, ins_of
@@ -97,7 +98,7 @@ def seed_ward(world: World, majority: date) -> str:
 
 
 def job(world: World, mailer: Mailer) -> int:
-    done = run_jobs(JobContext(world.service, mailer, world.clock), ["majority"])
+    done = run_jobs(JobContext(world.service, mailer, world.clock), JOBS, ["majority"])
     assert done is not None and done["majority"] >= 0
     return done["majority"]
 
@@ -134,7 +135,7 @@ def test_the_representatives_are_told_once_a_month_before(
     world.clock.now = at(add_months(majority, -1) - timedelta(days=1))
     assert job(world, mailer) == 0 and smtp_sink.received == []
     world.clock.now = at(add_months(majority, -1))
-    with caplog.at_level(logging.INFO, logger="fhir_server.majority"):
+    with caplog.at_level(logging.INFO, logger="fhir_server.dmp.lifecycle.majority"):
         assert job(world, mailer) == 2
     assert "no e-mail address" in caplog.text  # the third parent: logged, not an error
     first, second = smtp_sink.to(P1), smtp_sink.to(P2)

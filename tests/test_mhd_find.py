@@ -29,7 +29,7 @@ import pytest
 from werkzeug.test import TestResponse
 
 from authz.terms import ACCESS, IDNATPS_SYSTEM
-from fhir_server.formats.xml import xml_to_json
+from fhir_server.fhir.formats.xml import xml_to_json
 from tests.dmp import INS_SYSTEM, LOINC, As, World
 from tests.test_mhd_folders import LIST_TYPES, OTHER_INS, SNOMED, folder, with_folder
 from tests.test_mhd_provide import DR, INS, MHD, coding, created, submission

@@ -18,7 +18,7 @@ import pytest
 from werkzeug.test import TestResponse
 
 from authz.terms import MASKED_FROM_PROFESSIONALS, VISIBILITY_SYSTEM
-from fhir_server.formats.xml import xml_to_json
+from fhir_server.fhir.formats.xml import xml_to_json
 from tests import test_mhd_provide as provide
 from tests.dmp import As, World
 from tests.test_mhd_provide import DR, DR_2, INS, MHD, coding, created, entry_of, refused, submission, versions

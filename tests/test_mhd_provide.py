@@ -1,4 +1,4 @@
-"""IHE MHD ITI-65 Provide Document Bundle, Document Recipient side (fhir_server/documents/mhd.py).
+"""IHE MHD ITI-65 Provide Document Bundle, Document Recipient side (fhir_server/dmp/documents/mhd.py).
 
 Most tests run in a DMP world (tests/dmp.py: the real server, the DMP gatekeeper, real tokens).
 Its patient carries the INS the ANS examples name (so their ``Patient?identifier=`` subjects
@@ -25,8 +25,8 @@ import pytest
 from werkzeug.test import TestResponse
 
 from authz.terms import ACCESS, IDNATPS_SYSTEM
-from fhir_server.documents.profiles import load_profiles
-from fhir_server.formats.xml import xml_to_json
+from fhir_server.fhir.formats.xml import xml_to_json
+from fhir_server.fhir.profiles import load_profiles
 from storage.query import OPEN_SCOPE
 from tests.conftest import Fhir
 from tests.dmp import CR_CONSULTATION, FINESS, INS_SYSTEM, LOINC, As, World

@@ -30,8 +30,8 @@ from authz.terms import (
     REGULATION_CENTRE,
     VISIBILITY_SYSTEM,
 )
-from fhir_server.documents.cda import parse_cda
-from fhir_server.documents.generate_metadata import GENERATE_METADATA
+from fhir_server.dmp.documents.cda import parse_cda
+from fhir_server.dmp.documents.generate_metadata import GENERATE_METADATA
 from storage.query import OPEN_SCOPE, Query
 from tests.dmp import As, World
 from tests.paths import SHARED_DATA

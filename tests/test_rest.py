@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from fhir_server.app import create_app
-from fhir_server.config import Config
+from fhir_server.runtime.config import Config
 from tests.conftest import Fhir
 
 JSON = {"Content-Type": "application/fhir+json"}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from fhir_server.service import FhirService
+from fhir_server.fhir.service import FhirService
 from tests.paths import EXAMPLES, HL7_EXAMPLES
 
 SEEDS = range(6)

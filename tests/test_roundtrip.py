@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from fhir_server.formats.xml import json_to_xml, xml_to_json
-from fhir_server.service import SERVED_TYPES
+from fhir_server.fhir.formats.xml import json_to_xml, xml_to_json
+from fhir_server.fhir.service import SERVED_TYPES
 from tests.document_codes import dmp_codes
 from tests.paths import HL7_EXAMPLES
 

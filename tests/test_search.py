@@ -16,9 +16,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from fhir_server.errors import FhirError
-from fhir_server.messages import FhirRequest
-from fhir_server.service import FhirService
+from fhir_server.fhir.messages import FhirRequest
+from fhir_server.fhir.service import FhirService
+from fhirmodel.errors import FhirError
 from fhirmodel.terminology import Terminology
 from storage.query import (
     ANY_SYSTEM,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from fhir_server.config import PROJECT_ROOT
-from fhir_server.service import SERVED_TYPES
+from fhir_server.fhir.service import SERVED_TYPES
+from fhir_server.runtime.config import PROJECT_ROOT
 from fhirmodel.indexing import IndexValue, extract_index
 from fhirmodel.searchparams import SearchParamRegistry
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError, MasterKeys

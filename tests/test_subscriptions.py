@@ -28,15 +28,16 @@ import pytest
 from aiosmtpd.controller import Controller
 from werkzeug.test import TestResponse
 
+from authz.outbox import EMERGENCY_TOPIC, SUBSCRIPTION_TOPIC
 from authz.terms import IDNATPS_SYSTEM, VISIBILITY_SYSTEM
-from fhir_server.alerts import resthook
-from fhir_server.alerts.channel import FHIR_JSON
-from fhir_server.alerts.resthook import DeliveryError
-from fhir_server.alerts.retry import MAX_ATTEMPTS, delay
-from fhir_server.alerts.topics import EMERGENCY_TOPIC, SUBSCRIPTION_TOPIC
+from fhir_server.app import JOBS
 from fhir_server.cli import main
-from fhir_server.jobs import JobContext, run_jobs
-from fhir_server.mail import DisabledMailer, Mailer, SmtpMailer
+from fhir_server.dmp.alerts import resthook
+from fhir_server.dmp.alerts.channel import FHIR_JSON
+from fhir_server.dmp.alerts.resthook import DeliveryError
+from fhir_server.dmp.alerts.retry import MAX_ATTEMPTS, delay
+from fhir_server.dmp.jobs import JobContext, run_jobs
+from fhir_server.runtime.mail import DisabledMailer, Mailer, SmtpMailer
 from storage.interface import Queued
 from tests.dmp import CR_CONSULTATION, INS_SYSTEM, LOINC, As, World
 from tests.paths import EXAMPLES
@@ -423,7 +424,7 @@ def mailer(smtp_sink: SmtpSink) -> SmtpMailer:
 
 def run_alerts(world: World, mailer: Mailer) -> int:
     """One run of the ``alerts`` job, at the world's time."""
-    done = run_jobs(JobContext(world.service, mailer, clock=world.clock), ["alerts"])
+    done = run_jobs(JobContext(world.service, mailer, clock=world.clock), JOBS, ["alerts"])
     assert done is not None and done["alerts"] >= 0, done
     return done["alerts"]
 

@@ -12,7 +12,7 @@ from authz.devtoken import iua_claims
 from authz.keys import ServerKey
 from authz.tokens import InvalidToken, TokenVerifier, own_issuer
 from fhir_server.app import create_service
-from fhir_server.config import Config
+from fhir_server.runtime.config import Config
 from tests.dmp import EpochClock as Clock
 
 BASE = "http://127.0.0.1:8080/fhir"

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from jose import jwt
 
-from authz.devtoken import DEV_IDNATPS, add_token_command, make_dev_token
+from authz.devtoken import DEV_IDNATPS, make_dev_token
 from authz.keys import ServerKey, load_or_create_server_key, server_key_path
 from authz.tokens import (
     MAX_TOKEN_LENGTH,
@@ -36,6 +36,7 @@ from authz.tokens import (
     load_trusted_issuers,
     own_issuer,
 )
+from fhir_server.cli.token import add_token_command
 from storage.secretfile import write_secret_file
 from tests.jwks_server import JwksServer
 

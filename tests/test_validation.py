@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from fhir_server.errors import FhirError
-from fhir_server.validation import MAX_DEPTH, MAX_ISSUES, ResourceValidator
+from fhir_server.fhir.validation import MAX_DEPTH, MAX_ISSUES, ResourceValidator
+from fhirmodel.errors import FhirError
 from tests.paths import EXAMPLES, HL7_EXAMPLES
 
 SERVED = frozenset(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from fhir_server.formats.xml import MAX_DEPTH, XmlFormatError, json_to_xml, xml_to_json
+from fhir_server.fhir.formats.xml import MAX_DEPTH, XmlFormatError, json_to_xml, xml_to_json
 from tests.paths import HL7_EXAMPLES as EXAMPLES
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.json"))

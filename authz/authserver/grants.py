@@ -26,26 +26,28 @@ was issued to (a refresh token issued to no client in particular accepts any).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from authz.actor import parse_ins
 from authz.authserver.clients import ScopeRefused, granted_scope
 from authz.authserver.discovery import JWT_TOKEN_TYPE
 from authz.authserver.issuer import Grant, RefreshRefused
+from authz.authserver.server import AuthorizationServer, GrantHandler
 from authz.authserver.token_endpoint import (
     INVALID_CLIENT,
     INVALID_GRANT,
     INVALID_REQUEST,
     INVALID_SCOPE,
     INVALID_TARGET,
-    GrantHandler,
     OAuthError,
     TokenRequest,
 )
 from authz.devtoken import person_id_cx
-
-if TYPE_CHECKING:
-    from authz.authserver.server import AuthorizationServer
+from authz.keys import load_or_create_server_key
+from storage.interface import Store
 
 #: SMART Backend Services: "the expires_in value SHOULD NOT exceed 300".
 BACKEND_TOKEN_LIFETIME = 300
@@ -126,3 +128,11 @@ DEFAULT_GRANTS: dict[str, GrantHandler] = {
     "client_credentials": client_credentials,
     "refresh_token": refresh_token,
 }
+
+
+def build_authorization_server(
+    base_url: str, data_dir: Path, store: Store, *, clock: Callable[[], float] = time.time
+) -> AuthorizationServer:
+    """The authorisation server of the FHIR base ``base_url``, signing with the server's key in
+    ``data_dir`` (created on first start)."""
+    return AuthorizationServer(base_url, store, load_or_create_server_key(data_dir), grants=DEFAULT_GRANTS, clock=clock)

@@ -9,25 +9,48 @@ issuer and the JWKS caches at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from authz.authserver.assertions import ASSERTION_TYPE, AssertionRefused, AssertionVerifier
 from authz.authserver.clients import Client, ClientRegistry
 from authz.authserver.discovery import Publication, jwks_uri, smart_configuration, token_endpoint
-from authz.authserver.grants import DEFAULT_GRANTS
 from authz.authserver.issuer import TokenIssuer
 from authz.authserver.token_endpoint import (
     INVALID_CLIENT,
-    GrantHandler,
-    GrantRegistry,
+    UNSUPPORTED_GRANT_TYPE,
     OAuthError,
     TokenRequest,
 )
-from authz.keys import ServerKey, load_or_create_server_key
+from authz.keys import ServerKey
 from authz.tokens import Fetcher, own_issuer
-from fhir_server.config import Config
 from storage.interface import Store
+
+#: A grant: what the token endpoint answers to one ``grant_type`` (a token response, RFC 6749 §5.1).
+GrantHandler = Callable[["AuthorizationServer", TokenRequest], dict[str, Any]]
+
+
+class GrantRegistry:
+    """``grant_type`` → handler."""
+
+    def __init__(self, handlers: Mapping[str, GrantHandler] | None = None):
+        self._handlers: dict[str, GrantHandler] = dict(handlers or {})
+
+    def register(self, grant_type: str, handler: GrantHandler) -> None:
+        """Add a grant; a type registered twice is a programming error, not an override."""
+        if grant_type in self._handlers:
+            raise ValueError(f"grant type {grant_type} is already registered")
+        self._handlers[grant_type] = handler
+
+    def types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def handle(self, server: AuthorizationServer, request: TokenRequest) -> dict[str, Any]:
+        grant_type = request.require("grant_type")
+        handler = self._handlers.get(grant_type)
+        if handler is None:
+            raise OAuthError(UNSUPPORTED_GRANT_TYPE, f"grant_type {grant_type} is not supported here")
+        return handler(server, request)
 
 
 class AuthorizationServer:
@@ -37,6 +60,7 @@ class AuthorizationServer:
         store: Store,
         key: ServerKey,
         *,
+        grants: Mapping[str, GrantHandler],
         clock: Callable[[], float] = time.time,
         fetch: Fetcher | None = None,
     ):
@@ -50,7 +74,7 @@ class AuthorizationServer:
         self.issuer = TokenIssuer(key, own_issuer(self.base_url), self.base_url, store, clock=now)
         self.clients = ClientRegistry(store, now)
         self.assertions = AssertionVerifier(self.clients, store, self.token_endpoint, now, fetch)
-        self.grants = GrantRegistry(DEFAULT_GRANTS)
+        self.grants = GrantRegistry(grants)
         #: What the discovery document announces besides the token endpoint: other parts of the
         #: server call ``publication.publish(endpoints, scopes=..., capabilities=...)``.
         self.publication = Publication()
@@ -115,10 +139,3 @@ class AuthorizationServer:
         if client is None:
             raise OAuthError(INVALID_CLIENT, "client authentication required: a private_key_jwt client_assertion")
         return client
-
-
-def build_authorization_server(
-    config: Config, store: Store, *, clock: Callable[[], float] = time.time
-) -> AuthorizationServer:
-    """The authorisation server of a configuration, signing with the server's key (created on first start)."""
-    return AuthorizationServer(config.base_url, store, load_or_create_server_key(config.data_dir), clock=clock)

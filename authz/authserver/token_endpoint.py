@@ -1,21 +1,21 @@
-"""The token endpoint's protocol: requests, OAuth 2.0 errors, and grants dispatched by type.
+"""The token endpoint's protocol: requests and OAuth 2.0 errors.
 
 RFC 6749 §3.2 and §5: a POST of form parameters, each at most once, answered with a JSON token
 response or a JSON error ``{"error", "error_description"}``, never cached. Each ``grant_type`` is
-one function registered in a :class:`GrantRegistry`, so a new grant (the patient login's, a
-token exchange...) is added by registering one function, and the discovery document lists the
-registered types.
+one function registered in the server's ``GrantRegistry`` (:mod:`authz.authserver.server`), so a
+new grant (the patient login's, a token exchange...) is added by registering one function, and the
+discovery document lists the registered types.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from authz.authserver.server import AuthorizationServer
+    pass
 
 # RFC 6749 §5.2 error codes, with RFC 8707's for the ``resource`` parameter.
 INVALID_REQUEST = "invalid_request"
@@ -86,30 +86,3 @@ class TokenRequest:
         if value is None:
             raise OAuthError(INVALID_REQUEST, f"missing parameter: {name}")
         return value
-
-
-#: A grant: what the token endpoint answers to one ``grant_type`` (a token response, RFC 6749 §5.1).
-GrantHandler = Callable[["AuthorizationServer", TokenRequest], dict[str, Any]]
-
-
-class GrantRegistry:
-    """``grant_type`` → handler."""
-
-    def __init__(self, handlers: Mapping[str, GrantHandler] | None = None):
-        self._handlers: dict[str, GrantHandler] = dict(handlers or {})
-
-    def register(self, grant_type: str, handler: GrantHandler) -> None:
-        """Add a grant; a type registered twice is a programming error, not an override."""
-        if grant_type in self._handlers:
-            raise ValueError(f"grant type {grant_type} is already registered")
-        self._handlers[grant_type] = handler
-
-    def types(self) -> list[str]:
-        return sorted(self._handlers)
-
-    def handle(self, server: AuthorizationServer, request: TokenRequest) -> dict[str, Any]:
-        grant_type = request.require("grant_type")
-        handler = self._handlers.get(grant_type)
-        if handler is None:
-            raise OAuthError(UNSUPPORTED_GRANT_TYPE, f"grant_type {grant_type} is not supported here")
-        return handler(server, request)

@@ -9,6 +9,9 @@ its README into ``ig/authorisation``. Re-runnable; the output depends only on th
 Usage::
 
     python ig/tools/build_terminology.py [--data ../shared/data] [--out ig]
+
+Why one file of ~600 lines: it is a stand-alone tool (it runs without the server installed) that
+reads each source format of ``../shared/data`` in turn; it is not imported by the server.
 """
 
 from __future__ import annotations

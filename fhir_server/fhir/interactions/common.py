@@ -1,0 +1,63 @@
+"""What several interactions share: version headers, locations, and ``Prefer: return``."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from fhir_server.fhir.messages import FhirRequest, FhirResponse
+from fhir_server.fhir.service import FhirService
+from fhirmodel.errors import bad_request, operation_outcome
+from storage.interface import Stored
+
+_ETAG_RE = re.compile(r'^(?:W/)?"?([0-9]+)"?$')
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def etag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+def http_date(instant: str) -> str:
+    """RFC 7231 date for ``Last-Modified`` from a FHIR instant."""
+    from datetime import datetime
+    from email.utils import format_datetime
+
+    moment = datetime.fromisoformat(instant.replace("Z", "+00:00"))
+    return format_datetime(moment, usegmt=True)
+
+
+def parse_etag(value: str | None) -> int | None:
+    """The version in an ``If-Match`` header (``W/"3"``); 400 when it is not one."""
+    if value is None:
+        return None
+    m = _ETAG_RE.match(value.strip())
+    if not m:
+        raise bad_request(f'If-Match must be a version ETag like W/"1", not {value!r}')
+    return int(m.group(1))
+
+
+def version_headers(svc: FhirService, stored: Stored) -> dict[str, str]:
+    return {"ETag": etag(stored.version), "Last-Modified": http_date(stored.last_updated)}
+
+
+def location(svc: FhirService, stored: Stored) -> str:
+    return f"{svc.config.base_url}/{stored.resource_type}/{stored.id}/_history/{stored.version}"
+
+
+def written(svc: FhirService, req: FhirRequest, stored: Stored, status: int) -> FhirResponse:
+    """The answer to a create, update or patch, shaped by ``Prefer: return``."""
+    headers = version_headers(svc, stored)
+    headers["Location"] = location(svc, stored)
+    match req.prefer.get("return", "representation"):
+        case "minimal":
+            return FhirResponse(status, None, headers)
+        case "OperationOutcome":
+            outcome = operation_outcome(
+                "information", "informational", f"{stored.resource_type}/{stored.id} version {stored.version} stored"
+            )
+            return FhirResponse(status, outcome, headers)
+    return FhirResponse(status, req.checks.present(stored), headers)
