@@ -238,7 +238,8 @@ class AppAuthorization:
     def decide(self, session: str, csrf: str, approve: bool) -> str:
         """Approve → the redirect carrying a code; refuse → ``access_denied``. The session ends."""
         pending = self.pending(session, csrf, "consent")
-        self.store.delete_record(SESSION_KIND, otp.digest(session))
+        if not self.store.delete_record(SESSION_KIND, otp.digest(session)):
+            raise PageError("Cette demande d'autorisation a déjà reçu une réponse.")  # two answers at once
         if not approve:
             raise pending.refused("access_denied", "the user refused the authorisation")
         acting_for: Ident = (pending.acting_for[0], pending.acting_for[1])
