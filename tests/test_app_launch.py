@@ -228,6 +228,14 @@ def test_a_patient_app_gets_a_token_for_the_patient_through_login_code_and_conse
     assert any(f"({APP}) authorised: {SCOPE}" in d for d in trail)
 
 
+def test_the_authorisation_request_may_be_a_form_post(client: FlaskClient, mailbox: Mailbox, pid: str) -> None:
+    launch = Launch(client)
+    assert "Carnet de santé" in html(launch.page(client.post(AUTHORIZE, data=launch.params)))
+    html(launch.post("login", identifier=INS_A, password=PASSWORD))
+    html(launch.post("code", code=mailbox.code(EMAIL)))
+    assert ok(launch.exchange(redirected(launch.post("consent", decision="approve"))["code"][0]))["patient"] == pid
+
+
 def test_the_code_is_single_use_and_a_replay_revokes_what_it_gave(
     client: FlaskClient, mailbox: Mailbox, pid: str
 ) -> None:
