@@ -433,7 +433,7 @@ def test_introspection_says_what_a_token_holds_until_it_expires_and_only_to_regi
 
 
 def test_a_revoked_access_token_is_refused_by_the_fhir_api(
-    client: FlaskClient, clock: EpochClock, mailbox: Mailbox, pid: str
+    client: FlaskClient, world: World, clock: EpochClock, mailbox: Mailbox, pid: str
 ) -> None:
     tokens = Launch(client).tokens(mailbox)
     access, refresh = tokens["access_token"], tokens["refresh_token"]
@@ -450,6 +450,12 @@ def test_a_revoked_access_token_is_refused_by_the_fhir_api(
     assert ok(client.post(revoke, data={"token": refresh, "client_id": APP})) == {}
     oauth_error(client.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": refresh}), "invalid_grant")
     assert ok(client.post(revoke, data={"token": "unknown", "client_id": APP})) == {}  # RFC 7009 §2.2
+
+    # Removing the app ends its refresh tokens.
+    other = Launch(client).tokens(mailbox)["refresh_token"]
+    AppRegistry(world.store).remove(APP)
+    removed = client.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": other})
+    assert "no longer registered" in oauth_error(removed, "invalid_grant")
     assert client.get(revoke).status_code == 405
     oauth_error(client.post(revoke, json={"token": access}), "invalid_request")
 

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
 from werkzeug.test import TestResponse
 
+from authz.authserver.apps import AppRegistry, new_app
 from authz.authserver.assertions import ASSERTION_TYPE, LEEWAY_SECONDS
 from authz.authserver.clients import ClientError, granted_scope, new_client
 from authz.authserver.clients import ScopeRefused as ScopeRefusedError
@@ -459,6 +460,8 @@ def refresh(backend: Backend, token: str, **params: str) -> TestResponse:
 
 def test_a_patient_refresh_token_is_used_over_http_once(backend: Backend) -> None:
     pid = backend.world.seed_patient(INS_A)
+    app = new_app("patient-app", name="App", redirect_uris=["https://app.example.org/cb"], scope="patient/*.rs")
+    AppRegistry(backend.world.store).register(app)  # a public client (test_app_launch.py)
     grant = Grant(INS_A, "patient/*.rs", iua_claims(role="PAT", person_id=INS_A), client_id="patient-app")
     first = backend.auth.issuer.issue(grant, refresh=True)
     response = refresh(backend, first["refresh_token"], client_id="patient-app")
