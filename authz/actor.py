@@ -21,6 +21,7 @@ from authz.terms import (
     ROLE_SYSTEM,
     SPECIALTY_SYSTEM,
 )
+from fhirmodel.ins import ins_problem
 
 #: Tells whether a code exists in a code system of ``ig/`` (roles, professions, purposes).
 Known = Callable[[str, str], bool]
@@ -62,7 +63,8 @@ def _codings(value: Any) -> list[dict[str, Any]]:
 
 
 def parse_ins(value: str) -> tuple[str, str] | None:
-    """An INS in CX form (``value^^^&1.2.250.1.213.1.4.8&ISO``) or ``system|value``."""
+    """An INS in CX form (``value^^^&1.2.250.1.213.1.4.8&ISO``) or ``system|value``; None for
+    anything else, a malformed INS or one with a wrong key included (CONTRACT §3)."""
     value = value.strip()
     if "^" in value:
         parts = value.split("^")
@@ -73,7 +75,7 @@ def parse_ins(value: str) -> tuple[str, str] | None:
         system, _, ins = value.partition("|")
     else:
         return None
-    if system not in INS_SYSTEMS or not ins.isalnum():
+    if system not in INS_SYSTEMS or ins_problem(ins):
         return None
     return system, ins
 

@@ -24,6 +24,7 @@ from authz.terms import (
     PURPOSE_SYSTEM,
     ROLE_SYSTEM,
 )
+from fhirmodel.characters import without_forbidden
 
 EMERGENCY_EXTENSION = f"{CANON}/StructureDefinition/dmp-emergency-access"
 _EVENT_TYPE = {
@@ -99,17 +100,18 @@ def audit_event(
     if record.lifecycle:
         event["subtype"].append({"system": LIFECYCLE_SYSTEM, "code": record.lifecycle})
     if record.reason:
-        event["outcomeDesc"] = record.reason
+        event["outcomeDesc"] = without_forbidden(record.reason)
     if record.emergency:
         event["extension"] = [{"url": EMERGENCY_EXTENSION, "valueBoolean": True}]
     if record.resource_type and record.resource_id:
-        event["entity"].append(resource_entity(f"{record.resource_type}/{record.resource_id}"))
+        # As the URL named it, which may be anything a client sent (a refused request is recorded too).
+        event["entity"].append(resource_entity(without_forbidden(f"{record.resource_type}/{record.resource_id}")))
     elif record.query is not None:
         event["entity"].append(
             {
                 "type": {"system": _ENTITY_TYPE, "code": "2"},
                 "role": {"system": _OBJECT_ROLE, "code": "24"},
-                "description": record.resource_type or "",
+                "description": without_forbidden(record.resource_type or ""),
                 "query": base64.b64encode(record.query.encode()).decode("ascii"),
             }
         )
@@ -260,8 +262,6 @@ def _client_agent(actor: Actor, address: str | None) -> dict[str, Any]:
     if address:
         agent["network"] = {"address": address, "type": "2"}
     return agent
-
-
 
 
 def for_patient_view(event: dict[str, Any], reader_role: str) -> dict[str, Any]:

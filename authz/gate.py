@@ -15,6 +15,7 @@ from authz.actor import Actor, ActorError, Known, actor_from_claims
 from authz.audit import AuditRecord, audit_event, for_patient_view, who
 from authz.authserver.creation_codes import creation_code_consumed
 from authz.authserver.revocation import DenyList
+from authz.binding import foreign_patient
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
 from authz.lifecycle import CLOSED_EVENT, REOPENED_EVENT, Change, change_of
@@ -26,6 +27,7 @@ from authz.policy.writes import WriteFacts
 from authz.request import RequestFacts
 from authz.scopes import INTERACTION_PERMISSION
 from authz.settings import AccessSettings
+from authz.smart_scopes import READING_OPERATION, Criteria, letters_for, scope_condition
 from authz.state import PatientState, decision_of, load_state
 from authz.subscribers import forget, recall, remember
 from authz.terms import (
@@ -33,6 +35,7 @@ from authz.terms import (
     BREAK_THE_GLASS,
     EMERGENCY_ACCESS,
     IDNATPS_SYSTEM,
+    INS_SYSTEMS,
     MEDECIN_TRAITANT,
     PROFESSION_SYSTEM,
     PROFESSIONAL,
@@ -48,12 +51,25 @@ from authz.tokens import (
 )
 from fhirmodel.dates import instant_now
 from fhirmodel.errors import FhirError
+from fhirmodel.ins import malformed_ins
 from fhirmodel.rawjson import RawJson
 from fhirmodel.terminology import Terminology
 from storage.interface import Gone, NotFound, Store, Stored
-from storage.query import ANY_SYSTEM, OPEN_SCOPE, AccessScope, Expr, Query, Reference, Token, all_of, any_of
+from storage.query import (
+    ANY_SYSTEM,
+    NOTHING,
+    OPEN_SCOPE,
+    AccessScope,
+    Expr,
+    Query,
+    Reference,
+    Token,
+    all_of,
+    any_of,
+)
 
 ALERT_TOPIC = EMERGENCY_TOPIC
+#: SMART 2.2: ``c`` creates, ``u`` updates and patches — an update that creates included — ``d`` deletes.
 _WRITE_PERMISSION = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
 #: Documents sharing one content resource: a handful at most (versions of a submission).
 MAX_ATTACHING = 100
@@ -67,24 +83,35 @@ def _denied(exc: Denied) -> FhirError:
 
 
 class DmpScope:
-    """The policy's per-type filters for one request, computed once per type."""
+    """The per-type filters for one request, computed once per type: the policy's, and — for a
+    request that returns what it reads — the token's SMART scopes for the ``letters`` it needs
+    (:mod:`authz.smart_scopes`; ``None``: a write, whose own look-ups return nothing)."""
 
-    def __init__(self, policy: DmpPolicy, access: Access):
+    def __init__(
+        self, policy: DmpPolicy, access: Access, letters: str | None = "rs", criteria: Criteria | None = None
+    ):
         self._policy = policy
         self._access = access
+        self._letters = letters
+        self._criteria = criteria
         self._cache: dict[str, Expr] = {}
 
     def filter(self, resource_type: str) -> Expr:
         expr = self._cache.get(resource_type)
         if expr is None:
-            expr = self._cache[resource_type] = self._policy.filter(self._access, resource_type)
+            expr = self._policy.filter(self._access, resource_type)
+            if self._letters is not None:
+                scopes = self._access.actor.scopes
+                expr = all_of(expr, scope_condition(scopes, resource_type, self._letters, self._criteria))
+            self._cache[resource_type] = expr
         return expr
 
 
 class DmpGuard:
-    def __init__(self, gate: DmpGatekeeper, access: Access, moment: datetime):
+    def __init__(self, gate: DmpGatekeeper, access: Access, moment: datetime, interaction: str = ""):
         self._gate = gate
         self._moment = moment
+        self._letters = letters_for(interaction)
         self._created_patients: list[dict[str, Any]] = []
         self._lifecycle: str | None = None  # the ISO 21089 event of a closure or reopening, for the trail
         self._decide(access)
@@ -92,7 +119,7 @@ class DmpGuard:
     def _decide(self, access: Access) -> None:
         self.access = access
         self.principal = access.actor.principal
-        self.scope = DmpScope(self._gate.policy, access)
+        self.scope = DmpScope(self._gate.policy, access, self._letters, self._gate.criteria)
 
     @property
     def actor(self) -> Actor:
@@ -102,16 +129,28 @@ class DmpGuard:
         if not self.actor.scopes.allows(resource_type, permission):
             raise FhirError(403, f"the token's scopes do not allow this on {resource_type}", "forbidden")
 
+    def _narrow(self, letters: str | None) -> None:
+        """The scope filter for what the request (or a Bundle's entry) now does."""
+        if letters != self._letters:
+            self._letters = letters
+            self.scope = DmpScope(self._gate.policy, self.access, letters, self._gate.criteria)
+
     def check_read(self, resource_type: str, interaction: str) -> None:
         self._allowed_by_scopes(resource_type, INTERACTION_PERMISSION.get(interaction, "r"))
+        self._narrow(letters_for(interaction) or "r")
         try:
             self._gate.policy.check_read(self.access, resource_type)
         except Denied as exc:
             raise _denied(exc) from None
 
     def check_operation(self, resource_type: str, name: str, reads: tuple[str, ...]) -> None:
-        for read in reads:
-            self._allowed_by_scopes(read, "r")
+        """An operation reading its own type needs ``r`` on it (``$everything`` reads the Patient);
+        what an operation that reads returns is filtered by the scopes granting ``r`` or ``s``
+        (:class:`DmpScope`), as a read or search would be. One that reads nothing of the record
+        (``$generate-metadata``, a creation) keeps the filter of a write."""
+        if resource_type in reads:
+            self._allowed_by_scopes(resource_type, "r")
+        self._narrow(READING_OPERATION if reads else None)
         try:
             self._gate.policy.check_operation(self.access, resource_type, name)
         except Denied as exc:
@@ -121,17 +160,22 @@ class DmpGuard:
     def requester(self) -> dict[str, Any]:
         return {"role": self.actor.role, "who": who(self.actor)}
 
-    def check_search(self, resource_type: str, parameters: list[str]) -> None:
+    def check_search(self, resource_type: str, params: list[tuple[str, str]]) -> None:
         try:
-            self._gate.policy.check_search(resource_type, parameters)
+            self._gate.policy.check_search(resource_type, [name for name, _ in params])
         except Denied as exc:
             raise FhirError(400, str(exc), "required") from None
+        other = foreign_patient(resource_type, params, self.access.ins, self.access.state)
+        if other is not None:
+            raise FhirError(403, f"this token is about another patient than {other} (R1)", "forbidden")
 
     def check_write(
         self, method: str, resource_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> None:
-        permission = "c" if method in ("POST", "PUT") and old is None else _WRITE_PERMISSION[method]
-        self._allowed_by_scopes(resource_type, permission)
+        self._allowed_by_scopes(resource_type, _WRITE_PERMISSION[method])
+        self._narrow(None)
+        for where, problem in malformed_ins(new, INS_SYSTEMS):  # CONTRACT §3, whoever writes it
+            raise FhirError(422, f"{where}: {problem}", "value", expression=[where])
         facts = WriteFacts(
             dmp_created_here=bool(self._created_patients),
             professions_of=self._gate.professions_of,
@@ -328,6 +372,20 @@ class DmpGatekeeper:
         self.known = known
         self.server_name = server_name
         self.clock = clock
+        self.criteria: Criteria | None = None  # granular SMART scopes grant nothing until set
+
+    def use_criteria(self, criteria: Criteria) -> None:
+        """How the FHIR layer turns search parameters into a store condition: granular SMART
+        scopes are search parameters. A query it refuses (unknown parameter, bad value) grants
+        nothing."""
+
+        def granular(resource_type: str, params: list[tuple[str, str]]) -> Expr:
+            try:
+                return criteria(resource_type, params)
+            except FhirError:
+                return NOTHING
+
+        self.criteria = granular
 
     def guard(self, req: RequestFacts, interaction: str) -> DmpGuard:
         actor = caller(self.verifier, self.known, req.header("Authorization"))
@@ -336,11 +394,11 @@ class DmpGatekeeper:
             access = self.decide(actor, moment)
         except Denied as exc:
             state = load_state(self.store, actor.patient) if actor.patient else None
-            refused = DmpGuard(self, Access(actor, state, 0, False, False, False), moment)
+            refused = DmpGuard(self, Access(actor, state, 0, False, False, False), moment, interaction)
             error = _denied(exc)
             refused.record(req, interaction, error.status, str(exc))
             raise error from None
-        return DmpGuard(self, access, moment)
+        return DmpGuard(self, access, moment, interaction)
 
     def decide(self, actor: Actor, moment: datetime) -> Access:
         """The policy's decision for ``actor`` on the DMP their token is about, as it stands now."""
@@ -366,7 +424,7 @@ class DmpGatekeeper:
             access = self.decide(subscriber.as_actor(), moment)
         except Denied:
             return None
-        return DmpScope(self.policy, access) if access.reads_record else None
+        return DmpScope(self.policy, access, criteria=self.criteria) if access.reads_record else None
 
     def stored(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """A resource as stored, for the rules' own look-ups (the document a new one replaces, the
@@ -382,11 +440,14 @@ class DmpGatekeeper:
         found = self.store.search(Query("DocumentReference", where, count=MAX_ATTACHING, total=False), OPEN_SCOPE)
         return [stored.json() for stored in found.matches]
 
-    def professions_of(self, idnatps: str) -> frozenset[str]:
-        """The TRE_G15 professions the directory records for a professional (R6 checks "doctor")."""
+    def professions_of(self, idnatps: str) -> frozenset[str] | None:
+        """The TRE_G15 professions the directory records for a professional (R6 checks "doctor");
+        None when the directory has no Practitioner with this idNatPs."""
         found = self.store.search(
             Query("Practitioner", Token("identifier", IDNATPS_SYSTEM, idnatps), count=10, total=False), OPEN_SCOPE
         ).matches
+        if not found:
+            return None
         return frozenset(
             coding["code"]
             for practitioner in found

@@ -1,7 +1,8 @@
 """The life of a DMP (R2, R20): open, closed, reopened within the retention period, purged after it.
 
 A DMP is closed by setting ``Patient.active`` to false *and* adding the closure extension
-``dmp-fermeture`` (date, motif; ``profiles/StructureDefinition-dmp-fermeture.json``): the flag
+``dmp-fermeture`` (``date`` and ``reason`` — or ``motif``, its former name, still accepted —;
+``profiles/StructureDefinition-dmp-fermeture.json``): the flag
 alone would be indistinguishable from a typing slip, and the retention period needs a date. It is
 reopened by setting ``active`` back to true and removing the extension: the closure is not lost,
 it stays in the Patient's version history and in the trail (the AuditEvents of the closure and the
@@ -73,6 +74,12 @@ def _part(closure: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((e for e in closure.get("extension") or [] if isinstance(e, dict) and e.get("url") == name), None)
 
 
+def _closure_date(part: dict[str, Any] | None) -> str:
+    """The ``date`` sub-extension's value: ``valueDate`` or ``valueDateTime`` (CONTRACT §3)."""
+    part = part or {}
+    return str(part.get("valueDate", part.get("valueDateTime", "")))
+
+
 def closure_day(patient: dict[str, Any]) -> date | None:
     """The day a closed DMP was closed: its closure extension's date, or — for a DMP closed before
     the extension was required — the day its Patient was last written (nothing but a reopening
@@ -80,9 +87,8 @@ def closure_day(patient: dict[str, Any]) -> date | None:
     if is_open(patient):
         return None
     for closure in closures(patient):
-        part = _part(closure, "date") or {}
         try:
-            return us_to_date(date_range(str(part.get("valueDateTime", "")))[0])
+            return us_to_date(date_range(_closure_date(_part(closure, "date")))[0])
         except DateFormatError:
             continue
     written = str((patient.get("meta") or {}).get("lastUpdated", ""))
@@ -104,19 +110,23 @@ def check_closure(new: dict[str, Any], now_us: int) -> None:
     if len(found) != 1:
         problem = "needs" if not found else f"carries {len(found)} closure extensions; it needs exactly one:"
         raise LifecycleError(
-            f"Patient.active = false closes the DMP and {problem} the extension {CLOSURE_URL} (date, motif) (R20)",
+            f"Patient.active = false closes the DMP and {problem} the extension {CLOSURE_URL} (date, reason) (R20)",
             "Patient.extension",
         )
-    part = _part(found[0], "date") or {}
+    reasons = [name for name in ("reason", "motif") if _part(found[0], name)]
+    if len(reasons) != 1:
+        problem = "needs a reason" if not reasons else "gives its reason twice (reason and motif, its former name)"
+        element = "Patient.extension:dmp-fermeture.extension:reason"
+        raise LifecycleError(f"the closure extension {problem} (R20)", element)
+    day = _closure_date(_part(found[0], "date"))
     element = "Patient.extension:dmp-fermeture.extension:date"
     try:
-        low, high = date_range(str(part.get("valueDateTime")))
+        low, high = date_range(day)
     except DateFormatError:
-        raise LifecycleError("the closure extension needs a date (valueDateTime) (R20)", element) from None
+        raise LifecycleError("the closure extension needs a date (valueDate or valueDateTime) (R20)", element) from None
     if low > now_us + _DAY_US or high < now_us - _DAY_US:
         raise LifecycleError(
-            f"the closure date {part.get('valueDateTime')} must be the day of the closure, today: the retention"
-            " period runs from it (R20)",
+            f"the closure date {day} must be the day of the closure, today: the retention period runs from it (R20)",
             element,
         )
 

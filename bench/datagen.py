@@ -18,6 +18,7 @@ from typing import Any
 
 from fhir_server.dmp.documents.codes import TYPE_TO_CLASS
 from fhir_server.runtime.config import PROJECT_ROOT
+from fhirmodel.ins import with_key
 from fhirmodel.terminology import Terminology
 
 LOINC = "http://loinc.org"
@@ -99,12 +100,13 @@ def practitioner_id(index: int) -> str:
 
 
 def ins(index: int) -> str:
-    """A 13-digit NIR-shaped INS: sex, birth year and month, department, then the index (unique)."""
+    """A valid INS (CONTRACT §3): sex, birth year and month, department (Corsica's 2A/2B in place of
+    20), the index (unique below a million), and the NIR's key."""
     sex = 1 + index % 2
     year = 40 + index % 60
     month = 1 + index % 12
-    department = 1 + index % 95
-    return f"{sex}{year:02d}{month:02d}{department:02d}{index % 1_000_000:06d}"
+    department = f"{1 + index % 95:02d}".replace("20", "2A" if index % 2 else "2B")
+    return with_key(f"{sex}{year:02d}{month:02d}{department}{index % 1_000_000:06d}")
 
 
 def make_patient(index: int) -> dict[str, Any]:

@@ -87,6 +87,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="re-run the read/search scenarios on bench/open_app.py (no access control) and print the overhead",
     )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="DMP_STORE of the server and the direct load, e.g. a MongoDB URI (default: SQLite in the data dir)",
+    )
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     if args.docs < 1 or args.concurrency < 1 or args.workers < 1 or args.threads < 1:
@@ -97,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--compare-open needs --workers or --threads above 1: only then does the server run under gunicorn")
     if args.reuse is not None and args.keep is not None:
         p.error("--reuse and --keep exclude each other")
+    if args.store is not None:
+        if not args.store.startswith(("mongodb://", "mongodb+srv://", "sqlite:///")):
+            p.error("--store: a mongodb://… (or sqlite:///…) URL")
+        if args.prewarm:
+            p.error("--prewarm reads the SQLite file: not with --store")
+        os.environ["DMP_STORE"] = args.store  # the servers started below inherit it
     if args.reuse is not None:
         apply_meta(args, read_meta(args.reuse))
     if args.patients is None:
@@ -179,7 +191,7 @@ def load_data(run: Run, port: int, sample: IdSample, tokens: Tokens) -> LoadStat
     if args.load == "direct":
         from fhir_server.runtime.config import Config
 
-        config = Config(data_dir=run.data_dir, base_url=fhir_base_url(port))
+        config = Config(data_dir=run.data_dir, base_url=fhir_base_url(port), store_url=args.store)
         return load_direct(config, plan, sample)
     return load_http(Target(HOST, port, BASE_PATH), plan, sample, args.workers, tokens)
 
@@ -378,10 +390,19 @@ def environment(run: Run) -> dict[str, Any]:
         "server_startup_s": round(run.startup_seconds, 2),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "store": _store_name(args.store),
         "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(),
         "data_dir": str(run.data_dir),
     }
+
+
+def _store_name(url: str | None) -> str:
+    """The store measured, without the credentials a URL may hold."""
+    if url is None:
+        return "sqlite (data directory)"
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 def report(run: Run) -> Path:

@@ -73,14 +73,17 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = dmp_gatekeepe
         resource_types=SERVED_TYPES,
         cipher=EnvelopeCipher(MasterKeys.load_or_create(config.data_dir)),
     )
+    parser = SearchParser(registry, terminology, config.base_url, config.max_count)
+    access = gatekeeper(config, store, terminology)
+    access.use_criteria(parser.criteria)
     return FhirService(
         config=config,
         store=store,
         registry=registry,
         terminology=terminology,
-        parser=SearchParser(registry, terminology, config.base_url, config.max_count),
+        parser=parser,
         validator=ResourceValidator(frozenset(SERVED_TYPES)),
-        gatekeeper=gatekeeper(config, store, terminology),
+        gatekeeper=access,
         router=route,
         extensions=capabilities(config, terminology),
     )

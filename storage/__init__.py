@@ -26,5 +26,9 @@ def open_store(
         path = Path(url[len("sqlite:///") :]) if url else default_sqlite
         return SqliteStore(path, indexer, param_type, resource_types, cipher)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        raise ValueError("the MongoDB backend is not available yet: use sqlite:///path")
+        from storage.mongo.connect import open_mongo_store
+
+        return open_mongo_store(
+            url, indexer=indexer, param_type=param_type, resource_types=resource_types, cipher=cipher
+        )
     raise ValueError(f"DMP_STORE: unsupported store URL {url!r} (sqlite:///path or mongodb://...)")

@@ -24,6 +24,7 @@ from fhir_server.app import create_app, create_service
 from fhir_server.fhir.service import FhirService
 from fhir_server.runtime.config import Config
 from tests.dmp import World
+from tests.mongo_double import drop, mongo_url, use_double
 from tests.paths import ROOT
 from tests.support import open_gatekeeper
 
@@ -37,9 +38,35 @@ BASE = "/fhir"
 FHIR_JSON = "application/fhir+json"
 
 
+#: API test modules that also run on the MongoDB store (mongomock, or DMP_TEST_MONGODB_URI):
+#: the REST interactions, search, batch/transaction Bundles (atomic), and the DMP rules, whose
+#: access filters go inside its queries.
+MONGO_API_MODULES = frozenset(
+    {"tests.test_rest", "tests.test_search", "tests.test_transactions", "tests.test_dmp_rules"}
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests of :data:`MONGO_API_MODULES` that build a server once per store backend."""
+    if metafunc.module.__name__ in MONGO_API_MODULES and "store_url" in metafunc.fixturenames:
+        metafunc.parametrize("store_url", ["sqlite", "mongodb"], indirect=True)
+
+
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return Config(data_dir=tmp_path / "data")
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
+    """The ``DMP_STORE`` of a test's server: SQLite in its data directory by default."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    use_double(monkeypatch)
+    url = mongo_url(f"dmp_api_{abs(hash(str(tmp_path))):x}")
+    yield url
+    drop(url)
+
+
+@pytest.fixture
+def config(tmp_path: Path, store_url: str | None) -> Config:
+    return Config(data_dir=tmp_path / "data", store_url=store_url)
 
 
 @pytest.fixture
@@ -51,9 +78,9 @@ def service(config: Config) -> Iterator[FhirService]:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, store_url: str | None) -> Iterator[World]:
     """A DMP test world (tests/dmp.py): the server with the DMP gatekeeper, on a fresh store."""
-    w = World(tmp_path)
+    w = World(tmp_path, store_url=store_url)
     yield w
     w.close()
 

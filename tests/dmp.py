@@ -51,11 +51,11 @@ def ins_of(value: str) -> tuple[str, str]:
     return INS_SYSTEM, value
 
 
-def closure(day: date, motif: str = "à la demande du patient") -> dict[str, Any]:
+def closure(day: date, reason: str = "à la demande du patient") -> dict[str, Any]:
     """The closure extension (CONTRACT §3) of a DMP closed on ``day``."""
     return {
         "url": CLOSURE_URL,
-        "extension": [{"url": "date", "valueDateTime": day.isoformat()}, {"url": "motif", "valueString": motif}],
+        "extension": [{"url": "date", "valueDate": day.isoformat()}, {"url": "reason", "valueString": reason}],
     }
 
 

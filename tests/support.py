@@ -8,6 +8,7 @@ exists only here — the server itself always builds the DMP gatekeeper.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from fhir_server.runtime.config import Config
 from fhirmodel.rawjson import RawJson
 from fhirmodel.terminology import Terminology
 from storage.interface import Store, Stored
-from storage.query import OPEN_SCOPE, AccessScope
+from storage.query import OPEN_SCOPE, AccessScope, Expr
 
 
 class OpenGuard:
@@ -42,7 +43,7 @@ class OpenGuard:
     def requester(self) -> dict[str, Any]:
         return {"role": "open", "who": {"display": self._principal}}
 
-    def check_search(self, resource_type: str, parameters: list[str]) -> None:
+    def check_search(self, resource_type: str, params: list[tuple[str, str]]) -> None:
         return None
 
     def check_write(
@@ -78,6 +79,9 @@ class OpenGatekeeper:
 
     def subscriber_scope(self, subscription_id: str, moment: datetime) -> AccessScope | None:
         return self._guard.scope
+
+    def use_criteria(self, criteria: Callable[[str, list[tuple[str, str]]], Expr]) -> None:
+        return None
 
 
 def open_gatekeeper(config: Config, store: Store, terminology: Terminology) -> OpenGatekeeper:

@@ -36,11 +36,11 @@ from tests.smtp_sink import SmtpSink
 
 #: scrypt cost in these tests (fast); the default cost runs in the live-server test.
 COST = 2**4
-INS_A = "1800175123456"
-INS_B = "2850275123457"
-INS_NEW = "1770375123458"
-INS_REP = "1700475123459"
-INS_MINOR = "2150575123450"
+INS_A = "180017512345660"
+INS_B = "285027512345771"
+INS_NEW = "177037512345843"
+INS_REP = "170047512345913"
+INS_MINOR = "215057512345064"
 DR = "810002673899"
 EMAIL = "patient.a@example.org"
 PASSWORD = "un mot de passe assez long"
@@ -367,7 +367,7 @@ def test_the_administration_resets_a_locked_account_over_the_api(
         accounts_of(client).issuer.refresh(session["refresh_token"])
     change = log_in(client, mailbox, INS_A, reset["temporary_password"], new_address)  # unlocked at once
     assert change["password_change_required"] is True
-    refused(post(client, "accounts/1999999999999/reset", {}, world.token("ADM")), 404, "not_found")
+    refused(post(client, "accounts/199999999999995/reset", {}, world.token("ADM")), 404, "not_found")
 
 
 def test_the_cli_creates_and_resets_accounts(
@@ -656,7 +656,7 @@ def test_login_against_the_real_server_process(live_server: LiveServer) -> None:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
-    ins, address = "1660675123451", "live.patient@example.org"
+    ins, address = "166067512345155", "live.patient@example.org"
     doctor = live_server.token("HCP", idnatps=DR, profession="10", person_id=ins)
     status, _ = call("Patient", creation_resource(ins), doctor)
     assert status == 201
@@ -703,7 +703,7 @@ def test_logins_and_failed_attempts_are_in_the_trail_of_the_record(
     refused(post(client, "login/code", {"challenge": challenge, "code": "000000"}))
     mailbox.code(EMAIL)  # the code of the challenge just failed
     log_in(client, mailbox, INS_A, PASSWORD)
-    refused(start(client, "2990175123451", PASSWORD))  # no such account: nothing to trace anywhere
+    refused(start(client, "299017512345154", PASSWORD))  # no such account: nothing to trace anywhere
     assert logins_in_trail(client, world, INS_A)[len(before) :] == [
         (INS_A, "4", "login refused: wrong password"),
         (INS_A, "4", "login refused: wrong one-time code"),

@@ -21,7 +21,7 @@ from tests.dmp import CR_CONSULTATION, LOINC, World
 from tests.paths import SHARED_DATA
 from tests.test_cda import make_cda
 
-INS = "1800175123456"
+INS = "180017512345660"
 DR, DR_2 = "810000000001", "810000000002"
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 HTML = {"Accept": "text/html"}

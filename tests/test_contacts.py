@@ -6,8 +6,8 @@ from authz.authserver.accounts import Account, AccountBook, Contact
 from authz.contacts import contact_email
 from tests.dmp import INS_SYSTEM, World
 
-INS = "1800175123456"
-PARENT = "1600175123499"
+INS = "180017512345660"
+PARENT = "160017512349927"
 
 
 def test_the_login_account_comes_first_then_the_patient_then_relatives(world: World) -> None:

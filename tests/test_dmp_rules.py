@@ -56,13 +56,13 @@ ARCHIVED = "https://dmp.example.org/fhir/StructureDefinition/dmp-archived"
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 
 # Patients (INS-NIR values) and people.
-INS_A = "1800175123456"
-INS_B = "2850375123457"
-INS_MINOR = "1150375123458"
-INS_NEW = "1770175123459"
-REP_1 = "2750175000001"  # legal representatives (their own INS)
-REP_2 = "1750175000002"
-REP_3 = "2750175000003"
+INS_A = "180017512345660"
+INS_B = "285037512345787"
+INS_MINOR = "115037512345874"
+INS_NEW = "177017512345910"
+REP_1 = "275017500000135"  # legal representatives (their own INS)
+REP_2 = "175017500000284"
+REP_3 = "275017500000333"
 
 # Professionals (idNatPs).
 DR = "810000000001"  # doctor, granted
@@ -340,16 +340,16 @@ def test_r1_a_token_about_patient_a_never_reads_patient_b(world: World, who: str
     not_found(client.get(f"DocumentReference/{db}"))
     not_found(client.get(f"DocumentReference/{db}/_history/1"))
     not_found(client.get(f"Binary/bin-{db}"))
-    assert client.total(f"Patient?identifier={INS_SYSTEM}|{INS_B}") == 0
-    assert docs_of(client, pb) == set()
     assert docs_of(client, pa) == {da}
-    # A search must name the patient (CONTRACT §7); naming one is still bound to the token's.
+    # A search must name the patient (CONTRACT §7); naming another one than the token's is
+    # refused, as CONTRACT §2 says (tests/test_binding.py has the rest).
     assert client.get("DocumentReference?_count=100").status_code == 400
-    assert client.ids(f"DocumentReference?patient={pb}") == set()
+    forbidden(client.get(f"Patient?identifier={INS_SYSTEM}|{INS_B}"))
+    forbidden(client.get(f"DocumentReference?patient={pb}"))
     assert client.ids(f"DocumentReference?patient={pa}") == {da}
-    assert client.ids(f"DocumentReference?patient.identifier={INS_SYSTEM}|{INS_B}") == set()
-    assert client.ids(f"DocumentReference?subject:Patient.identifier={INS_SYSTEM}|{INS_B}") == set()
-    assert client.ids(f"Consent?patient.identifier={INS_SYSTEM}|{INS_B}") == set()
+    forbidden(client.get(f"DocumentReference?patient.identifier={INS_SYSTEM}|{INS_B}"))
+    forbidden(client.get(f"DocumentReference?subject:Patient.identifier={INS_SYSTEM}|{INS_B}"))
+    forbidden(client.get(f"Consent?patient.identifier={INS_SYSTEM}|{INS_B}"))
     # Includes, reverse includes and _has never cross to B.
     found = entries(client.get("Patient?_revinclude=DocumentReference:subject&_count=100"), "include")
     assert found == {"DocumentReference": {da}}
@@ -736,15 +736,23 @@ def test_r6_the_medecin_traitant_hands_the_status_to_another_authorised_doctor(w
 
 
 @pytest.mark.parametrize(
-    ("designated", "why"),
-    [(DR_OUT, "no R3 access"), (PHARMACIST, "not a doctor"), ("810000000099", "not in the directory")],
+    ("designated", "why", "says"),
+    [
+        (DR_OUT, "no R3 access", "must first be authorised"),
+        (PHARMACIST, "not a doctor", "must be a doctor (TRE_G15 10): the directory records 21"),
+        ("810000000099", "not in the directory", "810000000099 is not in the server's directory of professionals"),
+    ],
 )
-def test_r6_only_an_authorised_doctor_is_designated(world: World, designated: str, why: str) -> None:
+def test_r6_only_an_authorised_doctor_is_designated(world: World, designated: str, why: str, says: str) -> None:
+    """R6 reads the profession in the server's directory (CONTRACT §3): the refusal tells a doctor
+    the directory does not know from a professional it knows as no doctor."""
     _with_medecin_traitant(world)
     grant(world, INS_A, PHARMACIST)
     grant(world, INS_A, "810000000099")
     for client in (world.doctor(MT, INS_A), world.patient(INS_A)):
-        business_rule(client.post("Consent", consent(MEDECIN_TRAITANT, INS_A, (IDNATPS_SYSTEM, designated))))
+        response = client.post("Consent", consent(MEDECIN_TRAITANT, INS_A, (IDNATPS_SYSTEM, designated)))
+        business_rule(response)
+        assert says in response.get_json()["issue"][0]["diagnostics"], why
     current = [
         c["provision"]["actor"][0]["reference"]["identifier"]["value"]
         for c in consents_in_store(world, INS_A)

@@ -10,7 +10,7 @@ from typing import Any
 from fhir_server.fhir.formats.xml import xml_to_json
 from tests.conftest import LiveServer
 
-INS = "2990175123456"
+INS = "299017512345649"
 IDNATPS = "810002673899"
 
 

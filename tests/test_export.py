@@ -40,9 +40,9 @@ from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
 from tests.conftest import LiveServer
 from tests.dmp import INS_SYSTEM, As, World
 
-INS_A = "1800175123456"
-INS_B = "2850375123457"
-REP = "2750175000001"  # the legal representative's own INS
+INS_A = "180017512345660"
+INS_B = "285037512345787"
+REP = "275017500000135"  # the legal representative's own INS
 DR = "810000000001"  # a doctor the patient granted access to
 DR_OUT = "810000000003"  # a doctor without access
 MT = "810000000010"  # the médecin traitant
@@ -268,11 +268,17 @@ def test_everything_refusals(world: World) -> None:
     outcome(world.patient(INS_A).get("Patient/unknown/$everything"), 404, "not-found")
     outcome(world.patient(INS_A).get(f"Patient/{pid}/$nothing"), 404, "not-supported")
     outcome(world.patient(INS_A).post(f"Patient/{pid}/$everything", {}), 405, "not-supported")
-    # The scopes are a coarse gate on every type the operation reads.
+    # The types outside the token's scopes are left out (filtered in the queries, the total with
+    # them); the Patient the operation is invoked on needs its own read scope.
     narrow = world.as_("PAT", patient=INS_A, scope="patient/Patient.rs patient/DocumentReference.rs")
-    outcome(narrow.get(f"Patient/{pid}/$everything"), 403, "forbidden")
+    in_scope = {(t, i) for t, i in expected(world, pid, "PAT") if t in ("Patient", "DocumentReference")}
+    assert in_scope < set(expected(world, pid, "PAT"))  # the record holds other types too
+    response = narrow.get(f"Patient/{pid}/$everything")
+    assert set(found(response)) == in_scope and response.get_json()["total"] == len(in_scope)
     narrowed = set(found(narrow.get(f"Patient/{pid}/$everything?_type=Patient,DocumentReference")))
-    assert narrowed == {(t, i) for t, i in expected(world, pid, "PAT") if t in ("Patient", "DocumentReference")}
+    assert narrowed == in_scope
+    no_patient = world.as_("PAT", patient=INS_A, scope="patient/DocumentReference.rs")
+    outcome(no_patient.get(f"Patient/{pid}/$everything"), 403, "forbidden")
 
 
 def test_everything_writes_one_audit_event(world: World) -> None:
@@ -447,7 +453,7 @@ def test_the_zip_is_produced_while_its_members_are_read() -> None:
 
 
 def test_a_zip_streamed_by_a_real_server(live_server: LiveServer) -> None:
-    ins, idnatps = "1690575123450", "810002673811"
+    ins, idnatps = "169057512345087", "810002673811"
     base = urlsplit(live_server.base_url)
     doctor = live_server.token("HCP", idnatps=idnatps, profession="10", person_id=ins)
     patient = live_server.token("PAT", person_id=ins, sub=ins, scope="patient/*.cruds")

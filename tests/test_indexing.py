@@ -200,7 +200,7 @@ def test_patient_tokens(registry: SearchParamRegistry) -> None:
             "resourceType": "Patient",
             "id": "p1",
             "identifier": [
-                {"system": INS, "value": "1800599123456", "type": {"text": "INS-NIR"}},
+                {"system": INS, "value": "180059912345658", "type": {"text": "INS-NIR"}},
                 {"value": "IPP-1"},
             ],
             "active": False,
@@ -216,7 +216,7 @@ def test_patient_tokens(registry: SearchParamRegistry) -> None:
     )
     assert index["_id"] == [TokenValue(None, "p1", None)]
     assert index["identifier"] == [
-        TokenValue(INS, "1800599123456", "ins-nir"),  # Identifier.type.text, for :text
+        TokenValue(INS, "180059912345658", "ins-nir"),  # Identifier.type.text, for :text
         TokenValue(None, "IPP-1", None),
     ]
     assert index["active"] == [TokenValue(None, "false", None)]  # a boolean is a code
@@ -326,7 +326,7 @@ def test_document_reference_codeable_concepts_periods_and_uris(registry: SearchP
             },
             "category": [{"text": "Comptes rendus"}],
             "securityLabel": [{"coding": [{"code": "N"}]}],
-            "subject": {"reference": "Patient/p1", "identifier": {"system": INS, "value": "1800599123456"}},
+            "subject": {"reference": "Patient/p1", "identifier": {"system": INS, "value": "180059912345658"}},
             "author": [{"reference": "#a1"}],
             "content": [
                 {
@@ -351,7 +351,7 @@ def test_document_reference_codeable_concepts_periods_and_uris(registry: SearchP
     assert index["contenttype"] == [TokenValue(None, "application/pdf", None)]
     assert index["subject"] == [
         ReferenceValue("Patient", "p1", None),
-        ReferenceValue(None, None, None, INS, "1800599123456"),
+        ReferenceValue(None, None, None, INS, "180059912345658"),
     ]
     assert index["patient"] == index["subject"]
     assert "author" not in index  # a contained author is not a searchable reference

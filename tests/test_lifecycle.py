@@ -28,9 +28,9 @@ from fhirmodel.dates import add_years
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
 from tests.dmp import INS_SYSTEM, As, World, closed, closure, reopened
 
-INS_A = "1800175123456"
-INS_B = "2850375123457"
-REP = "2750175000001"
+INS_A = "180017512345660"
+INS_B = "285037512345787"
+REP = "275017500000135"
 DR = "810000000001"  # granted
 DR_OUT = "810000000003"  # no grant
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
@@ -136,9 +136,12 @@ def test_a_closure_is_explicit_and_dated_today(world: World) -> None:
     body = status(backdated, 422, "business-rule")
     assert body["issue"][0]["expression"] == ["Patient.extension:dmp-fermeture.extension:date"]
     dated_only = {**closure(today), "extension": closure(today)["extension"][:1]}
-    no_motif = {**current, "active": False, "extension": [dated_only]}
-    body = status(patient.put(f"Patient/{pid}", no_motif), 422)
-    assert body["issue"][0]["expression"] == ["Patient.extension[0].extension:motif"]
+    no_reason = {**current, "active": False, "extension": [dated_only]}
+    body = status(patient.put(f"Patient/{pid}", no_reason), 422, "business-rule")
+    assert body["issue"][0]["expression"] == ["Patient.extension:dmp-fermeture.extension:reason"]
+    both = {**closure(today), "extension": [*closure(today)["extension"], {"url": "motif", "valueString": "x"}]}
+    body = status(patient.put(f"Patient/{pid}", {**current, "active": False, "extension": [both]}), 422)
+    assert body["issue"][0]["expression"] == ["Patient.extension:dmp-fermeture.extension:reason"]
     twice = {**current, "active": False, "extension": [closure(today), closure(today)]}
     status(patient.put(f"Patient/{pid}", twice), 422, "business-rule")
     assert stored(world, "Patient", pid)["meta"]["versionId"] == "1"  # nothing of it was stored
@@ -156,7 +159,25 @@ def test_a_closure_may_come_with_other_changes_and_by_json_patch(world: World) -
     status(client(world, "LEGREP").request("PATCH", f"Patient/{pid}", patch, headers=JSON_PATCH), 200)
     kept = stored(world, "Patient", pid)
     assert kept["active"] is False and kept["telecom"][0]["value"] == "a@example.org"
-    assert kept["extension"][0]["extension"][1] == {"url": "motif", "valueString": "décès"}
+    assert kept["extension"][0]["extension"][1] == {"url": "reason", "valueString": "décès"}
+
+
+def test_a_closure_in_the_former_form_is_still_accepted(world: World) -> None:
+    """CONTRACT §3 names ``date`` (valueDate or valueDateTime) and ``reason``; ``motif`` (the former
+    name of ``reason``) with a valueDateTime, as clients of the first version sent it, still closes."""
+    pid, _ = open_dmp(world)
+    now = world.clock.now
+    former = {
+        "url": CLOSURE_URL,
+        "extension": [
+            {"url": "date", "valueDateTime": now.isoformat(timespec="seconds")},
+            {"url": "motif", "valueCoding": {"system": "https://example.org/motifs", "code": "deces"}},
+        ],
+    }
+    current = stored(world, "Patient", pid)
+    status(client(world, "PAT").put(f"Patient/{pid}", {**current, "active": False, "extension": [former]}), 200)
+    assert stored(world, "Patient", pid)["active"] is False
+    assert lifecycle_events(world, INS_A) == ["deprecate"]
 
 
 def test_a_closed_dmp_is_only_reopened(world: World) -> None:
@@ -302,7 +323,7 @@ def world_with_three_dmps(world: World) -> dict[str, str]:
     old = seed_old_dmp(world, today)
     other = world.seed_patient(INS_B, pid="dmp-other")
     other_doc = world.seed_document(other, doc_id="other-doc", with_binary=True, description="Compte rendu de Basile")
-    recent = world.seed_patient("1690175123450", pid="dmp-recent", closed_on=date(today.year - 9, 1, 15))
+    recent = world.seed_patient("169017512345023", pid="dmp-recent", closed_on=date(today.year - 9, 1, 15))
     status(world.patient(INS_A).get(f"Patient/{old['pid']}"), 200)  # R2: the patient still reads it
     status(world.doctor(DR, INS_A).get(f"Patient/{old['pid']}"), 403)  # a refusal is in the trail too
     assert world.patient(INS_B).ids(f"DocumentReference?patient={other}") == {other_doc}

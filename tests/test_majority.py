@@ -29,12 +29,12 @@ from storage.query import OPEN_SCOPE
 from tests.dmp import INS_SYSTEM, As, World, ins_of
 from tests.smtp_sink import SmtpSink, free_port
 
-MINOR = "1150375123458"
-WARD = "2060375123451"  # an adult under a protection measure that runs past 18
-PARENT_1 = "2750175000001"  # known by a RelatedPerson with an address
-PARENT_2 = "1750175000002"  # known only by the Consent's actor display
-PARENT_3 = "2750175000003"  # no address anywhere
-GUARDIAN = "1650175000004"
+MINOR = "115037512345874"
+WARD = "206037512345184"  # an adult under a protection measure that runs past 18
+PARENT_1 = "275017500000135"  # known by a RelatedPerson with an address
+PARENT_2 = "175017500000284"  # known only by the Consent's actor display
+PARENT_3 = "275017500000333"  # no address anywhere
+GUARDIAN = "165017500000487"
 DR = "810000000001"
 ADO, P1, P2, G = "ado@example.org", "parent1@example.org", "parent2@example.org", "tuteur@example.org"
 

@@ -488,7 +488,8 @@ def test_find_document_lists(record: Record, case: tuple[str, str, set[str]], tr
 @pytest.mark.parametrize(("rtype", "everything"), [("DocumentReference", ALL), ("List", LISTS)])
 def test_patient_parameters(record: Record, rtype: str, everything: set[str], transport: str) -> None:
     """``patient`` (id, relative or absolute reference) and ``patient.identifier`` (the INS, with
-    or without its system) find the patient's documents and lists; another patient's find none."""
+    or without its system) find the patient's documents and lists; naming another patient is
+    refused (R1, CONTRACT §2), whatever the transport."""
     base = record.world.config.base_url
     pid = record.pid
     for query in (
@@ -500,7 +501,7 @@ def test_patient_parameters(record: Record, rtype: str, everything: set[str], tr
     ):
         assert found(record, rtype, query, transport) == everything, query
     for query in ("patient=pat-" + OTHER_INS, q(patient_identifier=f"{INS_SYSTEM}|{OTHER_INS}")):
-        assert found(record, rtype, query, transport) == set(), query
+        assert ask(record.doctor, rtype, query, transport).status_code == 403, query
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -28,7 +28,7 @@ pid, doctor = provide.pid, provide.doctor
 
 LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
 SNOMED = "http://snomed.info/sct"
-OTHER_INS = "223456789012345"
+OTHER_INS = "223456789012358"
 
 
 def folder(pid: str, *items: str, profile: str | None = "Comprehensive", **elements: Any) -> dict[str, Any]:

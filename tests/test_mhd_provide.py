@@ -1,8 +1,10 @@
 """IHE MHD ITI-65 Provide Document Bundle, Document Recipient side (fhir_server/dmp/documents/mhd.py).
 
 Most tests run in a DMP world (tests/dmp.py: the real server, the DMP gatekeeper, real tokens).
-Its patient carries the INS the ANS examples name (so their ``Patient?identifier=`` subjects
-resolve as they are) and its doctor the idNatPs they name as author. The IHE examples name
+Its patient carries the INS the ANS examples name — with its key put right: they write
+``123456789012345``, whose key should be ``11``, and the server refuses a wrong key (CONTRACT §3),
+so :func:`example` reads them with the valid INS in its place — (so their ``Patient?identifier=``
+subjects resolve) and its doctor the idNatPs they name as author. The IHE examples name
 ``Patient/ex-patient`` (or a Patient on example.org); :func:`retarget` points those references at
 the world's patient — a DMP takes documents only for a patient it knows. Every other change made to
 an example is said where it is made.
@@ -35,7 +37,9 @@ from tests.nist_mhd import NistCase, cases
 from tests.paths import EXAMPLES, SHARED_DATA, example_transaction_bundles
 from tests.test_cda import make_cda
 
-INS = "123456789012345"  # the INS the ANS examples name
+#: The INS the ANS examples name (its key is wrong), and the valid INS of the same NIR.
+EXAMPLE_INS = "123456789012345"
+INS = "123456789012311"
 DR = "899700218896"  # the idNatPs the ANS examples name as author
 DR_2 = "810000000002"
 MHD = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/"
@@ -119,7 +123,7 @@ def retarget(resource: Any, pid: str) -> Any:
 
 
 def example(path: Path, pid: str) -> dict[str, Any]:
-    bundle: dict[str, Any] = retarget(json.loads(path.read_text()), pid)
+    bundle: dict[str, Any] = retarget(json.loads(path.read_text().replace(EXAMPLE_INS, INS)), pid)
     return bundle
 
 
@@ -311,6 +315,13 @@ REFUSED = {
     ),
     "Bundle-example-td2-1-remplacement": (422, "Bundle.entry[1].resource.custodian", "custodian is required"),
     "Bundle-example-td2-iti65-lot-soumission": (422, "Bundle.entry[1].resource.custodian", "custodian is required"),
+    # Its two documents share one uniqueId (masterIdentifier) with different content, which IHE
+    # forbids (XDS error XDSRegistryDuplicateUniqueIdInMessage, fhir_server/documents/unique_ids.py).
+    "Bundle-ex-comprehensiveProvideDocumentBundleMultiple": (
+        422,
+        "Bundle.entry[2].resource.masterIdentifier",
+        "XDSRegistryDuplicateUniqueIdInMessage",
+    ),
 }
 
 
@@ -320,7 +331,6 @@ REFUSED = {
 REFUSED_FOR_CODES = {
     "Bundle-ex-comprehensiveProvideDocumentBundleComplete": ("Bundle.entry[1].resource.category[0]", "11369-6"),
     "Bundle-ex-comprehensiveProvideDocumentBundleDocument": ("Bundle.entry[1].resource.type", "28655-9"),
-    "Bundle-ex-comprehensiveProvideDocumentBundleMultiple": ("Bundle.entry[1].resource.category[0]", "11369-6"),
     "Bundle-ex-comprehensiveProvideDocumentBundleSimple": ("Bundle.entry[1].resource.category[0]", "11369-6"),
     "Bundle-ex-dummyBundleDocAndBinary": ("Bundle.entry[0].resource.category[0]", "11369-6"),
     "Bundle-ex-unContainedComprehensiveProvideDocumentBundleComplete": (
@@ -599,10 +609,17 @@ def _nist_original(world: World, pid: str, doctor: As, case: NistCase) -> str:
     return next(t for t in targets if t.startswith("DocumentReference/")).split("/")[1]
 
 
+#: The uniqueId the NIST replace/addendum/transform fixtures give both their documents.
+NIST_DOCUMENT_ID = b"urn:oid:1.2.129.6.58.92.88336.4"
+
+
 @pytest.mark.parametrize("case", [c for c in NIST_CASES if c.module.startswith("Document")], ids=lambda c: c.id)
 def test_nist_replace_addendum_and_transform(world: World, pid: str, doctor: As, case: NistCase) -> None:
     original = _nist_original(world, pid, doctor, case)
     follow_up = case.bundle_xml(case.fixtures[1], f"Patient/{pid}", f"DocumentReference/{original}")
+    # The fixtures give the new document the original's uniqueId; with other content (the
+    # addendum's) IHE refuses that (XDSNonIdenticalHash): the new document gets a uniqueId of its own.
+    follow_up = follow_up.replace(NIST_DOCUMENT_ID, f"{NIST_DOCUMENT_ID}.{uuid.uuid4().int}".encode())
     targets = created(post_xml(doctor, nist_dmp_codes(follow_up)))
     new = stored(world, *next(t for t in targets if t.startswith("DocumentReference/")).split("/"))
     code = {"DocumentReplace": "replaces", "DocumentAddendum": "appends", "DocumentTransforms": "transforms"}
@@ -779,8 +796,8 @@ def test_the_subject_must_be_a_known_patient(world: World, pid: str, doctor: As)
 
 
 def test_a_closed_dmp_takes_no_document(world: World, pid: str) -> None:
-    closed = world.seed_patient("2850375123457", active=False)
-    response = world.doctor(DR, "2850375123457").post("", submission(closed))
+    closed = world.seed_patient("285037512345787", active=False)
+    response = world.doctor(DR, "285037512345787").post("", submission(closed))
     assert response.status_code == 403  # R2: refused before anything runs
 
 
@@ -849,7 +866,7 @@ def test_replacement_is_refused_for_a_feed(world: World, pid: str) -> None:
 
 def test_replacement_of_another_patients_document_is_refused(world: World, pid: str, doctor: As) -> None:
     """Another patient's document, even the doctor's own, is answered as one that does not exist."""
-    other = world.seed_patient("2850375123457")
+    other = world.seed_patient("285037512345787")
     theirs = world.seed_document(other, author=DR)
     response = doctor.post("", submission(pid, relatesTo=replacing(theirs)))
     first = refused(response, 422, "Bundle.entry[1].resource.relatesTo[0].target", "is no document of this patient")

@@ -402,11 +402,7 @@ def test_generate_metadata_of_a_stored_binary(world: World) -> None:
     grant(world, INS_A, DR_DAVID)
     doctor = professional(world, INS_A, DR_DAVID)
     data = cda("LDL-EES_2022.01.xml")
-    uploaded = world.client.post(
-        "/fhir/Binary", data=data, headers={**doctor.headers, "Content-Type": "application/hl7-v3+xml"}
-    )
-    assert uploaded.status_code == 201, uploaded.get_data(as_text=True)
-    url = f"{world.config.base_url}/Binary/{uploaded.get_json()['id']}"
+    url = uploaded_binary(world, doctor, data)
     response = doctor.post("DocumentReference/$generate-metadata", parameters({"name": "url", "valueUrl": url}))
     assert response.status_code == 201, response.get_data(as_text=True)
     attachment = response.get_json()["content"][0]["attachment"]
@@ -418,6 +414,15 @@ def test_generate_metadata_of_a_stored_binary(world: World) -> None:
     stranger = professional(world, INS_A, OTHER_DOCTOR)  # no access: may not learn it exists
     hidden = stranger.post("DocumentReference/$generate-metadata", parameters({"name": "url", "valueUrl": url}))
     assert hidden.status_code == 404
+
+
+def uploaded_binary(world: World, client: As, data: bytes) -> str:
+    """The full URL of a Binary ``client`` sends (a CDA, as the client's own upload)."""
+    uploaded = world.client.post(
+        "/fhir/Binary", data=data, headers={**client.headers, "Content-Type": "application/hl7-v3+xml"}
+    )
+    assert uploaded.status_code == 201, uploaded.get_data(as_text=True)
+    return f"{world.config.base_url}/Binary/{uploaded.get_json()['id']}"
 
 
 def test_unknown_operations_are_not_found(world: World) -> None:

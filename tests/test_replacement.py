@@ -22,7 +22,7 @@ from storage.query import OPEN_SCOPE
 from tests.conftest import Fhir
 from tests.dmp import CR_CONSULTATION, INS_SYSTEM, LOINC, World
 
-INS, OTHER_INS = "1800175123456", "2850375123457"
+INS, OTHER_INS = "180017512345660", "285037512345787"
 DR, DR_2, OUTSIDER = "810000000001", "810000000002", "810000000099"
 TRE_A05 = "https://mos.esante.gouv.fr/NOS/TRE_A05-TypeDocComplementaire/FHIR/TRE-A05-TypeDocComplementaire"
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}

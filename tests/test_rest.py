@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from fhir_server.app import create_app
+from fhir_server.app import create_app, create_service
 from fhir_server.runtime.config import Config
 from tests.conftest import Fhir
+from tests.support import open_gatekeeper
 
 JSON = {"Content-Type": "application/fhir+json"}
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
@@ -94,8 +95,8 @@ def test_prefer_return(fhir: Fhir) -> None:
 
 
 def test_conditional_create(fhir: Fhir) -> None:
-    ident = {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1800175123456"}
-    headers = {"If-None-Exist": "identifier=urn:oid:1.2.250.1.213.1.4.8|1800175123456"}
+    ident = {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "180017512345660"}
+    headers = {"If-None-Exist": "identifier=urn:oid:1.2.250.1.213.1.4.8|180017512345660"}
     first = fhir.request("POST", "Patient", patient(identifier=[ident]), headers=headers)
     assert first.status_code == 201
     again = fhir.request("POST", "Patient", patient(identifier=[ident]), headers=headers)
@@ -320,7 +321,9 @@ def test_type_mismatch_is_400(fhir: Fhir) -> None:
 
 
 def test_body_over_the_limit_is_413(tmp_path: Any) -> None:
-    app = create_app(Config(data_dir=tmp_path / "d", max_body=1000))
+    """(Once the caller is known: credentials are checked before the body is read.)"""
+    service = create_service(Config(data_dir=tmp_path / "d", max_body=1000), gatekeeper=open_gatekeeper)
+    app = create_app(service=service)
     response = app.test_client().post("/fhir/Patient", data=b"{" + b" " * 2000 + b"}", headers=JSON)
     assert response.status_code == 413
     assert _outcome(response)["issue"][0]["code"] == "too-costly"

@@ -404,17 +404,17 @@ def test_identifiers(fhir: Fhir) -> None:
         patient(
             "p1",
             identifier=[
-                {"system": INS, "value": "1800599123456", "type": {"text": "INS-NIR"}},
+                {"system": INS, "value": "180059912345658", "type": {"text": "INS-NIR"}},
                 {"system": "urn:oid:1.2.3", "value": "IPP-1"},
             ],
         ),
-        patient("p2", identifier=[{"system": INS, "value": "2800599123456"}]),
-        patient("p3", identifier=[{"value": "1800599123456"}]),
+        patient("p2", identifier=[{"system": INS, "value": "280059912345608"}]),
+        patient("p3", identifier=[{"value": "180059912345658"}]),
         practitioner("pr1", "House", identifier=[{"system": RPPS, "value": "10001234567"}]),
     )
-    assert found(fhir, f"Patient?identifier={INS}|1800599123456") == {"p1"}
-    assert found(fhir, "Patient?identifier=1800599123456") == {"p1", "p3"}
-    assert found(fhir, "Patient?identifier=|1800599123456") == {"p3"}
+    assert found(fhir, f"Patient?identifier={INS}|180059912345658") == {"p1"}
+    assert found(fhir, "Patient?identifier=180059912345658") == {"p1", "p3"}
+    assert found(fhir, "Patient?identifier=|180059912345658") == {"p3"}
     assert found(fhir, f"Patient?identifier={INS}|") == {"p1", "p2"}
     assert found(fhir, "Patient?identifier=urn:oid:1.2.3|IPP-1") == {"p1"}
     assert found(fhir, "Patient?identifier:text=ins") == {"p1"}  # Identifier.type.text
@@ -668,7 +668,7 @@ def subjects(fhir: Fhir) -> None:
         document("d2", f"{BASE_URL}/Patient/p2"),
         document("d3", "Practitioner/pr1"),
         document("d4", "https://other.example/fhir/Patient/p1"),
-        document("d5", {"identifier": {"system": INS, "value": "1800599123456"}}),
+        document("d5", {"identifier": {"system": INS, "value": "180059912345658"}}),
         document("d6"),
         document("d7", "Patient/p1/_history/1"),
         document(
@@ -697,9 +697,9 @@ def test_reference_type_and_identifier_modifiers(fhir: Fhir) -> None:
     assert found(fhir, "DocumentReference?subject:Patient=p2") == {"d2"}
     assert found(fhir, "DocumentReference?subject:Practitioner=pr1") == {"d3"}
     assert found(fhir, "DocumentReference?subject:Patient=pr1") == set()
-    assert found(fhir, f"DocumentReference?subject:identifier={INS}|1800599123456") == {"d5"}
-    assert found(fhir, "DocumentReference?subject:identifier=1800599123456") == {"d5"}
-    assert found(fhir, f"DocumentReference?subject:identifier={RPPS}|1800599123456") == set()
+    assert found(fhir, f"DocumentReference?subject:identifier={INS}|180059912345658") == {"d5"}
+    assert found(fhir, "DocumentReference?subject:identifier=180059912345658") == {"d5"}
+    assert found(fhir, f"DocumentReference?subject:identifier={RPPS}|180059912345658") == set()
     expect_error(fhir, "DocumentReference?subject:Patient=Practitioner/pr1")
     expect_error(fhir, "DocumentReference?subject=Organization/o1")  # not a target of subject
 

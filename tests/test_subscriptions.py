@@ -44,9 +44,9 @@ from tests.paths import EXAMPLES
 from tests.smtp_sink import SmtpSink, free_port
 from tests.test_mhd_provide import created, entry_of, example
 
-INS_A = "1800175123456"
-INS_B = "2850375123457"
-REP = "2750175000001"  # a legal representative of A (their own INS)
+INS_A = "180017512345660"
+INS_B = "285037512345787"
+REP = "275017500000135"  # a legal representative of A (their own INS)
 DR = "810000000001"
 HOSPITAL = "urn:oid:1.2.250.1.71.4.2.2|330780038"
 PATIENT_MAIL = "patient.a@example.org"
@@ -129,10 +129,10 @@ def test_the_client_pauses_with_off_and_never_sets_error(world: World) -> None:
 @pytest.mark.parametrize(
     "criteria",
     [
-        "DocumentReference?patient=Patient/pat-2850375123457",  # another patient, by id
-        f"DocumentReference?patient.identifier={INS_SYSTEM}|2850375123457",  # another patient, by INS
-        f"DocumentReference?patient.identifier={INS_SYSTEM}|{INS_A}&patient=Patient/pat-2850375123457",
-        f"DocumentReference?patient.identifier={INS_SYSTEM}|{INS_A},2850375123457",
+        "DocumentReference?patient=Patient/pat-285037512345787",  # another patient, by id
+        f"DocumentReference?patient.identifier={INS_SYSTEM}|285037512345787",  # another patient, by INS
+        f"DocumentReference?patient.identifier={INS_SYSTEM}|{INS_A}&patient=Patient/pat-285037512345787",
+        f"DocumentReference?patient.identifier={INS_SYSTEM}|{INS_A},285037512345787",
         "DocumentReference?status=current",  # everyone's documents
         f"AuditEvent?patient=Patient/pat-{INS_A}",  # not documents
         "DocumentReference",
@@ -162,7 +162,7 @@ def test_only_the_patient_and_their_representatives_subscribe(world: World) -> N
     theirs = subscribe(legrep(world), by_ins(INS_A), email("parent@example.org"))
     assert world.patient(INS_A).ids("Subscription") == {mine["id"], theirs["id"]}
     assert legrep(world).ids("Subscription") == {mine["id"], theirs["id"]}
-    refused(legrep(world, rep="1750175000002").get("Subscription"), 403, "forbidden")  # not a representative
+    refused(legrep(world, rep="175017500000284").get("Subscription"), 403, "forbidden")  # not a representative
 
 
 def test_another_patients_subscriptions_are_invisible_and_untouchable(world: World) -> None:

@@ -731,7 +731,7 @@ def test_dev_token_carries_the_iua_claims_and_verifies(
         sub="810002673899",
         profession="10",
         specialty="SM54",
-        person_id="1800175123456",
+        person_id="180017512345660",
         organization="urn:oid:1.2.250.1.71.4.2.2|330780038",
         name="Dr Marie Martin",
         idnatps="810002673899",
@@ -767,7 +767,7 @@ def test_dev_token_carries_the_iua_claims_and_verifies(
                 }
             ],
             "national_provider_identifier": "810002673899",
-            "person_id": "1800175123456^^^&1.2.250.1.213.1.4.8&ISO",
+            "person_id": "180017512345660^^^&1.2.250.1.213.1.4.8&ISO",
         }
     }
 
@@ -819,14 +819,14 @@ def test_token_command_prints_a_verifiable_token(
     monkeypatch.setenv("DMP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DMP_BASE_URL", BASE)
     token = _run_token_command(
-        ["--role", "HCP", "--profession", "10", "--person-id", "1800175123456", "--purpose", "bris_de_glace"], capsys
+        ["--role", "HCP", "--profession", "10", "--person-id", "180017512345660", "--purpose", "bris_de_glace"], capsys
     )
     key = load_or_create_server_key(tmp_path / "data")  # the command created it; this loads it
     verified = TokenVerifier.with_server_key(key, own_issuer(BASE), [], BASE).verify(token)
     iua = verified["extensions"]["ihe_iua"]
     assert verified["sub"] == DEV_IDNATPS
     assert iua["national_provider_identifier"] == DEV_IDNATPS
-    assert iua["person_id"] == "1800175123456^^^&1.2.250.1.213.1.4.8&ISO"
+    assert iua["person_id"] == "180017512345660^^^&1.2.250.1.213.1.4.8&ISO"
     assert [c["code"] for c in iua["subject_role"]] == ["HCP", "10"]
     assert iua["purpose_of_use"][0]["code"] == "bris_de_glace"
     assert verified["exp"] - verified["iat"] == 3600
@@ -862,9 +862,9 @@ def test_token_command_patient_subject_defaults_to_the_ins(
 ) -> None:
     monkeypatch.setenv("DMP_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("DMP_BASE_URL", BASE)
-    token = _run_token_command(["--role", "PAT", "--person-id", "2900175123456"], capsys)
+    token = _run_token_command(["--role", "PAT", "--person-id", "290017512345605"], capsys)
     verified = TokenVerifier.with_server_key(load_or_create_server_key(tmp_path), own_issuer(BASE), [], BASE).verify(
         token
     )
-    assert verified["sub"] == "2900175123456"
+    assert verified["sub"] == "290017512345605"
     assert os.path.exists(server_key_path(tmp_path))

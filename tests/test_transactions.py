@@ -65,6 +65,13 @@ REFUSED_EXAMPLES = {
         "Bundle.entry[1].resource.custodian",
         "is required by pdsm-comprehensive-document-reference",
     ),
+    # Its two documents share one uniqueId (masterIdentifier) with different content, which IHE
+    # forbids (XDSRegistryDuplicateUniqueIdInMessage, fhir_server/dmp/documents/unique_ids.py).
+    "Bundle-ex-comprehensiveProvideDocumentBundleMultiple": (
+        422,
+        "Bundle.entry[2].resource.masterIdentifier",
+        "XDSRegistryDuplicateUniqueIdInMessage",
+    ),
 }
 
 
@@ -75,7 +82,6 @@ REFUSED_FOR_CODES = {
     stem: (422, f"Bundle.entry[{index}].resource.category[0]", "http://loinc.org|11369-6 is not a document class")
     for stem, index in (
         ("Bundle-ex-comprehensiveProvideDocumentBundleComplete", 1),
-        ("Bundle-ex-comprehensiveProvideDocumentBundleMultiple", 1),
         ("Bundle-ex-comprehensiveProvideDocumentBundleSimple", 1),
         ("Bundle-ex-dummyBundleDocAndBinary", 0),
         ("Bundle-ex-unContainedComprehensiveProvideDocumentBundleComplete", 1),

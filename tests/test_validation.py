@@ -435,18 +435,20 @@ def problems(resource: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_closure_extension_is_checked_against_its_structure_definition() -> None:
-    date, motif = {"url": "date", "valueDateTime": "2025-03-01"}, {"url": "motif", "valueString": "à sa demande"}
-    VALIDATOR.validate(closed_patient(date, motif))
-    VALIDATOR.validate(closed_patient(date, {"url": "motif", "valueCoding": {"code": "deces"}}))
-    assert problems(closed_patient(date)) == {
-        "Patient.extension[0].extension:motif": "Patient.extension[0].extension:motif (url motif) is required by"
+    date, reason = {"url": "date", "valueDate": "2025-03-01"}, {"url": "reason", "valueString": "à sa demande"}
+    VALIDATOR.validate(closed_patient(date, reason))
+    VALIDATOR.validate(closed_patient({"url": "date", "valueDateTime": "2025-03-01T10:00:00Z"}, reason))
+    VALIDATOR.validate(closed_patient(date, {"url": "reason", "valueCoding": {"code": "deces"}}))
+    VALIDATOR.validate(closed_patient(date, {"url": "motif", "valueString": "the former name, still accepted"}))
+    assert problems(closed_patient(reason)) == {
+        "Patient.extension[0].extension:date": "Patient.extension[0].extension:date (url date) is required by"
         " dmp-fermeture (found 0)"
     }
-    wrong_type = problems(closed_patient({"url": "date", "valueString": "yesterday"}, motif))
+    wrong_type = problems(closed_patient({"url": "date", "valueString": "yesterday"}, reason))
     assert list(wrong_type) == ["Patient.extension[0].extension[0].valueString"]
-    assert "allows only valueDateTime" in wrong_type["Patient.extension[0].extension[0].valueString"]
-    assert list(problems(closed_patient(date, motif, motif))) == ["Patient.extension[0].extension:motif"]
-    assert list(problems(closed_patient(date, motif, valueString="closed"))) == ["Patient.extension[0].value[x]"]
+    assert "allows only valueDate or valueDateTime" in wrong_type["Patient.extension[0].extension[0].valueString"]
+    assert list(problems(closed_patient(date, reason, reason))) == ["Patient.extension[0].extension:reason"]
+    assert list(problems(closed_patient(date, reason, valueString="closed"))) == ["Patient.extension[0].value[x]"]
 
 
 def test_an_extension_nobody_defines_here_is_left_alone() -> None:

@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 
-from authz.authserver.errors import invalid_request
+from authz.authserver.errors import AuthError, invalid_request
 from authz.authserver.sms import normalise_phone
 from authz.terms import INS_SYSTEMS, LEGAL_REPRESENTATIVE, PATIENT
+from fhirmodel.ins import ins_problem
 from storage.interface import Store
 
 ACCOUNT_KIND = "account"
@@ -45,6 +46,9 @@ def parse_ins(raw: Any, what: str = "ins") -> Ident:
     system = system if sep else DEFAULT_INS_SYSTEM
     if system not in INS_SYSTEMS or not _INS_VALUE.fullmatch(value):
         raise invalid_request(f"'{what}' is not an INS (a bare INS-NIR value, or system|value of an INS system)")
+    problem = ins_problem(value)
+    if problem:  # CONTRACT §3: a malformed INS or a wrong key is refused, naming the member
+        raise AuthError(422, "invalid_request", f"'{what}': {problem}", extra={"expression": [what]})
     return system, value
 
 

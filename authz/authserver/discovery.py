@@ -54,8 +54,16 @@ class Publication:
 
     endpoints: dict[str, str] = field(default_factory=dict)
     scopes: list[str] = field(default_factory=lambda: ["system/*.cruds", "system/*.rs"])
+    #: SMART 2.2 capabilities: scopes in v1 and v2 syntax, of the three contexts (``system/`` needs
+    #: no capability of its own), enforced as README "SMART scopes" tells.
     capabilities: list[str] = field(
-        default_factory=lambda: ["client-confidential-asymmetric", "permission-v1", "permission-v2"]
+        default_factory=lambda: [
+            "client-confidential-asymmetric",
+            "permission-v1",
+            "permission-v2",
+            "permission-patient",
+            "permission-user",
+        ]
     )
 
     members: dict[str, Any] = field(default_factory=dict)

@@ -8,8 +8,8 @@ was registered with.
 **The patient: the ``person_id`` parameter.** SMART backend tokens are not bound to a patient, yet
 CONTRACT §2 needs ``person_id`` in every token used on a patient's record (R1 binds a token to one
 patient). The client names the patient in an extra form parameter, ``person_id``, whose value is
-the IUA claim itself: an INS in CX form (``1800175123456^^^&1.2.250.1.213.1.4.8&ISO``), or
-``urn:oid:1.2.250.1.213.1.4.8|1800175123456``, or a bare INS-NIR. This is the form the Swiss
+the IUA claim itself: an INS in CX form (``180017512345660^^^&1.2.250.1.213.1.4.8&ISO``), or
+``urn:oid:1.2.250.1.213.1.4.8|180017512345660``, or a bare INS-NIR. This is the form the Swiss
 national extension of IHE IUA gives the same request (CH:EPR ITI-71: a ``client_credentials``
 request with a client assertion and ``person_id=<EPR-SPID in CX form>``), so IUA clients already
 speak it; RFC 8707's ``resource`` names a server, not a patient, and a scope such as

@@ -190,8 +190,18 @@ class WriteRules:
             raise Denied("the médecin traitant is one professional named by idNatPs", status=422, rule="R6")
         if not access.state.granted(actors[0], access.now):
             raise Denied("the médecin traitant must first be authorised (R3)", status=422, rule="R6")
-        if DOCTOR not in facts.professions_of(actors[0][1]):
-            raise Denied("the médecin traitant must be a doctor (TRE_G15 10)", status=422, rule="R6")
+        professions = facts.professions_of(actors[0][1])
+        if professions is None:
+            message = (
+                f"the médecin traitant {actors[0][1]} is not in the server's directory of professionals (a Practitioner"
+                " with this idNatPs, written by ADM or loaded by 'dmp-server directory import'), where R6 checks that"
+                " they are a doctor"
+            )
+            raise Denied(message, status=422, rule="R6")
+        if DOCTOR not in professions:
+            recorded = ", ".join(sorted(professions)) or "no profession"
+            message = f"the médecin traitant must be a doctor (TRE_G15 10): the directory records {recorded} for them"
+            raise Denied(message, status=422, rule="R6")
 
     @staticmethod
     def _subscription_write(
@@ -342,7 +352,8 @@ class WriteFacts:
     """Facts about the request a write rule needs besides the access decision."""
 
     dmp_created_here: bool  # the request created this DMP (R16: representatives recorded at creation)
-    professions_of: Callable[[str], frozenset[str]]  # TRE_G15 professions of an idNatPs, from the directory
+    # TRE_G15 professions of an idNatPs, from the directory; None when the directory does not know them
+    professions_of: Callable[[str], frozenset[str] | None]
     read: Callable[[str, str], dict[str, Any] | None]  # a stored resource by type and id, whoever may see it
     visible: Callable[[str, str], bool]  # whether the caller may see that stored resource (the read filter)
     attaching: Callable[[str, str], list[dict[str, Any]]]  # the documents whose content is that resource

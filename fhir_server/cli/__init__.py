@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -11,6 +10,10 @@ from typing import TYPE_CHECKING
 from fhir_server.cli.accounts import add_account_command
 from fhir_server.cli.apps import add_app_command
 from fhir_server.cli.clients import add_client_command
+from fhir_server.cli.directory import add_directory_command
+from fhir_server.cli.imports import add_import_command
+from fhir_server.cli.migrate import add_migrate_command
+from fhir_server.cli.operator import operator
 from fhir_server.cli.token import add_token_command
 from fhir_server.runtime.config import Config
 
@@ -75,19 +78,11 @@ def _purge(args: argparse.Namespace) -> int:
         return 2
     service = create_service(config)
     try:
-        report = purge(service, today=datetime.now(UTC).date(), years=years, dry_run=args.dry_run, operator=_operator())
+        report = purge(service, today=datetime.now(UTC).date(), years=years, dry_run=args.dry_run, operator=operator())
     finally:
         service.store.close()
     print("\n".join(report.lines()))
     return 0
-
-
-def _operator() -> str:
-    """Who runs the command, for the purge's AuditEvent."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "an unknown operator"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -190,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     add_account_command(sub)
     add_client_command(sub)
     add_app_command(sub)
+    add_import_command(sub)
+    add_migrate_command(sub)
+    add_directory_command(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

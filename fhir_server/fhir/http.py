@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import re
 from collections.abc import Iterable
@@ -73,21 +74,20 @@ def _outcome_response(
 
 
 def _dispatch(svc: FhirService, path: str) -> Response:
-    fmt: str = JSON
+    admission = _Admission(svc, path)
+    fhir_req = FhirRequest(
+        method="GET" if request.method == "HEAD" else request.method,
+        path=path,
+        params=list(request.args.items(multi=True)),
+        headers=dict(request.headers),
+        content_type=request.headers.get("Content-Type"),
+        client_address=request.remote_addr,
+    )
     try:
-        format_param, accept = request.args.get("_format"), request.headers.get("Accept")
-        accepted = response_format(format_param, accept)
-        fmt = accepted or JSON
-        fhir_req = _fhir_request(svc, path)
-        # A search POSTed as a form may carry its result parameters in the body, like the others.
-        params = dict(fhir_req.params)
-        if format_param is None and "_format" in params:
-            format_param = params["_format"]
-            accepted = response_format(format_param, accept)
-            fmt = accepted or JSON
-        resp = svc.process(fhir_req)
+        resp = svc.process(fhir_req, admission)
         if isinstance(resp.body, Download):
             return _download(resp, resp.body, request.method == "HEAD")
+        format_param, accept, accepted = admission.format_param, admission.accept, admission.accepted
         if format_param is None and prefers(accept, HTML):
             page = _page(svc.extensions.binary_page, fhir_req, resp, fhir_format=accepted is not None)
             if page is not None:
@@ -96,12 +96,79 @@ def _dispatch(svc: FhirService, path: str) -> Response:
         if raw is not None:
             return raw
         if accepted is None:
-            raise FhirError(
-                406, "this server answers in application/fhir+json or application/fhir+xml", "not-supported"
-            )
-        return _http_response(resp, fmt, request.method == "HEAD", params.get("_pretty") == "true")
+            raise _not_acceptable()
+        pretty = dict(fhir_req.params).get("_pretty") == "true"
+        return _http_response(resp, admission.fmt, request.method == "HEAD", pretty)
     except FhirError as exc:
-        return _outcome_response(exc.status, exc.outcome(), fmt, exc.headers)
+        return _outcome_response(exc.status, exc.outcome(), admission.fmt, exc.headers)
+
+
+def _not_acceptable() -> FhirError:
+    return FhirError(406, "this server answers in application/fhir+json or application/fhir+xml", "not-supported")
+
+
+class _Admission:
+    """Reads what a request carries once its credentials are known (``FhirService.process`` calls
+    it after access control): the body (bounded, parsed) and the format of the answer, refusing
+    early (406) a client that accepts no format a FHIR answer can have.
+
+    What it found is kept for the response: the format negotiated, ``_format`` and ``Accept``.
+    """
+
+    def __init__(self, svc: FhirService, path: str):
+        self.svc = svc
+        self.path = path
+        self.format_param: str | None = request.args.get("_format")
+        self.accept: str | None = request.headers.get("Accept")
+        self.accepted: str | None = JSON
+        self.fmt: str = JSON  # what errors are answered in: the format asked for, if it is one
+        with contextlib.suppress(FhirError):
+            self.fmt = response_format(self.format_param, self.accept) or JSON
+
+    def __call__(self, req: FhirRequest) -> None:
+        self.accepted = response_format(self.format_param, self.accept)
+        self.fmt = self.accepted or JSON
+        try:
+            data = self._read(req)
+        except RequestEntityTooLarge:
+            raise self._too_large() from None
+        # A search POSTed as a form may carry its result parameters in the body, like the others.
+        if self.format_param is None and any(name == "_format" for name, _ in req.params):
+            self.format_param = dict(req.params)["_format"]
+            self.accepted = response_format(self.format_param, self.accept)
+            self.fmt = self.accepted or JSON
+        if self.accepted is None and not _may_answer_other_content(self.path):
+            raise _not_acceptable()
+        if data:
+            body = _binary_body(self.path, data, req.content_type)
+            req.body = body if body is not None else parse_body(data, req.content_type)
+
+    def _read(self, req: FhirRequest) -> bytes:
+        """The raw body (a form's fields go to the parameters instead), within the size limit."""
+        limit = _limit_for(self.svc, self.path)
+        if request.content_length is not None and request.content_length > limit:
+            raise self._too_large()
+        if media_type(req.content_type) == _FORM:
+            req.params += list(request.form.items(multi=True))
+            return b""
+        if req.method not in ("POST", "PUT", "PATCH"):
+            return b""
+        data = request.get_data(cache=False)
+        if len(data) > limit:
+            raise self._too_large()
+        return data
+
+    def _too_large(self) -> FhirError:
+        limit = _limit_for(self.svc, self.path)
+        return FhirError(413, f"the request body is larger than the {limit} bytes allowed", "too-costly")
+
+
+def _may_answer_other_content(path: str) -> bool:
+    """Whether the answer may be other than FHIR: a Binary read answers the document's own bytes and
+    an operation may answer a file (``$dmp-export``). For those, ``Accept`` is judged once the
+    answer is known; any other request a client cannot take the answer of is refused unrun."""
+    segments = path.split("/")
+    return segments[0] == "Binary" or segments[-1].startswith("$")
 
 
 def _limit_for(svc: FhirService, path: str) -> int:
@@ -115,35 +182,6 @@ def _limit_for(svc: FhirService, path: str) -> int:
     if carries_document and svc.config.max_binary_body:
         return svc.config.max_binary_body
     return svc.config.max_body
-
-
-def _fhir_request(svc: FhirService, path: str) -> FhirRequest:
-    method = "GET" if request.method == "HEAD" else request.method
-    params = list(request.args.items(multi=True))
-    content_type = request.headers.get("Content-Type")
-    body: Any = None
-    limit = _limit_for(svc, path)
-    if request.content_length is not None and request.content_length > limit:
-        raise FhirError(413, f"the request body is larger than the {limit} bytes allowed", "too-costly")
-    if media_type(content_type) == _FORM:
-        params += list(request.form.items(multi=True))
-    elif method in ("POST", "PUT", "PATCH"):
-        data = request.get_data(cache=False)
-        if len(data) > limit:
-            raise FhirError(413, f"the request body is larger than the {limit} bytes allowed", "too-costly")
-        if data:
-            body = _binary_body(path, data, content_type)
-            if body is None:
-                body = parse_body(data, content_type)
-    return FhirRequest(
-        method=method,
-        path=path,
-        params=params,
-        body=body,
-        headers=dict(request.headers),
-        content_type=content_type,
-        client_address=request.remote_addr,
-    )
 
 
 def _binary_body(path: str, data: bytes, content_type: str | None) -> dict[str, Any] | None:

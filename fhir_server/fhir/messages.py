@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from fhirmodel.rawjson import RawJson
 from storage.interface import Stored
-from storage.query import CLOSED_SCOPE, AccessScope
+from storage.query import CLOSED_SCOPE, AccessScope, Expr
 
 
 @dataclass
@@ -116,8 +116,9 @@ class Guard(Protocol):
     def requester(self) -> dict[str, Any]:
         """Who is asking, as files made for them name them: ``{"role": code, "who": Reference}``."""
 
-    def check_search(self, resource_type: str, parameters: list[str]) -> None:
-        """Raise FhirError (400) when a search lacks a parameter the server requires."""
+    def check_search(self, resource_type: str, params: list[tuple[str, str]]) -> None:
+        """Raise FhirError (400) when a search lacks a parameter the server requires, (403) when
+        it is about someone the caller may not ask about."""
 
     def check_write(
         self, method: str, resource_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
@@ -141,6 +142,10 @@ class Gatekeeper(Protocol):
     def guard(self, req: FhirRequest, interaction: str) -> Guard:
         """The guard of one request; FhirError 401 for missing or bad credentials, 403 for an
         identified caller refused outright (the refusal is recorded before it is raised)."""
+
+    def use_criteria(self, criteria: Callable[[str, list[tuple[str, str]]], Expr]) -> None:
+        """How search parameters on a type become a store condition: the server's search parser,
+        handed over once built (access may be granted as searches: SMART granular scopes)."""
 
     def subscriber_scope(self, subscription_id: str, moment: datetime) -> AccessScope | None:
         """What the person who set up a Subscription may see at ``moment``, as a store filter; None

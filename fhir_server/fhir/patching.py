@@ -69,6 +69,9 @@ def _json_patch(doc: dict[str, Any], ops: Any) -> dict[str, Any]:
             case "move" | "copy":
                 source = op.get("from")
                 src_tokens = _pointer(source)
+                if not src_tokens:
+                    whole = f"JSON Patch: operation {n} cannot {op['op']} the whole resource"
+                    raise FhirError(422, whole, "processing")
                 parent, key = _resolve_parent(doc, src_tokens, str(source))
                 value = _child(parent, key, str(source))
                 if op["op"] == "move":

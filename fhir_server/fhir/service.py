@@ -14,11 +14,13 @@ capability is one package that imports the machinery.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from fhir_server.fhir.inbound import check_body, check_parameters, check_path
 from fhir_server.fhir.messages import Download, FhirRequest, FhirResponse, Gatekeeper
 from fhir_server.fhir.search.parser import SearchParser
 from fhir_server.fhir.validation import ResourceValidator
@@ -46,6 +48,8 @@ SERVED_TYPES: tuple[str, ...] = (
     "RelatedPerson",
     "Subscription",
 )
+
+log = logging.getLogger(__name__)
 
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -199,24 +203,30 @@ class FhirService:
     def index(self, resource: dict[str, Any]) -> Any:
         return extract_index(self.registry, resource, self.config.base_url)
 
-    def process(self, req: FhirRequest) -> FhirResponse:
+    def process(self, req: FhirRequest, admit: Callable[[FhirRequest], None] | None = None) -> FhirResponse:
         """A client's request, end to end: access control, the interaction, the trail.
 
-        A write and its AuditEvent land in one transaction; a refused or failed request still
-        leaves its AuditEvent, written after the rollback.
+        Credentials are checked first; then ``admit`` completes the request (the HTTP layer reads
+        and parses the body there, and negotiates the format), and what every request must be is
+        checked (:mod:`fhir_server.fhir.inbound`). So a malformed body without credentials is a 401,
+        and with them a refusal in the trail. A write and its AuditEvent land in one transaction;
+        a refused or failed request — a 500 included — still leaves its AuditEvent, written after
+        the rollback.
         """
-        try:
-            route: Route | FhirError = self.router(self, req)
-        except FhirError as exc:
-            route = exc
+        route = self._routed(req)
         if isinstance(route, Route) and route.public:
+            self._admit(req, admit)
             return route.run()
         interaction = route.interaction if isinstance(route, Route) else "unknown"
         guard = self.gatekeeper.guard(req, interaction)
-        if isinstance(route, FhirError):
-            raise route
         req.guard = guard
         try:
+            self._admit(req, admit)
+            if admit is not None:  # the body is known now: a POST to the base is a batch or a transaction
+                route = self._routed(req)
+                interaction = route.interaction if isinstance(route, Route) else "unknown"
+            if isinstance(route, FhirError):
+                raise route
             if req.method.upper() in ("GET", "HEAD"):
                 response = route.run()
                 guard.record(req, interaction, response.status, None)
@@ -229,6 +239,27 @@ class FhirService:
         except FhirError as exc:
             guard.record(req, interaction, exc.status, exc.message)
             raise
+        except Exception:
+            try:
+                guard.record(req, interaction, 500, "the server failed to carry out the request")
+            except Exception:
+                log.exception("a failed request could not be recorded in the trail")
+            raise
+
+    def _admit(self, req: FhirRequest, admit: Callable[[FhirRequest], None] | None) -> None:
+        """Complete the request (``admit``) and check what every request must be."""
+        if admit is not None:
+            admit(req)
+        check_path(req.path)
+        check_parameters(req.params, self.config.max_parameters, self.config.max_query_length)
+        if req.body is not None:
+            check_body(req.body)
+
+    def _routed(self, req: FhirRequest) -> Route | FhirError:
+        try:
+            return self.router(self, req)
+        except FhirError as exc:
+            return exc
 
     def handle(self, req: FhirRequest) -> FhirResponse:
         """Carry out a request whose access control is already in place (Bundle entries).

@@ -53,6 +53,8 @@ class Config:
     default_count: int = 20
     max_count: int = 1000
     search_session_seconds: int = 3600
+    max_parameters: int = 100  # parameters of one request (URL and form) or Bundle entry URL
+    max_query_length: int = 8192  # characters of those parameters' names and values, in all
     trusted_issuers: Path | None = None  # JSON file of trusted token issuers (CONTRACT §1)
     smtp_host: str | None = None  # mail disabled (logged) without one
     smtp_port: int = 25
@@ -104,4 +106,6 @@ class Config:
             default_count=_int(env, "DMP_DEFAULT_COUNT", defaults.default_count),
             max_count=_int(env, "DMP_MAX_COUNT", defaults.max_count),
             search_session_seconds=_int(env, "DMP_SEARCH_SESSION_SECONDS", defaults.search_session_seconds),
+            max_parameters=_positive(env, "DMP_MAX_PARAMETERS", defaults.max_parameters),
+            max_query_length=_positive(env, "DMP_MAX_QUERY_LENGTH", defaults.max_query_length),
         )

@@ -9,7 +9,9 @@ not the whole table — whatever the filter the policy adds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fhirmodel.indexing import contained_param, contained_prefix
@@ -59,12 +61,14 @@ ParamType = Callable[[str, str], str | None]
 class SqlCompiler:
     """Collects SQL text and its bound arguments for one statement.
 
-    Arguments are named (``:p0``, ``:p1``...), so fragments can be built in any order and
-    assembled freely without their values going out of step with the text.
+    Arguments are numbered (``?1``, ``?2``...), so fragments can be built in any order and
+    assembled freely without their values going out of step with the text. Numbered rather than
+    named: SQLite looks a name up among all the names before it, which made preparing a search of
+    thousands of values quadratic.
     """
 
     def __init__(self, param_type: ParamType, scope: ScopeFilter):
-        self.args: dict[str, Any] = {}
+        self.args: list[Any] = []
         self._param_type = param_type
         self._scope = scope
         self._aliases = 0
@@ -74,13 +78,12 @@ class SqlCompiler:
         return f"{prefix}{self._aliases}"
 
     def arg(self, value: Any) -> str:
-        name = f"p{len(self.args)}"
-        self.args[name] = value
-        return f":{name}"
+        self.args.append(value)
+        return f"?{len(self.args)}"
 
     # -- the two forms ---------------------------------------------------------------------
 
-    def condition(self, expr: Expr, alias: str, rtype: str) -> str:
+    def condition(self, expr: Expr | _OneOf, alias: str, rtype: str) -> str:
         """SQL boolean: the resource ``alias`` (of type ``rtype``) satisfies ``expr``.
 
         Probes name their index (``INDEXED BY ..._res``): left to itself the planner may pick a
@@ -95,7 +98,7 @@ class SqlCompiler:
             case And(items):
                 return "(" + " AND ".join(self.condition(i, alias, rtype) for i in items) + ")"
             case Or(items):
-                return "(" + " OR ".join(self.condition(i, alias, rtype) for i in items) + ")"
+                return any_sql([self.condition(i, alias, rtype) for i in _grouped(items)])
             case Not(item):
                 return f"NOT {self.condition(item, alias, rtype)}"
             case Missing(param, missing):
@@ -122,7 +125,7 @@ class SqlCompiler:
                     f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res WHERE {i}.res = {alias}.pk AND {where})"
                 )
 
-    def driver(self, expr: Expr, rtype: str) -> str | None:
+    def driver(self, expr: Expr | _OneOf, rtype: str) -> str | None:
         """SQL sub-select of the ``pk`` of resources of ``rtype`` that may satisfy ``expr``, starting
         from an index; ``None`` when the expression cannot narrow the candidates."""
         match expr:
@@ -134,12 +137,12 @@ class SqlCompiler:
                 return None
             case Or(items):
                 parts = []
-                for item in items:
-                    sql = self.driver(item, rtype)
+                for term in _grouped(items):
+                    sql = self.driver(term, rtype)
                     if sql is None:
                         return None
                     parts.append(sql)
-                return " UNION ".join(parts)
+                return union_sql(parts)
             case Everything() | Nothing() | Not() | Missing():
                 return None
             case Chain(param, target_types, where, scoped):
@@ -162,13 +165,31 @@ class SqlCompiler:
                     if contained is None:
                         return None
                     branches.append(contained)
-                return " UNION ".join(branches) if branches else None
+                return union_sql(branches) if branches else None
             case Has():
                 return None
             case _:
                 table, cond = self._leaf(expr, "d0")
                 d = self._alias("d")
                 return f"SELECT {d}.res FROM {table} {d} WHERE " + cond.replace("d0.", f"{d}.")
+
+    def one_of(self, column: str, values: Iterable[Any]) -> str:
+        """SQL boolean: ``column`` is one of ``values``, however many: they travel as one JSON
+        argument, so neither the expression tree nor the count of bound arguments grows with them."""
+        return f"{column} IN (SELECT value FROM json_each({self.arg(json.dumps(list(values)))}))"
+
+    def any_reference_to(self, alias: str, targets: Iterable[tuple[str, str]]) -> str:
+        """SQL boolean: the ``idx_reference`` row ``alias`` points at one of ``targets``
+        (``(type, id)`` pairs), one ``IN`` per type (a ``_revinclude`` of a page of a thousand)."""
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in targets:
+            by_type.setdefault(rtype, []).append(rid)
+        return any_sql(
+            [
+                f"({alias}.target_type = {self.arg(rtype)} AND {self.one_of(f'{alias}.target_id', ids)})"
+                for rtype, ids in sorted(by_type.items())
+            ]
+        )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -213,7 +234,7 @@ class SqlCompiler:
         inside = in_contained(expr)
         if not isinstance(inside, Nothing):
             branches.append(self.condition(inside, alias, rtype))
-        return "(" + " OR ".join(branches) + ")" if branches else "0"
+        return any_sql(branches) if branches else "0"
 
     def _has_condition(self, expr: Has, alias: str, rtype: str) -> str:
         s, i = self._alias("s"), self._alias("h")
@@ -226,10 +247,20 @@ class SqlCompiler:
             f" AND {s}.deleted = 0 AND {self.condition(inner, s, expr.source_type)})"
         )
 
-    def _leaf(self, expr: Expr, a: str) -> tuple[str, str]:
+    def _leaf(self, expr: Expr | _OneOf, a: str) -> tuple[str, str]:
         """The index table of a value predicate and its condition on the index row alias ``a``."""
         arg = self.arg
         match expr:
+            case _OneOf(Token(param, system), values):
+                parts = [f"{a}.param = {arg(param)}", self.one_of(f"{a}.code", values)]
+                if system is not ANY_SYSTEM:
+                    parts.append(f"{a}.system = {arg(system)}")
+                return "idx_token", " AND ".join(parts)
+            case _OneOf(Reference(param, target_type), values):
+                parts = [f"{a}.param = {arg(param)}", self.one_of(f"{a}.target_id", values)]
+                if target_type is not None:
+                    parts.append(f"{a}.target_type = {arg(target_type)}")
+                return "idx_reference", " AND ".join(parts)
             case Token(param, system, code):
                 parts = [f"{a}.param = {arg(param)}"]
                 if code is not None:
@@ -246,10 +277,10 @@ class SqlCompiler:
             case TokenIn(param, codes):
                 if not codes:
                     return "idx_token", "0"
-                pairs = " OR ".join(
-                    f"({a}.code = {arg(code)} AND {a}.system = {arg(system)})" for system, code in sorted(codes)
+                pairs = any_sql(
+                    [f"({a}.code = {arg(code)} AND {a}.system = {arg(system)})" for system, code in sorted(codes)]
                 )
-                return "idx_token", f"{a}.param = {arg(param)} AND ({pairs})"
+                return "idx_token", f"{a}.param = {arg(param)} AND {pairs}"
             case String(param, value, mode):
                 head = f"{a}.param = {arg(param)} AND "
                 if mode == "exact":
@@ -328,6 +359,67 @@ class SqlCompiler:
                 return f"{v} >= {arg(expr.value)}"
             case _:  # le
                 return f"{v} <= {arg(expr.value)}"
+
+
+@dataclass(frozen=True)
+class _OneOf:
+    """Several values of one token (same system) or one reference (same target type) asked
+    together: ``like`` is one of them, its value left out. Compiled as one ``IN``, so a search
+    for a thousand ids or patients is one index probe per value, not a thousand sub-queries for
+    the planner to weigh."""
+
+    like: Token | Reference
+    values: tuple[str, ...]
+
+
+def _grouped(items: tuple[Expr, ...]) -> list[Expr | _OneOf]:
+    """The terms of a disjunction, with values of one token or reference merged (:class:`_OneOf`)."""
+    groups: dict[Token | Reference, list[str]] = {}
+    rest: list[Expr | _OneOf] = []
+    for item in items:
+        match item:
+            case Token(param, system, code) if code is not None and system is not None:
+                groups.setdefault(Token(param, system, None), []).append(code)
+            case Reference(param, target_type, target_id, None) if target_id is not None:
+                groups.setdefault(Reference(param, target_type, None), []).append(target_id)
+            case _:
+                rest.append(item)
+    for like, values in groups.items():
+        if len(values) == 1:
+            rest.append(
+                Token(like.param, like.system, values[0])
+                if isinstance(like, Token)
+                else Reference(like.param, like.target_type, values[0])
+            )
+        else:
+            rest.append(_OneOf(like, tuple(values)))
+    return rest
+
+
+#: Terms of one compound SELECT at most: SQLite refuses more than 500 (SQLITE_MAX_COMPOUND_SELECT).
+_UNION_TERMS = 100
+
+
+def any_sql(conditions: list[str]) -> str:
+    """SQL boolean: any of ``conditions``, parenthesised as a balanced tree.
+
+    Why: SQLite parses ``a OR b OR c ...`` into a tree as deep as the list is long and refuses one
+    deeper than 1000 ("Expression tree is too large"); balanced, a million terms are 20 deep.
+    """
+    if len(conditions) <= 1:
+        return conditions[0] if conditions else "0"
+    middle = len(conditions) // 2
+    return f"({any_sql(conditions[:middle])} OR {any_sql(conditions[middle:])})"
+
+
+def union_sql(selects: list[str]) -> str:
+    """The ``UNION`` of sub-selects of one column ``res``, however many: beyond
+    :data:`_UNION_TERMS` they are grouped into nested sub-selects, each a compound SQLite accepts."""
+    selects = [f"SELECT res FROM ({s})" if " UNION " in s else s for s in selects]  # one term each
+    if len(selects) <= _UNION_TERMS:
+        return " UNION ".join(selects)
+    groups = [selects[i : i + _UNION_TERMS] for i in range(0, len(selects), _UNION_TERMS)]
+    return union_sql([f"SELECT res FROM ({' UNION '.join(group)})" for group in groups])
 
 
 #: Token parameters whose values name one resource or a handful: as selective as a reference.

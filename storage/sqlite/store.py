@@ -35,7 +35,8 @@ from fhirmodel.indexing import (
     TokenValue,
     UriValue,
 )
-from storage.crypto import MAX_HEADER_BYTES, DecryptionError, EnvelopeCipher, MasterKeyError, is_sealed
+from storage.crypto import MAX_HEADER_BYTES, EnvelopeCipher, MasterKeyError
+from storage.includes import follow_includes
 from storage.interface import (
     AlreadyExists,
     Gone,
@@ -48,9 +49,11 @@ from storage.interface import (
     VersionConflict,
 )
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
+from storage.sealing import check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
 from storage.sqlite.compiler import TABLE_OF_TYPE, ParamType, SqlCompiler
 from storage.sqlite.schema import ADDED_COLUMNS, DDL, INDEX_TABLES, SCHEMA_VERSION
 from storage.sqlite.writer import WriterLock
+from storage.stamp import stamp
 
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
 
@@ -77,7 +80,6 @@ _INSERTS = {
     ),
     UriValue: ("idx_uri", "value", lambda v: (v.value,)),
 }
-_MAX_INCLUDE_ROUNDS = 4
 _STORED_COLUMNS = "r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, v.content"
 #: The current version straight from ``resource``: one row per match, no join to ``version``.
 _CURRENT_COLUMNS = "r.pk, NULL, r.type, r.id, r.version, r.last_updated, NULL, r.content"
@@ -89,21 +91,6 @@ _SEALED_COLUMNS = (
     ("outbox", "id", "payload"),
     ("record", "rowid", "value"),
 )
-
-
-def _resource_aad(resource_type: str, resource_id: str, version: int) -> str:
-    """What a resource blob is bound to: another row's, or another version's, blob does not open."""
-    return f"{resource_type}/{resource_id}/{version}"
-
-
-def _outbox_aad(message_id: int, topic: str) -> str:
-    """A queued payload is bound to its message id and topic: it cannot be replayed elsewhere."""
-    return f"outbox/{message_id}/{topic}"
-
-
-def _record_aad(kind: str, key: str) -> str:
-    """A private record is bound to its kind and key: one account's blob does not open as another's."""
-    return f"record/{kind}/{key}"
 
 
 def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param: str) -> str:
@@ -173,21 +160,7 @@ class SqliteStore(Store):
         """
         row = self._conn().execute("SELECT content FROM version WHERE content IS NOT NULL ORDER BY seq DESC LIMIT 1")
         newest = row.fetchone()
-        if newest is None:
-            return
-        blob = bytes(newest[0])
-        if self._cipher is None:
-            if is_sealed(blob):
-                raise MasterKeyError(f"{self.path} holds encrypted content: open it with its master keys")
-            return
-        if not is_sealed(blob):
-            raise MasterKeyError(f"{self.path} holds unencrypted content, written before encryption at rest")
-        kid = self._cipher.kid_of(blob)
-        if kid not in self._cipher.master_keys.kids:
-            raise MasterKeyError(
-                f"{self.path} was written with master key {kid!r}, which {self._cipher.master_keys.path}"
-                " does not hold (another data directory's keys, or a lost key file?)"
-            )
+        check_keys(None if newest is None else bytes(newest[0]), self._cipher, self.path)
 
     # -- encryption --------------------------------------------------------------------------
 
@@ -195,19 +168,13 @@ class SqliteStore(Store):
         return plaintext if self._cipher is None else self._cipher.seal(plaintext, aad.encode())
 
     def _open(self, aad: str, blob: bytes) -> bytes:
-        """The plaintext of a stored blob; a blob that does not open is an error, never data."""
-        if self._cipher is None:
-            return bytes(blob)
-        try:
-            return self._cipher.open(blob, aad.encode())
-        except DecryptionError as exc:
-            raise DecryptionError(f"{self.path}: stored content of {aad} does not open: {exc}") from None
+        return open_blob(self._cipher, aad, blob, self.path)
 
     def _stored(self, row: tuple[Any, ...]) -> Stored:
         """A :class:`Stored` from a row of ``_STORED_COLUMNS`` or ``_CURRENT_COLUMNS``, opened."""
         pk, seq, rtype, rid, version, last_updated, method, content = row
         if content is not None:
-            content = self._open(_resource_aad(rtype, rid, version), content)
+            content = self._open(resource_aad(rtype, rid, version), content)
         return Stored(pk, seq, rtype, rid, version, last_updated, method, content)
 
     # -- connections and transactions --------------------------------------------------------
@@ -269,14 +236,6 @@ class SqliteStore(Store):
 
     # -- writes ------------------------------------------------------------------------------
 
-    def _stamp(self, resource: dict[str, Any], version: int) -> tuple[bytes, str]:
-        last_updated = instant_now()
-        meta = dict(resource.get("meta") or {})
-        meta["versionId"] = str(version)
-        meta["lastUpdated"] = last_updated
-        resource["meta"] = meta
-        return orjson.dumps(resource), last_updated
-
     def _write_version(self, pk: int, version: int, last_updated: str, method: str, blob: bytes | None) -> int:
         """Insert a version row; ``blob`` is already sealed (the same blob as the resource row's)."""
         cur = self._conn().execute(
@@ -304,8 +263,8 @@ class SqliteStore(Store):
             conn = self._conn()
             if conn.execute("SELECT 1 FROM resource WHERE type = ? AND id = ?", (rtype, rid)).fetchone():
                 raise AlreadyExists(f"{rtype}/{rid} already exists")
-            content, last_updated = self._stamp(resource, 1)
-            blob = self._seal(_resource_aad(rtype, rid, 1), content)
+            content, last_updated = stamp(resource, 1)
+            blob = self._seal(resource_aad(rtype, rid, 1), content)
             cur = conn.execute(
                 "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, 1, ?, ?)",
                 (rtype, rid, last_updated, blob),
@@ -333,8 +292,8 @@ class SqliteStore(Store):
             if expected_version is not None and expected_version != version:
                 raise VersionConflict(f"{rtype}/{rid} is at version {version}, not {expected_version}")
             new_version = version + 1
-            content, last_updated = self._stamp(resource, new_version)
-            blob = self._seal(_resource_aad(rtype, rid, new_version), content)
+            content, last_updated = stamp(resource, new_version)
+            blob = self._seal(resource_aad(rtype, rid, new_version), content)
             self._conn().execute(
                 "UPDATE resource SET version = ?, last_updated = ?, deleted = 0, content = ? WHERE pk = ?",
                 (new_version, last_updated, blob, pk),
@@ -515,33 +474,13 @@ class SqliteStore(Store):
         return SearchResult(matches, included, total, watermark)
 
     def _includes(self, matches: list[Stored], includes: tuple[Include, ...], scope: AccessScope) -> list[Stored]:
-        seen = {m.pk for m in matches}
-        included: list[Stored] = []
-        frontier = matches
-        for round_no in range(_MAX_INCLUDE_ROUNDS):
-            found: list[Stored] = []
-            for inc in includes:
-                if round_no > 0 and not inc.iterate:
-                    continue
-                sources = [m for m in frontier if inc.reverse or m.resource_type == inc.source_type]
-                if sources:
-                    found.extend(self._include_one(sources, inc, scope))
-            batch: list[Stored] = []
-            for stored in found:
-                if stored.pk not in seen:
-                    seen.add(stored.pk)
-                    batch.append(stored)
-            included.extend(batch)
-            frontier = batch
-            if not frontier:
-                break
-        return included
+        return follow_includes(matches, includes, lambda sources, inc: self._include_one(sources, inc, scope))
 
     def _include_one(self, sources: list[Stored], inc: Include, scope: AccessScope) -> list[Stored]:
         conn = self._conn()
         compiler = self._compiler(scope)
         if not inc.reverse:
-            marks = ", ".join(compiler.arg(s.pk) for s in sources)
+            marks = compiler.one_of("i.res", (s.pk for s in sources))
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
             target_types = [inc.target_type] if inc.target_type else None
             type_cond = f" AND t.type = {compiler.arg(inc.target_type)}" if inc.target_type else ""
@@ -549,13 +488,10 @@ class SqliteStore(Store):
             sql = (
                 f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
                 " JOIN resource t ON t.type = i.target_type AND t.id = i.target_id"
-                f" WHERE i.res IN ({marks}){param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
+                f" WHERE {marks}{param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
             )
         else:
-            targets = " OR ".join(
-                f"(i.target_type = {compiler.arg(s.resource_type)} AND i.target_id = {compiler.arg(s.id)})"
-                for s in sources
-            )
+            targets = compiler.any_reference_to("i", ((s.resource_type, s.id) for s in sources))
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
             scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type])
             sql = (
@@ -615,7 +551,7 @@ class SqliteStore(Store):
         with self.transaction():
             conn = self._conn()
             conn.execute("DELETE FROM search_session WHERE expires < ?", (now,))
-            blob = self._seal(f"search_session/{key}", data)
+            blob = self._seal(session_aad(key), data)
             conn.execute("INSERT INTO search_session VALUES (?, ?, ?)", (key, now + ttl_seconds, blob))
         return key
 
@@ -625,7 +561,7 @@ class SqliteStore(Store):
             .execute("SELECT data FROM search_session WHERE key = ? AND expires >= ?", (key, int(time.time())))
             .fetchone()
         )
-        return self._open(f"search_session/{key}", row[0]) if row else None
+        return self._open(session_aad(key), row[0]) if row else None
 
     def enqueue(self, topic: str, payload: bytes) -> int:
         with self.transaction():
@@ -638,7 +574,7 @@ class SqliteStore(Store):
             if self._cipher is not None:
                 # The id the payload is bound to is only known once the row exists: seal it now,
                 # in the same transaction, so that no plaintext is ever committed.
-                blob = self._seal(_outbox_aad(message_id, topic), payload)
+                blob = self._seal(outbox_aad(message_id, topic), payload)
                 conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (blob, message_id))
             return message_id
 
@@ -653,7 +589,7 @@ class SqliteStore(Store):
             )
             .fetchall()
         )
-        return [Queued(int(r[0]), self._open(_outbox_aad(int(r[0]), topic), r[1]), int(r[2])) for r in rows]
+        return [Queued(int(r[0]), self._open(outbox_aad(int(r[0]), topic), r[1]), int(r[2])) for r in rows]
 
     def acknowledge(self, message_id: int) -> None:
         with self.transaction():
@@ -672,7 +608,7 @@ class SqliteStore(Store):
         with self.transaction():
             self._conn().execute(
                 "INSERT OR REPLACE INTO record VALUES (?, ?, ?, ?)",
-                (kind, key, expires, self._seal(_record_aad(kind, key), value)),
+                (kind, key, expires, self._seal(record_aad(kind, key), value)),
             )
 
     def add_record(self, kind: str, key: str, value: bytes, *, expires: int | None = None, now: int) -> bool:
@@ -681,7 +617,7 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM record WHERE kind = ? AND key = ? AND expires <= ?", (kind, key, now))
             cur = conn.execute(
                 "INSERT OR IGNORE INTO record VALUES (?, ?, ?, ?)",
-                (kind, key, expires, self._seal(_record_aad(kind, key), value)),
+                (kind, key, expires, self._seal(record_aad(kind, key), value)),
             )
             return cur.rowcount == 1
 
@@ -691,7 +627,7 @@ class SqliteStore(Store):
             .execute("SELECT value, expires FROM record WHERE kind = ? AND key = ?", (kind, key))
             .fetchone()
         )
-        return (self._open(_record_aad(kind, key), row[0]), row[1]) if row else None
+        return (self._open(record_aad(kind, key), row[0]), row[1]) if row else None
 
     def delete_record(self, kind: str, key: str) -> bool:
         with self.transaction():
@@ -720,7 +656,7 @@ class SqliteStore(Store):
                 return done
             with self.transaction():
                 for pk, rtype, rid, version, blob in rows:
-                    self._reindex(pk, orjson.loads(self._open(_resource_aad(rtype, rid, version), blob)))
+                    self._reindex(pk, orjson.loads(self._open(resource_aad(rtype, rid, version), blob)))
             last, done = rows[-1][0], done + len(rows)
 
     # -- master key rotation -----------------------------------------------------------------

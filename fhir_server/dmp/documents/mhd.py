@@ -27,7 +27,8 @@ The checks come in the order the transaction code can run them:
    reference of a subject given by identifier), Folder items naming documents of the submission
    or stored ones of its patient, each attachment's content known, its size and SHA-1 hash, a
    CDA against its DocumentReference (CI-SIS checks in :mod:`fhir_server.dmp.documents.cda`; minimal
-   metadata completed from the CDA header).
+   metadata completed from the CDA header), each document's uniqueId not registered with other
+   content (:mod:`fhir_server.dmp.documents.unique_ids`).
 
 The entries then run as any transaction's: each DocumentReference is written, its codes checked
 and what it replaces superseded, by :mod:`fhir_server.fhir.interactions.instance`.
@@ -56,6 +57,7 @@ from fhir_server.dmp.documents.cda import (
     parse_cda,
 )
 from fhir_server.dmp.documents.completion import complete_from_cda
+from fhir_server.dmp.documents.unique_ids import check_unique_ids, submitted
 from fhir_server.fhir.interactions.instance import matches
 from fhir_server.fhir.messages import FhirRequest
 from fhir_server.fhir.profiles import (
@@ -294,14 +296,18 @@ class ProvideBundle:
         submission = self.submission_set
         listed: set[int] = set()
         problems = []
-        for i, item in enumerate(submission.resource.get("entry") or []):
-            reference = ((item or {}).get("item") or {}).get("reference")
+        for i, item in enumerate(_listed(submission.resource.get("entry"))):
+            reference = _item_reference(item)
             target = by_url.get(reference) if isinstance(reference, str) else None
             kind = self.slices.get(target.index) if target else None
             if target is None or kind is None or kind.name not in ("DocumentRefs", "Folders"):
                 where = f"{_where(submission)}.entry[{i}].item"
                 problems.append(
-                    Problem(where, f"{where}: {reference} is no DocumentReference or Folder of this Bundle")
+                    Problem(
+                        where,
+                        f"{where}: {reference or 'an item without a reference'} "
+                        "is no DocumentReference or Folder of this Bundle",
+                    )
                 )
             else:
                 listed.add(target.index)
@@ -514,14 +520,19 @@ class ProvideBundle:
 
     def _check_contents(self, contents: list[Content], patient: Subject | None) -> None:
         problems = []
+        unique_ids = []
         for content in contents:
             data = content.data()
             if data is None:
                 continue
             mismatches = _size_and_hash(content, data)
             problems += mismatches or self._cda(content, data, patient)
+            known = submitted(_where(content.document), content.document.resource, data)
+            if known is not None and content.document.method == "POST":
+                unique_ids.append(known)
         if problems:
             raise refusal(422, _INVALID, problems)
+        check_unique_ids(self.svc.store, unique_ids)
 
     def _cda(self, content: Content, data: bytes, patient: Subject | None) -> list[Problem]:
         """A CDA must agree with its DocumentReference; minimal metadata is completed from it."""
@@ -617,9 +628,22 @@ def _folder_references(folders: list[Entry]) -> Iterator[tuple[str, str]]:
     """``("Bundle.entry[i].resource.entry[j].item", reference)`` of each Folder item; an item
     without a literal reference has an empty one (it names no document)."""
     for folder in folders:
-        for j, item in enumerate(folder.resource.get("entry") or [] if isinstance(folder.resource, dict) else []):
-            reference = ((item or {}).get("item") or {}).get("reference") if isinstance(item, dict) else None
-            yield f"{_where(folder)}.entry[{j}].item", reference if isinstance(reference, str) else ""
+        entries = folder.resource.get("entry") if isinstance(folder.resource, dict) else None
+        for j, item in enumerate(_listed(entries)):
+            yield f"{_where(folder)}.entry[{j}].item", _item_reference(item) or ""
+
+
+def _listed(value: Any) -> list[Any]:
+    """A List's ``entry`` as sent, before any validation: its items if it is an array (anything
+    else is reported by the resource's own checks)."""
+    return value if isinstance(value, list) else []
+
+
+def _item_reference(item: Any) -> str | None:
+    """The literal reference of a List entry's ``item``, when the entry has that shape at all."""
+    inner = item.get("item") if isinstance(item, dict) else None
+    reference = inner.get("reference") if isinstance(inner, dict) else None
+    return reference if isinstance(reference, str) else None
 
 
 def _is_about(document: dict[str, Any], patient: Subject) -> bool:

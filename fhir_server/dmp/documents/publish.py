@@ -10,6 +10,7 @@ keeps only their address, size and SHA-1 (what ITI-68 clients need to fetch and 
 A CDA is also read: the DMP's access rules are decided on the DocumentReference (patient, type,
 author), so metadata contradicting the document would show it to the wrong people (422), and
 what the client left out (type, date, author...) is taken from the document, as ITI-106 would.
+Its uniqueId (``masterIdentifier``) is held unique as ITI-65's is (:mod:`.unique_ids`).
 
 The pieces shared with ITI-106 ($generate-metadata) live here too: :class:`Content`,
 :func:`new_binary`, :func:`store_binaries`, :func:`read_cda`.
@@ -36,6 +37,7 @@ from fhir_server.dmp.documents.cda import (
     document_reference_from_cda,
     parse_cda,
 )
+from fhir_server.dmp.documents.unique_ids import check_unique_ids, submitted
 from fhir_server.fhir.interactions.common import new_id
 from fhir_server.fhir.messages import FhirRequest
 from fhirmodel.errors import FhirError, listing
@@ -167,15 +169,21 @@ def extract_inline_content(svc: FhirService, req: FhirRequest, resource: dict[st
     document = copy.deepcopy(resource)
     extracted = InlineContent(document)
     cdas: list[_InlineCda] = []
+    moved: list[Content] = []
     for index, entry in _contents(document):
         if "data" not in entry["attachment"]:
             continue  # content already stored elsewhere (ITI-65 style): nothing to move
         content, url = _move_to_binary(svc, document, index, entry, extracted.binaries)
+        moved.append(content)
         doc = _cda_of(content, f"DocumentReference.content[{index}].attachment.data")
         if doc is not None:
             cdas.append(_InlineCda(index, doc, content, url))
     if cdas:  # one CDA describes the document; further contents are other renderings of it
         _check_and_fill(svc, req, document, cdas[0])
+    # The uniqueId (masterIdentifier, given or read from the CDA) names the document: its first
+    # content, the one IHE XDS registers (further ones are renderings of it).
+    known = submitted("DocumentReference", document, moved[0].data) if moved else None
+    check_unique_ids(svc.store, [known] if known else [])
     return extracted
 
 

@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from fhir_server.fhir.inbound import check_body, check_parameters
 from fhir_server.fhir.interactions.common import new_id
 from fhir_server.fhir.interactions.instance import matches
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
@@ -87,12 +88,14 @@ def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
     request = entry["request"]
     method = request.get("method")
     url = request.get("url")
-    if method not in _ORDER or not isinstance(url, str) or not url:
+    if not isinstance(method, str) or method not in _ORDER or not isinstance(url, str) or not url:
         raise bad_request(f"{where}: request.method and request.url are required", expression=[f"{where}.request"])
     base = svc.config.base_url + "/"
     if url.startswith(base):
         url = url[len(base) :]
     parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    check_parameters(params, svc.config.max_parameters, svc.config.max_query_length)
     headers = {h: request[k] for k, h in _HEADERS.items() if isinstance(request.get(k), str)}
     resource = entry.get("resource")
     if method in ("POST", "PUT") and not isinstance(resource, dict):
@@ -102,7 +105,7 @@ def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
         index,
         method,
         parts.path.strip("/"),
-        parse_qsl(parts.query, keep_blank_values=True),
+        params,
         headers,
         full_url if isinstance(full_url, str) else None,
         copy.deepcopy(resource) if resource is not None else None,
@@ -121,6 +124,7 @@ def _request_for(req: FhirRequest, entry: _Entry, completion: list[Callable[[], 
             body = orjson.loads(base64.b64decode(body.get("data", ""), validate=True))
         except (ValueError, orjson.JSONDecodeError):
             raise bad_request(f"Bundle.entry[{entry.index}]: the JSON Patch in the Binary is not valid") from None
+        check_body(body, f"Bundle.entry[{entry.index}].resource.data")  # JSON the request's own checks never saw
     return FhirRequest(
         method=entry.method,
         path=entry.path,

@@ -6,11 +6,12 @@ import re
 import uuid
 
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
+from fhir_server.fhir.numbers import natural
 from fhir_server.fhir.service import FhirService
 from fhirmodel.errors import bad_request, operation_outcome
 from storage.interface import Stored
 
-_ETAG_RE = re.compile(r'^(?:W/)?"?([0-9]+)"?$')
+_ETAG_RE = re.compile(r'^(?:W/)?"?([0-9]+)"?$', re.ASCII)
 
 
 def new_id() -> str:
@@ -37,7 +38,7 @@ def parse_etag(value: str | None) -> int | None:
     m = _ETAG_RE.match(value.strip())
     if not m:
         raise bad_request(f'If-Match must be a version ETag like W/"1", not {value!r}')
-    return int(m.group(1))
+    return natural(m.group(1))
 
 
 def version_headers(svc: FhirService, stored: Stored) -> dict[str, str]:

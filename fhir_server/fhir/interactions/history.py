@@ -9,6 +9,7 @@ import orjson
 from fhir_server.fhir.interactions.common import etag
 from fhir_server.fhir.interactions.search import page_state, page_url
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
+from fhir_server.fhir.numbers import natural
 from fhir_server.fhir.service import FhirService
 from fhirmodel.dates import DateFormatError, date_range, us_to_instant
 from fhirmodel.errors import bad_request, not_found
@@ -38,9 +39,10 @@ def history(svc: FhirService, req: FhirRequest, rtype: str | None, rid: str | No
         since = _since(values["_since"]) if "_since" in values else None
         watermark, key = None, None
     count_text = values.get("_count", str(svc.config.default_count))
-    if not count_text.isdigit():
+    asked = natural(count_text)
+    if asked is None:
         raise bad_request("_count must be a non-negative integer")
-    count = min(int(count_text), svc.config.max_count)
+    count = min(asked, svc.config.max_count)
     if rtype is not None:
         req.checks.check_read(rtype, "history-instance" if rid else "history-type")
     if rtype is not None and rid is not None:

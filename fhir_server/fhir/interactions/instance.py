@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 from fhir_server.fhir.interactions.common import new_id, parse_etag, version_headers, written
 from fhir_server.fhir.interactions.search import result_params, shape
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
+from fhir_server.fhir.numbers import natural
 from fhir_server.fhir.patching import apply_patch
 from fhir_server.fhir.service import FhirService, Then
 from fhirmodel.errors import FhirError, bad_request, not_found
@@ -42,10 +43,11 @@ def read(svc: FhirService, req: FhirRequest, rtype: str, rid: str) -> FhirRespon
 
 def vread(svc: FhirService, req: FhirRequest, rtype: str, rid: str, vid: str) -> FhirResponse:
     req.checks.check_read(rtype, "vread")
-    if not vid.isdigit():
+    version = natural(vid)
+    if version is None:
         raise not_found(f"{rtype}/{rid} has no version '{vid}'")
     try:
-        stored = svc.store.vread(rtype, rid, int(vid), req.scope)
+        stored = svc.store.vread(rtype, rid, version, req.scope)
     except NotFound:
         raise not_found(f"{rtype}/{rid}/_history/{vid} is not known") from None
     if stored.deleted:

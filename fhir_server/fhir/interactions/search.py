@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import orjson
 
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
+from fhir_server.fhir.numbers import natural
 from fhir_server.fhir.search.parser import PAGING_PARAMS, ParsedSearch
 from fhir_server.fhir.service import FhirService
 from fhir_server.fhir.summary import select_elements, summarize
@@ -61,10 +62,10 @@ def page_state(svc: FhirService, req: FhirRequest) -> tuple[dict[str, Any] | Non
     state: dict[str, Any] = orjson.loads(raw)
     if state.get("principal") != req.principal:
         raise FhirError(410, "this search has expired: run it again", "expired")
-    offset = values.get("_getpagesoffset", "0")
-    if not offset.isdigit():
+    offset = natural(values.get("_getpagesoffset", "0"))
+    if offset is None:
         raise bad_request("_getpagesoffset must be a non-negative integer")
-    return state, int(offset)
+    return state, offset
 
 
 def paged_params(state: dict[str, Any], req: FhirRequest) -> list[tuple[str, str]]:
@@ -85,7 +86,7 @@ def search(svc: FhirService, req: FhirRequest, rtype: str) -> FhirResponse:
         query = replace(parsed.query, offset=offset, watermark=state["watermark"])
         session_key: str | None = dict(req.params)["_getpages"]
     else:
-        req.checks.check_search(rtype, [name for name, _ in req.params])
+        req.checks.check_search(rtype, req.params)
         parsed = svc.parser.parse(rtype, req.params, strict=req.strict, default_count=svc.config.default_count)
         query = parsed.query
         session_key = None

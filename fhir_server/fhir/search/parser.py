@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from fhir_server.fhir.numbers import natural
 from fhirmodel.dates import DateFormatError, date_range, now_us
-from fhirmodel.errors import bad_request
+from fhirmodel.errors import FhirError, bad_request
 from fhirmodel.indexing import normalize_string, parse_reference
 from fhirmodel.schema import is_resource_type
 from fhirmodel.searchparams import SearchParam, SearchParamRegistry, Through
@@ -51,6 +52,9 @@ RESULT_PARAMS = frozenset(
 )
 PAGING_PARAMS = frozenset({"_getpages", "_getpagesoffset"})
 MAX_CHAIN_DEPTH = 3
+#: Values (comma-separated alternatives included) one search may hold in all: each becomes a term
+#: of the store's query, and a query of thousands of free-text terms takes seconds to plan.
+MAX_VALUES = 1000
 
 
 @dataclass
@@ -111,6 +115,13 @@ def _or_values(value: str) -> list[str]:
         rest = parts[1]
 
 
+def _check_values(params: list[tuple[str, str]]) -> None:
+    """At most :data:`MAX_VALUES` values in a search (an escaped comma counts too: it is a bound)."""
+    values = sum(value.count(",") + 1 for _, value in params)
+    if values > MAX_VALUES:
+        raise FhirError(400, f"a search holds at most {MAX_VALUES} values ({values} sent)", "too-costly")
+
+
 def _unescape(value: str) -> str:
     return split_escaped(value, "\x00")[0]
 
@@ -142,6 +153,7 @@ class SearchParser:
         summary: str | None = None
         elements: tuple[str, ...] | None = None
 
+        _check_values(params)
         for name, value in params:
             if name in PAGING_PARAMS or name in ("_format", "_pretty"):
                 continue
@@ -185,6 +197,7 @@ class SearchParser:
 
     def criteria(self, resource_type: str, query_string_params: list[tuple[str, str]]) -> Expr:
         """The condition of conditional create/update/delete and conditional references."""
+        _check_values(query_string_params)
         conditions = []
         for name, value in query_string_params:
             if name in RESULT_PARAMS or name in PAGING_PARAMS:
@@ -200,9 +213,10 @@ class SearchParser:
     # -- result parameters -------------------------------------------------------------------
 
     def _count(self, value: str) -> int:
-        if not value.isdigit():
+        count = natural(value)
+        if count is None:
             raise bad_request(f"_count must be a non-negative integer, not '{value}'")
-        return min(int(value), self.max_count)
+        return min(count, self.max_count)
 
     def _sort(self, resource_type: str, value: str) -> tuple[SortKey, ...]:
         keys = []

@@ -1,0 +1,68 @@
+"""``dmp-server migrate --from sqlite:///… --to mongodb://…``: move a server's store to MongoDB.
+
+The copy itself is :mod:`storage.mongo.migrate` (blobs moved sealed, resumable, verified); this
+module opens both ends with the server's configuration (the same search parameters and master
+keys, so the target checks that the keys of ``DMP_DATA_DIR`` open what it receives) and draws the
+progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from fhir_server.runtime.config import Config
+
+_BAR = 30
+
+
+def add_migrate_command(subparsers: Any) -> None:
+    """Register ``dmp-server migrate`` on the CLI's ``add_subparsers()`` object."""
+    parser = subparsers.add_parser("migrate", help="copy the SQLite store into MongoDB, resumably, and verify it")
+    parser.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH", help="the SQLite store")
+    parser.add_argument("--to", dest="target", required=True, metavar="mongodb://…", help="the MongoDB store")
+    parser.add_argument("--batch", type=int, default=500, help="resources per MongoDB transaction")
+    parser.add_argument("--verify-only", action="store_true", help="only compare counts and digests")
+    parser.set_defaults(func=_migrate_command)
+
+
+def _progress(what: str, done: int, total: int) -> None:
+    filled = _BAR * done // total if total else _BAR
+    end = "\n" if done >= total else ""
+    print(f"\r{what:>9} [{'#' * filled}{'.' * (_BAR - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+
+def _migrate_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fhir_server.app import create_service
+    from storage.mongo.migrate import Migration
+    from storage.mongo.store import MongoStore
+
+    if not args.source.startswith("sqlite:///") or not args.target.startswith(("mongodb://", "mongodb+srv://")):
+        print("dmp-server migrate: --from sqlite:///path --to mongodb://…", file=sys.stderr)
+        return 2
+    source = Path(args.source[len("sqlite:///") :])
+    if not source.is_file():
+        print(f"dmp-server migrate: no SQLite store at {source}", file=sys.stderr)
+        return 2
+    service = create_service(dataclasses.replace(Config.from_env(), store_url=args.target))
+    store = service.store
+    assert isinstance(store, MongoStore)
+    try:
+        migration = Migration(source, store, batch=args.batch)
+        if not args.verify_only:
+            migration.run(_progress)
+        expected, found = migration.source_tally(), migration.target_tally()
+    finally:
+        store.close()
+    for kind, count in expected.counts.items():
+        same = count == found.counts[kind] and expected.digests[kind] == found.digests[kind]
+        verdict = "ok" if same else f"DIFFERS: {found.counts[kind]} in MongoDB"
+        print(f"{kind:>9}: {count} in SQLite, digest {expected.digests[kind][:16]}… {verdict}")
+    if expected != found:
+        print("dmp-server migrate: the copy differs from the source (rerun to resume)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,247 @@
+"""Copy a SQLite store into a MongoDB one, resumably, and prove the copy.
+
+Everything that lasts is copied — resources with every version, the search index, the trail
+(AuditEvents are resources), the private records, the outbox — as stored: sealed blobs move byte
+for byte (both backends bind them to the same associated data, :mod:`storage.sealing`), so the
+master keys are never used and never leave the data directory. Paging sessions are not copied:
+they expire within minutes.
+
+Resumable: resources go in creation order, each batch as idempotent upserts (in one transaction
+where the cluster has them); a rerun starts again from the last resource present in MongoDB.
+Verified: the number of resources, versions, records and queued messages, and a SHA-256 digest of
+each, computed the same way on both sides, must be equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pymongo import ASCENDING
+
+from fhirmodel.indexing import (
+    DateValue,
+    IndexValue,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+from storage.crypto import is_sealed
+from storage.mongo.layout import (
+    COUNTERS,
+    OUTBOX,
+    RECORDS,
+    RESOURCES,
+    VERSIONS,
+    index_document,
+    patient_key,
+    record_key,
+    resource_document,
+    version_document,
+)
+from storage.mongo.store import MongoStore
+
+#: How each SQLite index table's row (after ``res, param``) becomes a typed value.
+_VALUES: dict[str, tuple[str, Callable[..., IndexValue]]] = {
+    "idx_token": ("system, code, text", TokenValue),
+    "idx_string": ("norm, exact", StringValue),
+    "idx_date": ("low, high", DateValue),
+    "idx_number": ("value", NumberValue),
+    "idx_quantity": ("value, system, code", QuantityValue),
+    "idx_reference": ("target_type, target_id, url, id_system, id_value", ReferenceValue),
+    "idx_uri": ("value", UriValue),
+}
+
+#: Reports progress: (what, done, of how many).
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What one side holds: counts and digests per kind."""
+
+    counts: dict[str, int]
+    digests: dict[str, str]
+
+
+def _kid(blob: bytes | None) -> dict[str, Any]:
+    """The ``kid`` field beside a sealed blob (read from its header, never opened)."""
+    if blob is None or not is_sealed(blob):
+        return {}
+    kid_length = blob[5]
+    return {"kid": blob[6 : 6 + kid_length].decode("ascii")}
+
+
+class Migration:
+    def __init__(self, sqlite_path: Path, target: MongoStore, *, batch: int = 500):
+        self._path = sqlite_path
+        self._target = target
+        self._db = target.database
+        self._batch = batch
+
+    def _source(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)
+
+    def run(self, progress: Progress) -> None:
+        with closing(self._source()) as conn:
+            self._resources(conn, progress)
+            self._records(conn, progress)
+            self._outbox(conn, progress)
+            self._counters(conn)
+
+    def _resume_point(self) -> int:
+        last = self._db[RESOURCES].find_one({}, {"pk": 1}, sort=[("pk", -1)])
+        return int(last["pk"]) if last else 0
+
+    def _resources(self, conn: sqlite3.Connection, progress: Progress) -> None:
+        total = int(conn.execute("SELECT COUNT(*) FROM resource").fetchone()[0])
+        start = self._resume_point()
+        after = start - 1  # the last one present is copied again: its batch may not have finished
+        while True:
+            rows = conn.execute(
+                "SELECT pk, type, id, version, last_updated, deleted, content FROM resource"
+                " WHERE pk > ? ORDER BY pk LIMIT ?",
+                (after, self._batch),
+            ).fetchall()
+            if not rows:
+                break
+            resources, versions = [], []
+            for pk, rtype, rid, version, updated, deleted, content in rows:
+                index = self._index(conn, pk)
+                key = patient_key(rtype, rid, index)
+                blob = None if content is None else bytes(content)
+                sealed = {"content": blob, **_kid(blob)}
+                head = resource_document(pk, rtype, rid, version, updated, bool(deleted), key, sealed)
+                resources.append({**head, **index_document(index)})
+                for seq, number, stamp, method, body in conn.execute(
+                    "SELECT seq, version, last_updated, method, content FROM version WHERE res = ? ORDER BY seq", (pk,)
+                ):
+                    kept = None if body is None else bytes(body)
+                    sealed = {"content": kept, **_kid(kept)}
+                    versions.append(version_document(seq, pk, rtype, rid, number, stamp, method, key, sealed))
+            with self._target.transaction():
+                session = self._target.session
+                self._upsert(RESOURCES, resources, session)
+                self._upsert(VERSIONS, versions, session)
+            after = rows[-1][0]
+            done = int(conn.execute("SELECT COUNT(*) FROM resource WHERE pk <= ?", (after,)).fetchone()[0])
+            progress("resources", done, total)
+        progress("resources", total, total)
+
+    def _upsert(self, collection: str, docs: list[dict[str, Any]], session: Any) -> None:
+        """Idempotent upserts, one per document (``bulk_write`` would save round trips on a real
+        server; mongomock cannot run pymongo 4's bulk operations)."""
+        for doc in docs:
+            self._db[collection].replace_one(_filter(doc), doc, upsert=True, session=session)
+
+    @staticmethod
+    def _index(conn: sqlite3.Connection, pk: int) -> dict[str, list[IndexValue]]:
+        index: dict[str, list[IndexValue]] = {}
+        for table, (columns, build) in _VALUES.items():
+            for param, *values in conn.execute(f"SELECT param, {columns} FROM {table} WHERE res = ?", (pk,)):
+                index.setdefault(param, []).append(build(*values))
+        return index
+
+    def _records(self, conn: sqlite3.Connection, progress: Progress) -> None:
+        rows = conn.execute("SELECT kind, key, expires, value FROM record ORDER BY kind, key").fetchall()
+        docs = []
+        for kind, key, expires, value in rows:
+            blob = bytes(value)
+            doc = {"_id": record_key(kind, key), "kind": kind, "key": key, "expires": expires, "value": blob}
+            docs.append({**doc, **_kid(blob)})
+        for start in range(0, len(docs), self._batch):
+            self._upsert(RECORDS, docs[start : start + self._batch], None)
+        progress("records", len(docs), len(docs))
+
+    def _outbox(self, conn: sqlite3.Connection, progress: Progress) -> None:
+        rows = conn.execute(
+            "SELECT id, topic, created, payload, attempts, due FROM outbox WHERE delivered IS NULL ORDER BY id"
+        ).fetchall()
+        docs = []
+        for message_id, topic, created, payload, attempts, due in rows:
+            blob = bytes(payload)
+            doc = {"_id": message_id, "topic": topic, "created": created, "attempts": attempts, "due": due}
+            docs.append({**doc, "payload": blob, **_kid(blob)})
+        self._upsert(OUTBOX, docs, None)
+        progress("outbox", len(docs), len(docs))
+
+    def _counters(self, conn: sqlite3.Connection) -> None:
+        """The sequences go on from the source's: numbers are never reused."""
+        highest = {
+            "pk": "SELECT COALESCE(MAX(pk), 0) FROM resource",
+            "seq": "SELECT COALESCE(MAX(seq), 0) FROM version",
+            "outbox": "SELECT COALESCE(MAX(id), 0) FROM outbox",
+        }
+        for counter, sql in highest.items():
+            value = int(conn.execute(sql).fetchone()[0])
+            self._db[COUNTERS].update_one({"_id": counter}, {"$max": {"n": value}}, upsert=True)
+
+    # -- verification -----------------------------------------------------------------------
+
+    def source_tally(self) -> Tally:
+        with closing(self._source()) as conn:
+            streams = {
+                "resources": conn.execute("SELECT type, id, version, deleted, content FROM resource ORDER BY type, id"),
+                "versions": conn.execute(
+                    "SELECT r.type, r.id, v.version, v.method, v.content FROM version v"
+                    " JOIN resource r ON r.pk = v.res ORDER BY v.seq"
+                ),
+                "records": conn.execute("SELECT kind, key, expires, value FROM record ORDER BY kind, key"),
+                "outbox": conn.execute(
+                    "SELECT id, topic, attempts, due, payload FROM outbox WHERE delivered IS NULL ORDER BY id"
+                ),
+            }
+            return _tally({name: (tuple(row) for row in rows) for name, rows in streams.items()})
+
+    def target_tally(self) -> Tally:
+        db = self._db
+        fields = {
+            "resources": (RESOURCES, ("type", "id", "version", "deleted", "content"), [("type", 1), ("id", 1)]),
+            "versions": (VERSIONS, ("type", "id", "version", "method", "content"), [("_id", 1)]),
+            "records": (RECORDS, ("kind", "key", "expires", "value"), [("kind", 1), ("key", 1)]),
+            "outbox": (OUTBOX, ("_id", "topic", "attempts", "due", "payload"), [("_id", ASCENDING)]),
+        }
+        streams = {
+            name: _rows(db[collection].find({}).sort(order), names)
+            for name, (collection, names, order) in fields.items()
+        }
+        return _tally(streams)
+
+
+def _rows(docs: Iterable[dict[str, Any]], names: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
+    for doc in docs:
+        yield tuple(doc.get(name) for name in names)
+
+
+def _filter(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"_id": doc["_id"], "pkey": doc["pkey"]} if "pkey" in doc else {"_id": doc["_id"]}
+
+
+def _tally(streams: Mapping[str, Iterator[tuple[Any, ...]]]) -> Tally:
+    counts, digests = {}, {}
+    for name, rows in streams.items():
+        digest, count = hashlib.sha256(), 0
+        for row in rows:
+            digest.update(_canonical(row))
+            count += 1
+        counts[name], digests[name] = count, digest.hexdigest()
+    return Tally(counts, digests)
+
+
+def _canonical(row: tuple[Any, ...]) -> bytes:
+    """One row as bytes, the same from SQLite and from MongoDB (booleans as 0/1, blobs as is)."""
+    out = bytearray()
+    for value in row:
+        if isinstance(value, bool):
+            value = int(value)
+        raw = bytes(value) if isinstance(value, bytes | bytearray | memoryview) else repr(value).encode()
+        out += len(raw).to_bytes(8, "big") + raw
+    return bytes(out)
