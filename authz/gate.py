@@ -14,6 +14,7 @@ from typing import Any
 from authz.actor import Actor, ActorError, Known, actor_from_claims
 from authz.audit import AuditRecord, audit_event, for_patient_view, who
 from authz.authserver.creation_codes import creation_code_consumed
+from authz.authserver.revocation import DenyList
 from authz.binding import foreign_patient
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
@@ -477,16 +478,18 @@ def caller(verifier: TokenVerifier, known: Known, authorization: str | None) -> 
         raise FhirError(403, f"no access: {exc}", "forbidden") from None
 
 
-def server_verifier(settings: AccessSettings) -> TokenVerifier:
+def server_verifier(settings: AccessSettings, store: Store) -> TokenVerifier:
     """The verifier of a server's bearer tokens: its own key (created on first start) and the
-    trusted issuers."""
+    trusted issuers; a token revoked at the server's revocation endpoint fails until it expires."""
     key = load_or_create_server_key(settings.data_dir)
+    issuers = load_trusted_issuers(settings.trusted_issuers)
+    revoked = DenyList(store).revoked
     return TokenVerifier.with_server_key(
-        key, own_issuer(settings.base_url), load_trusted_issuers(settings.trusted_issuers), settings.base_url
+        key, own_issuer(settings.base_url), issuers, settings.base_url, revoked=revoked
     )
 
 
 def build_gatekeeper(settings: AccessSettings, store: Store, terminology: Terminology) -> DmpGatekeeper:
     """The DMP gatekeeper of a server: its verifier, the authorisation matrix from ``ig/``."""
     policy = DmpPolicy(AuthorisationMatrix.load(settings.ig_dir), settings.retention_years)
-    return DmpGatekeeper(store, server_verifier(settings), policy, terminology.has_code, settings.base_url)
+    return DmpGatekeeper(store, server_verifier(settings, store), policy, terminology.has_code, settings.base_url)

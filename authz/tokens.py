@@ -456,9 +456,12 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
         jwks_ttl_seconds: int = 300,
         fetch: Fetcher | None = None,
+        revoked: Callable[[dict[str, Any]], bool] | None = None,
     ):
         _check_unique(issuers, "trusted issuers")
         self.audience = audience
+        #: Whether verified claims belong to a token revoked before its ``exp`` (RFC 7009).
+        self._revoked = revoked
         self.leeway_seconds = leeway_seconds
         self._clock = clock
         self._sources: dict[str, JwksSource] = {}
@@ -494,4 +497,6 @@ class TokenVerifier:
         _check_claim_types(claims)
         _check_audience(claims["aud"], self.audience)
         _check_times(claims, self._clock(), self.leeway_seconds)
+        if self._revoked is not None and self._revoked(claims):
+            raise InvalidToken("the token has been revoked")
         return claims

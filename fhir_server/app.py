@@ -14,6 +14,7 @@ from flask import Flask
 from authz.authserver.grants import build_authorization_server
 from authz.gate import build_gatekeeper
 from fhir_server.dmp.accounts.http import account_endpoints, register_account_routes
+from fhir_server.dmp.accounts.launch_http import register_launch_routes
 from fhir_server.dmp.accounts.service import build_account_service
 from fhir_server.dmp.alerts.admission import SubscriptionAdmission
 from fhir_server.dmp.alerts.job import alerts
@@ -23,6 +24,7 @@ from fhir_server.dmp.export.operation import EXPORT
 from fhir_server.dmp.jobs import Job, purge_expired_records
 from fhir_server.dmp.lifecycle.majority import majority_job
 from fhir_server.dmp.oauth.http import register_oauth_routes
+from fhir_server.dmp.oauth.token_status import register_token_status_routes
 from fhir_server.dmp.portal import register_portal
 from fhir_server.fhir.conformance.api_page import register_api_description_routes
 from fhir_server.fhir.http import register_routes
@@ -114,8 +116,10 @@ def create_app(
     register_api_description_routes(app, service)
     auth = build_authorization_server(config.base_url, config.data_dir, service.store, clock=clock)
     register_oauth_routes(app, auth, config.base_path)
+    register_token_status_routes(app, auth, config.base_path)
     accounts = build_account_service(config, service, clock=clock, issuer=auth.issuer)
     register_account_routes(app, accounts, config.base_path)
+    register_launch_routes(app, auth, accounts, config.base_path)
     auth.publication.publish(account_endpoints(config.base_url))
     register_portal(app, service, accounts, DocumentCodes.of(service.terminology), clock)
     install_operations(app, service)

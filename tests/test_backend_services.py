@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
 from werkzeug.test import TestResponse
 
+from authz.authserver.apps import AppRegistry, new_app
 from authz.authserver.assertions import ASSERTION_TYPE, LEEWAY_SECONDS
 from authz.authserver.clients import ClientError, granted_scope, new_client
 from authz.authserver.clients import ScopeRefused as ScopeRefusedError
@@ -341,7 +342,8 @@ CASES: dict[str, tuple[Case, int, str | None]] = {
     "no scope": (_raw({"scope": ""}), 400, "invalid_scope"),
     "no grant_type": (_raw({"grant_type": ""}), 400, "invalid_request"),
     "grant_type password": (_raw({"grant_type": "password"}), 400, "unsupported_grant_type"),
-    "grant_type authorization_code": (_raw({"grant_type": "authorization_code"}), 400, "unsupported_grant_type"),
+    "grant_type implicit": (_raw({"grant_type": "implicit"}), 400, "unsupported_grant_type"),
+    "authorization_code by a backend client": (_raw({"grant_type": "authorization_code"}), 400, "unauthorized_client"),
     "person_id not an INS": (_params(person_id="1.2.3^^^&1.2.3&ISO"), 400, "invalid_request"),
     "resource of another server": (_params(resource="https://other.example/fhir"), 400, "invalid_target"),
     "SAML token asked": (
@@ -458,6 +460,8 @@ def refresh(backend: Backend, token: str, **params: str) -> TestResponse:
 
 def test_a_patient_refresh_token_is_used_over_http_once(backend: Backend) -> None:
     pid = backend.world.seed_patient(INS_A)
+    app = new_app("patient-app", name="App", redirect_uris=["https://app.example.org/cb"], scope="patient/*.rs")
+    AppRegistry(backend.world.store).register(app)  # a public client (test_app_launch.py)
     grant = Grant(INS_A, "patient/*.rs", iua_claims(role="PAT", person_id=INS_A), client_id="patient-app")
     first = backend.auth.issuer.issue(grant, refresh=True)
     response = refresh(backend, first["refresh_token"], client_id="patient-app")
@@ -511,12 +515,12 @@ def test_discovery_document(backend: Backend) -> None:
     assert document["issuer"] == f"{BASE_URL}/auth"
     assert document["token_endpoint"] == TOKEN_URL
     assert document["jwks_uri"] == f"{BASE_URL}/auth/jwks"
-    assert document["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert document["token_endpoint_auth_methods_supported"] == ["private_key_jwt", "none"]  # "none": patient apps
     assert document["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
-    assert document["grant_types_supported"] == ["client_credentials", "refresh_token"]
+    assert document["grant_types_supported"] == ["authorization_code", "client_credentials", "refresh_token"]
     assert {"client-confidential-asymmetric", "permission-v2"} <= set(document["capabilities"])
     assert "system/*.cruds" in document["scopes_supported"]
-    assert "code_challenge_methods_supported" not in document and "authorization_endpoint" not in document
+    assert document["code_challenge_methods_supported"] == ["S256"]  # SMART App Launch (test_app_launch.py)
     assert document["dmp_endpoints"] == account_endpoints(BASE_URL)  # the patient login's
     assert backend.http.post("/fhir/.well-known/smart-configuration").status_code == 405
 
@@ -558,11 +562,11 @@ def test_other_grants_and_endpoints_plug_in(backend: Backend) -> None:
     backend.auth.register_grant("urn:example:echo", echo)
     with pytest.raises(ValueError, match="already registered"):
         backend.auth.register_grant("refresh_token", echo)
-    backend.auth.publication.publish({"example": f"{BASE_URL}/example"}, capabilities=["permission-offline"])
+    backend.auth.publication.publish({"example": f"{BASE_URL}/example"}, capabilities=["permission-user"])
     document = backend.http.get("/fhir/.well-known/smart-configuration").get_json()
     assert "urn:example:echo" in document["grant_types_supported"]
     assert document["dmp_endpoints"] == {**account_endpoints(BASE_URL), "example": f"{BASE_URL}/example"}
-    assert "permission-offline" in document["capabilities"]
+    assert "permission-user" in document["capabilities"]
     answer = backend.http.post(TOKEN, data={"grant_type": "urn:example:echo", "word": "hello"})
     assert answer.status_code == 200 and answer.get_json()["access_token"] == "hello"
     oauth_error(backend.http.post(TOKEN, data={"grant_type": "urn:example:echo"}), 400, "invalid_request")

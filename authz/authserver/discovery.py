@@ -6,10 +6,11 @@ describes the same document in RFC 8414 terms. One document serves both: the RFC
 (``issuer``, ``jwks_uri``, ``token_endpoint``, ``grant_types_supported``...), SMART's
 ``capabilities``, and IUA's ``access_token_format``.
 
-Members are published only for what is implemented: there is no authorization endpoint here (no
-authorization-code flow, hence no PKCE methods either). Other parts of the server (the patient
-login) announce their endpoints, scopes, capabilities and grants through :class:`Publication`,
-which the discovery document merges in.
+Members are published only for what is implemented: the backend-services members here; other
+parts of the server (the patient login, the SMART App Launch of patient apps) announce their
+endpoints, scopes, capabilities, grants and top-level members (``authorization_endpoint``,
+``code_challenge_methods_supported``...) through :class:`Publication`, which the discovery
+document merges in.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def jwks_uri(base_url: str) -> str:
     return f"{own_issuer(base_url)}/jwks"
 
 
+def launch_endpoints(base_url: str) -> dict[str, str]:
+    """SMART App Launch's endpoints by their ``oauth-uris`` names (the discovery document's members
+    are these names followed by ``_endpoint``)."""
+    auth = own_issuer(base_url)
+    return {"authorize": f"{auth}/authorize", "introspect": f"{auth}/introspect", "revoke": f"{auth}/revoke"}
+
+
 def smart_configuration_url(base_url: str) -> str:
     return f"{base_url.rstrip('/')}/.well-known/smart-configuration"
 
@@ -58,16 +66,21 @@ class Publication:
         ]
     )
 
+    members: dict[str, Any] = field(default_factory=dict)
+
     def publish(
         self,
         endpoints: Mapping[str, str] | None = None,
         *,
         scopes: Iterable[str] = (),
         capabilities: Iterable[str] = (),
+        members: Mapping[str, Any] | None = None,
     ) -> None:
         """Announce more: ``endpoints`` by name (e.g. ``{"patient_login": url}``) under
-        ``dmp_endpoints``, scopes clients may request, SMART capabilities. Repeats are merged."""
+        ``dmp_endpoints``, scopes clients may request, SMART capabilities, and top-level members
+        (which replace the base document's). Repeats are merged."""
         self.endpoints.update(endpoints or {})
+        self.members.update(members or {})
         self.scopes.extend(scope for scope in scopes if scope not in self.scopes)
         self.capabilities.extend(cap for cap in capabilities if cap not in self.capabilities)
 
@@ -86,6 +99,7 @@ def smart_configuration(base_url: str, grant_types: Iterable[str], publication: 
         "capabilities": list(publication.capabilities),
         "access_token_format": [JWT_TOKEN_TYPE],
     }
+    document.update(publication.members)
     if publication.endpoints:
         document[EXTRA_ENDPOINTS_MEMBER] = dict(sorted(publication.endpoints.items()))
     return document

@@ -21,7 +21,8 @@ patient: the DMP policy decides that on every request, exactly as for any other 
 token works once). A refresh token issued to a registered (confidential) client only works with
 that client's assertion; one issued to a public client (the patient login's app) works for
 whoever holds it, as for any public client, and a ``client_id`` sent with it must be the one it
-was issued to (a refresh token issued to no client in particular accepts any).
+was issued to (a refresh token issued to no client in particular accepts any). A patient app's
+refresh token ends with the app's registration (``dmp-server app remove``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.actor import parse_ins
+from authz.authserver.apps import AppRegistry
 from authz.authserver.clients import ScopeRefused, granted_scope
 from authz.authserver.discovery import JWT_TOKEN_TYPE
 from authz.authserver.issuer import Grant, RefreshRefused
@@ -111,6 +113,8 @@ def refresh_token(server: AuthorizationServer, request: TokenRequest) -> dict[st
         raise OAuthError(INVALID_GRANT, "the refresh token was issued to another client")
     if client is None and grant.client_id is not None and server.clients.get(grant.client_id) is not None:
         raise OAuthError(INVALID_CLIENT, "this refresh token belongs to a registered client: authenticate")
+    if client is None and grant.client_id is not None and AppRegistry(server.store).get(grant.client_id) is None:
+        raise OAuthError(INVALID_GRANT, "the app this refresh token was issued to is no longer registered")
     claimed = request.get("client_id")
     if client is None and None not in (claimed, grant.client_id) and claimed != grant.client_id:
         raise OAuthError(INVALID_GRANT, "the refresh token was issued to another client")

@@ -32,14 +32,17 @@ class Grant:
     scope: str
     iua: dict[str, Any]
     client_id: str | None = None
+    #: SMART launch context (``{"patient": id}``): in every token response of the grant, refreshed
+    #: ones included, and a claim of its access tokens, so that introspection can say it.
+    context: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"sub": self.sub, "scope": self.scope, "iua": self.iua, "client_id": self.client_id})
+        return orjson.dumps({**self.__dict__})
 
     @classmethod
     def from_json(cls, data: bytes) -> Grant:
         raw = orjson.loads(data)
-        return cls(raw["sub"], raw["scope"], raw["iua"], raw.get("client_id"))
+        return cls(raw["sub"], raw["scope"], raw["iua"], raw.get("client_id"), raw.get("context") or {})
 
 
 class RefreshRefused(Exception):
@@ -70,7 +73,7 @@ class TokenIssuer:
         }
         if grant.client_id:
             claims["client_id"] = grant.client_id
-        return self.key.sign(claims)
+        return self.key.sign({**grant.context, **claims})
 
     def issue(self, grant: Grant, *, refresh: bool) -> dict[str, Any]:
         """An OAuth 2.0 token response (RFC 6749 §5.1) for ``grant``."""
@@ -79,6 +82,7 @@ class TokenIssuer:
             "token_type": "Bearer",
             "expires_in": self.access_lifetime,
             "scope": grant.scope,
+            **grant.context,
         }
         if refresh:
             token = secrets.token_urlsafe(32)
@@ -103,10 +107,19 @@ class TokenIssuer:
     def grant_of(self, token: str) -> Grant | None:
         """The grant a live refresh token continues, without using it up: the token endpoint checks
         who presents it (RFC 6749 §6: the client it was issued to) before :meth:`refresh` rotates it."""
+        live = self.live_refresh(token)
+        return live[0] if live is not None else None
+
+    def live_refresh(self, token: str) -> tuple[Grant, int | None] | None:
+        """The grant of a live refresh token and when it expires (introspection says both)."""
         held = self.store.get_record(_REFRESH, _digest(token))
         if held is None or (held[1] is not None and held[1] <= self.clock()):
             return None
-        return Grant.from_json(held[0])
+        return Grant.from_json(held[0]), held[1]
+
+    def revoke_refresh(self, token: str) -> bool:
+        """Forget one refresh token (RFC 7009 revocation, a replayed authorisation code)."""
+        return self.store.delete_record(_REFRESH, _digest(token))
 
     def revoke_refresh_tokens(self, sub: str) -> int:
         """Forget every refresh token of ``sub`` (password reset, account closure)."""

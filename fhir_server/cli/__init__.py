@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime
 
 from fhir_server.cli.accounts import add_account_command
+from fhir_server.cli.apps import add_app_command
 from fhir_server.cli.backup import add_backup_command
 from fhir_server.cli.clients import add_client_command
 from fhir_server.cli.command import add_data_dir_option, run_command, split_data_dir
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     add_token_command(sub)
     add_account_command(sub)
     add_client_command(sub)
+    add_app_command(sub)
     add_import_command(sub)
     add_migrate_command(sub)
     add_directory_command(sub)

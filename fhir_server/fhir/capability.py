@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from authz.authserver.discovery import token_endpoint
+from authz.authserver.discovery import launch_endpoints, token_endpoint
 from fhir_server.fhir.declarations import Declarations
 from fhir_server.fhir.profiles import load_profiles
 from fhir_server.fhir.service import FhirService, Operation
@@ -29,6 +29,10 @@ PATCH_FORMATS = ("application/json-patch+json", "application/fhir+json", "applic
 PATIENT_COMPARTMENT_DEFINITION = "http://hl7.org/fhir/CompartmentDefinition/patient"
 #: Search result parameters every type supports (R4 §3.1.1.5).
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_has")
+
+
+def _oauth_uris(base_url: str) -> dict[str, str]:
+    return {"token": token_endpoint(base_url), **launch_endpoints(base_url)}
 
 
 def capability_of(svc: FhirService) -> dict[str, Any]:
@@ -83,7 +87,10 @@ def capability_statement(
                     "extension": [
                         {
                             "url": OAUTH_URIS,
-                            "extension": [{"url": "token", "valueUri": token_endpoint(base_url)}],
+                            "extension": [
+                                {"url": name, "valueUri": uri}
+                                for name, uri in _oauth_uris(base_url).items()
+                            ],
                         }
                     ],
                     "service": [

@@ -163,6 +163,19 @@ class Login:
 
     def verify(self, body: dict[str, Any]) -> dict[str, Any]:
         """Challenge + code → the token response (or a password-change credential)."""
+        account, challenge = self.passed(body)
+        if account.temporary or challenge.change_password:
+            return self.change_credential(account, self.clock())
+        grant = Grant(
+            sub=account.subject,
+            scope=PERSON_SCOPE,
+            iua=iua_claims(role=account.role, person_id=subject_of(challenge.acting_for)),
+        )
+        return self.issuer.issue(grant, refresh=True)
+
+    def passed(self, body: dict[str, Any]) -> tuple[Account, Challenge]:
+        """Challenge + code checked, the login in the trail: whose login it is and for which
+        record (the app authorisation pages issue their own grant from it); 401 otherwise."""
         challenge_id = text(body, "challenge") or ""
         code = text(body, "code") or ""
         now = self.clock()
@@ -175,14 +188,7 @@ class Login:
             raise login_refused()
         account, challenge = passed
         self.trail.login(account, challenge.acting_for, True, f"login by {account.contact.channel} code", now)
-        if account.temporary or challenge.change_password:
-            return self._change_credential(account, now)
-        grant = Grant(
-            sub=account.subject,
-            scope=PERSON_SCOPE,
-            iua=iua_claims(role=account.role, person_id=subject_of(challenge.acting_for)),
-        )
-        return self.issuer.issue(grant, refresh=True)
+        return account, challenge
 
     def _check_code(self, key: str, code: str, now: float) -> tuple[Account, Challenge] | Account | None:
         """Inside a transaction: the account and challenge when the code is right; the account
@@ -211,7 +217,7 @@ class Login:
             self.store.put_record(CHALLENGE_KIND, key, tried.to_json(), expires=held[1])
         return failed
 
-    def _change_credential(self, account: Account, now: float) -> dict[str, Any]:
+    def change_credential(self, account: Account, now: float) -> dict[str, Any]:
         credential = otp.ticket()
         value = orjson.dumps({"ins": list(account.ins), "generation": account.generation})
         self.store.put_record(CHANGE_KIND, otp.digest(credential), value, expires=int(now) + CHANGE_LIFETIME)

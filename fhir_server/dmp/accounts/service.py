@@ -103,7 +103,7 @@ def build_account_service(
         login=Login(book, hasher, issuer, sender, clock, trail),
         admin=AccountAdmin(book, hasher, issuer, clock, dmp_exists, trail),
         creation=DmpCreation(CreationCodes(store, clock), book, hasher, issuer, fhir, clock, dmp_exists, trail),
-        verifier=server_verifier(config.access),
+        verifier=server_verifier(config.access, store),
         known=fhir.terminology.has_code,
         clock=clock,
     )

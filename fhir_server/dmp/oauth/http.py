@@ -45,40 +45,39 @@ def register_oauth_routes(app: Flask, server: AuthorizationServer, base: str) ->
     app.add_url_rule(f"{base}/.well-known/smart-configuration", "smart_configuration", discovery, methods=METHODS)
 
 
-def _json(status: int, body: Any, headers: dict[str, str]) -> Response:
+def oauth_json(status: int, body: Any, headers: dict[str, str]) -> Response:
     return Response(json.dumps(body), status=status, headers=headers, content_type="application/json")
 
 
-def _not_allowed(allowed: str) -> Response:
-    return _json(405, {"error": "method_not_allowed", "error_description": f"use {allowed}"}, {"Allow": allowed})
+def not_allowed(allowed: str) -> Response:
+    return oauth_json(405, {"error": "method_not_allowed", "error_description": f"use {allowed}"}, {"Allow": allowed})
 
 
 def _public_json(document: dict[str, Any], cache: str) -> Response:
     """A public document: JSON whatever the ``Accept`` header (SMART §Discovery), readable from
     any origin (a browser app discovers the server before it has any credential)."""
     if request.method not in ("GET", "HEAD"):
-        return _not_allowed("GET, HEAD")
-    return _json(200, document, {"Cache-Control": cache, "Access-Control-Allow-Origin": "*"})
+        return not_allowed("GET, HEAD")
+    return oauth_json(200, document, {"Cache-Control": cache, "Access-Control-Allow-Origin": "*"})
 
 
 def _token(server: AuthorizationServer) -> Response:
     if request.method != "POST":
-        return _not_allowed("POST")
+        return not_allowed("POST")
     try:
-        token_request = _token_request()
-        body = server.token(token_request)
+        body = server.token(token_request())
     except OAuthError as exc:
-        return _json(exc.status, exc.body(), exc.headers())
-    return _json(200, body, dict(NO_STORE))
+        return oauth_json(exc.status, exc.body(), exc.headers())
+    return oauth_json(200, body, dict(NO_STORE))
 
 
-def _token_request() -> TokenRequest:
-    """RFC 6749 §3.2: parameters in a form-encoded POST body, never in the URL (where credentials
-    would end up in access logs)."""
+def token_request() -> TokenRequest:
+    """RFC 6749 §3.2 (and RFC 7662, RFC 7009): parameters in a form-encoded POST body, never in the
+    URL (where credentials would end up in access logs)."""
     if (request.content_length or 0) > MAX_TOKEN_REQUEST_BYTES:
         raise OAuthError(INVALID_REQUEST, "the request is too large", status=413)
     if request.mimetype != _FORM:
-        raise OAuthError(INVALID_REQUEST, f"the token request must be {_FORM}")
+        raise OAuthError(INVALID_REQUEST, f"the request must be {_FORM}")
     if request.args:
         raise OAuthError(INVALID_REQUEST, "token request parameters go in the body, not the URL")
     return TokenRequest.from_pairs(request.form.items(multi=True), request.headers.get("Authorization"))
