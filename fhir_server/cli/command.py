@@ -27,6 +27,7 @@ NEEDS_SERVER_DATA = frozenset(
         "token",
         "account",
         "client",
+        "app",
         "jobs",
         "purge",
         "reindex",
