@@ -17,7 +17,7 @@ from storage.crypto import KEY_DIR_NAME, MASTER_KEYS_FILE
 from tests.dmp import INS_SYSTEM, World
 from tests.test_dmp_rules import audit_events
 
-INS = "1800175123456"
+INS = "180017512345660"
 IDNATPS = "810002673899"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from tests.paths import ROOT
 from tests.serving import call, clean_env, free_port, start
 
-INS = "1800175123456"
+INS = "180017512345660"
 
 
 #: Left out of the copy: at the top, what is not source; anywhere, caches and build leftovers.

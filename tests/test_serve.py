@@ -22,7 +22,7 @@ from fhir_server.cli import main
 from tests.serving import Running, call, clean_env, free_port, start
 
 SERVER = [sys.executable, "-m", "fhir_server.cli"]
-INS = "1800175123456"
+INS = "180017512345660"
 PATIENT = {
     "resourceType": "Patient",
     "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": INS}],

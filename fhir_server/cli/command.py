@@ -21,7 +21,8 @@ BASE_URL_ENV = "DMP_BASE_URL"
 #: The FHIR base the server last started with (``serve`` writes it): the issuer and audience of
 #: tokens, which the other commands must use too when DMP_BASE_URL is not set.
 BASE_URL_FILE = "server-base-url"
-#: The commands that only work on the data of a server that has already started once.
+#: The commands that only work on the data of a server that has already started once (``import``
+#: and ``directory`` may fill a new data directory before its server first starts).
 NEEDS_SERVER_DATA = frozenset(
     {
         "token",
@@ -32,8 +33,6 @@ NEEDS_SERVER_DATA = frozenset(
         "purge",
         "reindex",
         "rotate-master-key",
-        "import",
-        "directory",
         "backup",
         "migrate",
     }
