@@ -10,6 +10,10 @@ Sequence numbers (``pk`` per resource, ``seq`` per version, outbox ids) come fro
 incremented *outside* the caller's transaction: inside it, every two concurrent writers would
 conflict on the counter document. A rolled-back transaction leaves a gap; a write committing after
 a search began may carry a number below its watermark (``docs/mongodb.md``, "Where it differs").
+
+Why one module of ~650 lines: it is the one class implementing every method of the ``Store``
+interface over the same collections, sessions and sealing; the layout, the query compiler, the
+transactions and the migration live in their own modules.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ master key wraps (:mod:`storage.sqlite.dbkey`). And every content blob (resource
 sessions, outbox payloads, private records) is also sealed by the envelope cipher before it
 reaches SQLite and opened on the way out, its row's identity bound as associated data: documents
 stay encrypted with their own keys whatever the backend, and a page-level key alone opens none.
+
+Why one module of ~750 lines: it is the one class implementing every method of the ``Store``
+interface, all of them over the same connection, transaction and sealing machinery; the parts that
+stand alone are apart (the query compiler, the schema, connections, the database key, backups,
+the writer lock).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ The checks come in the order the transaction code can run them:
 The entries then run as any transaction's: each DocumentReference is written, its codes checked
 and what it replaces superseded, by :mod:`fhir_server.fhir.interactions.instance`.
 
-Why one module of ~700 lines: :class:`ProvideBundle` carries one submission's state through
+Why one module of ~750 lines: :class:`ProvideBundle` carries one submission's state through
 both phases, and its checks read best in the order IHE gives them, side by side; what stands on
 its own lives apart (the CDA in :mod:`.cda`, the completion of minimal metadata in
 :mod:`.completion`, the profile engine in :mod:`fhir_server.fhir.profiles`).
