@@ -23,6 +23,7 @@ from authz.authserver.assertions import ASSERTION_TYPE
 from authz.authserver.authorize import CODE_LIFETIME, s256
 from authz.authserver.clients import ClientError, new_client
 from authz.authserver.server import AuthorizationServer
+from authz.keys import load_or_create_server_key
 from authz.terms import REPRESENTATIVE
 from fhir_server.app import create_app
 from fhir_server.cli import main as cli
@@ -496,6 +497,8 @@ def test_apps_are_registered_with_exact_redirect_uris_and_patient_scopes(
 
     monkeypatch.setenv("DMP_DATA_DIR", str(tmp_path / "data"))
     register = ["app", "register", "--client-id", APP, "--name", "Carnet", "--redirect-uri", REDIRECT]
+    assert cli(register) == 2  # no server has started on this data directory: refused
+    load_or_create_server_key(tmp_path / "data")  # what the server's first start does
     assert cli(register) == 0
     assert cli(register) == 2  # already registered
     assert cli([*register, "--replace", "--scope", "patient/Patient.r"]) == 0

@@ -37,7 +37,8 @@ NEEDS_SERVER_DATA = frozenset(
         "migrate",
     }
 )
-#: The folder of the data directory every started server has (its signing and master keys).
+#: The folder of the data directory every started server has (its signing key; its master keys
+#: too unless DMP_MASTER_KEY_FILE puts them elsewhere, when its database is the mark).
 _STARTED_MARK = "keys"
 
 
@@ -59,7 +60,7 @@ def split_data_dir(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _require_server_data(config: Config) -> None:
-    if not (config.data_dir / _STARTED_MARK).is_dir():
+    if not ((config.data_dir / _STARTED_MARK).is_dir() or config.sqlite_path.exists()):
         raise ConfigError(
             f"no server data in {config.data_dir.resolve()}: name the server's data directory with --data-dir"
             f" or {DATA_DIR_ENV} (or start `dmp-server serve` there first)"
