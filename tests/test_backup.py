@@ -128,6 +128,8 @@ def test_a_backup_taken_while_the_server_writes_restores_what_its_manifest_says(
     dest, keys = tmp_path / "backup", tmp_path / "backup.keys"
     manifest = json.loads((dest / "manifest.json").read_text())
     assert before <= manifest["resources"]["AuditEvent"] <= after < _audit_events(data_dir)
+    beside = _cli("restore", str(dest), "--force", data_dir=data_dir)  # the server still runs on it
+    assert beside.returncode == 2 and "a server is running" in beside.stderr, beside.stderr
     assert manifest["resources"]["Patient"] == 1 and manifest["versions"] >= manifest["resources"]["AuditEvent"]
     for name, described in manifest["files"].items():
         raw = (dest / name).read_bytes()

@@ -2,8 +2,8 @@
 
 Both manifests are checked (every file's size and SHA-256) before anything is written; a data
 directory that already holds something is only overwritten with ``--force``. Once in place the
-database is opened with the restored keys and its counts compared with the manifest's. Run it
-with the server stopped.
+database is opened with the restored keys and its counts compared with the manifest's. A data
+directory a running server holds is refused, ``--force`` or not: stop the server first.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fhir_server.cli.serving_lock import is_served
 from fhir_server.runtime.config import Config
 
 
@@ -32,6 +33,9 @@ def _restore(args: argparse.Namespace) -> int:
     config = Config.from_env()
     keys_src = args.keys or args.src.with_name(args.src.name + ".keys")
     occupied = config.data_dir.exists() and any(config.data_dir.iterdir())
+    if occupied and is_served(config.data_dir):
+        print(f"dmp-server restore: a server is running on {config.data_dir}: stop it first", file=sys.stderr)
+        return 2
     if occupied and not args.force:
         print(f"dmp-server restore: {config.data_dir} is not empty (--force to overwrite it)", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from fhir_server.cli.command import remember_base_url
+from fhir_server.cli.serving_lock import hold_serving_lock
 from fhir_server.fhir.ops import MULTIPROC_ENV
 from fhir_server.runtime.config import Config, ConfigError, ServeSettings
 from fhir_server.runtime.datafiles import DataFilesMissing
@@ -88,6 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_dir = Path(tempfile.mkdtemp(prefix="dmp-metrics-"))
         os.environ[MULTIPROC_ENV] = str(metrics_dir)  # before anything imports prometheus_client
     _built(config).extensions["fhir_service"].store.close()  # workers build their own
+    hold_serving_lock(config.data_dir)
     socket = control_socket(settings, config)
     server = f"gunicorn, {settings.workers} worker(s) × {settings.threads} thread(s), control socket {socket or 'none'}"
     print(banner(config, settings, server), file=sys.stderr, flush=True)
@@ -102,6 +104,7 @@ def _develop(config: Config, settings: ServeSettings) -> int:
     from fhir_server.fhir.ops.access_log import log_as_json_lines
 
     app = _built(config)
+    hold_serving_lock(config.data_dir)
     print(banner(config, settings, "Werkzeug development server (--dev): not for production"), file=sys.stderr)
     log_as_json_lines()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # its access lines hold paths and queries
