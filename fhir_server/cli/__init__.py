@@ -15,6 +15,7 @@ from fhir_server.cli.directory import add_directory_command
 from fhir_server.cli.imports import add_import_command
 from fhir_server.cli.migrate import add_migrate_command
 from fhir_server.cli.operator import operator
+from fhir_server.cli.rekey import add_rekey_command
 from fhir_server.cli.restore import add_restore_command
 from fhir_server.cli.serve import add_serve_command
 from fhir_server.cli.token import add_token_command
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     reindex.set_defaults(func=_reindex)
     rotate = sub.add_parser("rotate-master-key", help="new master key for encryption at rest; re-wraps data keys")
     rotate.set_defaults(func=_rotate)
+    add_rekey_command(sub)
     jobs = sub.add_parser("jobs", help="run the periodic jobs once (alerts, majority...) and exit")
     jobs.add_argument("--only", action="append", metavar="NAME", help="only this job (repeatable)")
     jobs.add_argument("--list", action="store_true", help="list the jobs and exit")

@@ -33,6 +33,7 @@ NEEDS_SERVER_DATA = frozenset(
         "purge",
         "reindex",
         "rotate-master-key",
+        "rekey-database",
         "backup",
         "migrate",
     }

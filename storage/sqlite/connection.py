@@ -99,6 +99,15 @@ def connect_read_only(path: Path, key: bytes | None) -> sqlite3.Connection:
     return cast(sqlite3.Connection, _keyed(sqlcipher.connect(f"file:{path}?mode=ro", uri=True), str(path), key))
 
 
+def key_opens(path: Path, key: bytes) -> bool:
+    """Whether ``key`` is the key of the database at ``path``."""
+    try:
+        _keyed(sqlcipher.connect(str(path), isolation_level=None), str(path), key).close()
+    except MasterKeyError:
+        return False
+    return True
+
+
 def _keyed(conn: Any, path: str, key: bytes | None) -> Any:
     """``conn`` opened with ``key``, checked by a first read."""
     try:

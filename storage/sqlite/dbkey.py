@@ -11,11 +11,12 @@ master keys are kept apart.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError
-from storage.secretfile import write_secret_file
+from storage.secretfile import fsync_dir, write_secret_file
 
 _KEY_BYTES = 32
 #: What the wrapped key is bound to: a content blob moved into the key file does not open as a key.
@@ -33,9 +34,33 @@ def create(database: Path, cipher: EnvelopeCipher) -> bytes:
     return load(database, cipher)
 
 
+def pending_path(database: Path) -> Path:
+    """Where a re-key keeps the new key until the database is under it (:mod:`storage.sqlite.rekey`)."""
+    return database.with_name(database.name + ".key.pending")
+
+
 def load(database: Path, cipher: EnvelopeCipher) -> bytes:
     """The database key; :class:`MasterKeyError` if its file is missing or the master keys do not open it."""
-    path = key_path(database)
+    return _unwrap(database, key_path(database), cipher)
+
+
+def stage(database: Path, cipher: EnvelopeCipher) -> bytes:
+    """A new key for ``database``, written wrapped as the pending key (replacing an older one)."""
+    write_secret_file(pending_path(database), cipher.seal(secrets.token_bytes(_KEY_BYTES), _AAD), replace=True)
+    return load_pending(database, cipher)
+
+
+def load_pending(database: Path, cipher: EnvelopeCipher) -> bytes:
+    return _unwrap(database, pending_path(database), cipher)
+
+
+def promote(database: Path) -> None:
+    """The pending key becomes the database's key (the database is under it now)."""
+    os.replace(pending_path(database), key_path(database))
+    fsync_dir(database.parent)
+
+
+def _unwrap(database: Path, path: Path, cipher: EnvelopeCipher) -> bytes:
     try:
         blob = path.read_bytes()
     except FileNotFoundError:

@@ -1,4 +1,5 @@
-"""Encrypting, once, a plaintext database written by a version before whole-database encryption.
+"""Encrypting, once, a plaintext database written by a version before whole-database encryption
+(and copying an encrypted one under a new key, :mod:`storage.sqlite.rekey`).
 
 Run on the first start of this version (the store calls it under the writer lock, so gunicorn
 workers starting together migrate once): the write-ahead log is folded into the file, every table
@@ -36,19 +37,28 @@ def encrypt_in_place(database: Path, key: bytes) -> None:
     Refused while another process has it open (its checkpoint cannot complete): a server of the
     earlier version must be stopped first, or it would go on writing to the replaced file.
     """
+    copy_in_place(database, None, key)
+
+
+def copy_in_place(database: Path, key: bytes | None, new_key: bytes) -> None:
+    """Replace ``database`` (opened with ``key``, or plaintext) by a copy of it under ``new_key``,
+    then overwrite the old file with zeros. :class:`MasterKeyError` while another process has it
+    open: its next write would go to the replaced file."""
     staging = database.with_name(database.name + ".encrypting")
     staging.unlink(missing_ok=True)
     os.close(os.open(staging, os.O_RDWR | os.O_CREAT, 0o600))
-    plain = sqlcipher.connect(str(database), isolation_level=None)
+    source = sqlcipher.connect(str(database), isolation_level=None)
     try:
-        busy, _log, _done = plain.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if key is not None:
+            source.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        busy, _log, _done = source.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
-            raise MasterKeyError(f"{database} is in use by another process: stop it to encrypt the database")
-        plain.execute(f"ATTACH DATABASE ? AS encrypted KEY \"x'{key.hex()}'\"", (str(staging),))
-        plain.execute("SELECT sqlcipher_export('encrypted')")
-        plain.execute("DETACH DATABASE encrypted")
+            raise MasterKeyError(f"{database} is in use by another process: stop it first")
+        source.execute(f"ATTACH DATABASE ? AS encrypted KEY \"x'{new_key.hex()}'\"", (str(staging),))
+        source.execute("SELECT sqlcipher_export('encrypted')")
+        source.execute("DETACH DATABASE encrypted")
     finally:
-        plain.close()
+        source.close()
     with open(staging, "rb+") as handle:
         os.fsync(handle.fileno())
     old = os.open(database, os.O_RDWR)
@@ -58,7 +68,7 @@ def encrypt_in_place(database: Path, key: bytes) -> None:
         _zero(old)
     finally:
         os.close(old)
-    for suffix in SIDE_FILES:  # the plaintext WAL (empty now) and shared memory of the old file
+    for suffix in SIDE_FILES:  # the old file's WAL (empty now) and shared memory
         database.with_name(database.name + suffix).unlink(missing_ok=True)
 
 

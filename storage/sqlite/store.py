@@ -68,6 +68,7 @@ from storage.sqlite.connection import (
     restrict_files,
 )
 from storage.sqlite.encrypt import encrypt_in_place, is_plaintext
+from storage.sqlite.rekey import settle
 from storage.sqlite.schema import ADDED_COLUMNS, DDL, INDEX_TABLES, SCHEMA_VERSION
 from storage.sqlite.writer import WriterLock
 from storage.stamp import stamp
@@ -159,6 +160,7 @@ class SqliteStore(Store):
         fresh = database.stat().st_size == 0
         plaintext = is_plaintext(database)
         if not (fresh or plaintext):
+            settle(database, self._cipher)  # a re-key interrupted by a crash
             return dbkey.load(database, self._cipher)
         exists = dbkey.key_path(database).exists()
         key = dbkey.load(database, self._cipher) if exists else dbkey.create(database, self._cipher)
