@@ -490,6 +490,8 @@ def test_alerts_on_and_off(portal: Portal) -> None:
     assert stored is not None and stored.json()["status"] == "active"
     html = visitor.follow(visitor.post(f"/alertes/{subscription.group(1)}", {"action": "supprimer"}))
     assert "Aucune alerte" in html
+    gone = visitor.follow(visitor.post(f"/alertes/{subscription.group(1)}", {"action": "activer"}))
+    assert "La modification a été refusée : ce que vous demandez a été supprimé (détail : " in gone  # in French
 
 
 def test_download_the_chosen_parts_as_a_zip(portal: Portal) -> None:

@@ -21,13 +21,33 @@ Params = list[tuple[str, str]]
 Headers = dict[str, str] | None
 
 
-class RecordError(Exception):
-    """A request the server refused: its status and the server's own explanation."""
+#: What a refusal means for the person, in their language, by HTTP status. The server explains
+#: its refusals in English, for developers and operators; that explanation follows as a detail.
+_MEANINGS = {
+    400: "la demande est incorrecte",
+    401: "votre connexion n'est plus valable, reconnectez-vous",
+    403: "cette action ne vous est pas permise",
+    404: "ce que vous demandez n'existe pas ou ne vous est pas accessible",
+    409: "ces informations ont changé entre-temps, rechargez la page et recommencez",
+    410: "ce que vous demandez a été supprimé",
+    412: "ces informations ont changé entre-temps, rechargez la page et recommencez",
+    413: "le fichier est trop volumineux",
+    415: "ce type de fichier n'est pas accepté",
+    422: "les informations données n'ont pas été acceptées",
+    429: "trop de demandes à la fois, patientez un instant",
+}
+_UNAVAILABLE = "le service n'a pas pu répondre, réessayez plus tard"
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
+
+class RecordError(Exception):
+    """A request the server refused: its status, and what that means in French followed by the
+    server's own explanation (``message``)."""
+
+    def __init__(self, status: int, detail: str):
+        meaning = _MEANINGS.get(status) or (_UNAVAILABLE if status >= 500 else _MEANINGS[400])
+        super().__init__(detail)
         self.status = status
-        self.message = message
+        self.message = f"{meaning} (détail : {detail})"
 
 
 @dataclass(frozen=True)
