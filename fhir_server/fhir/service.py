@@ -95,6 +95,10 @@ class Submission(Protocol):
     def validate(self, req: FhirRequest) -> None:
         """Checks of the whole, with its references resolved: run inside the store transaction."""
 
+    def vouches_for(self, entry: BundleEntry) -> bool:
+        """Whether the entry's resource, as it will be written, was validated against R4 by these
+        checks (the entry's create or update then does not validate it again)."""
+
 
 class BundleEntry(Protocol):
     """What a Bundle check reads of each entry of a transaction."""

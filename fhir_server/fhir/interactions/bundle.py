@@ -112,7 +112,9 @@ def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
     )
 
 
-def _request_for(req: FhirRequest, entry: _Entry, completion: list[Callable[[], None]] | None = None) -> FhirRequest:
+def _request_for(
+    req: FhirRequest, entry: _Entry, completion: list[Callable[[], None]] | None = None, validated: bool = False
+) -> FhirRequest:
     body = entry.resource
     content_type = "application/fhir+json"
     if entry.method == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
@@ -136,6 +138,7 @@ def _request_for(req: FhirRequest, entry: _Entry, completion: list[Callable[[], 
         client_address=req.client_address,
         assigned_id=entry.assigned.split("/")[1] if entry.assigned and entry.method == "POST" else None,
         completion=completion,
+        validated=validated,
     )
 
 
@@ -220,7 +223,8 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
             else:
                 left.append((entry, []))
                 with _in_entry(entry):
-                    resp = svc.handle(_request_for(req, entry, left[-1][1]))
+                    validated = any(s.vouches_for(entry) for s in submissions)
+                    resp = svc.handle(_request_for(req, entry, left[-1][1], validated))
             entry.response = _response_entry(svc, resp, with_resource or entry.method == "GET")
         for entry, work in left:
             for step in work:
