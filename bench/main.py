@@ -484,7 +484,7 @@ def report(run: Run) -> Path:
         print(format_table(run.open_results))
         print("\noverhead of the policy (req/s cost = share of the open app's throughput lost):")
         print(format_overheads(rows))
-    vs_ceiling = against_ceiling(run.results)
+    vs_ceiling = against_ceiling(run.results, run.args.warmup + run.args.duration)
     print("\nours vs the trivial-Flask ceiling of this run (issue 11's goals; printed, never asserted):")
     print(format_vs_ceiling(vs_ceiling))
     if run.profile:

@@ -3,6 +3,8 @@ is measured here; these check the arithmetic and the table issue 11 asks for."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from bench.goals import GOALS, against_ceiling
 from bench.loadgen import Result
 from bench.profiling import top_own_frames
@@ -42,3 +44,10 @@ def test_the_table_names_every_goal_of_issue_11() -> None:
 def test_own_time_is_counted_on_the_top_frame_of_each_stack() -> None:
     collapsed = "main;read;execute 6\nmain;read 2\nmain;audit;execute 2\n"
     assert top_own_frames(collapsed) == (("execute", 80.0), ("read", 20.0))
+
+
+def test_worker_cpu_per_request_counts_the_warm_up_window() -> None:
+    measured = replace(result("read", 1_000), worker_cpu_s=(6.0, 6.0))  # 100 req/s over 10 s
+    (row,) = against_ceiling([measured], window_s=12.0)
+    assert row.cpu_ms_per_request == 10.0  # 12 s of CPU for ~1 200 requests
+    assert against_ceiling([result("read", 1_000)], window_s=12.0)[0].cpu_ms_per_request is None
