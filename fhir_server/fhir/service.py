@@ -187,6 +187,10 @@ class Route:
     run: Callable[[], FhirResponse]
     public: bool = False  # answered without credentials (the CapabilityStatement)
     resource_type: str | None = None  # the type searched when it is not the path's first (compartments)
+    #: What a write checks without the store (validation, parsing), run before the request's store
+    #: transaction so that the writer lock of all workers is not held for it; ``run`` does not
+    #: depend on it having run (a Bundle entry is only run).
+    prepare: Callable[[], None] | None = None
 
 
 #: Finds the interaction a request asks for; lives above the interactions it names.
@@ -243,6 +247,8 @@ class FhirService:
                 response = route.run()
                 guard.record(req, interaction, response.status, None)
                 return response
+            if route.prepare is not None:
+                route.prepare()
             with self.store.transaction():
                 response = route.run()
                 guard.finish()

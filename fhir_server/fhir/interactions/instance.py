@@ -66,6 +66,15 @@ def _body(svc: FhirService, req: FhirRequest, rtype: str) -> dict[str, Any]:
     return _server_managed(svc, body)
 
 
+def validate_body(svc: FhirService, req: FhirRequest, rtype: str) -> None:
+    """A create's or update's body checked against R4 before the request's store transaction
+    (``Route.prepare``): the writer lock is not held for this CPU work. A missing body is left
+    for the interaction to refuse."""
+    if req.body is not None and not req.validated:
+        svc.validator.validate(req.body, expected_type=rtype)
+        req.validated = True
+
+
 def _server_managed(svc: FhirService, resource: dict[str, Any]) -> dict[str, Any]:
     """A valid resource with the elements the server decides set by it (a Subscription's status)."""
     for rule in svc.extensions.write_rules:
