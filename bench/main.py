@@ -489,6 +489,8 @@ def report(run: Run) -> Path:
     print(format_vs_ceiling(vs_ceiling))
     if run.profile:
         print("\n" + run.profile)
+    elif run.args.profile:
+        print(f"\nWARNING: --profile {run.args.profile}: no scenario of that name was measured on the server")
     for label, results in (("", run.results), (" (open app)", run.open_results)):
         for r in results:
             if r.first_error:
