@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,11 +23,21 @@ from typing import Any
 
 from bench.auth import Tokens
 from bench.datagen import BigPatient, Population, patient_id
+from bench.goals import against_ceiling
 from bench.httpload import BigProbe, Target, load_http, probe_big_patient, probe_mhd, sample_ids
 from bench.loader import IdSample, LoadPlan, LoadStats, load_direct
 from bench.loadgen import Result, Scenario, run_scenario
 from bench.mhd import cda_template
-from bench.report import format_ingest, format_load, format_overheads, format_table, overheads, write_json
+from bench.profiling import format_profile, in_process, record
+from bench.report import (
+    format_ingest,
+    format_load,
+    format_overheads,
+    format_table,
+    format_vs_ceiling,
+    overheads,
+    write_json,
+)
 from bench.scenarios import Workload, ceiling_scenario, read_search_scenarios, write_scenarios
 from bench.servers import (
     HOST,
@@ -58,6 +68,8 @@ PREWARM_CHUNK = 16 * 1024 * 1024
 ID_SAMPLING_SEARCHES = 200
 #: Documents of the big patient unless told otherwise (``--big-patient 0``: none).
 BIG_PATIENT_DOCS = 1000
+#: Above this many documents the default load is direct: over HTTP 1 M documents take hours here.
+HTTP_LOAD_MAX_DOCS = 100_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,7 +81,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=8, help="client threads, one keep-alive connection each")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each scenario")
-    p.add_argument("--load", choices=("http", "direct"), default="http", help="how to load the data")
+    p.add_argument(
+        "--load",
+        choices=("http", "direct"),
+        default=None,
+        help=f"how to load the data (default: http up to {HTTP_LOAD_MAX_DOCS} documents, direct above)",
+    )
     p.add_argument("--batch", type=int, default=250, help="most documents per transaction Bundle (http load)")
     p.add_argument("--max-load-seconds", type=float, default=None, help="stop loading documents after this")
     p.add_argument("--keep", type=Path, default=None, help="data directory to create and keep (must be empty)")
@@ -93,6 +110,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="DMP_STORE of the server and the direct load, e.g. a MongoDB URI (default: SQLite in the data dir)",
     )
+    p.add_argument(
+        "--profile",
+        nargs="?",
+        const="read",
+        default=None,
+        metavar="SCENARIO",
+        help="sample the server's workers with py-spy during SCENARIO (default read): flame graphs and top frames",
+    )
+    p.add_argument(
+        "--profiler",
+        choices=("py-spy", "cprofile"),
+        default="py-spy",
+        help="py-spy on the workers (default), or cProfile in-process through the Flask test client",
+    )
+    p.add_argument("--profile-dir", type=Path, default=None, help="where --profile writes (default bench/results/)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     if args.docs < 1 or args.concurrency < 1 or args.workers < 1 or args.threads < 1:
@@ -109,6 +141,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.prewarm:
             p.error("--prewarm reads the SQLite file: not with --store")
         os.environ["DMP_STORE"] = args.store  # the servers started below inherit it
+    if args.load is None:
+        args.load = "http" if args.docs <= HTTP_LOAD_MAX_DOCS else "direct"
     if args.reuse is not None:
         apply_meta(args, read_meta(args.reuse))
     if args.patients is None:
@@ -182,6 +216,7 @@ class Run:
     big_check: dict[str, Any] = field(default_factory=dict)
     mhd_check: dict[str, Any] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)  # with the DMP policy, the real server
+    profile: str = ""  # what --profile printed
     open_results: list[Result] = field(default_factory=list)  # same scenarios on bench/open_app.py
 
 
@@ -196,27 +231,52 @@ def load_data(run: Run, port: int, sample: IdSample, tokens: Tokens) -> LoadStat
     return load_http(Target(HOST, port, BASE_PATH), plan, sample, args.workers, tokens)
 
 
-def measure(scenarios: list[Scenario], server: Server, args: argparse.Namespace, first: int = 0) -> list[Result]:
+def measure(scenarios: list[Scenario], server: Server, run: Run, first: int = 0) -> list[Result]:
     """Run the scenarios one after the other; ``first`` offsets the seeds so that a scenario gets
     the same request sequence whichever server it runs against."""
+    args = run.args
     results = []
     for index, scenario in enumerate(scenarios, start=first):
         timing = f"{args.warmup:g}s warm-up + {args.duration:g}s"
         print(f"measuring {scenario.name} on {server.name} ({timing})...", flush=True)
         cpu_before = worker_cpu_seconds(server)
         other = OtherLoad(server)
-        result = run_scenario(
-            scenario,
-            HOST,
-            server.port,
-            concurrency=args.concurrency,
-            warmup=args.warmup,
-            duration=args.duration,
-            seed=args.seed + index,
-        )
+
+        def once(scenario: Scenario = scenario, seed: int = args.seed + index) -> Result:
+            return run_scenario(
+                scenario,
+                HOST,
+                server.port,
+                concurrency=args.concurrency,
+                warmup=args.warmup,
+                duration=args.duration,
+                seed=seed,
+            )
+
+        profiled = args.profile == scenario.name and server.name == "fhir" and not run.profile
+        result = profile_scenario(run, scenario, server, once, args.seed + index) if profiled else once()
         cpu = tuple(round(b - a, 1) for a, b in zip(cpu_before, worker_cpu_seconds(server), strict=False))
         results.append(replace(result, worker_cpu_s=cpu, other_cpu_s=other.seconds()))
     return results
+
+
+def profile_scenario(run: Run, scenario: Scenario, server: Server, once: Callable[[], Result], seed: int) -> Result:
+    """``--profile``: py-spy on the workers while the scenario is measured (its figures then
+    include the sampling's cost), else cProfile in-process after it."""
+    args = run.args
+    out_dir = args.profile_dir or RESULTS_DIR / f"profile-{time.strftime('%Y%m%dT%H%M%S')}"
+    results: list[Result] = []
+    profile = None
+    if args.profiler == "py-spy":
+        profile = record(server, scenario.name, args.warmup + args.duration, out_dir, lambda: results.append(once()))
+        if profile is None:
+            print("py-spy missing or unable to attach to the workers (ptrace?): cProfile in-process", flush=True)
+    if profile is None:
+        profile = in_process(scenario, run.data_dir, fhir_base_url(server.port), out_dir, seed)
+    result = results[0] if results else once()
+    run.profile = format_profile(scenario.name, profile)
+    print(run.profile, flush=True)
+    return result
 
 
 @contextmanager
@@ -242,17 +302,17 @@ def run_fhir(run: Run) -> None:
         run.startup_seconds = startup
         workload = prepare_workload(run, port, sample, tokens)
         reads = read_search_scenarios(workload)
-        run.results = measure(reads, server, args)
+        run.results = measure(reads, server, run)
         if not args.compare_open:
-            run.results += measure(write_scenarios(workload), server, args, first=len(reads))
+            run.results += measure(write_scenarios(workload), server, run, first=len(reads))
             return
     open_app = start_open_app(run.data_dir, port, args.workers, args.threads, run.data_dir)
     with serving(open_app, METADATA) as (server, _):
         if run.big is not None:
             check_open_app(run, run.big, Target(HOST, port, BASE_PATH), tokens)
-        run.open_results = measure(reads, server, args)
+        run.open_results = measure(reads, server, run)
     with serving(_fhir_server(run, port), METADATA) as (server, _):
-        run.results += measure(write_scenarios(workload), server, args, first=len(reads))
+        run.results += measure(write_scenarios(workload), server, run, first=len(reads))
 
 
 def _fhir_server(run: Run, port: int) -> Server:
@@ -365,7 +425,7 @@ def prewarm(data_dir: Path) -> None:
 
 def run_ceiling(run: Run) -> list[Result]:
     with serving(start_ceiling(run.args.workers, run.args.threads, run.data_dir), "/ping") as (server, _):
-        return measure([ceiling_scenario()], server, run.args)
+        return measure([ceiling_scenario()], server, run)
 
 
 def environment(run: Run) -> dict[str, Any]:
@@ -424,6 +484,13 @@ def report(run: Run) -> Path:
         print(format_table(run.open_results))
         print("\noverhead of the policy (req/s cost = share of the open app's throughput lost):")
         print(format_overheads(rows))
+    vs_ceiling = against_ceiling(run.results, run.args.warmup + run.args.duration)
+    print("\nours vs the trivial-Flask ceiling of this run (issue 11's goals; printed, never asserted):")
+    print(format_vs_ceiling(vs_ceiling))
+    if run.profile:
+        print("\n" + run.profile)
+    elif run.args.profile:
+        print(f"\nWARNING: --profile {run.args.profile}: no scenario of that name was measured on the server")
     for label, results in (("", run.results), (" (open app)", run.open_results)):
         for r in results:
             if r.first_error:
@@ -436,6 +503,7 @@ def report(run: Run) -> Path:
         "scenarios": [r.as_dict() for r in run.results],
         "open_scenarios": [r.as_dict() for r in run.open_results],
         "overhead": [row.as_dict() for row in rows],
+        "vs_ceiling": [row.as_dict() for row in vs_ceiling],
     }
     return write_json(RESULTS_DIR, payload)
 

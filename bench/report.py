@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.goals import VsCeiling
 from bench.loader import LoadStats
 from bench.loadgen import Result
 
@@ -44,6 +45,27 @@ def format_ingest(results: list[Result]) -> str:
         lines.append(
             f"{r.name:<{NAME}}{r.documents_per_request:>12}{r.rps:>10.1f}{r.docs_per_second:>9.1f}"
             f"{lat['p50']:>9.2f}{lat['p90']:>9.2f}{lat['p99']:>9.2f}{lat['max']:>9.2f}{r.errors:>8}"
+        )
+    return "\n".join(lines)
+
+
+def format_vs_ceiling(rows: list[VsCeiling]) -> str:
+    """Issue 11's "Done means": per scenario our req/s, p50/p99 and the share of the ceiling
+    measured in the same run, next to the goal (ITI-65: documents/s)."""
+    head = (
+        f"{'scenario':<{NAME}}{'req/s':>9}{'docs/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'% of ceiling':>14}{'goal':>17}  met{'cpu ms/req':>12}"
+    )
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        r, share, goal = row.result, row.share_pct, row.goal
+        docs = f"{r.docs_per_second:.1f}" if r.documents_per_request else ""
+        pct = "-" if share is None else f"{share:.1f} %"
+        met = "" if row.met is None else ("yes" if row.met else "no")
+        cpu = "-" if row.cpu_ms_per_request is None else f"{row.cpu_ms_per_request:.1f}"
+        lines.append(
+            f"{r.name:<{NAME}}{r.rps:>9.1f}{docs:>9}{r.latencies_ms['p50']:>9.2f}{r.latencies_ms['p99']:>9.2f}"
+            f"{pct:>14}{goal.label() if goal else '':>17}  {met:<3}{cpu:>12}"
         )
     return "\n".join(lines)
 

@@ -98,6 +98,26 @@ def test_commits_are_synced_by_default_and_the_page_cache_is_bounded(tmp_path: P
     relaxed.close()
 
 
+def test_a_paging_session_commits_unsynced_and_the_connection_goes_back_to_full(tmp_path: Path) -> None:
+    """A paging session may be lost with the power (its client runs the search again): it is
+    committed without syncing the WAL, and every later commit of the connection is synced again."""
+    store = _store(tmp_path)
+    conn = store._conn()
+    levels: list[int] = []
+    conn.set_trace_callback(
+        lambda sql: levels.append(conn.execute("PRAGMA synchronous").fetchone()[0]) if sql == "COMMIT" else None
+    )
+    key = store.save_session(b"state", 60)
+    store.create(patient("p1", "Martin"))
+    conn.set_trace_callback(None)
+    assert levels == [1, 2]  # the session's commit NORMAL, the resource's FULL
+    assert store.load_session(key) == b"state"
+    with store.transaction():  # inside a transaction, the transaction's commit decides
+        store.save_session(b"inner", 60)
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    store.close()
+
+
 def test_sqlite_settings_from_the_environment() -> None:
     config = Config.from_env({"DMP_SQLITE_SYNCHRONOUS": "normal", "DMP_SQLITE_CACHE_MB": "16"})
     assert (config.sqlite_synchronous, config.sqlite_cache_mb) == ("NORMAL", 16)

@@ -693,21 +693,17 @@ def test_a_cda_that_agrees_is_accepted(world: World, pid: str, doctor: As) -> No
     assert len(created(doctor.post("", bundle))) == 3
 
 
+def minimal_submission(pid: str, data: bytes, **document: Any) -> dict[str, Any]:
+    """An ITI-65 of one CDA under the IHE Minimal profiles, its DocumentReference left for the CDA
+    to complete (``document`` as :func:`submission`'s)."""
+    return submission(
+        pid, data, content_type="text/xml", profile="Minimal", masterIdentifier=CDA_MASTER, contained=None, **document
+    )
+
+
 def test_minimal_metadata_is_completed_from_the_cda(world: World, pid: str, doctor: As) -> None:
     data = cda_of()
-    bundle = submission(
-        pid,
-        data,
-        content_type="text/xml",
-        profile="Minimal",
-        masterIdentifier=CDA_MASTER,
-        type=None,
-        category=None,
-        date=None,
-        author=None,
-        context=None,
-        contained=None,
-    )
+    bundle = minimal_submission(pid, data, type=None, category=None, date=None, author=None, context=None)
     attachment = entry_of(bundle, "DocumentReference")["resource"]["content"][0]
     del attachment["attachment"]["size"], attachment["attachment"]["hash"], attachment["format"]
     targets = created(doctor.post("", bundle))
@@ -722,6 +718,29 @@ def test_minimal_metadata_is_completed_from_the_cda(world: World, pid: str, doct
     # What the submission does say is kept (the CDA's label would carry a display): only what it
     # leaves out is filled in.
     assert document["securityLabel"] == [coding(CONFIDENTIALITY, "N")]
+
+
+def test_minimal_metadata_completed_into_an_invalid_resource_is_refused(world: World, pid: str, doctor: As) -> None:
+    """The R4 check of an ITI-65 runs once, before the transaction, and the entries' creates do not
+    repeat it; a minimal DocumentReference completed from its CDA after that check is validated
+    again as completed: here the CDA's service period starts after the end the submission gives."""
+    service = "<documentationOf><serviceEvent><effectiveTime><low value='20220101'/></effectiveTime>"
+    data = cda_of().replace(b"  <component>", f"{service}</serviceEvent></documentationOf>\n  <component>".encode())
+    bundle = minimal_submission(pid, data, context={"period": {"end": "2000-01-01"}})
+    before = versions(world)
+    refused(doctor.post("", bundle), 422, "Bundle.entry[1].resource", "per-1")
+    assert versions(world) == before
+
+
+def test_a_reference_to_an_entry_of_a_type_the_element_refuses_is_refused(world: World, pid: str, doctor: As) -> None:
+    """Checked once, before the transaction rewrites ``urn:uuid:`` references: the target's type
+    is the entry's, so an author pointing at the Bundle's Binary is refused as ``Binary/id`` would be."""
+    bundle = submission(pid)
+    binary = entry_of(bundle, "Binary")["fullUrl"]
+    entry_of(bundle, "DocumentReference")["resource"]["author"] = [{"reference": binary}]
+    before = versions(world)
+    refused(doctor.post("", bundle), 422, "Bundle.entry[1].resource.author[0].reference", "reference to Binary")
+    assert versions(world) == before
 
 
 def test_comprehensive_metadata_is_not_completed_from_the_cda(world: World, pid: str, doctor: As) -> None:

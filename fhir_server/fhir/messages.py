@@ -36,6 +36,10 @@ class FhirRequest:
     #: Work an entry of a transaction Bundle leaves for when every entry has run (the Bundle runs
     #: it, in the same store transaction); None outside a transaction, where such work runs at once.
     completion: list[Callable[[], None]] | None = None
+    #: The body was validated against R4 as it is now, by the transaction that carries it (an
+    #: ITI-65 checks every resource before its store transaction): a create or update need not
+    #: walk it again. Never set from HTTP.
+    validated: bool = False
 
     @property
     def scope(self) -> AccessScope:

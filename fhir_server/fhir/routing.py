@@ -6,10 +6,12 @@ exactly like HTTP requests. It sits above the interactions it names; the service
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fhir_server.fhir.declarations import TYPE_INTERACTIONS
 from fhir_server.fhir.interactions import bundle, history, instance, paging, search, system
 from fhir_server.fhir.interactions.operations import find as find_operation
-from fhir_server.fhir.messages import FhirRequest
+from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhir_server.fhir.service import FhirService, Route
 from fhirmodel.errors import FhirError
 
@@ -31,7 +33,8 @@ def _route(svc: FhirService, req: FhirRequest) -> Route:
     if not segments:
         if method == "POST":
             kind = req.body.get("type") if isinstance(req.body, dict) else None
-            return Route("batch" if kind == "batch" else "transaction", lambda: bundle.process(svc, req))
+            work = bundle.BundleWork(svc, req)
+            return Route("batch" if kind == "batch" else "transaction", work.run, prepare=work.prepare)
         if method == "GET" and any(name == "_getpages" for name, _ in req.params):
             return Route("search-type", lambda: paging.page(svc, req))
         raise FhirError(405, f"{method} is not supported at the server base", "not-supported")
@@ -48,9 +51,9 @@ def _route(svc: FhirService, req: FhirRequest) -> Route:
             case "GET":
                 return Route("search-type", lambda: search.search(svc, req, rtype))
             case "POST":
-                return Route("create", lambda: instance.create(svc, req, rtype))
+                return _write(svc, req, rtype, "create", lambda: instance.create(svc, req, rtype))
             case "PUT":
-                return Route("update", lambda: instance.conditional_update(svc, req, rtype))
+                return _write(svc, req, rtype, "update", lambda: instance.conditional_update(svc, req, rtype))
             case "PATCH":
                 return Route("patch", lambda: instance.conditional_patch(svc, req, rtype))
             case "DELETE":
@@ -71,7 +74,7 @@ def _route(svc: FhirService, req: FhirRequest) -> Route:
             case "GET":
                 return Route("read", lambda: instance.read(svc, req, rtype, rid))
             case "PUT":
-                return Route("update", lambda: instance.update(svc, req, rtype, rid))
+                return _write(svc, req, rtype, "update", lambda: instance.update(svc, req, rtype, rid))
             case "PATCH":
                 return Route("patch", lambda: instance.patch(svc, req, rtype, rid))
             case "DELETE":
@@ -100,6 +103,11 @@ def _operation(svc: FhirService, req: FhirRequest, rtype: str, rid: str | None, 
     if method not in operation.methods:
         raise FhirError(405, f"{method} is not supported for ${name}", "not-supported")
     return Route("operation", lambda: operation.run(svc, req, rid))
+
+
+def _write(svc: FhirService, req: FhirRequest, rtype: str, interaction: str, run: Callable[[], FhirResponse]) -> Route:
+    """A create or update, its body validated before the request's store transaction."""
+    return Route(interaction, run, prepare=lambda: instance.validate_body(svc, req, rtype))
 
 
 def _only(method: str, allowed: str) -> None:

@@ -95,6 +95,10 @@ class Submission(Protocol):
     def validate(self, req: FhirRequest) -> None:
         """Checks of the whole, with its references resolved: run inside the store transaction."""
 
+    def vouches_for(self, entry: BundleEntry) -> bool:
+        """Whether the entry's resource, as it will be written, was validated against R4 by these
+        checks (the entry's create or update then does not validate it again)."""
+
 
 class BundleEntry(Protocol):
     """What a Bundle check reads of each entry of a transaction."""
@@ -183,6 +187,10 @@ class Route:
     run: Callable[[], FhirResponse]
     public: bool = False  # answered without credentials (the CapabilityStatement)
     resource_type: str | None = None  # the type searched when it is not the path's first (compartments)
+    #: What a write checks without the store (validation, parsing), run before the request's store
+    #: transaction so that the writer lock of all workers is not held for it; ``run`` does not
+    #: depend on it having run (a Bundle entry is only run).
+    prepare: Callable[[], None] | None = None
 
 
 #: Finds the interaction a request asks for; lives above the interactions it names.
@@ -239,6 +247,8 @@ class FhirService:
                 response = route.run()
                 guard.record(req, interaction, response.status, None)
                 return response
+            if route.prepare is not None:
+                route.prepare()
             with self.store.transaction():
                 response = route.run()
                 guard.finish()

@@ -33,7 +33,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -175,7 +175,8 @@ class _IssueLimitReached(Exception):
 class _Walk:
     """One pass over a resource's JSON, collecting issues in document order."""
 
-    def __init__(self) -> None:
+    def __init__(self, bundle_types: Mapping[str, str] | None = None) -> None:
+        self.bundle_types = bundle_types or {}  # fullUrl -> the type of the Bundle entry it names
         self.issues: list[tuple[str, str, str]] = []  # (expression, code, message)
         self.resource_paths: set[str] = set()  # where a resource starts: its own errors are global
         self.too_deep = False
@@ -350,6 +351,8 @@ class _Walk:
                     )
             elif not reference.startswith(_BUNDLE_LOCAL_PREFIXES):
                 referenced = self._referenced_type(reference, path)
+            else:  # known when the resource is checked as an entry of its Bundle
+                referenced = self.bundle_types.get(reference)
         if referenced is not None:
             self._check_target(referenced, prop, f"{path}.reference")
         if _is_concrete_resource_type(declared):
@@ -528,14 +531,20 @@ class ResourceValidator:
         self.served_types = served_types
         self.invariants = invariants  # the R4 FHIRPath invariants (ig/invariants), checked last
 
-    def validate(self, resource: Any, *, expected_type: str | None = None) -> None:
+    def validate(
+        self, resource: Any, *, expected_type: str | None = None, bundle_types: Mapping[str, str] | None = None
+    ) -> None:
         """Raise FhirError(422 or 400, ...) naming every problem found; return None when valid.
 
         400 when the body is not a resource of a served type (or not the type the URL names):
         the request itself is wrong. 422 when it is one, but not a valid one.
+
+        ``bundle_types`` (``fullUrl`` -> resource type) checks a resource of a transaction before
+        its ``urn:uuid:`` references are rewritten: their targets are then checked as the
+        ``Type/id`` they will become, so the resource need not be validated again once rewritten.
         """
         resource_type = self._resource_type(resource, expected_type)
-        walk = _Walk()
+        walk = _Walk(bundle_types)
         with contextlib.suppress(_IssueLimitReached):
             walk.resource(resource, resource_type, 0, None)
         issues = list(walk.issues)

@@ -135,6 +135,7 @@ class SqliteStore(Store):
         self._param_type = param_type
         self._resource_types = resource_types
         self._cipher = cipher
+        self._synchronous = settings.synchronous
         self._writer = WriterLock(self.path)
         key: bytes | None = None
         if self.path != ":memory:":
@@ -255,6 +256,24 @@ class SqliteStore(Store):
                 conn.execute("COMMIT")
             finally:
                 slot.depth = 0
+
+    @contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """A transaction that may be lost with the power commits without syncing the WAL.
+
+        Why: a paging session is saved by every search with more than a page of hits; synced, it
+        held the writer lock of all workers for an fsync, and reads and searches queued behind it.
+        Lost, its client gets a 410 and runs the search again. The database stays consistent
+        (WAL, ``synchronous=NORMAL``), and the next synced commit syncs it along."""
+        slot = self._connections.slot()
+        if slot.depth:  # inside another transaction: its commit decides
+            yield
+            return
+        slot.conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            slot.conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
     def close(self) -> None:
         self._connections.close_all()
@@ -492,14 +511,15 @@ class SqliteStore(Store):
         total: int | None = None
         if isinstance(expr, Nothing):
             return SearchResult([], [], 0 if query.total else None, watermark)
+        # Compiled once for the count and the page: the policy's filter makes it the larger part
+        # of a search's Python time. The page's own arguments are numbered after the condition's.
+        compiler = self._compiler(scope)
+        where = self._where(compiler, rtype, expr, watermark, query.deleted)
         if query.total:
-            compiler = self._compiler(scope)
-            where = self._where(compiler, rtype, expr, watermark, query.deleted)
-            total = int(conn.execute(f"SELECT COUNT(*) FROM resource r WHERE {where}", compiler.args).fetchone()[0])
+            count_sql = f"SELECT COUNT(*) FROM resource r WHERE {where}"
+            total = int(conn.execute(count_sql, list(compiler.args)).fetchone()[0])
         matches: list[Stored] = []
         if query.count > 0 and (total is None or total > query.offset):
-            compiler = self._compiler(scope)
-            where = self._where(compiler, rtype, expr, watermark, query.deleted)
             order = self._order(compiler, rtype, query.sort)
             sql = (
                 f"SELECT {_CURRENT_COLUMNS} FROM resource r"
@@ -593,7 +613,7 @@ class SqliteStore(Store):
     def save_session(self, data: bytes, ttl_seconds: int) -> str:
         key = secrets.token_urlsafe(24)
         now = int(time.time())
-        with self.transaction():
+        with self._unsynced(), self.transaction():
             conn = self._conn()
             conn.execute("DELETE FROM search_session WHERE expires < ?", (now,))
             blob = self._seal(session_aad(key), data)

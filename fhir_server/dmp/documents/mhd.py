@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 
 from authz.terms import INS_SYSTEMS
 from fhir_server.dmp.documents.cda import (
+    CdaDocument,
     CdaError,
     NotClinicalDocument,
     check_against,
@@ -202,6 +203,11 @@ class ProvideBundle:
     entries: Sequence[Entry]
     profiles: ProfileSet
     slices: dict[int, EntrySlice] = field(default_factory=dict)  # entry index → its slice
+    #: Entries whose resource was validated against R4 by :meth:`check_resources` (and again,
+    #: completed, by :meth:`_cda`): their creates need not validate them once more.
+    vouched: set[int] = field(default_factory=set)
+    #: Each content's CDA as parsed before the store transaction (or why it is none), by its bytes.
+    parsed: dict[bytes, CdaDocument | CdaError] = field(default_factory=dict)
 
     @property
     def profile(self) -> Profile:
@@ -352,18 +358,53 @@ class ProvideBundle:
     # -- 2. the metadata ---------------------------------------------------------------------
 
     def check_resources(self) -> None:
-        """Each resource against R4 and its profiles (422). Needs nothing stored, so it runs before
-        the Bundle's store transaction: the writer lock is held only for what must be read and
-        written together, and other requests are not queued behind this CPU work."""
+        """Each resource against R4 and its profiles (422), and the CDA of each content parsed.
+        Needs nothing stored, so it runs before the Bundle's store transaction: the writer lock is
+        held only for what must be read and written together, and other requests are not queued
+        behind this CPU work.
+
+        The R4 pass is the only one a resource gets (its create does not repeat it, problem 12 of
+        ``bench/README.md``): references to entries are checked as the ``Type/id`` the
+        transaction rewrites them to, and what the transaction changes afterwards is either
+        valid by construction (a subject's literal reference to the Patient) or validated again
+        (a minimal DocumentReference completed from its CDA, :meth:`_cda`)."""
+        types = {e.full_url: e.path.split("/")[0] for e in self.entries if e.full_url and e.method in ("POST", "PUT")}
         problems: list[Problem] = []
-        for entry in self.entries:
-            if entry.method in ("POST", "PUT") and isinstance(entry.resource, dict):
-                problems += self._r4_problems(entry)
+        written = [e for e in self.entries if e.method in ("POST", "PUT") and isinstance(e.resource, dict)]
+        for entry in written:
+            problems += self._r4_problems(entry, types)
         if not problems:
             for entry in self.entries:
                 problems += self._profile_problems(entry)
         if problems:
             raise refusal(422, _INVALID, problems)
+        self.vouched = {e.index for e in written if e.path.split("/")[0] == e.resource.get("resourceType")}
+        self._parse_contents()
+
+    def vouches_for(self, entry: Entry) -> bool:
+        return entry.index in self.vouched
+
+    def _parse_contents(self) -> None:
+        """Parse each CDA the documents carry in the Bundle now, outside the store transaction
+        (what it is checked against, the patient, is known only inside)."""
+        by_url = {e.full_url: e for e in self.entries if e.full_url and isinstance(e.resource, dict)}
+        for document, where, url in _attachment_urls(self.documents):
+            entry = by_url.get(url)
+            if entry is None:
+                continue
+            content = Content(document, where, url, _where(entry), entry.resource)
+            data = content.data()
+            if data is not None and _may_be_cda(content, data):
+                self._parse(data)
+
+    def _parse(self, data: bytes) -> CdaDocument | CdaError:
+        """The CDA in ``data``, or why it cannot be used; parsed once per submission."""
+        if data not in self.parsed:
+            try:
+                self.parsed[data] = parse_cda(data)
+            except CdaError as exc:  # NotClinicalDocument included: kept, told apart by the caller
+                self.parsed[data] = exc
+        return self.parsed[data]
 
     def validate(self, req: FhirRequest) -> None:
         """The submission as a whole, in the store transaction, references resolved (422);
@@ -373,10 +414,10 @@ class ProvideBundle:
         contents = self._contents(req)
         self._check_contents(contents, patient)
 
-    def _r4_problems(self, entry: Entry) -> list[Problem]:
+    def _r4_problems(self, entry: Entry, bundle_types: dict[str, str] | None = None) -> list[Problem]:
         rtype = entry.resource.get("resourceType")
         try:
-            self.svc.validator.validate(entry.resource, expected_type=rtype)
+            self.svc.validator.validate(entry.resource, expected_type=rtype, bundle_types=bundle_types)
         except FhirError as exc:
             return [_moved(issue, str(rtype), _where(entry)) for issue in exc.outcome()["issue"]]
         return []
@@ -538,17 +579,19 @@ class ProvideBundle:
         """A CDA must agree with its DocumentReference; minimal metadata is completed from it."""
         if not _may_be_cda(content, data):
             return []
-        try:
-            doc = parse_cda(data)
-        except NotClinicalDocument:
+        doc = self._parse(data)
+        if isinstance(doc, NotClinicalDocument):
             return []
-        except CdaError as exc:
+        if isinstance(doc, CdaError):
             where = f"{content.holder}.data"
-            return [Problem(where, f"{where}: the CDA cannot be used: {exc}")]
+            return [Problem(where, f"{where}: the CDA cannot be used: {doc}")]
         reference = content.document.resource
         problems = [_cda_problem(content.document, text) for text in check_against(doc, reference, _ins(patient))]
         if not problems and self._is_minimal(content.document):
             complete_from_cda(reference, doc, content.attachment, data, patient.id if patient else None)
+            # Completed after check_resources: the resource as it will be written is validated
+            # here, with its references already rewritten.
+            problems = self._r4_problems(content.document)
         return problems
 
     def _is_minimal(self, entry: Entry) -> bool:

@@ -34,7 +34,7 @@ from fhir_server.fhir.interactions.common import new_id
 from fhir_server.fhir.interactions.instance import matches
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhir_server.fhir.patching import JSON_PATCH_TYPE
-from fhir_server.fhir.service import FhirService
+from fhir_server.fhir.service import FhirService, Submission
 from fhirmodel.errors import FhirError, bad_request
 from fhirmodel.rawjson import RawJson
 from fhirmodel.schema import is_resource_type
@@ -63,7 +63,27 @@ class _Entry:
     response: dict[str, Any] = field(default_factory=dict)
 
 
-def process(svc: FhirService, req: FhirRequest) -> FhirResponse:
+class BundleWork:
+    """A batch or transaction in two steps, so that the request's store transaction (which holds
+    the writer lock of all workers) starts after what needs no store: :meth:`prepare` parses the
+    entries and runs the checks of the Bundle as sent (an ITI-65's validation and CDA parsing);
+    :meth:`run` does the rest, preparing first if nobody did."""
+
+    def __init__(self, svc: FhirService, req: FhirRequest):
+        self._svc, self._req = svc, req
+        self._ready: Callable[[], FhirResponse] | None = None
+
+    def prepare(self) -> None:
+        self._ready = _prepare(self._svc, self._req)
+
+    def run(self) -> FhirResponse:
+        if self._ready is None:
+            self.prepare()
+        assert self._ready is not None
+        return self._ready()
+
+
+def _prepare(svc: FhirService, req: FhirRequest) -> Callable[[], FhirResponse]:
     bundle = req.body
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise bad_request("POST to the base needs a batch or transaction Bundle")
@@ -76,9 +96,10 @@ def process(svc: FhirService, req: FhirRequest) -> FhirResponse:
     if kind == "batch":
         for check in svc.extensions.bundle_checks:
             check.check_batch(bundle)
-        return _batch(svc, req, raw_entries)
+        return lambda: _batch(svc, req, raw_entries)
     entries = [_parse_entry(svc, i, e) for i, e in enumerate(raw_entries)]
-    return _transaction(svc, req, bundle, entries)
+    submissions = _checked(svc, bundle, entries)
+    return lambda: _transaction(svc, req, entries, submissions)
 
 
 def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
@@ -112,7 +133,9 @@ def _parse_entry(svc: FhirService, index: int, entry: Any) -> _Entry:
     )
 
 
-def _request_for(req: FhirRequest, entry: _Entry, completion: list[Callable[[], None]] | None = None) -> FhirRequest:
+def _request_for(
+    req: FhirRequest, entry: _Entry, completion: list[Callable[[], None]] | None = None, validated: bool = False
+) -> FhirRequest:
     body = entry.resource
     content_type = "application/fhir+json"
     if entry.method == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
@@ -136,6 +159,7 @@ def _request_for(req: FhirRequest, entry: _Entry, completion: list[Callable[[], 
         client_address=req.client_address,
         assigned_id=entry.assigned.split("/")[1] if entry.assigned and entry.method == "POST" else None,
         completion=completion,
+        validated=validated,
     )
 
 
@@ -186,8 +210,8 @@ def _batch(svc: FhirService, req: FhirRequest, raw_entries: list[Any]) -> FhirRe
     return FhirResponse(200, {"resourceType": "Bundle", "type": "batch-response", "entry": out})
 
 
-def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], entries: list[_Entry]) -> FhirResponse:
-    with_resource = req.prefer.get("return") == "representation"
+def _checked(svc: FhirService, bundle: dict[str, Any], entries: list[_Entry]) -> list[Submission]:
+    """A transaction's checks that need no store, and the capabilities' checks of it as a whole."""
     seen: set[str] = set()
     for entry in entries:
         if entry.full_url:
@@ -199,6 +223,13 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
     submissions = [s for check in svc.extensions.bundle_checks if (s := check.submission(svc, bundle, entries))]
     for submission in submissions:
         submission.check_resources()
+    return submissions
+
+
+def _transaction(
+    svc: FhirService, req: FhirRequest, entries: list[_Entry], submissions: list[Submission]
+) -> FhirResponse:
+    with_resource = req.prefer.get("return") == "representation"
     with svc.store.transaction():
         mapping = _assign_identities(svc, req, entries)
         for entry in entries:
@@ -220,7 +251,8 @@ def _transaction(svc: FhirService, req: FhirRequest, bundle: dict[str, Any], ent
             else:
                 left.append((entry, []))
                 with _in_entry(entry):
-                    resp = svc.handle(_request_for(req, entry, left[-1][1]))
+                    validated = any(s.vouches_for(entry) for s in submissions)
+                    resp = svc.handle(_request_for(req, entry, left[-1][1], validated))
             entry.response = _response_entry(svc, resp, with_resource or entry.method == "GET")
         for entry, work in left:
             for step in work:

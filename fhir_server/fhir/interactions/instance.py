@@ -60,9 +60,19 @@ def vread(svc: FhirService, req: FhirRequest, rtype: str, rid: str, vid: str) ->
 def _body(svc: FhirService, req: FhirRequest, rtype: str) -> dict[str, Any]:
     if req.body is None:
         raise bad_request(f"a {rtype} resource is required in the body", code="required")
-    svc.validator.validate(req.body, expected_type=rtype)
+    if not (req.validated and isinstance(req.body, dict) and req.body.get("resourceType") == rtype):
+        svc.validator.validate(req.body, expected_type=rtype)
     body: dict[str, Any] = req.body
     return _server_managed(svc, body)
+
+
+def validate_body(svc: FhirService, req: FhirRequest, rtype: str) -> None:
+    """A create's or update's body checked against R4 before the request's store transaction
+    (``Route.prepare``): the writer lock is not held for this CPU work. A missing body is left
+    for the interaction to refuse."""
+    if req.body is not None and not req.validated:
+        svc.validator.validate(req.body, expected_type=rtype)
+        req.validated = True
 
 
 def _server_managed(svc: FhirService, resource: dict[str, Any]) -> dict[str, Any]:
