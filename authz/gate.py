@@ -28,7 +28,8 @@ from authz.request import RequestFacts
 from authz.scopes import INTERACTION_PERMISSION
 from authz.settings import AccessSettings
 from authz.smart_scopes import READING_OPERATION, Criteria, letters_for, scope_condition
-from authz.state import PatientState, decision_of, load_state
+from authz.state import PatientState, decision_of
+from authz.state_cache import AccessStates
 from authz.subscribers import forget, recall, remember
 from authz.terms import (
     ACCESS,
@@ -260,8 +261,8 @@ class DmpGuard:
     def _redecide(self) -> None:
         """The rest of the request sees the DMP as it now is: once closed, a professional who
         closed it reaches nothing more of it (R2), as their next request would."""
-        actor, store = self.actor, self._gate.store
-        state = load_state(store, actor.patient) if actor.patient else None
+        actor = self.actor
+        state = self._gate.states.load(actor.patient) if actor.patient else None
         try:
             self._decide(self._gate.policy.access(actor, state, self._moment))
         except Denied:
@@ -373,6 +374,7 @@ class DmpGatekeeper:
         self.server_name = server_name
         self.clock = clock
         self.criteria: Criteria | None = None  # granular SMART scopes grant nothing until set
+        self.states = AccessStates(store)
 
     def use_criteria(self, criteria: Criteria) -> None:
         """How the FHIR layer turns search parameters into a store condition: granular SMART
@@ -390,10 +392,10 @@ class DmpGatekeeper:
     def guard(self, req: RequestFacts, interaction: str) -> DmpGuard:
         actor = caller(self.verifier, self.known, req.header("Authorization"))
         moment = self.clock()
+        state = self.states.load(actor.patient) if actor.patient else None
         try:
-            access = self.decide(actor, moment)
+            access = self.policy.access(actor, state, moment)
         except Denied as exc:
-            state = load_state(self.store, actor.patient) if actor.patient else None
             refused = DmpGuard(self, Access(actor, state, 0, False, False, False), moment, interaction)
             error = _denied(exc)
             refused.record(req, interaction, error.status, str(exc))
@@ -402,7 +404,7 @@ class DmpGatekeeper:
 
     def decide(self, actor: Actor, moment: datetime) -> Access:
         """The policy's decision for ``actor`` on the DMP their token is about, as it stands now."""
-        state = load_state(self.store, actor.patient) if actor.patient else None
+        state = self.states.load(actor.patient) if actor.patient else None
         return self.policy.access(actor, state, moment)
 
     def subscriptions(self, state: PatientState, *, limit: int, active: bool = False) -> list[str]:

@@ -1,8 +1,8 @@
 """A patient's access state: what the patient decided (Consents) and the DMP's own state.
 
-Read from the store on each request about a record (two indexed queries), so a decision the
-patient takes is in force for the very next request. The policy reads this; it never reads
-Consents itself.
+Read from the store (two indexed queries) and kept per worker by :mod:`authz.state_cache`, which
+reads it again whenever a write changed it, so a decision the patient takes is in force for the
+very next request. The policy reads this; it never reads Consents itself.
 """
 
 from __future__ import annotations

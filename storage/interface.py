@@ -7,6 +7,7 @@ or DMP rules. It executes the filter it is given (see :mod:`storage.query`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -86,9 +87,33 @@ class HistoryPage:
     watermark: int
 
 
+#: Told of one write of a watched type, inside its transaction: the resource type, and its content
+#: before and after the write (None: absent, deleted or expunged).
+WriteObserver = Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]
+
+
 class Store(ABC):
     """A FHIR resource store. Writes happen inside :meth:`transaction`; reads may too, and then
     see the transaction's own writes."""
+
+    _observers: tuple[tuple[frozenset[str], WriteObserver], ...] = ()
+
+    def observe(self, resource_types: frozenset[str], observer: WriteObserver) -> None:
+        """Have ``observer`` called on every write (create, update, delete, expunge) of these types,
+        after the write and inside its transaction, so that what it writes in turn commits or
+        rolls back with it. What a layer above derives from these resources (a cache of them)
+        can so be invalidated by every writer, whatever path the write came by."""
+        self._observers = (*self._observers, (resource_types, observer))
+
+    def watched(self, resource_type: str) -> bool:
+        """Whether a write of this type is to be observed: only then is its content before read."""
+        return any(resource_type in types for types, _ in self._observers)
+
+    def _observed(self, resource_type: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        """Backends call this after each write of a :meth:`watched` type, in its transaction."""
+        for types, observer in self._observers:
+            if resource_type in types:
+                observer(resource_type, before, after)
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:

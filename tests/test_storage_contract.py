@@ -176,6 +176,39 @@ def test_a_failing_inner_transaction_is_undone_alone(store: Store) -> None:
     assert store.exists("Patient", "undone") is None
 
 
+def test_an_observer_sees_every_write_of_its_types_inside_the_transaction(store: Store) -> None:
+    """What a layer above keeps of some resources (the access states of authz) is told of every
+    write of them, whatever its path, and what it writes in turn lands or rolls back with it."""
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    def family(content: dict[str, Any] | None) -> str | None:
+        return None if content is None else str(content["name"][0]["family"])
+
+    def observer(rtype: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        seen.append((rtype, family(before), family(after)))
+        store.put_record("observed", f"{len(seen)}", b"")
+
+    store.observe(frozenset({"Patient"}), observer)
+    store.create(patient("p1", "Martin"))
+    store.update(patient("p1", "Durand"))
+    store.create(doc("d1", "p1"))  # not watched
+    store.delete("Patient", "p1")
+    store.update(patient("p1", "Back"))  # an update over a deletion replaces nothing
+    store.expunge("Patient", "p1")
+    assert seen == [
+        ("Patient", None, "Martin"),
+        ("Patient", "Martin", "Durand"),
+        ("Patient", "Durand", None),
+        ("Patient", None, "Back"),
+        ("Patient", "Back", None),
+    ]
+    assert store.record_keys("observed") == ["1", "2", "3", "4", "5"]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.create(patient("p2", "Lost"))
+        raise RuntimeError("boom")
+    assert len(seen) == 6 and store.get_record("observed", "6") is None  # rolled back with the write
+
+
 def test_search_counts_and_pages_inside_the_filter(store: Store) -> None:
     store.create(patient("p1", "Martin"))
     for n in range(7):

@@ -207,11 +207,18 @@ class MongoStore(Store):
 
     # -- writes ------------------------------------------------------------------------------
 
+    def _before(self, doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The content a write replaces, opened only for the observers of its type (None: deleted)."""
+        if doc is None or doc["deleted"] or not self.watched(doc["type"]):
+            return None
+        return self._stored(doc).json()
+
     def _write(self, resource: dict[str, Any], before: dict[str, Any] | None, method: str) -> Stored:
         """Store a new live version over ``before`` (None: a new resource)."""
         rtype, rid = resource["resourceType"], resource["id"]
         version = int(before["version"]) + 1 if before else 1
         pk = int(before["pk"]) if before else self._next("pk")
+        replaced = self._before(before)
         content, updated = stamp(resource, version)
         index = self._indexer(resource)
         key = patient_key(rtype, rid, index)
@@ -224,6 +231,7 @@ class MongoStore(Store):
             if before.get("pkey") != key:
                 self._move_versions(pk, key)
         seq = self._write_version(pk, rtype, rid, version, updated, method, sealed, key)
+        self._observed(rtype, replaced, resource)
         return Stored(pk, seq, rtype, rid, version, updated, method, content)
 
     def _write_version(
@@ -266,6 +274,7 @@ class MongoStore(Store):
                 raise VersionConflict(f"{resource_type}/{resource_id} is at version {version}")
             if before["deleted"]:
                 raise Gone(resource_type, resource_id, version)
+            replaced = self._before(before)
             updated = instant_now()
             # The index of the last live version stays: it lets the access filter decide whether
             # the caller may learn that this resource was deleted (410) or not (404).
@@ -276,6 +285,7 @@ class MongoStore(Store):
             seq = self._write_version(
                 pk, resource_type, resource_id, version + 1, updated, "DELETE", {"content": None}, key
             )
+            self._observed(resource_type, replaced, None)
             return Stored(pk, seq, resource_type, resource_id, version + 1, updated, "DELETE", None)
 
     def expunge(self, resource_type: str, resource_id: str) -> int:
@@ -284,10 +294,12 @@ class MongoStore(Store):
             before = self._resource_doc(resource_type, resource_id)
             if before is None:
                 return 0
+            replaced = self._before(before)
             versions = list(self._find(VERSIONS, {"res": before["pk"], "pkey": before["pkey"]}))
             for version in versions:
                 self._remove(VERSIONS, version)
             self._remove(RESOURCES, before)
+            self._observed(resource_type, replaced, None)
             return len(versions)
 
     def compact(self) -> str:

@@ -317,6 +317,7 @@ class SqliteStore(Store):
             pk = int(cur.lastrowid or 0)
             seq = self._write_version(pk, 1, last_updated, method, blob)
             self._reindex(pk, resource)
+            self._observed(rtype, None, resource)
             return Stored(pk, seq, rtype, rid, 1, last_updated, method, content)
 
     def _current(self, rtype: str, rid: str) -> tuple[int, int, int] | None:
@@ -327,6 +328,15 @@ class SqliteStore(Store):
         )
         return (int(row[0]), int(row[1]), int(row[2])) if row else None
 
+    def _before(self, rtype: str, rid: str, current: tuple[int, int, int]) -> dict[str, Any] | None:
+        """The content a write replaces, read only for the observers of its type (None: deleted)."""
+        pk, version, deleted = current
+        if deleted or not self.watched(rtype):
+            return None
+        row = self._conn().execute("SELECT content FROM resource WHERE pk = ?", (pk,)).fetchone()
+        content: dict[str, Any] = orjson.loads(self._open(resource_aad(rtype, rid, version), row[0]))
+        return content
+
     def update(self, resource: dict[str, Any], *, expected_version: int | None = None, method: str = "PUT") -> Stored:
         with self.transaction():
             rtype, rid = resource["resourceType"], resource["id"]
@@ -334,6 +344,7 @@ class SqliteStore(Store):
             if current is None:
                 raise NotFound(f"{rtype}/{rid} does not exist")
             pk, version, _deleted = current
+            before = self._before(rtype, rid, current)
             if expected_version is not None and expected_version != version:
                 raise VersionConflict(f"{rtype}/{rid} is at version {version}, not {expected_version}")
             new_version = version + 1
@@ -345,6 +356,7 @@ class SqliteStore(Store):
             )
             seq = self._write_version(pk, new_version, last_updated, method, blob)
             self._reindex(pk, resource)
+            self._observed(rtype, before, resource)
             return Stored(pk, seq, rtype, rid, new_version, last_updated, method, content)
 
     def delete(self, resource_type: str, resource_id: str, *, expected_version: int | None = None) -> Stored:
@@ -357,6 +369,7 @@ class SqliteStore(Store):
                 raise VersionConflict(f"{resource_type}/{resource_id} is at version {version}")
             if deleted:
                 raise Gone(resource_type, resource_id, version)
+            before = self._before(resource_type, resource_id, current)
             new_version = version + 1
             last_updated = instant_now()
             # The index of the last live version stays: it lets the access filter decide whether
@@ -366,6 +379,7 @@ class SqliteStore(Store):
                 (new_version, last_updated, pk),
             )
             seq = self._write_version(pk, new_version, last_updated, "DELETE", None)
+            self._observed(resource_type, before, None)
             return Stored(pk, seq, resource_type, resource_id, new_version, last_updated, "DELETE", None)
 
     def expunge(self, resource_type: str, resource_id: str) -> int:
@@ -382,6 +396,7 @@ class SqliteStore(Store):
             if current is None:
                 return 0
             pk = current[0]
+            before = self._before(resource_type, resource_id, current)
             previous = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
             conn.execute("PRAGMA secure_delete = ON")
             try:
@@ -391,6 +406,7 @@ class SqliteStore(Store):
                 conn.execute("DELETE FROM resource WHERE pk = ?", (pk,))
             finally:
                 conn.execute(f"PRAGMA secure_delete = {previous}")
+            self._observed(resource_type, before, None)
             return int(versions)
 
     def compact(self) -> str:
