@@ -20,7 +20,7 @@ from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
 from authz.lifecycle import CLOSED_EVENT, REOPENED_EVENT, Change, change_of
 from authz.matrix import AuthorisationMatrix
-from authz.outbox import EMERGENCY_TOPIC, SUBSCRIPTION_TOPIC, DocumentEvent, EmergencyEvent
+from authz.outbox import SUBSCRIPTION_TOPIC, DocumentEvent, EmergencyEvent
 from authz.policy import DmpPolicy
 from authz.policy.access import DIRECTORY_TYPES, Access, Denied
 from authz.policy.writes import WriteFacts
@@ -50,6 +50,7 @@ from authz.tokens import (
     load_trusted_issuers,
     own_issuer,
 )
+from authz.trail_writer import TrailWriter
 from fhirmodel.dates import instant_now
 from fhirmodel.errors import FhirError
 from fhirmodel.ins import malformed_ins
@@ -69,7 +70,6 @@ from storage.query import (
     any_of,
 )
 
-ALERT_TOPIC = EMERGENCY_TOPIC
 #: SMART 2.2: ``c`` creates, ``u`` updates and patches — an update that creates included — ``d`` deletes.
 _WRITE_PERMISSION = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
 #: Documents sharing one content resource: a handful at most (versions of a submission).
@@ -350,11 +350,8 @@ class DmpGuard:
             instant_now(),
             self._gate.server_name,
         )
-        store = self._gate.store
-        with store.transaction():
-            store.create(event)
-            if self.access.emergency and status < 400:
-                store.enqueue(ALERT_TOPIC, EmergencyEvent(patient, event["id"]).dumps())
+        alert = EmergencyEvent(patient, event["id"]).dumps() if self.access.emergency and status < 400 else None
+        self._gate.trail.write(event, alert)
 
 
 class DmpGatekeeper:
@@ -368,6 +365,7 @@ class DmpGatekeeper:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.store = store
+        self.trail = TrailWriter(store)  # one per gatekeeper, shared by its request threads
         self.verifier = verifier
         self.policy = policy
         self.known = known

@@ -120,6 +120,10 @@ class Store(ABC):
         """All writes inside land together or not at all."""
 
     @abstractmethod
+    def in_transaction(self) -> bool:
+        """Whether the calling thread is inside :meth:`transaction` (its writes land with it)."""
+
+    @abstractmethod
     def create(self, resource: dict[str, Any], *, method: str = "POST") -> Stored:
         """Store a new resource. ``resource['id']`` must be set by the caller."""
 

@@ -292,6 +292,18 @@ def test_expunge_forgets_every_version_and_index_value(store: Store) -> None:
     assert store.create(patient("p1", "Durand")).version == 1
 
 
+def test_a_resource_created_after_an_expunge_has_only_its_own_index_values(store: Store) -> None:
+    """A create writes its index rows without deleting any first: the newest resource expunged,
+    the next one may get its row number (SQLite), and must still find none of its values."""
+    store.create(patient("p1", "Martin"))
+    store.expunge("Patient", "p1")
+    store.create(patient("p2", "Durand"))
+    assert store.search(Query("Patient", String("family", "martin", "start")), OPEN_SCOPE).total == 0
+    assert [s.id for s in store.search(Query("Patient", String("family", "durand", "start")), OPEN_SCOPE).matches] == [
+        "p2"
+    ]
+
+
 def test_an_expunge_rolled_back_keeps_everything(store: Store) -> None:
     store.create(patient("p1", "Martin"))
     store.update(patient("p1", "Durand"))

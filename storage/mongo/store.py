@@ -153,6 +153,9 @@ class MongoStore(Store):
     def transaction(self) -> AbstractContextManager[None]:
         return self._unit.unit()
 
+    def in_transaction(self) -> bool:
+        return self._unit.active
+
     @property
     def _session(self) -> Any:
         return self._unit.session
