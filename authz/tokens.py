@@ -357,10 +357,15 @@ def _decode_json_part(part: str) -> dict[str, Any]:
     return value
 
 
-def split_jws(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and (unverified) payload of a bounded, well-formed compact JWS."""
+def _check_compact(token: Any) -> None:
+    """A bounded, well-formed compact JWS (three base64url parts), or :class:`InvalidToken`."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not _COMPACT_JWS.fullmatch(token):
         raise InvalidToken("malformed token")
+
+
+def split_jws(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and (unverified) payload of a bounded, well-formed compact JWS."""
+    _check_compact(token)
     header_part, payload_part, _ = token.split(".")
     return _decode_json_part(header_part), _decode_json_part(payload_part)
 
@@ -528,8 +533,7 @@ class TokenVerifier:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The verified claims of ``token``, or :class:`InvalidToken` saying why not."""
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not _COMPACT_JWS.fullmatch(token):
-            raise InvalidToken("malformed token")
+        _check_compact(token)  # before hashing it: bounded, ASCII
         digest = hashlib.sha256(token.encode("ascii")).digest()
         verified = self._verified.get(digest)
         if verified is None or not self._still_keyed(verified):
