@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -97,11 +97,19 @@ def wait_for(what: Callable[[], T | None], description: str, timeout: float = 60
 
 
 def text_of(driver: webdriver.Chrome) -> str:
-    """The page's text; empty while the page is being replaced (a form's answer loading)."""
+    """The page's text; empty while the page is being replaced (a form's answer loading).
+
+    The body found may be swapped out before its text is read: chromedriver says so as a stale
+    element, or — when the swap lands between its own two steps — as an inspector error that the
+    node "does not belong to the document"; both mean "not loaded yet", anything else is raised."""
     try:
         return str(driver.find_element(By.TAG_NAME, "body").text)
     except (StaleElementReferenceException, NoSuchElementException):
         return ""
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error.msg):
+            return ""
+        raise
 
 
 def button(driver: webdriver.Chrome, label: str) -> WebElement:
