@@ -150,6 +150,40 @@ def test_create_read_update_delete_versions(store: Store) -> None:
     assert store.exists("Patient", "p1") == 3 and store.exists("Patient", "nope") is None
     history = store.history(OPEN_SCOPE, "Patient", "p1")
     assert [s.version for s in history.entries] == [3, 2, 1] and history.total == 3
+    assert [s.content and s.json()["name"][0]["family"] for s in history.entries] == [None, "Durand", "Martin"]
+    store.update(patient("p1", "Back"))  # brought back after its delete
+    history = store.history(OPEN_SCOPE, "Patient", "p1")
+    assert [s.content and s.json()["name"][0]["family"] for s in history.entries] == ["Back", None, "Durand", "Martin"]
+    assert store.vread("Patient", "p1", 2, OPEN_SCOPE).json()["name"][0]["family"] == "Durand"
+
+
+def test_a_current_version_is_stored_once_and_a_replaced_one_keeps_its_content(tmp_path: Path) -> None:
+    """The resource row holds the current content, its version row none; an update moves it
+    there. Rows of an earlier server (content in both) read and update as before."""
+    store = _sqlite(tmp_path)
+    store.create(patient("once", "Martin"))
+    store.create(patient("old", "Durand"))
+    store.update(patient("once", "Martin-2"))
+    path = tmp_path / "store.sqlite3"
+    with closing(open_database(path)) as conn, conn:
+        held = (
+            "SELECT v.version FROM version v JOIN resource r ON r.pk = v.res WHERE r.id = ? AND v.content IS NOT NULL"
+        )
+        assert conn.execute(held, ("once",)).fetchall() == [(1,)]
+        conn.execute(  # as an earlier server wrote it: the current content in its version row too
+            "UPDATE version SET content = (SELECT content FROM resource WHERE pk = version.res)"
+            " WHERE res = (SELECT pk FROM resource WHERE id = 'old')"
+        )
+    store.update(patient("old", "Durand-2"))
+    store.delete("Patient", "old")
+    families = [
+        s.content and s.json()["name"][0]["family"] for s in store.history(OPEN_SCOPE, "Patient", "old").entries
+    ]
+    assert families == [None, "Durand-2", "Durand"]
+    assert store.vread("Patient", "once", 1, OPEN_SCOPE).json()["name"][0]["family"] == "Martin"
+    store.close()
+    with closing(open_database(path)) as conn:
+        assert conn.execute(held, ("old",)).fetchall() == [(1,), (2,)]
 
 
 def test_transaction_is_all_or_nothing(store: Store) -> None:
@@ -597,8 +631,9 @@ def test_rewrap_after_rotation_keeps_everything_readable(tmp_path: Path) -> None
     assert store.key_ids_in_use() == {old, new}
     with pytest.raises(MasterKeyError):
         keys.retire(old, in_use=store.key_ids_in_use())
-    # the database key, and every blob but the two of "late", sealed after the rotation
-    assert store.rewrap_all(batch=2) == 1 + _count_blobs(tmp_path / "store.sqlite3") - 2
+    # the database key, and every blob but the one of "late" (its resource row's: a current
+    # version's content is stored once), sealed after the rotation
+    assert store.rewrap_all(batch=2) == 1 + _count_blobs(tmp_path / "store.sqlite3") - 1
     assert store.key_ids_in_use() == {new} and store.rewrap_all() == 0
     keys.retire(old, in_use=store.key_ids_in_use())
     store.close()

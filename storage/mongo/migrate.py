@@ -49,6 +49,7 @@ from storage.mongo.layout import (
 )
 from storage.mongo.store import MongoStore
 from storage.sqlite.connection import connect_read_only
+from storage.sqlite.schema import VERSION_CONTENT
 
 #: How each SQLite index table's row (after ``res, param``) becomes a typed value.
 _VALUES: dict[str, tuple[str, Callable[..., IndexValue]]] = {
@@ -124,7 +125,9 @@ class Migration:
                 head = resource_document(pk, rtype, rid, version, updated, bool(deleted), key, sealed)
                 resources.append({**head, **index_document(index)})
                 for seq, number, stamp, method, body in conn.execute(
-                    "SELECT seq, version, last_updated, method, content FROM version WHERE res = ? ORDER BY seq", (pk,)
+                    f"SELECT v.seq, v.version, v.last_updated, v.method, {VERSION_CONTENT}"
+                    " FROM version v JOIN resource r ON r.pk = v.res WHERE v.res = ? ORDER BY v.seq",
+                    (pk,),
                 ):
                     kept = None if body is None else bytes(body)
                     sealed = {"content": kept, **_kid(kept)}
@@ -193,7 +196,7 @@ class Migration:
             streams = {
                 "resources": conn.execute("SELECT type, id, version, deleted, content FROM resource ORDER BY type, id"),
                 "versions": conn.execute(
-                    "SELECT r.type, r.id, v.version, v.method, v.content FROM version v"
+                    f"SELECT r.type, r.id, v.version, v.method, {VERSION_CONTENT} FROM version v"
                     " JOIN resource r ON r.pk = v.res ORDER BY v.seq"
                 ),
                 "records": conn.execute("SELECT kind, key, expires, value FROM record ORDER BY kind, key"),

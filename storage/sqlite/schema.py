@@ -123,3 +123,9 @@ INDEX_TABLES = (
     "idx_reference",
     "idx_uri",
 )
+
+#: A version's content, in a query joining ``version v`` to its ``resource r``. The current
+#: version's is the resource row's (its version row holds none: one copy, not two); a version
+#: replaced by an update or a delete holds its own, moved there by the write that replaced it,
+#: as do all the rows of a database written before this rule. A deleted version has none.
+VERSION_CONTENT = "COALESCE(v.content, CASE WHEN v.version = r.version THEN r.content END)"

@@ -69,7 +69,7 @@ from storage.sqlite.connection import (
 )
 from storage.sqlite.encrypt import encrypt_in_place, is_plaintext
 from storage.sqlite.rekey import settle
-from storage.sqlite.schema import ADDED_COLUMNS, DDL, INDEX_TABLES, SCHEMA_VERSION
+from storage.sqlite.schema import ADDED_COLUMNS, DDL, INDEX_TABLES, SCHEMA_VERSION, VERSION_CONTENT
 from storage.sqlite.writer import WriterLock
 from storage.stamp import stamp
 
@@ -98,7 +98,7 @@ _INSERTS = {
     ),
     UriValue: ("idx_uri", "value", lambda v: (v.value,)),
 }
-_STORED_COLUMNS = "r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, v.content"
+_STORED_COLUMNS = f"r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, {VERSION_CONTENT}"
 #: The current version straight from ``resource``: one row per match, no join to ``version``.
 _CURRENT_COLUMNS = "r.pk, NULL, r.type, r.id, r.version, r.last_updated, NULL, r.content"
 #: Every sealed column: (table, row key, blob column), for re-wrapping and key accounting.
@@ -193,10 +193,11 @@ class SqliteStore(Store):
     def _check_keys(self) -> None:
         """Refuse to start when the data and the keys do not belong together.
 
-        Checked on the newest version only, so it is cheap. Without this a server given a lost or
-        another directory's key file would start, accept writes, and fail every older read.
+        Checked on the newest resource with content only, so it is cheap. Without this a server
+        given a lost or another directory's key file would start, accept writes, and fail every
+        older read.
         """
-        row = self._conn().execute("SELECT content FROM version WHERE content IS NOT NULL ORDER BY seq DESC LIMIT 1")
+        row = self._conn().execute("SELECT content FROM resource WHERE content IS NOT NULL ORDER BY pk DESC LIMIT 1")
         newest = row.fetchone()
         check_keys(None if newest is None else bytes(newest[0]), self._cipher, self.path)
 
@@ -284,13 +285,25 @@ class SqliteStore(Store):
 
     # -- writes ------------------------------------------------------------------------------
 
-    def _write_version(self, pk: int, version: int, last_updated: str, method: str, blob: bytes | None) -> int:
-        """Insert a version row; ``blob`` is already sealed (the same blob as the resource row's)."""
+    def _write_version(self, pk: int, version: int, last_updated: str, method: str) -> int:
+        """Insert a version row without content: the current version's content is the resource
+        row's (:data:`VERSION_CONTENT`), so most resources — never updated, an AuditEvent per
+        request among them — are stored once, not twice."""
         cur = self._conn().execute(
-            "INSERT INTO version (res, version, last_updated, method, content) VALUES (?, ?, ?, ?, ?)",
-            (pk, version, last_updated, method, blob),
+            "INSERT INTO version (res, version, last_updated, method) VALUES (?, ?, ?, ?)",
+            (pk, version, last_updated, method),
         )
         return int(cur.lastrowid or 0)
+
+    def _keep_replaced(self, pk: int, version: int) -> None:
+        """Before the resource row is overwritten, its content becomes that of its version row
+        (the same sealed blob: its AAD names the version). A version row written by an earlier
+        server already holds it, and a deleted version has none: both are left as they are."""
+        self._conn().execute(
+            "UPDATE version SET content = (SELECT content FROM resource WHERE pk = ?1)"
+            " WHERE res = ?1 AND version = ?2 AND content IS NULL",
+            (pk, version),
+        )
 
     def _reindex(self, pk: int, resource: dict[str, Any], *, fresh: bool = False) -> None:
         """Replace the index rows of ``pk``. A ``fresh`` row (just inserted) has none to delete:
@@ -321,7 +334,7 @@ class SqliteStore(Store):
                 (rtype, rid, last_updated, blob),
             )
             pk = int(cur.lastrowid or 0)
-            seq = self._write_version(pk, 1, last_updated, method, blob)
+            seq = self._write_version(pk, 1, last_updated, method)
             self._reindex(pk, resource, fresh=True)
             self._observed(rtype, None, resource)
             return Stored(pk, seq, rtype, rid, 1, last_updated, method, content)
@@ -356,11 +369,12 @@ class SqliteStore(Store):
             new_version = version + 1
             content, last_updated = stamp(resource, new_version)
             blob = self._seal(resource_aad(rtype, rid, new_version), content)
+            self._keep_replaced(pk, version)
             self._conn().execute(
                 "UPDATE resource SET version = ?, last_updated = ?, deleted = 0, content = ? WHERE pk = ?",
                 (new_version, last_updated, blob, pk),
             )
-            seq = self._write_version(pk, new_version, last_updated, method, blob)
+            seq = self._write_version(pk, new_version, last_updated, method)
             self._reindex(pk, resource)
             self._observed(rtype, before, resource)
             return Stored(pk, seq, rtype, rid, new_version, last_updated, method, content)
@@ -380,11 +394,12 @@ class SqliteStore(Store):
             last_updated = instant_now()
             # The index of the last live version stays: it lets the access filter decide whether
             # the caller may learn that this resource was deleted (410) or not (404).
+            self._keep_replaced(pk, version)
             self._conn().execute(
                 "UPDATE resource SET version = ?, last_updated = ?, deleted = 1, content = NULL WHERE pk = ?",
                 (new_version, last_updated, pk),
             )
-            seq = self._write_version(pk, new_version, last_updated, "DELETE", None)
+            seq = self._write_version(pk, new_version, last_updated, "DELETE")
             self._observed(resource_type, before, None)
             return Stored(pk, seq, resource_type, resource_id, new_version, last_updated, "DELETE", None)
 
