@@ -29,6 +29,7 @@ from storage.query import (
     EVERYTHING,
     NOTHING,
     OPEN_SCOPE,
+    Chain,
     Expr,
     Include,
     Query,
@@ -255,6 +256,27 @@ def test_search_counts_and_pages_inside_the_filter(store: Store) -> None:
     second = store.search(Query(query.resource_type, query.where, query.sort, offset=2, count=2), scope)
     assert [s.id for s in second.matches] == ["d4", "d6"]
     assert store.search(query, Scope({"DocumentReference": NOTHING})).total == 0
+
+
+def test_a_query_asked_again_under_another_scope_answers_for_that_scope(store: Store) -> None:
+    """The same query and the same filter of the searched type, under scopes that differ only
+    in what they let the caller see of a chained type: each answer is its own scope's (the
+    SQLite store keeps compiled filters, and must not hand one scope's text to another)."""
+    ident = "urn:oid:1.2.250.1.71.4.2.1"
+    store.create({"resourceType": "Practitioner", "id": "pr1", "identifier": [{"system": ident, "value": "81"}]})
+    store.create(patient("p1", "Martin"))
+    store.create({**doc("d1", "p1"), "author": [{"reference": "Practitioner/pr1"}]})
+    by_author = Chain("author", ("Practitioner",), Token("identifier", ident, "81"), scoped=True)
+    query = Query("DocumentReference", by_author)
+    sees_them, sees_none = Scope({}), Scope({"Practitioner": NOTHING})
+    for scope, found in ((sees_them, ["d1"]), (sees_none, []), (sees_them, ["d1"]), (sees_none, [])):
+        assert [s.id for s in store.search(query, scope).matches] == found
+        as_filter = Scope({"DocumentReference": by_author, "Practitioner": scope.filter("Practitioner")})
+        if found:
+            assert store.read("DocumentReference", "d1", as_filter).id == "d1"
+        else:
+            with pytest.raises(NotFound):
+                store.read("DocumentReference", "d1", as_filter)
 
 
 def test_read_history_and_includes_honour_the_filter(store: Store) -> None:

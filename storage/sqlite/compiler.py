@@ -80,6 +80,20 @@ class SqlCompiler:
         self._scope = scope
         self._aliases = 0
 
+    @classmethod
+    def resume(cls, param_type: ParamType, scope: ScopeFilter, args: tuple[Any, ...], aliases: int) -> SqlCompiler:
+        """A compiler that goes on after a fragment compiled earlier (:mod:`storage.sqlite.compiled`):
+        its arguments first, its aliases taken."""
+        compiler = cls(param_type, scope)
+        compiler.args = list(args)
+        compiler._aliases = aliases
+        return compiler
+
+    @property
+    def aliases(self) -> int:
+        """How many aliases this compiler has handed out."""
+        return self._aliases
+
     def _alias(self, prefix: str) -> str:
         self._aliases += 1
         return f"{prefix}{self._aliases}"

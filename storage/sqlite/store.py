@@ -58,6 +58,7 @@ from storage.interface import (
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
 from storage.sealing import check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
 from storage.sqlite import dbkey
+from storage.sqlite.compiled import CompiledFragments
 from storage.sqlite.compiler import TABLE_OF_TYPE, ParamType, SqlCompiler
 from storage.sqlite.connection import (
     DEFAULT_SETTINGS,
@@ -133,6 +134,7 @@ class SqliteStore(Store):
         self.path = str(path)
         self._indexer = indexer
         self._param_type = param_type
+        self._fragments = CompiledFragments(param_type)
         self._resource_types = resource_types
         self._cipher = cipher
         self._synchronous = settings.synchronous
@@ -469,9 +471,10 @@ class SqliteStore(Store):
             return True
         if isinstance(scope_expr, Nothing):
             return False
-        compiler = self._compiler(scope)
-        cond = compiler.condition(scope_expr, "r", rtype)
-        sql = f"SELECT 1 FROM resource r WHERE r.pk = {compiler.arg(pk)} AND {cond}"
+        compiler, cond = self._fragments.compile(
+            ("visible", rtype, scope_expr), scope, lambda c: c.condition(scope_expr, "r", rtype)
+        )
+        sql = f"SELECT 1 FROM resource r WHERE {cond} AND r.pk = {compiler.arg(pk)}"
         return self._conn().execute(sql, compiler.args).fetchone() is not None
 
     def exists(self, resource_type: str, resource_id: str) -> int | None:
@@ -509,18 +512,23 @@ class SqliteStore(Store):
         return self._stored(row)
 
     def _where(
-        self, compiler: SqlCompiler, rtype: str, expr: Expr, watermark: int | None, deleted: bool = False
-    ) -> str:
-        parts = [f"r.type = {compiler.arg(rtype)}"]
-        if not deleted:
-            parts.append("r.deleted = 0")
-        if watermark is not None:
-            parts.append(f"r.pk <= {compiler.arg(watermark)}")
-        driver = compiler.driver(expr, rtype)
-        if driver is not None:
-            parts.append(f"r.pk IN ({driver})")
-        parts.append(compiler.condition(expr, "r", rtype))
-        return " AND ".join(parts)
+        self, scope: AccessScope, rtype: str, expr: Expr, watermark: int, deleted: bool
+    ) -> tuple[SqlCompiler, str]:
+        """The condition of a search (the query's and the scope's), compiled once per shape and
+        kept (:mod:`storage.sqlite.compiled`); the watermark, which changes, is bound after it."""
+
+        def build(compiler: SqlCompiler) -> str:
+            parts = [f"r.type = {compiler.arg(rtype)}"]
+            if not deleted:
+                parts.append("r.deleted = 0")
+            driver = compiler.driver(expr, rtype)
+            if driver is not None:
+                parts.append(f"r.pk IN ({driver})")
+            parts.append(compiler.condition(expr, "r", rtype))
+            return " AND ".join(parts)
+
+        compiler, where = self._fragments.compile(("where", rtype, expr, deleted), scope, build)
+        return compiler, f"{where} AND r.pk <= {compiler.arg(watermark)}"
 
     def _order(self, compiler: SqlCompiler, rtype: str, sort: tuple[SortKey, ...]) -> str:
         keys: list[str] = []
@@ -550,8 +558,7 @@ class SqliteStore(Store):
             return SearchResult([], [], 0 if query.total else None, watermark)
         # Compiled once for the count and the page: the policy's filter makes it the larger part
         # of a search's Python time. The page's own arguments are numbered after the condition's.
-        compiler = self._compiler(scope)
-        where = self._where(compiler, rtype, expr, watermark, query.deleted)
+        compiler, where = self._where(scope, rtype, expr, watermark, query.deleted)
         if query.total:
             count_sql = f"SELECT COUNT(*) FROM resource r WHERE {where}"
             total = int(conn.execute(count_sql, list(compiler.args)).fetchone()[0])
