@@ -37,6 +37,7 @@ from storage.query import (
     SortKey,
     String,
     Token,
+    TokenIn,
 )
 from storage.sqlite.connection import SqliteSettings
 from storage.sqlite.store import Indexer, SqliteStore
@@ -277,6 +278,28 @@ def test_a_query_asked_again_under_another_scope_answers_for_that_scope(store: S
         else:
             with pytest.raises(NotFound):
                 store.read("DocumentReference", "d1", as_filter)
+
+
+def test_a_type_filter_matches_whole_pairs_only(store: Store) -> None:
+    """A set of (system, code) pairs as a filter (the profession's readable types): a stored
+    coding matches only as one whole pair of the set, whatever characters its values hold."""
+    allowed = TokenIn("type", frozenset({("urn:a", "c1"), ("urn:b", "c2")}))
+    codings = {
+        "ok": ("urn:b", "c2"),
+        "crossed": ("urn:a", "c2"),  # the system of one pair, the code of another
+        "straddling": ("urn:a\x1fc1\x1eurn:b", "c2"),  # spells two pairs with separators
+        "split": ("urn:a\x1fc1", ""),
+    }
+    store.create(patient("p1", "Martin"))
+    for did, (system, code) in codings.items():
+        store.create({**doc(did, "p1"), "type": {"coding": [{"system": system, "code": code}]}})
+    scope = Scope({"DocumentReference": allowed})
+    assert [s.id for s in store.search(Query("DocumentReference", EVERYTHING), scope).matches] == ["ok"]
+    assert [s.id for s in store.search(Query("DocumentReference", allowed), OPEN_SCOPE).matches] == ["ok"]
+    assert store.read("DocumentReference", "ok", scope).id == "ok"
+    for did in ("crossed", "straddling", "split"):
+        with pytest.raises(NotFound):
+            store.read("DocumentReference", did, scope)
 
 
 def test_read_history_and_includes_honour_the_filter(store: Store) -> None:

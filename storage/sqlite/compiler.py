@@ -117,9 +117,9 @@ class SqlCompiler:
             case Nothing():
                 return "0"
             case And(items):
-                return "(" + " AND ".join(self.condition(i, alias, rtype) for i in items) + ")"
+                return "(" + " AND ".join(self.condition(i, alias, rtype) for i in _cheapest_first(items)) + ")"
             case Or(items):
-                return any_sql([self.condition(i, alias, rtype) for i in _grouped(items)])
+                return any_sql([self.condition(i, alias, rtype) for i in _cheapest_first(_grouped(items))])
             case Not(item):
                 return f"NOT {self.condition(item, alias, rtype)}"
             case Missing(param, missing):
@@ -139,7 +139,7 @@ class SqlCompiler:
             case Has():
                 return self._has_condition(expr, alias, rtype)
             case _:
-                table, where = self._leaf(expr, "i0")
+                table, where = self._leaf(expr, "i0", probe=True)
                 i = self._alias("i")
                 where = where.replace("i0.", f"{i}.")
                 return (
@@ -268,8 +268,9 @@ class SqlCompiler:
             f" AND {s}.deleted = 0 AND {self.condition(inner, s, expr.source_type)})"
         )
 
-    def _leaf(self, expr: Expr | _OneOf, a: str) -> tuple[str, str]:
-        """The index table of a value predicate and its condition on the index row alias ``a``."""
+    def _leaf(self, expr: Expr | _OneOf, a: str, *, probe: bool = False) -> tuple[str, str]:
+        """The index table of a value predicate and its condition on the index row alias ``a``:
+        for a ``probe`` of one candidate's own rows, or for a driver that starts from the values."""
         arg = self.arg
         match expr:
             case _OneOf(Token(param, system), values):
@@ -298,6 +299,16 @@ class SqlCompiler:
             case TokenIn(param, codes):
                 if not codes:
                     return "idx_token", "0"
+                if probe:
+                    # A candidate's own rows are one or two: looked up in one text of the pairs.
+                    # The IN below builds a temporary index of the ~100 pairs at every run, which
+                    # was most of a read's query time (220 µs against 15 µs this way).
+                    keys = arg(_code_system_keys(codes))
+                    return "idx_token", (
+                        f"{a}.param = {arg(param)}"
+                        f" AND instr({keys}, char(30) || {a}.system || char(31) || {a}.code || char(30)) > 0"
+                        f" AND instr({a}.system || {a}.code, char(30)) = 0 AND instr({a}.system, char(31)) = 0"
+                    )
                 # One JSON argument however many codes (the policy's readable types are ~100):
                 # an OR of pairs cost ~0.5 ms of Python per query to build, and SQLite as much to prepare.
                 pairs = _PAIRS_SQL.format(arg(_code_system_pairs(codes)))
@@ -388,6 +399,27 @@ def _code_system_pairs(codes: frozenset[tuple[str, str]]) -> str:
     sets give equal text; cached because the policy hands the same few sets (one per profession)
     to every query."""
     return json.dumps(sorted([code, system] for system, code in codes))
+
+
+#: The separators of :func:`_code_system_keys`: ASCII's record and unit separators, which no
+#: code or system of a terminology holds.
+_RECORD, _UNIT = "\x1e", "\x1f"
+
+
+@lru_cache(maxsize=_PAIRS_CACHED)
+def _code_system_keys(codes: frozenset[tuple[str, str]]) -> str:
+    """The pairs of a :class:`TokenIn` as one text, ``RS system US code RS system US code RS``.
+
+    Exact: a row whose system and code hold no record separator and whose system holds no unit
+    separator (the probe asks both) is found in it only as a whole pair of the set, since a pair
+    here holds neither either — a pair that would is left out (as the IN form never matches a
+    ``NULL`` system), so no crafted value can straddle two pairs."""
+    kept = sorted(
+        f"{system}{_UNIT}{code}"
+        for system, code in codes
+        if system is not None and _RECORD not in system + code and _UNIT not in system
+    )
+    return _RECORD + _RECORD.join(kept) + _RECORD
 
 
 @dataclass(frozen=True)
@@ -485,6 +517,33 @@ def _rank(item: Expr) -> int:
             return max(_rank(i) for i in items)
         case _:
             return 7
+
+
+def _probes(item: Expr | _OneOf) -> int:
+    """About how many index look-ups evaluating ``item`` for one candidate takes: a chain looks
+    up its reference, the target and the target's own conditions."""
+    match item:
+        case And(items) | Or(items):
+            return sum(_probes(i) for i in items)
+        case Not(inner):
+            return _probes(inner)
+        case Chain(_, target_types, where, _):
+            return len(target_types) * (2 + _probes(where))
+        case Has(_, _, where, _):
+            return 2 + _probes(where)
+        case _:
+            return 1
+
+
+def _cheapest_first(items: Iterable[Expr | _OneOf]) -> list[Expr | _OneOf]:
+    """The terms of a conjunction or a disjunction, the cheaper to evaluate first (stable).
+
+    Why: SQLite stops evaluating an ``AND`` at its first false term and an ``OR`` at its first
+    true one, in the order written. The policy's filter of a professional is "authored by me —
+    through three reference chains — or of a type my profession may read and not masked": for the
+    many documents of the second kind the chains were all evaluated first (most of a read's
+    query time); the order changes nothing else."""
+    return sorted(items, key=_probes)
 
 
 def _by_selectivity(items: tuple[Expr, ...]) -> list[Expr]:
