@@ -35,6 +35,7 @@ from fhir_server.fhir.ops.install import install_operations
 from fhir_server.fhir.routing import route
 from fhir_server.fhir.search.parser import SearchParser
 from fhir_server.fhir.service import SERVED_TYPES, Extensions, FhirService
+from fhir_server.fhir.sessions import PagingSessions
 from fhir_server.fhir.validation import ResourceValidator
 from fhir_server.runtime.config import Config
 from fhirmodel.indexing import extract_index
@@ -70,13 +71,14 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = dmp_gatekeepe
         param = registry.get(rtype, code)
         return param.type if param else None
 
+    cipher = EnvelopeCipher(MasterKeys.load_or_create(config.data_dir, config.master_key_file))
     store = open_store(
         config.store_url,
         default_sqlite=config.sqlite_path,
         indexer=lambda resource: extract_index(registry, resource, config.base_url),
         param_type=param_type,
         resource_types=SERVED_TYPES,
-        cipher=EnvelopeCipher(MasterKeys.load_or_create(config.data_dir, config.master_key_file)),
+        cipher=cipher,
         sqlite=SqliteSettings(cache_mb=config.sqlite_cache_mb, synchronous=config.sqlite_synchronous),
     )
     parser = SearchParser(registry, terminology, config.base_url, config.max_count)
@@ -93,6 +95,7 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = dmp_gatekeepe
         ),
         gatekeeper=access,
         router=route,
+        sessions=PagingSessions(store, cipher, config.search_session_seconds),
         extensions=capabilities(config, terminology),
     )
 

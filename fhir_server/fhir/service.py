@@ -24,6 +24,7 @@ from fhir_server.fhir.declarations import Declarations
 from fhir_server.fhir.inbound import check_body, check_parameters, check_path
 from fhir_server.fhir.messages import Download, FhirRequest, FhirResponse, Gatekeeper
 from fhir_server.fhir.search.parser import SearchParser
+from fhir_server.fhir.sessions import PagingSessions
 from fhir_server.fhir.validation import ResourceValidator
 from fhir_server.runtime.config import Config
 from fhirmodel.errors import FhirError, bad_request
@@ -207,6 +208,7 @@ class FhirService:
     validator: ResourceValidator
     gatekeeper: Gatekeeper
     router: Router  # the interaction a request asks for (fhir_server.fhir.routing.route)
+    sessions: PagingSessions  # the state behind paging links (fhir_server.fhir.sessions)
     extensions: Extensions = field(default_factory=Extensions)  # the machinery's operations and what capabilities add
     served_types: tuple[str, ...] = SERVED_TYPES
     declarations: Declarations = field(init=False)  # what each type allows (ig/capability)

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import orjson
-
 from fhir_server.fhir.interactions.compartment import RECORD_TYPES, PatientRecord, read_patient
 from fhir_server.fhir.interactions.search import entry, page_url, paged_params, paging_links
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
@@ -192,7 +190,7 @@ def _page(
             "watermark": watermark,
             "principal": req.principal,
         }
-        return svc.store.save_session(orjson.dumps(session), svc.config.search_session_seconds)
+        return svc.sessions.save(session)
 
     if session_key is not None:
         self_url = page_url(svc, session_key, chosen.count)(offset)

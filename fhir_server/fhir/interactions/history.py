@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from fhir_server.fhir.interactions.common import etag
 from fhir_server.fhir.interactions.search import page_state, page_url
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
@@ -72,7 +70,7 @@ def history(svc: FhirService, req: FhirRequest, rtype: str | None, rid: str | No
                 "params": [],
                 "strict": req.strict,
             }
-            key = svc.store.save_session(orjson.dumps(session), svc.config.search_session_seconds)
+            key = svc.sessions.save(session)
         page = page_url(svc, key, count)
         if offset > 0:
             links.append({"relation": "previous", "url": page(max(0, offset - count))})

@@ -12,8 +12,6 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
-
 from fhir_server.fhir.interactions.compartment import PATIENT_COMPARTMENT, compartment_members
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhir_server.fhir.numbers import natural
@@ -58,11 +56,8 @@ def page_state(svc: FhirService, req: FhirRequest) -> tuple[dict[str, Any] | Non
     key = values.get("_getpages")
     if key is None:
         return None, 0
-    raw = svc.store.load_session(key)
-    if raw is None:
-        raise FhirError(410, "this search has expired: run it again", "expired")
-    state: dict[str, Any] = orjson.loads(raw)
-    if state.get("principal") != req.principal:
+    state = svc.sessions.load(key)
+    if state is None or state.get("principal") != req.principal:
         raise FhirError(410, "this search has expired: run it again", "expired")
     offset = natural(values.get("_getpagesoffset", "0"))
     if offset is None:
@@ -192,4 +187,4 @@ def _save_session(
         "watermark": watermark,
         "principal": req.principal,
     }
-    return svc.store.save_session(orjson.dumps(state), svc.config.search_session_seconds)
+    return svc.sessions.save(state)
