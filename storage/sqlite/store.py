@@ -264,8 +264,9 @@ class SqliteStore(Store):
     def _unsynced(self) -> Iterator[None]:
         """A transaction that may be lost with the power commits without syncing the WAL.
 
-        Why: a paging session is saved by every search with more than a page of hits; synced, it
-        held the writer lock of all workers for an fsync, and reads and searches queued behind it.
+        Why: a stored paging session (the FHIR layer keeps most in the link itself; a state too
+        large for a link comes here) is saved by a read; synced, it held the writer lock of all
+        workers for an fsync, and reads and searches queued behind it.
         Lost, its client gets a 410 and runs the search again. The database stays consistent
         (WAL, ``synchronous=NORMAL``), and the next synced commit syncs it along."""
         slot = self._connections.slot()
