@@ -256,6 +256,12 @@ def test_search_counts_and_pages_inside_the_filter(store: Store) -> None:
     assert first.total == 4 and [s.id for s in first.matches] == ["d0", "d2"]
     second = store.search(Query(query.resource_type, query.where, query.sort, offset=2, count=2), scope)
     assert [s.id for s in second.matches] == ["d4", "d6"]
+    # the total of a page that is not full, past the end, of nothing, of a count-only query
+    for offset, count, ids in ((3, 2, ["d6"]), (0, 10, ["d0", "d2", "d4", "d6"]), (4, 2, []), (9, 2, []), (0, 0, [])):
+        page = store.search(Query(query.resource_type, query.where, query.sort, offset=offset, count=count), scope)
+        assert ([s.id for s in page.matches], page.total) == (ids, 4), (offset, count)
+    nothing = Query("DocumentReference", Reference("subject", "Patient", "nobody"), count=2)
+    assert store.search(nothing, scope).total == 0
     assert store.search(query, Scope({"DocumentReference": NOTHING})).total == 0
 
 
