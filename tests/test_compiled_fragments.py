@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from storage.query import EVERYTHING, NOTHING, OPEN_SCOPE, Chain, Expr, Token
-from storage.sqlite.compiled import CompiledFragments
+from storage.sqlite.compiled import LARGEST, CompiledFragments
 from storage.sqlite.compiler import SqlCompiler
 
 
@@ -66,3 +66,12 @@ def test_the_least_recently_used_entries_go_beyond_the_bound() -> None:
     assert len(builds) == 5  # still there
     fragments.compile(exprs[1], OPEN_SCOPE, _counting(exprs[1], builds))
     assert len(builds) == 6  # went first
+
+
+def test_a_fragment_too_large_is_not_kept() -> None:
+    fragments = CompiledFragments(_token)
+    many = Token("_id", "urn:s", "x" * (LARGEST + 1))
+    builds: list[str] = []
+    for _ in range(2):
+        fragments.compile(many, OPEN_SCOPE, _counting(many, builds))
+    assert len(builds) == 2 and len(fragments) == 0

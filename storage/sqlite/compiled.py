@@ -25,8 +25,12 @@ from typing import Any
 from storage.query import AccessScope, Expr
 from storage.sqlite.compiler import ParamType, SqlCompiler
 
-#: Entries kept per store (least recently used out first): a few KB each, so a few MB at most.
-ENTRIES = 1024
+#: Entries kept per store (least recently used out first): a few KB each.
+ENTRIES = 512
+#: The largest fragment kept, its text and text arguments together (characters): a filter is a
+#: few KB; a search for a thousand ids is larger, and asked once. So the cache stays under 16 MB
+#: (typically a few MB: the profession's set of types is one string, shared by its entries).
+LARGEST = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class CompiledFragments:
         compiler = SqlCompiler(self._param_type, recorded)
         sql = build(compiler)
         fragment = _Fragment(sql, tuple(compiler.args), compiler.aliases, tuple(asked.items()))
+        if len(sql) + sum(len(a) for a in fragment.args if isinstance(a, str)) > LARGEST:
+            return SqlCompiler.resume(self._param_type, scope.filter, fragment.args, fragment.aliases), sql
         with self._lock:
             self._kept[key] = fragment
             self._kept.move_to_end(key)
