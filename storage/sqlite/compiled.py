@@ -59,8 +59,13 @@ class CompiledFragments:
             kept = self._kept.get(key)
             if kept is not None:
                 self._kept.move_to_end(key)
-        if kept is not None and all(scope.filter(rtype) == expr for rtype, expr in kept.scopes):
-            return SqlCompiler.resume(self._param_type, scope.filter, kept.args, kept.aliases), kept.sql
+        if kept is None or any(scope.filter(rtype) != expr for rtype, expr in kept.scopes):
+            kept = self._compiled(key, scope, build)
+        return SqlCompiler.resume(self._param_type, scope.filter, kept.args, kept.aliases), kept.sql
+
+    def _compiled(self, key: Hashable, scope: AccessScope, build: Callable[[SqlCompiler], str]) -> _Fragment:
+        """``build``'s fragment, compiled now, recording the scope filters it asks for; kept
+        unless it is too large."""
         asked: dict[str, Expr] = {}
 
         def recorded(rtype: str) -> Expr:
@@ -70,14 +75,13 @@ class CompiledFragments:
         compiler = SqlCompiler(self._param_type, recorded)
         sql = build(compiler)
         fragment = _Fragment(sql, tuple(compiler.args), compiler.aliases, tuple(asked.items()))
-        if len(sql) + sum(len(a) for a in fragment.args if isinstance(a, str)) > LARGEST:
-            return SqlCompiler.resume(self._param_type, scope.filter, fragment.args, fragment.aliases), sql
-        with self._lock:
-            self._kept[key] = fragment
-            self._kept.move_to_end(key)
-            while len(self._kept) > self._entries:
-                self._kept.popitem(last=False)
-        return SqlCompiler.resume(self._param_type, scope.filter, fragment.args, fragment.aliases), sql
+        if len(sql) + sum(len(a) for a in fragment.args if isinstance(a, str)) <= LARGEST:
+            with self._lock:
+                self._kept[key] = fragment
+                self._kept.move_to_end(key)
+                while len(self._kept) > self._entries:
+                    self._kept.popitem(last=False)
+        return fragment
 
     def __len__(self) -> int:
         return len(self._kept)
