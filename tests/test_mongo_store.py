@@ -186,8 +186,21 @@ def mongo_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     drop(url)
 
 
+def _trail_event(eid: str, *patients: str) -> dict[str, Any]:
+    return {
+        "resourceType": "AuditEvent",
+        "id": eid,
+        "type": {"code": "rest"},
+        "recorded": "2024-01-01T00:00:00Z",
+        "agent": [{"requestor": True}],
+        "source": {"observer": {"display": "dmp"}},
+        "entity": [{"what": {"reference": f"Patient/{p}"}} for p in patients],
+    }
+
+
 def _life(config: Config) -> None:
-    """A store with a bit of everything: versions, a deletion, records, a queued message."""
+    """A store with a bit of everything: versions, a deletion, the trail (whose index SQLite keeps
+    in tables of its own), records, a queued message."""
     service = create_service(config)
     store = service.store
     store.create(patient("p1", "Martin"))
@@ -195,6 +208,7 @@ def _life(config: Config) -> None:
     for n in range(7):
         store.create(doc(f"d{n}", "p1"))
     store.delete("DocumentReference", "d3")
+    store.create(_trail_event("e1", "p1"))
     store.put_record("account", "1800175123456", b"scrypt hash", expires=None)
     store.enqueue("alert", b"to send")
     store.close()
@@ -211,22 +225,24 @@ def test_migrate_copies_everything_sealed_resumes_and_verifies(
     source = f"sqlite:///{config.sqlite_path}"
     assert main(["migrate", "--from", source, "--to", mongo_target, "--batch", "3"]) == 0
     out = capsys.readouterr()
-    assert "resources [##############################] 8/8" in out.err
-    assert "versions: 10 in SQLite" in out.out and "DIFFERS" not in out.out
+    assert "resources [##############################] 9/9" in out.err
+    assert "versions: 11 in SQLite" in out.out and "DIFFERS" not in out.out
 
     migrated = create_service(Config(data_dir=data_dir, store_url=mongo_target))
     store = migrated.store
     assert isinstance(store, MongoStore)
     about = Query("DocumentReference", Reference("subject", "Patient", "p1"))
     assert store.search(about, OPEN_SCOPE).total == 6
+    trail = store.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE)
+    assert [s.id for s in trail.matches] == ["e1"]  # its index came from the trail's own tables
     assert store.vread("Patient", "p1", 1, OPEN_SCOPE).json()["name"][0]["family"] == "Martin"
     assert store.get_record("account", "1800175123456") == (b"scrypt hash", None)
     assert [m.payload for m in store.pending("alert")] == [b"to send"]
-    assert store.create(patient("p9", "New")).pk == 9  # the sequences go on from the source's
+    assert store.create(patient("p9", "New")).pk == 10  # the sequences go on from the source's
 
     # Interrupted half-way: what is missing is copied again, and the verification passes.
-    store.database["resources"].delete_many({"pk": {"$gte": 5, "$lte": 8}})
-    store.database["versions"].delete_many({"res": {"$gte": 5, "$lte": 8}})
+    store.database["resources"].delete_many({"pk": {"$gte": 5, "$lte": 9}})
+    store.database["versions"].delete_many({"res": {"$gte": 5, "$lte": 9}})
     store.expunge("Patient", "p9")
     assert main(["migrate", "--from", source, "--to", mongo_target, "--verify-only"]) == 1
     assert main(["migrate", "--from", source, "--to", mongo_target]) == 0
@@ -234,9 +250,9 @@ def test_migrate_copies_everything_sealed_resumes_and_verifies(
     # A blob altered after the copy is caught by the digests, not only by the counts.
     store.database["versions"].update_one({"_id": 1}, {"$set": {"content": b"tampered"}})
     assert main(["migrate", "--from", source, "--to", mongo_target, "--verify-only"]) == 1
-    assert "versions: 10 in SQLite" in capsys.readouterr().out
+    assert "versions: 11 in SQLite" in capsys.readouterr().out
     with closing(open_database(config.sqlite_path)) as conn:  # encrypted as a whole: opened with its key
-        assert conn.execute("SELECT COUNT(*) FROM version").fetchone() == (10,)  # the source is untouched
+        assert conn.execute("SELECT COUNT(*) FROM version").fetchone() == (11,)  # the source is untouched
     store.close()
 
 
@@ -246,16 +262,7 @@ def test_a_search_naming_the_patient_is_routed_by_its_key_and_still_finds_everyt
     store.create(patient("p1", "Martin"))
     store.create({**doc("both-forms", "p1"), "subject": {"reference": "Patient/p1", "identifier": ins}})
     store.create({**doc("ins-only", "p1"), "subject": {"identifier": ins}})
-    shared = {
-        "resourceType": "AuditEvent",
-        "id": "shared",
-        "type": {"code": "rest"},
-        "recorded": "2024-01-01T00:00:00Z",
-        "agent": [{"requestor": True}],
-        "source": {"observer": {"display": "dmp"}},
-        "entity": [{"what": {"reference": "Patient/p1"}}, {"what": {"reference": "Patient/p2"}}],
-    }
-    store.create(shared)
+    store.create(_trail_event("shared", "p1", "p2"))
     keys = {d["_id"]: d["pkey"] for d in store.database["resources"].find()}
     assert keys["DocumentReference/both-forms"] == "p1"  # the INS beside the literal reference does not count
     assert keys["DocumentReference/ins-only"] == f"{ins['system']}|{ins['value']}"

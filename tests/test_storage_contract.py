@@ -31,15 +31,19 @@ from storage.query import (
     OPEN_SCOPE,
     Chain,
     Expr,
+    Has,
     Include,
     Query,
     Reference,
+    ReferenceIdentifier,
     SortKey,
     String,
     Token,
     TokenIn,
+    all_of,
 )
 from storage.sqlite.connection import SqliteSettings
+from storage.sqlite.schema import SCHEMA_VERSION, SHARED, TRAIL
 from storage.sqlite.store import Indexer, SqliteStore
 from tests.dbfiles import open_database
 from tests.mongo_double import REAL_URI, mongo_client
@@ -129,6 +133,65 @@ def doc(did: str, pid: str, status: str = "current") -> dict[str, Any]:
         "subject": {"reference": f"Patient/{pid}"},
         "content": [{"attachment": {"contentType": "text/plain"}}],
     }
+
+
+INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"
+
+
+def trail_event(eid: str, pid: str, action: str, recorded: str, about: str | None = None) -> dict[str, Any]:
+    """An AuditEvent of ``pid``'s record, naming the patient by reference and INS as the server's do."""
+    ins = {"system": INS_SYSTEM, "value": f"ins-{pid}"}
+    entities = [{"what": {"type": "Patient", "reference": f"Patient/{pid}", "identifier": ins}}]
+    if about:
+        entities.append({"what": {"reference": about}})
+    return {
+        "resourceType": "AuditEvent",
+        "id": eid,
+        "type": {"code": "rest"},
+        "action": action,
+        "recorded": recorded,
+        "agent": [{"requestor": True}],
+        "source": {"observer": {"display": "dmp"}},
+        "entity": entities,
+    }
+
+
+def _trail_of_two_patients(store: Store) -> None:
+    store.create(patient("p1", "Martin"))
+    store.create(patient("p2", "Durand"))
+    store.create(doc("d1", "p1"))
+    store.create(trail_event("e1", "p1", "R", "2024-01-01T10:00:00Z", about="DocumentReference/d1"))
+    store.create(trail_event("e2", "p1", "C", "2024-01-02T10:00:00Z"))
+    store.create(trail_event("e3", "p2", "R", "2024-01-03T10:00:00Z"))
+
+
+def test_the_trail_answers_every_form_of_search(store: Store) -> None:
+    """The trail's index has value indexes for the patient and dates only (SQLite): every other
+    form is still answered, from the candidates those give or over the whole trail."""
+    _trail_of_two_patients(store)
+
+    def ids(rtype: str, where: Expr, scope: Any = OPEN_SCOPE, **query: Any) -> list[str]:
+        return [s.id for s in store.search(Query(rtype, where, **query), scope).matches]
+
+    p1, read = Reference("patient", "Patient", "p1"), Token("action", ANY_SYSTEM, "R")
+    assert sorted(ids("AuditEvent", p1)) == ["e1", "e2"]
+    assert ids("AuditEvent", ReferenceIdentifier("patient", INS_SYSTEM, "ins-p2")) == ["e3"]
+    assert ids("AuditEvent", all_of(p1, read)) == ["e1"]
+    assert ids("AuditEvent", all_of(Token("_id", ANY_SYSTEM, "e2"), p1)) == ["e2"]
+    assert sorted(ids("AuditEvent", read)) == ["e1", "e3"]  # no patient: every event is looked at
+    assert ids("AuditEvent", p1, sort=(SortKey("date", descending=True),)) == ["e2", "e1"]
+    assert ids("AuditEvent", Chain("patient", ("Patient",), String("family", "durand", "start"))) == ["e3"]
+    assert ids("Patient", Has("AuditEvent", "entity", Token("action", ANY_SYSTEM, "C"))) == ["p1"]
+    assert ids("AuditEvent", read, Scope({"AuditEvent": Reference("patient", "Patient", "p2")})) == ["e3"]
+    revinclude = Include("AuditEvent", "entity", reverse=True)
+    found = store.search(
+        Query("DocumentReference", Reference("subject", "Patient", "p1"), includes=(revinclude,)), OPEN_SCOPE
+    )
+    assert [s.id for s in found.included] == ["e1"]
+    found = store.search(
+        Query("AuditEvent", Token("action", ANY_SYSTEM, "C"), includes=(Include("AuditEvent", "patient"),)), OPEN_SCOPE
+    )
+    assert [s.id for s in found.included] == ["p1"]
 
 
 def test_create_read_update_delete_versions(store: Store) -> None:
@@ -478,7 +541,7 @@ def test_an_outbox_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> N
     assert again.pending("alert", now=60) == [(1, b"old", 1)]
     again.close()
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
 
 
 def test_private_records(backend: Callable[..., Store], tmp_path: Path) -> None:
@@ -765,3 +828,59 @@ def test_a_sorted_search_reads_each_match_s_sort_key_from_its_own_index_rows(tmp
     assert any("idx_date_res (res=? AND param=?)" in step for step in plan), plan
     assert not any("idx_date_search" in step for step in plan), plan
     store.close()
+
+
+def _index_rows(conn: sqlite3.Connection, tables: tuple[str, ...], pk: int) -> int:
+    return sum(conn.execute(f"SELECT COUNT(*) FROM {t} WHERE res = ?", (pk,)).fetchone()[0] for t in tables)
+
+
+def _pk(conn: sqlite3.Connection, rtype: str, rid: str) -> int:
+    return int(conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?", (rtype, rid)).fetchone()[0])
+
+
+def test_the_trail_s_index_is_kept_apart_and_a_search_of_it_starts_from_the_patient(tmp_path: Path) -> None:
+    """SQLite keeps the AuditEvents' index rows in tables of their own, whose only value indexes
+    are the patient's and the dates': a search naming the patient starts from them, even when it
+    also names an ``_id`` (which, in the shared tables, would drive the query)."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    _trail_of_two_patients(store)
+    conn = store._conn()
+    event, document = _pk(conn, "AuditEvent", "e1"), _pk(conn, "DocumentReference", "d1")
+    assert _index_rows(conn, TRAIL.tables, event) > 10 and _index_rows(conn, SHARED.tables, event) == 0
+    assert _index_rows(conn, SHARED.tables, document) > 3 and _index_rows(conn, TRAIL.tables, document) == 0
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    query = Query("AuditEvent", all_of(Token("_id", ANY_SYSTEM, "e1"), Reference("patient", "Patient", "p1")))
+    assert [s.id for s in store.search(query, OPEN_SCOPE).matches] == ["e1"]
+    conn.set_trace_callback(None)
+    page = next(s for s in statements if "ORDER BY" in s)
+    plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {page}")]
+    assert any("trail_reference_target" in step for step in plan), plan
+    assert not any(step.startswith("SCAN") for step in plan), plan
+    store.close()
+
+
+def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_once(tmp_path: Path) -> None:
+    """A database of schema 2 kept the trail's index rows with everyone's: the first open moves
+    them, in one transaction, and a later one finds nothing left to move."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    _trail_of_two_patients(store)
+    conn = store._conn()
+    event = _pk(conn, "AuditEvent", "e1")
+    rows = _index_rows(conn, TRAIL.tables, event)
+    for shared, own in zip(SHARED.tables, TRAIL.tables, strict=True):  # as schema 2 wrote them
+        conn.execute(f"INSERT INTO {shared} SELECT * FROM {own}")
+        conn.execute(f"DELETE FROM {own}")
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    store.close()
+    for _ in range(2):
+        reopened = _sqlite(tmp_path)
+        assert isinstance(reopened, SqliteStore)
+        conn = reopened._conn()
+        assert _index_rows(conn, TRAIL.tables, event) == rows and _index_rows(conn, SHARED.tables, event) == 0
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        found = reopened.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE)
+        assert sorted(s.id for s in found.matches) == ["e1", "e2"]
+        reopened.close()

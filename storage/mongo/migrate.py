@@ -49,18 +49,20 @@ from storage.mongo.layout import (
 )
 from storage.mongo.store import MongoStore
 from storage.sqlite.connection import connect_read_only
-from storage.sqlite.schema import VERSION_CONTENT
+from storage.sqlite.schema import SHARED, VERSION_CONTENT, IndexFamily, family_of
 
-#: How each SQLite index table's row (after ``res, param``) becomes a typed value.
+#: How a row of each kind of SQLite index table (after ``res, param``) becomes a typed value.
 _VALUES: dict[str, tuple[str, Callable[..., IndexValue]]] = {
-    "idx_token": ("system, code, text", TokenValue),
-    "idx_string": ("norm, exact", StringValue),
-    "idx_date": ("low, high", DateValue),
-    "idx_number": ("value", NumberValue),
-    "idx_quantity": ("value, system, code", QuantityValue),
-    "idx_reference": ("target_type, target_id, url, id_system, id_value", ReferenceValue),
-    "idx_uri": ("value", UriValue),
+    "token": ("system, code, text", TokenValue),
+    "string": ("norm, exact", StringValue),
+    "date": ("low, high", DateValue),
+    "number": ("value", NumberValue),
+    "quantity": ("value, system, code", QuantityValue),
+    "reference": ("target_type, target_id, url, id_system, id_value", ReferenceValue),
+    "uri": ("value", UriValue),
 }
+#: The first SQLite schema whose trail has index tables of its own (:data:`storage.sqlite.schema.TRAIL`).
+_FAMILIES_SINCE = 3
 
 #: Reports progress: (what, done, of how many).
 Progress = Callable[[str, int, int], None]
@@ -106,6 +108,8 @@ class Migration:
 
     def _resources(self, conn: sqlite3.Connection, progress: Progress) -> None:
         total = int(conn.execute("SELECT COUNT(*) FROM resource").fetchone()[0])
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        families = version is not None and int(version[0]) >= _FAMILIES_SINCE  # else all in the shared tables
         start = self._resume_point()
         after = start - 1  # the last one present is copied again: its batch may not have finished
         while True:
@@ -118,7 +122,7 @@ class Migration:
                 break
             resources, versions = [], []
             for pk, rtype, rid, version, updated, deleted, content in rows:
-                index = self._index(conn, pk)
+                index = self._index(conn, pk, family_of(rtype) if families else SHARED)
                 key = patient_key(rtype, rid, index)
                 blob = None if content is None else bytes(content)
                 sealed = {"content": blob, **_kid(blob)}
@@ -148,9 +152,10 @@ class Migration:
             self._db[collection].replace_one(_filter(doc), doc, upsert=True, session=session)
 
     @staticmethod
-    def _index(conn: sqlite3.Connection, pk: int) -> dict[str, list[IndexValue]]:
+    def _index(conn: sqlite3.Connection, pk: int, family: IndexFamily) -> dict[str, list[IndexValue]]:
         index: dict[str, list[IndexValue]] = {}
-        for table, (columns, build) in _VALUES.items():
+        for kind, (columns, build) in _VALUES.items():
+            table = family.table(kind)
             for param, *values in conn.execute(f"SELECT param, {columns} FROM {table} WHERE res = ?", (pk,)):
                 index.setdefault(param, []).append(build(*values))
         return index

@@ -38,6 +38,7 @@ from storage.query import (
     Uri,
     in_contained,
 )
+from storage.sqlite.schema import family_of
 
 #: The last code point: ``v <= x < v + TOP`` is "x starts with v" on an index.
 TOP = "\U0010ffff"
@@ -47,16 +48,16 @@ _PAIRS_SQL = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FR
 #: Distinct code sets whose JSON is kept: the professions of the matrix, and a few ``:in`` value sets.
 _PAIRS_CACHED = 64
 
-#: Which index table holds each search parameter type.
-TABLE_OF_TYPE = {
-    "token": "idx_token",
-    "string": "idx_string",
-    "date": "idx_date",
-    "number": "idx_number",
-    "quantity": "idx_quantity",
-    "reference": "idx_reference",
-    "uri": "idx_uri",
-    "composite": "idx_token",  # one token per element's combination (fhirmodel.composite)
+#: Which kind of index table (:data:`storage.sqlite.schema.INDEX_KINDS`) holds each search parameter type.
+KIND_OF_TYPE = {
+    "token": "token",
+    "string": "string",
+    "date": "date",
+    "number": "number",
+    "quantity": "quantity",
+    "reference": "reference",
+    "uri": "uri",
+    "composite": "token",  # one token per element's combination (fhirmodel.composite)
 }
 
 #: The scope filter of a resource type, as an expression (given by the store per query).
@@ -123,24 +124,24 @@ class SqlCompiler:
             case Not(item):
                 return f"NOT {self.condition(item, alias, rtype)}"
             case Missing(param, missing):
-                table = self._table(rtype, param)
-                if table is None:
+                kind = self._kind(rtype, param)
+                if kind is None:
                     return "1" if missing else "0"
-                i = self._alias("m")
+                table, i = family_of(rtype).table(kind), self._alias("m")
                 exists = (
                     f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res"
                     f" WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(param)})"
                 )
-                if table == "idx_reference":  # a reference to a contained resource is a value too
-                    exists = f"({exists} OR {self._names_contained(param, alias)})"
+                if kind == "reference":  # a reference to a contained resource is a value too
+                    exists = f"({exists} OR {self._names_contained(param, alias, rtype)})"
                 return f"NOT {exists}" if missing else exists
             case Chain():
                 return self._chain_condition(expr, alias, rtype)
             case Has():
                 return self._has_condition(expr, alias, rtype)
             case _:
-                table, where = self._leaf(expr, "i0", probe=True)
-                i = self._alias("i")
+                kind, where = self._leaf(expr, "i0", probe=True)
+                table, i = family_of(rtype).table(kind), self._alias("i")
                 where = where.replace("i0.", f"{i}.")
                 return (
                     f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res WHERE {i}.res = {alias}.pk AND {where})"
@@ -168,13 +169,14 @@ class SqlCompiler:
                 return None
             case Chain(param, target_types, where, scoped):
                 t, i = self._alias("t"), self._alias("c")
+                references = family_of(rtype).table("reference")
                 branches = []
                 for ttype in target_types:
                     inner = self._filtered(where, ttype) if scoped else where
                     narrowed = self.driver(inner, ttype)
                     restrict = f" AND {t}.pk IN ({narrowed})" if narrowed else ""
                     branches.append(
-                        f"SELECT {i}.res FROM resource {t} JOIN idx_reference {i}"
+                        f"SELECT {i}.res FROM resource {t} JOIN {references} {i}"
                         f" ON {i}.target_type = {t}.type AND {i}.target_id = {t}.id"
                         f" WHERE {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
                         f" AND {i}.param = {self.arg(param)}{restrict}"
@@ -190,9 +192,12 @@ class SqlCompiler:
             case Has():
                 return None
             case _:
-                table, cond = self._leaf(expr, "d0")
+                family = family_of(rtype)
+                if family.lean and not _drives_lean(expr):
+                    return None  # no value index to start from: a condition on the candidates
+                kind, cond = self._leaf(expr, "d0")
                 d = self._alias("d")
-                return f"SELECT {d}.res FROM {table} {d} WHERE " + cond.replace("d0.", f"{d}.")
+                return f"SELECT {d}.res FROM {family.table(kind)} {d} WHERE " + cond.replace("d0.", f"{d}.")
 
     def one_of(self, column: str, values: Iterable[Any]) -> str:
         """SQL boolean: ``column`` is one of ``values``, however many: they travel as one JSON
@@ -200,7 +205,7 @@ class SqlCompiler:
         return f"{column} IN (SELECT value FROM json_each({self.arg(json.dumps(list(values)))}))"
 
     def any_reference_to(self, alias: str, targets: Iterable[tuple[str, str]]) -> str:
-        """SQL boolean: the ``idx_reference`` row ``alias`` points at one of ``targets``
+        """SQL boolean: the reference index row ``alias`` points at one of ``targets``
         (``(type, id)`` pairs), one ``IN`` per type (a ``_revinclude`` of a page of a thousand)."""
         by_type: dict[str, list[str]] = {}
         for rtype, rid in targets:
@@ -223,30 +228,31 @@ class SqlCompiler:
             return scope
         return And((where, scope))
 
-    def _names_contained(self, param: str, alias: str) -> str:
+    def _names_contained(self, param: str, alias: str, rtype: str) -> str:
         """Whether reference parameter ``param`` of ``alias`` points at a contained resource: such
         references have no row of their own, but the target's values are indexed under its name
         (every contained target has its ``_id``, a token)."""
-        prefix = contained_prefix(param)
+        prefix, tokens = contained_prefix(param), family_of(rtype).table("token")
         c = self._alias("k")
         return (
-            f"EXISTS (SELECT 1 FROM idx_token {c} INDEXED BY idx_token_res WHERE {c}.res = {alias}.pk"
+            f"EXISTS (SELECT 1 FROM {tokens} {c} INDEXED BY {tokens}_res WHERE {c}.res = {alias}.pk"
             f" AND {c}.param >= {self.arg(prefix)} AND {c}.param < {self.arg(prefix + TOP)})"
         )
 
-    def _table(self, rtype: str, param: str) -> str | None:
+    def _kind(self, rtype: str, param: str) -> str | None:
+        """The kind of index table of ``param`` (of a contained resource's, for a contained name)."""
         rtype, param = contained_param(param) or (rtype, param)
         ptype = self._param_type(rtype, param)
-        return TABLE_OF_TYPE.get(ptype) if ptype else None
+        return KIND_OF_TYPE.get(ptype) if ptype else None
 
     def _chain_condition(self, expr: Chain, alias: str, rtype: str) -> str:
         """A stored target of the chain matches, or a contained one (:func:`in_contained`)."""
-        branches = []
+        branches, references = [], family_of(rtype).table("reference")
         for ttype in expr.target_types:
             t, i = self._alias("t"), self._alias("c")
             inner = self._filtered(expr.where, ttype) if expr.scoped else expr.where
             branches.append(
-                f"EXISTS (SELECT 1 FROM idx_reference {i} INDEXED BY idx_reference_res JOIN resource {t}"
+                f"EXISTS (SELECT 1 FROM {references} {i} INDEXED BY {references}_res JOIN resource {t}"
                 f" ON {t}.type = {i}.target_type AND {t}.id = {i}.target_id"
                 f" WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(expr.param)}"
                 f" AND {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
@@ -260,8 +266,9 @@ class SqlCompiler:
     def _has_condition(self, expr: Has, alias: str, rtype: str) -> str:
         s, i = self._alias("s"), self._alias("h")
         inner = self._filtered(expr.where, expr.source_type) if expr.scoped else expr.where
+        references = family_of(expr.source_type).table("reference")
         return (
-            f"EXISTS (SELECT 1 FROM idx_reference {i} INDEXED BY idx_reference_target"
+            f"EXISTS (SELECT 1 FROM {references} {i} INDEXED BY {references}_target"
             f" JOIN resource {s} ON {s}.pk = {i}.res"
             f" WHERE {i}.target_id = {alias}.id AND {i}.target_type = {self.arg(rtype)}"
             f" AND {i}.param = {self.arg(expr.param)} AND {s}.type = {self.arg(expr.source_type)}"
@@ -269,7 +276,7 @@ class SqlCompiler:
         )
 
     def _leaf(self, expr: Expr | _OneOf, a: str, *, probe: bool = False) -> tuple[str, str]:
-        """The index table of a value predicate and its condition on the index row alias ``a``:
+        """The kind of index table of a value predicate and its condition on the index row alias ``a``:
         for a ``probe`` of one candidate's own rows, or for a driver that starts from the values."""
         arg = self.arg
         match expr:
@@ -277,12 +284,12 @@ class SqlCompiler:
                 parts = [f"{a}.param = {arg(param)}", self.one_of(f"{a}.code", values)]
                 if system is not ANY_SYSTEM:
                     parts.append(f"{a}.system = {arg(system)}")
-                return "idx_token", " AND ".join(parts)
+                return "token", " AND ".join(parts)
             case _OneOf(Reference(param, target_type), values):
                 parts = [f"{a}.param = {arg(param)}", self.one_of(f"{a}.target_id", values)]
                 if target_type is not None:
                     parts.append(f"{a}.target_type = {arg(target_type)}")
-                return "idx_reference", " AND ".join(parts)
+                return "reference", " AND ".join(parts)
             case Token(param, system, code):
                 parts = [f"{a}.param = {arg(param)}"]
                 if code is not None:
@@ -291,20 +298,20 @@ class SqlCompiler:
                     parts.append(f"{a}.system IS NULL")
                 elif system is not ANY_SYSTEM:
                     parts.append(f"{a}.system = {arg(system)}")
-                return "idx_token", " AND ".join(parts)
+                return "token", " AND ".join(parts)
             case TokenText(param, text):
-                return "idx_token", (
+                return "token", (
                     f"{a}.param = {arg(param)} AND {a}.text >= {arg(text)} AND {a}.text < {arg(text + TOP)}"
                 )
             case TokenIn(param, codes):
                 if not codes:
-                    return "idx_token", "0"
+                    return "token", "0"
                 if probe:
                     # A candidate's own rows are one or two: looked up in one text of the pairs.
                     # The IN below builds a temporary index of the ~100 pairs at every run, which
                     # was most of a read's query time (220 µs against 15 µs this way).
                     keys = arg(_code_system_keys(codes))
-                    return "idx_token", (
+                    return "token", (
                         f"{a}.param = {arg(param)}"
                         f" AND instr({keys}, char(30) || {a}.system || char(31) || {a}.code || char(30)) > 0"
                         f" AND instr({a}.system || {a}.code, char(30)) = 0 AND instr({a}.system, char(31)) = 0"
@@ -312,24 +319,24 @@ class SqlCompiler:
                 # One JSON argument however many codes (the policy's readable types are ~100):
                 # an OR of pairs cost ~0.5 ms of Python per query to build, and SQLite as much to prepare.
                 pairs = _PAIRS_SQL.format(arg(_code_system_pairs(codes)))
-                return "idx_token", f"{a}.param = {arg(param)} AND ({a}.code, {a}.system) IN ({pairs})"
+                return "token", f"{a}.param = {arg(param)} AND ({a}.code, {a}.system) IN ({pairs})"
             case String(param, value, mode):
                 head = f"{a}.param = {arg(param)} AND "
                 if mode == "exact":
-                    return "idx_string", head + f"{a}.exact = {arg(value)}"
+                    return "string", head + f"{a}.exact = {arg(value)}"
                 if mode == "contains":
-                    return "idx_string", head + f"instr({a}.norm, {arg(value)}) > 0"
-                return "idx_string", head + f"{a}.norm >= {arg(value)} AND {a}.norm < {arg(value + TOP)}"
+                    return "string", head + f"instr({a}.norm, {arg(value)}) > 0"
+                return "string", head + f"{a}.norm >= {arg(value)} AND {a}.norm < {arg(value + TOP)}"
             case DateRange(param, prefix, low, high):
-                return "idx_date", f"{a}.param = {arg(param)} AND " + self._date(a, prefix, low, high)
+                return "date", f"{a}.param = {arg(param)} AND " + self._date(a, prefix, low, high)
             case NumberRange():
-                table = "idx_quantity" if expr.quantity else "idx_number"
+                kind = "quantity" if expr.quantity else "number"
                 parts = [f"{a}.param = {arg(expr.param)}", self._number(a, expr)]
                 if expr.quantity and expr.system is not None:
                     parts.append(f"{a}.system = {arg(expr.system)}")
                 if expr.quantity and expr.code is not None:
                     parts.append(f"{a}.code = {arg(expr.code)}")
-                return table, " AND ".join(parts)
+                return kind, " AND ".join(parts)
             case Reference(param, target_type, target_id, url):
                 parts = [f"{a}.param = {arg(param)}"]
                 if url is not None:
@@ -338,19 +345,19 @@ class SqlCompiler:
                     parts.append(f"{a}.target_id = {arg(target_id)}")
                     if target_type is not None:
                         parts.append(f"{a}.target_type = {arg(target_type)}")
-                return "idx_reference", " AND ".join(parts)
+                return "reference", " AND ".join(parts)
             case ReferenceIdentifier(param, system, value):
                 parts = [f"{a}.param = {arg(param)}", f"{a}.id_value = {arg(value)}"]
                 if system is not None:
                     parts.append(f"{a}.id_system = {arg(system)}")
-                return "idx_reference", " AND ".join(parts)
+                return "reference", " AND ".join(parts)
             case Uri(param, value, mode):
                 head = f"{a}.param = {arg(param)} AND "
                 if mode == "below":
-                    return "idx_uri", head + f"{a}.value >= {arg(value)} AND {a}.value < {arg(value + TOP)}"
+                    return "uri", head + f"{a}.value >= {arg(value)} AND {a}.value < {arg(value + TOP)}"
                 if mode == "above":
-                    return "idx_uri", head + f"substr({arg(value)}, 1, length({a}.value)) = {a}.value"
-                return "idx_uri", head + f"{a}.value = {arg(value)}"
+                    return "uri", head + f"substr({arg(value)}, 1, length({a}.value)) = {a}.value"
+                return "uri", head + f"{a}.value = {arg(value)}"
         raise TypeError(f"not a value predicate: {expr!r}")
 
     def _date(self, a: str, prefix: str, low: int, high: int) -> str:
@@ -544,6 +551,17 @@ def _cheapest_first(items: Iterable[Expr | _OneOf]) -> list[Expr | _OneOf]:
     many documents of the second kind the chains were all evaluated first (a read's visibility
     query took 74–87 µs that way, 55–64 µs this way); the order changes nothing else."""
     return sorted(items, key=_probes)
+
+
+def _drives_lean(expr: Expr | _OneOf) -> bool:
+    """Whether a value predicate can start a search in a lean family (:class:`storage.sqlite.schema.IndexFamily`): a
+    reference by its target or its identifier, or a date."""
+    match expr:
+        case Reference(target_id=tid, url=None) if tid is not None:
+            return True
+        case _OneOf(like=Reference()) | ReferenceIdentifier() | DateRange():
+            return True
+    return False
 
 
 def _by_selectivity(items: tuple[Expr, ...]) -> list[Expr]:

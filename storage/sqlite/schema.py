@@ -4,11 +4,100 @@ The index tables follow HAPI FHIR's ``HFJ_SPIDX_*`` idea: one row per indexed va
 resource's ``pk``. Each has a "search" index (parameter and value first, ``res`` last, so that
 a query can start from the index and fetch few resources) and a ``(res, param)`` index for
 probing a candidate resource and for re-indexing on update.
+
+The access trail's index rows live apart, in ``trail_*`` tables of the same shapes (see
+:data:`TRAIL`).
 """
 
-SCHEMA_VERSION = 2
+from dataclasses import dataclass
 
-DDL = """
+SCHEMA_VERSION = 3
+
+#: The value columns of each kind of index table, after ``res`` and ``param``.
+_VALUE_COLUMNS = {
+    "token": "system TEXT, code TEXT, text TEXT",
+    "string": "norm TEXT NOT NULL, exact TEXT NOT NULL",
+    "date": "low INTEGER NOT NULL, high INTEGER NOT NULL",
+    "number": "value REAL NOT NULL",
+    "quantity": "value REAL NOT NULL, system TEXT, code TEXT",
+    "reference": "target_type TEXT, target_id TEXT, url TEXT, id_system TEXT, id_value TEXT",
+    "uri": "value TEXT NOT NULL",
+}
+#: The kinds of index table, one per kind of value (a composite's values are tokens).
+INDEX_KINDS = tuple(_VALUE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class IndexFamily:
+    """A set of index tables, one per kind: ``{prefix}_{kind}``.
+
+    ``lean``: only what drives a search of the trail has a value index — a reference by its target
+    or its identifier, and dates; any other parameter is checked on the candidates those give, by
+    their own rows (the ``(res, param)`` index every table has).
+    """
+
+    prefix: str
+    lean: bool = False
+
+    def table(self, kind: str) -> str:
+        return f"{self.prefix}_{kind}"
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(self.table(kind) for kind in INDEX_KINDS)
+
+
+#: The index of every resource type but the trail's.
+SHARED = IndexFamily("idx")
+#: The index of the access trail (R17: one AuditEvent per request about a record). Why apart:
+#: most of the rows a busy server writes are the trail's (23 index values per event), and in the
+#: shared tables each went into a value index where it landed on a page of its own — a read wrote
+#: 66 pages to the WAL, 56 of them for its event's index. The trail is append-only and always
+#: searched within one patient's record (the policy binds every AuditEvent query to a patient),
+#: so it needs value indexes for that binding and for dates only; and the shared tables stay the
+#: size of the documents, however long the trail grows.
+TRAIL = IndexFamily("trail", lean=True)
+#: The resource types whose index is not in :data:`SHARED`.
+FAMILY_OF_TYPE = {"AuditEvent": TRAIL}
+
+
+def family_of(resource_type: str) -> IndexFamily:
+    """The index tables of ``resource_type``'s values."""
+    return FAMILY_OF_TYPE.get(resource_type, SHARED)
+
+
+def _index_tables(family: IndexFamily) -> str:
+    """A family's tables, each with its ``(res, param)`` index; their value indexes are written out."""
+    return "".join(
+        f"CREATE TABLE IF NOT EXISTS {family.table(kind)} (\n"
+        f"    res INTEGER NOT NULL REFERENCES resource (pk) ON DELETE CASCADE,\n"
+        f"    param TEXT NOT NULL, {columns}\n);\n"
+        f"CREATE INDEX IF NOT EXISTS {family.table(kind)}_res ON {family.table(kind)} (res, param);\n"
+        for kind, columns in _VALUE_COLUMNS.items()
+    )
+
+
+#: What a search can start from: every parameter's values in the shared tables, the patient and
+#: the dates in the trail's (:data:`TRAIL`).
+_VALUE_INDEXES = """
+CREATE INDEX IF NOT EXISTS idx_token_search ON idx_token (param, code, system, res);
+CREATE INDEX IF NOT EXISTS idx_token_text ON idx_token (param, text) WHERE text IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_string_search ON idx_string (param, norm, res);
+CREATE INDEX IF NOT EXISTS idx_date_search ON idx_date (param, low, high, res);
+CREATE INDEX IF NOT EXISTS idx_number_search ON idx_number (param, value, res);
+CREATE INDEX IF NOT EXISTS idx_quantity_search ON idx_quantity (param, value, res);
+CREATE INDEX IF NOT EXISTS idx_reference_search ON idx_reference (param, target_id, target_type, res);
+CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (target_id, target_type, param);
+CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (param, url) WHERE url IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_reference_ident ON idx_reference (param, id_value) WHERE id_value IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_uri_search ON idx_uri (param, value, res);
+CREATE INDEX IF NOT EXISTS trail_date_search ON trail_date (param, low, high, res);
+CREATE INDEX IF NOT EXISTS trail_reference_target ON trail_reference (target_id, target_type, param, res);
+CREATE INDEX IF NOT EXISTS trail_reference_ident ON trail_reference (param, id_value) WHERE id_value IS NOT NULL;
+"""
+
+DDL = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 CREATE TABLE IF NOT EXISTS resource (
@@ -34,59 +123,11 @@ CREATE TABLE IF NOT EXISTS version (
 );
 CREATE INDEX IF NOT EXISTS version_time ON version (last_updated);
 
-CREATE TABLE IF NOT EXISTS idx_token (
-    res INTEGER NOT NULL REFERENCES resource (pk) ON DELETE CASCADE,
-    param TEXT NOT NULL, system TEXT, code TEXT, text TEXT
-);
-CREATE INDEX IF NOT EXISTS idx_token_search ON idx_token (param, code, system, res);
-CREATE INDEX IF NOT EXISTS idx_token_text ON idx_token (param, text) WHERE text IS NOT NULL;
-CREATE INDEX IF NOT EXISTS idx_token_res ON idx_token (res, param);
-
-CREATE TABLE IF NOT EXISTS idx_string (
-    res INTEGER NOT NULL REFERENCES resource (pk) ON DELETE CASCADE,
-    param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_string_search ON idx_string (param, norm, res);
-CREATE INDEX IF NOT EXISTS idx_string_res ON idx_string (res, param);
-
-CREATE TABLE IF NOT EXISTS idx_date (
-    res INTEGER NOT NULL REFERENCES resource (pk) ON DELETE CASCADE,
-    param TEXT NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_date_search ON idx_date (param, low, high, res);
-CREATE INDEX IF NOT EXISTS idx_date_res ON idx_date (res, param);
-
-CREATE TABLE IF NOT EXISTS idx_number (
-    res INTEGER NOT NULL REFERENCES resource (pk) ON DELETE CASCADE,
-    param TEXT NOT NULL, value REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_number_search ON idx_number (param, value, res);
-CREATE INDEX IF NOT EXISTS idx_number_res ON idx_number (res, param);
-
-CREATE TABLE IF NOT EXISTS idx_quantity (
-    res INTEGER NOT NULL REFERENCES resource (pk) ON DELETE CASCADE,
-    param TEXT NOT NULL, value REAL NOT NULL, system TEXT, code TEXT
-);
-CREATE INDEX IF NOT EXISTS idx_quantity_search ON idx_quantity (param, value, res);
-CREATE INDEX IF NOT EXISTS idx_quantity_res ON idx_quantity (res, param);
-
-CREATE TABLE IF NOT EXISTS idx_reference (
-    res INTEGER NOT NULL REFERENCES resource (pk) ON DELETE CASCADE,
-    param TEXT NOT NULL, target_type TEXT, target_id TEXT, url TEXT, id_system TEXT, id_value TEXT
-);
-CREATE INDEX IF NOT EXISTS idx_reference_search ON idx_reference (param, target_id, target_type, res);
-CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (target_id, target_type, param);
-CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (param, url) WHERE url IS NOT NULL;
-CREATE INDEX IF NOT EXISTS idx_reference_ident ON idx_reference (param, id_value) WHERE id_value IS NOT NULL;
-CREATE INDEX IF NOT EXISTS idx_reference_res ON idx_reference (res, param);
-
-CREATE TABLE IF NOT EXISTS idx_uri (
-    res INTEGER NOT NULL REFERENCES resource (pk) ON DELETE CASCADE,
-    param TEXT NOT NULL, value TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_uri_search ON idx_uri (param, value, res);
-CREATE INDEX IF NOT EXISTS idx_uri_res ON idx_uri (res, param);
-
+"""
+    + _index_tables(SHARED)
+    + _index_tables(TRAIL)
+    + _VALUE_INDEXES
+    + """
 CREATE TABLE IF NOT EXISTS search_session (
     key TEXT PRIMARY KEY, expires INTEGER NOT NULL, data BLOB NOT NULL
 );
@@ -105,6 +146,8 @@ CREATE TABLE IF NOT EXISTS record (
 );
 CREATE INDEX IF NOT EXISTS record_expires ON record (expires) WHERE expires IS NOT NULL;
 """
+)
+
 
 #: Columns added since version 1, per table: (name, definition). A database written by an older
 #: server gets them on open (``ALTER TABLE ... ADD COLUMN``, only where missing), so an upgrade
@@ -113,16 +156,6 @@ CREATE INDEX IF NOT EXISTS record_expires ON record (expires) WHERE expires IS N
 ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "outbox": (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("due", "INTEGER")),
 }
-
-INDEX_TABLES = (
-    "idx_token",
-    "idx_string",
-    "idx_date",
-    "idx_number",
-    "idx_quantity",
-    "idx_reference",
-    "idx_uri",
-)
 
 #: A version's content, in a query joining ``version v`` to its ``resource r``. The current
 #: version's is the resource row's (its version row holds none: one copy, not two); a version

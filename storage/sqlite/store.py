@@ -59,7 +59,7 @@ from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query
 from storage.sealing import check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
 from storage.sqlite import dbkey
 from storage.sqlite.compiled import CompiledFragments
-from storage.sqlite.compiler import TABLE_OF_TYPE, ParamType, SqlCompiler
+from storage.sqlite.compiler import KIND_OF_TYPE, ParamType, SqlCompiler
 from storage.sqlite.connection import (
     DEFAULT_SETTINGS,
     OperationalError,
@@ -70,34 +70,43 @@ from storage.sqlite.connection import (
 )
 from storage.sqlite.encrypt import encrypt_in_place, is_plaintext
 from storage.sqlite.rekey import settle
-from storage.sqlite.schema import ADDED_COLUMNS, DDL, INDEX_TABLES, SCHEMA_VERSION, VERSION_CONTENT
+from storage.sqlite.schema import (
+    ADDED_COLUMNS,
+    DDL,
+    FAMILY_OF_TYPE,
+    SCHEMA_VERSION,
+    SHARED,
+    VERSION_CONTENT,
+    family_of,
+)
 from storage.sqlite.writer import WriterLock
 from storage.stamp import stamp
 
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
 
-#: Sort expression per parameter type: the lowest value ascending, the highest descending (R4 §3.1.1.5.6).
+#: Sort expression per kind of index table: the lowest value ascending, the highest descending (R4 §3.1.1.5.6).
 _SORT_COLUMN: dict[str, str | tuple[str, str]] = {
-    "idx_token": "code",
-    "idx_string": "norm",
-    "idx_date": ("low", "high"),
-    "idx_number": "value",
-    "idx_quantity": "value",
-    "idx_reference": "target_id",
-    "idx_uri": "value",
+    "token": "code",
+    "string": "norm",
+    "date": ("low", "high"),
+    "number": "value",
+    "quantity": "value",
+    "reference": "target_id",
+    "uri": "value",
 }
+#: Per kind of value: its kind of index table, that table's value columns, and their values.
 _INSERTS = {
-    TokenValue: ("idx_token", "system, code, text", lambda v: (v.system, v.code, v.text)),
-    StringValue: ("idx_string", "norm, exact", lambda v: (v.norm, v.exact)),
-    DateValue: ("idx_date", "low, high", lambda v: (v.low, v.high)),
-    NumberValue: ("idx_number", "value", lambda v: (v.value,)),
-    QuantityValue: ("idx_quantity", "value, system, code", lambda v: (v.value, v.system, v.code)),
+    TokenValue: ("token", "system, code, text", lambda v: (v.system, v.code, v.text)),
+    StringValue: ("string", "norm, exact", lambda v: (v.norm, v.exact)),
+    DateValue: ("date", "low, high", lambda v: (v.low, v.high)),
+    NumberValue: ("number", "value", lambda v: (v.value,)),
+    QuantityValue: ("quantity", "value, system, code", lambda v: (v.value, v.system, v.code)),
     ReferenceValue: (
-        "idx_reference",
+        "reference",
         "target_type, target_id, url, id_system, id_value",
         lambda v: (v.target_type, v.target_id, v.url, v.identifier_system, v.identifier_value),
     ),
-    UriValue: ("idx_uri", "value", lambda v: (v.value,)),
+    UriValue: ("uri", "value", lambda v: (v.value,)),
 }
 _STORED_COLUMNS = f"r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, {VERSION_CONTENT}"
 #: The current version straight from ``resource``: one row per match, no join to ``version``.
@@ -149,6 +158,7 @@ class SqliteStore(Store):
         conn = self._conn()
         conn.executescript(DDL)
         self._migrate(conn)
+        self._move_to_families()
         try:
             self._check_keys()
         except MasterKeyError:
@@ -173,7 +183,7 @@ class SqliteStore(Store):
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        """Bring a database written by an older server up to :data:`SCHEMA_VERSION`.
+        """Add the columns a database written by an older server lacks.
 
         ``CREATE TABLE IF NOT EXISTS`` leaves an existing table as it was: columns added since are
         added here, each only if missing, so that opening twice, or two processes opening at
@@ -189,8 +199,24 @@ class SqliteStore(Store):
                 except OperationalError as exc:
                     if "duplicate column" not in str(exc):
                         raise
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    def _move_to_families(self) -> None:
+        """Move the index rows a database before version 3 kept in the shared tables to their own
+        family's (the trail's, :data:`storage.sqlite.schema.TRAIL`); then record the version.
+
+        One transaction under the writer lock, the version read inside it: two processes opening
+        an old database at once move the rows once, and a crash moves none. A long trail takes a
+        while, once (about 23 rows per AuditEvent are copied and deleted)."""
+        with self.transaction():
+            conn = self._conn()
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None or int(row[0]) < 3:
+                for rtype, family in FAMILY_OF_TYPE.items():
+                    for shared, own in zip(SHARED.tables, family.tables, strict=True):
+                        rows = "res IN (SELECT pk FROM resource WHERE type = ?)"
+                        conn.execute(f"INSERT INTO {own} SELECT * FROM {shared} WHERE {rows}", (rtype,))
+                        conn.execute(f"DELETE FROM {shared} WHERE {rows}", (rtype,))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def _check_keys(self) -> None:
         """Refuse to start when the data and the keys do not belong together.
@@ -312,14 +338,14 @@ class SqliteStore(Store):
         """Replace the index rows of ``pk``. A ``fresh`` row (just inserted) has none to delete:
         they go with their resource (``ON DELETE CASCADE``), so a reused ``pk`` starts empty too,
         and the seven deletes are skipped on every create (an AuditEvent per request is one)."""
-        conn = self._conn()
-        for table in () if fresh else INDEX_TABLES:
+        conn, family = self._conn(), family_of(resource["resourceType"])
+        for table in () if fresh else family.tables:
             conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
         rows: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
         for param, values in self._indexer(resource).items():
             for value in values:
-                table, columns, row = _INSERTS[type(value)]
-                rows.setdefault((table, columns), []).append((pk, param, *row(value)))
+                kind, columns, row = _INSERTS[type(value)]
+                rows.setdefault((family.table(kind), columns), []).append((pk, param, *row(value)))
         for (table, columns), batch in rows.items():
             marks = ", ".join("?" * (len(columns.split(",")) + 2))
             conn.executemany(f"INSERT INTO {table} (res, param, {columns}) VALUES ({marks})", batch)
@@ -424,7 +450,7 @@ class SqliteStore(Store):
             previous = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
             conn.execute("PRAGMA secure_delete = ON")
             try:
-                for table in INDEX_TABLES:
+                for table in family_of(resource_type).tables:
                     conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
                 versions = conn.execute("DELETE FROM version WHERE res = ?", (pk,)).rowcount
                 conn.execute("DELETE FROM resource WHERE pk = ?", (pk,))
@@ -534,11 +560,10 @@ class SqliteStore(Store):
     def _order(self, compiler: SqlCompiler, rtype: str, sort: tuple[SortKey, ...]) -> str:
         keys: list[str] = []
         for key in sort:
-            ptype = self._param_type(rtype, key.param)
-            table = TABLE_OF_TYPE.get(ptype or "")
-            if table is None:
+            kind = KIND_OF_TYPE.get(self._param_type(rtype, key.param) or "")
+            if kind is None:
                 continue
-            column = _SORT_COLUMN[table]
+            table, column = family_of(rtype).table(kind), _SORT_COLUMN[kind]
             if not isinstance(column, str):
                 column = column[1] if key.descending else column[0]
             agg = "MAX" if key.descending else "MIN"
@@ -587,6 +612,7 @@ class SqliteStore(Store):
     def _include_one(self, sources: list[Stored], inc: Include, scope: AccessScope) -> list[Stored]:
         conn = self._conn()
         compiler = self._compiler(scope)
+        references = family_of(inc.source_type).table("reference")  # the references are the source's
         if not inc.reverse:
             marks = compiler.one_of("i.res", (s.pk for s in sources))
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
@@ -594,7 +620,7 @@ class SqliteStore(Store):
             type_cond = f" AND t.type = {compiler.arg(inc.target_type)}" if inc.target_type else ""
             scope_sql = self._scope_sql(compiler, scope, "t", target_types)
             sql = (
-                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
+                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM {references} i"
                 " JOIN resource t ON t.type = i.target_type AND t.id = i.target_id"
                 f" WHERE {marks}{param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
             )
@@ -603,7 +629,7 @@ class SqliteStore(Store):
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
             scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type])
             sql = (
-                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM idx_reference i"
+                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM {references} i"
                 " JOIN resource t ON t.pk = i.res"
                 f" WHERE ({targets}){param_cond} AND t.type = {compiler.arg(inc.source_type)}"
                 f" AND t.deleted = 0 AND {scope_sql}"
