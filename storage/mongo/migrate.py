@@ -49,7 +49,7 @@ from storage.mongo.layout import (
 )
 from storage.mongo.store import MongoStore
 from storage.sqlite.connection import connect_read_only
-from storage.sqlite.schema import SHARED, VERSION_CONTENT, IndexFamily, family_of
+from storage.sqlite.schema import FAMILIES_SINCE, SHARED, VERSION_CONTENT, IndexFamily, family_of
 
 #: How a row of each kind of SQLite index table (after ``res, param``) becomes a typed value.
 _VALUES: dict[str, tuple[str, Callable[..., IndexValue]]] = {
@@ -61,8 +61,6 @@ _VALUES: dict[str, tuple[str, Callable[..., IndexValue]]] = {
     "reference": ("target_type, target_id, url, id_system, id_value", ReferenceValue),
     "uri": ("value", UriValue),
 }
-#: The first SQLite schema whose trail has index tables of its own (:data:`storage.sqlite.schema.TRAIL`).
-_FAMILIES_SINCE = 3
 
 #: Reports progress: (what, done, of how many).
 Progress = Callable[[str, int, int], None]
@@ -109,7 +107,7 @@ class Migration:
     def _resources(self, conn: sqlite3.Connection, progress: Progress) -> None:
         total = int(conn.execute("SELECT COUNT(*) FROM resource").fetchone()[0])
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        families = version is not None and int(version[0]) >= _FAMILIES_SINCE  # else all in the shared tables
+        families = version is not None and int(version[0]) >= FAMILIES_SINCE  # else all in the shared tables
         start = self._resume_point()
         after = start - 1  # the last one present is copied again: its batch may not have finished
         while True:

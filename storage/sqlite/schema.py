@@ -12,6 +12,8 @@ The access trail's index rows live apart, in ``trail_*`` tables of the same shap
 from dataclasses import dataclass
 
 SCHEMA_VERSION = 3
+#: The first schema whose trail has index tables of its own (:data:`TRAIL`).
+FAMILIES_SINCE = 3
 
 #: The value columns of each kind of index table, after ``res`` and ``param``.
 _VALUE_COLUMNS = {

@@ -73,6 +73,7 @@ from storage.sqlite.rekey import settle
 from storage.sqlite.schema import (
     ADDED_COLUMNS,
     DDL,
+    FAMILIES_SINCE,
     FAMILY_OF_TYPE,
     SCHEMA_VERSION,
     SHARED,
@@ -210,7 +211,10 @@ class SqliteStore(Store):
         with self.transaction():
             conn = self._conn()
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None or int(row[0]) < 3:
+            version = 0 if row is None else int(row[0])
+            if version == SCHEMA_VERSION:
+                return
+            if version < FAMILIES_SINCE:
                 for rtype, family in FAMILY_OF_TYPE.items():
                     for shared, own in zip(SHARED.tables, family.tables, strict=True):
                         rows = "res IN (SELECT pk FROM resource WHERE type = ?)"
