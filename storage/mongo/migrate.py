@@ -49,17 +49,17 @@ from storage.mongo.layout import (
 )
 from storage.mongo.store import MongoStore
 from storage.sqlite.connection import connect_read_only
-from storage.sqlite.schema import FAMILIES_SINCE, SHARED, VERSION_CONTENT, IndexFamily, family_of
+from storage.sqlite.schema import COLUMN_NAMES, FAMILIES_SINCE, SHARED, VERSION_CONTENT, IndexFamily, family_of
 
-#: How a row of each kind of SQLite index table (after ``res, param``) becomes a typed value.
-_VALUES: dict[str, tuple[str, Callable[..., IndexValue]]] = {
-    "token": ("system, code, text", TokenValue),
-    "string": ("norm, exact", StringValue),
-    "date": ("low, high", DateValue),
-    "number": ("value", NumberValue),
-    "quantity": ("value, system, code", QuantityValue),
-    "reference": ("target_type, target_id, url, id_system, id_value", ReferenceValue),
-    "uri": ("value", UriValue),
+#: How a row of each kind of SQLite index table (its :data:`COLUMN_NAMES`) becomes a typed value.
+_VALUES: dict[str, Callable[..., IndexValue]] = {
+    "token": TokenValue,
+    "string": StringValue,
+    "date": DateValue,
+    "number": NumberValue,
+    "quantity": QuantityValue,
+    "reference": ReferenceValue,
+    "uri": UriValue,
 }
 
 #: Reports progress: (what, done, of how many).
@@ -152,8 +152,8 @@ class Migration:
     @staticmethod
     def _index(conn: sqlite3.Connection, pk: int, family: IndexFamily) -> dict[str, list[IndexValue]]:
         index: dict[str, list[IndexValue]] = {}
-        for kind, (columns, build) in _VALUES.items():
-            table = family.table(kind)
+        for kind, build in _VALUES.items():
+            columns, table = COLUMN_NAMES[kind], family.table(kind)
             for param, *values in conn.execute(f"SELECT param, {columns} FROM {table} WHERE res = ?", (pk,)):
                 index.setdefault(param, []).append(build(*values))
         return index

@@ -38,7 +38,7 @@ from storage.query import (
     Uri,
     in_contained,
 )
-from storage.sqlite.schema import family_of
+from storage.sqlite.schema import INDEX_KINDS, family_of
 
 #: The last code point: ``v <= x < v + TOP`` is "x starts with v" on an index.
 TOP = "\U0010ffff"
@@ -50,13 +50,7 @@ _PAIRS_CACHED = 64
 
 #: Which kind of index table (:data:`storage.sqlite.schema.INDEX_KINDS`) holds each search parameter type.
 KIND_OF_TYPE = {
-    "token": "token",
-    "string": "string",
-    "date": "date",
-    "number": "number",
-    "quantity": "quantity",
-    "reference": "reference",
-    "uri": "uri",
+    **{kind: kind for kind in INDEX_KINDS},
     "composite": "token",  # one token per element's combination (fhirmodel.composite)
 }
 

@@ -27,6 +27,10 @@ _VALUE_COLUMNS = {
 }
 #: The kinds of index table, one per kind of value (a composite's values are tokens).
 INDEX_KINDS = tuple(_VALUE_COLUMNS)
+#: The value columns' names of each kind of index table, as a statement lists them.
+COLUMN_NAMES = {
+    kind: ", ".join(column.split()[0] for column in columns.split(", ")) for kind, columns in _VALUE_COLUMNS.items()
+}
 
 
 @dataclass(frozen=True)

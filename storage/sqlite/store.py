@@ -72,6 +72,7 @@ from storage.sqlite.encrypt import encrypt_in_place, is_plaintext
 from storage.sqlite.rekey import settle
 from storage.sqlite.schema import (
     ADDED_COLUMNS,
+    COLUMN_NAMES,
     DDL,
     FAMILIES_SINCE,
     FAMILY_OF_TYPE,
@@ -95,19 +96,18 @@ _SORT_COLUMN: dict[str, str | tuple[str, str]] = {
     "reference": "target_id",
     "uri": "value",
 }
-#: Per kind of value: its kind of index table, that table's value columns, and their values.
-_INSERTS = {
-    TokenValue: ("token", "system, code, text", lambda v: (v.system, v.code, v.text)),
-    StringValue: ("string", "norm, exact", lambda v: (v.norm, v.exact)),
-    DateValue: ("date", "low, high", lambda v: (v.low, v.high)),
-    NumberValue: ("number", "value", lambda v: (v.value,)),
-    QuantityValue: ("quantity", "value, system, code", lambda v: (v.value, v.system, v.code)),
+#: Per kind of value: its kind of index table, and its values in that table's columns (:data:`COLUMN_NAMES`).
+_INSERTS: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
+    TokenValue: ("token", lambda v: (v.system, v.code, v.text)),
+    StringValue: ("string", lambda v: (v.norm, v.exact)),
+    DateValue: ("date", lambda v: (v.low, v.high)),
+    NumberValue: ("number", lambda v: (v.value,)),
+    QuantityValue: ("quantity", lambda v: (v.value, v.system, v.code)),
     ReferenceValue: (
         "reference",
-        "target_type, target_id, url, id_system, id_value",
         lambda v: (v.target_type, v.target_id, v.url, v.identifier_system, v.identifier_value),
     ),
-    UriValue: ("uri", "value", lambda v: (v.value,)),
+    UriValue: ("uri", lambda v: (v.value,)),
 }
 _STORED_COLUMNS = f"r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, {VERSION_CONTENT}"
 #: The current version straight from ``resource``: one row per match, no join to ``version``.
@@ -345,14 +345,14 @@ class SqliteStore(Store):
         conn, family = self._conn(), family_of(resource["resourceType"])
         for table in () if fresh else family.tables:
             conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
-        rows: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        rows: dict[str, list[tuple[Any, ...]]] = {}
         for param, values in self._indexer(resource).items():
             for value in values:
-                kind, columns, row = _INSERTS[type(value)]
-                rows.setdefault((family.table(kind), columns), []).append((pk, param, *row(value)))
-        for (table, columns), batch in rows.items():
-            marks = ", ".join("?" * (len(columns.split(",")) + 2))
-            conn.executemany(f"INSERT INTO {table} (res, param, {columns}) VALUES ({marks})", batch)
+                kind, row = _INSERTS[type(value)]
+                rows.setdefault(kind, []).append((pk, param, *row(value)))
+        for kind, batch in rows.items():
+            table, marks = family.table(kind), ", ".join("?" * len(batch[0]))
+            conn.executemany(f"INSERT INTO {table} (res, param, {COLUMN_NAMES[kind]}) VALUES ({marks})", batch)
 
     def create(self, resource: dict[str, Any], *, method: str = "POST") -> Stored:
         with self.transaction():
