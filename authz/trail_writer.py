@@ -5,10 +5,13 @@ transaction of its own, each request's AuditEvent takes the store's single write
 workers) and waits for its own sync to disk (``synchronous=FULL``): reads queue behind each other
 as if they were writes. Databases solve the same problem for their own log by *group commit*, and
 so does this: a request queues its event and waits; one waiting request — the first to find
-nobody committing — takes the queued events (at most :data:`MAX_BATCH`), writes them all in one
-transaction, and wakes the others once it has committed. While it commits, the next requests
-queue, and their batch follows. Each request still answers only once its own event is durable,
-and the cost of a commit (the writer lock, ``BEGIN``, the sync) is shared by the batch.
+nobody committing — opens a transaction, takes the queued events (at most :data:`MAX_BATCH`),
+writes them all, and wakes the others once it has committed. It takes them only once the
+transaction is open: the store's writer is shared by every worker process, and the events queued
+while another process held it join the batch that waited for it, instead of waiting for one more
+commit. While a batch commits, the next requests queue, and their batch follows. Each request
+still answers only once its own event is durable, and the cost of a commit (the writer lock,
+``BEGIN``, the sync) is shared by the batch.
 
 The committer is one of the waiting requests rather than a thread of its own: a request waits for
 its batch anyway, so nothing is lost, one thread hand-off is saved, and there is nothing to start,
@@ -89,28 +92,35 @@ class TrailWriter:
     def _lead(self) -> None:
         """Commit the next batch (called holding the lock, released meanwhile). It may not hold the
         caller's own event, when more than a batch was waiting: the caller then waits on."""
-        batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
         self._committing = True
         self._changed.release()
         try:
-            self._commit(batch)
+            self._commit()
         finally:
             self._changed.acquire()
             self._committing = False
             self._changed.notify_all()
 
-    def _commit(self, batch: list[_Pending]) -> None:
-        """One transaction for ``batch``; every entry done, each with its error if it has one.
-        Only what stops the thread itself (``SystemExit``...) is raised: the committer answers for
-        its own event only."""
+    def _take(self) -> list[_Pending]:
+        """The next batch, off the queue."""
+        with self._changed:
+            return [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+
+    def _commit(self) -> None:
+        """One transaction for the next batch; every entry done, each with its error if it has
+        one. Only what stops the thread itself (``SystemExit``...) is raised: the committer
+        answers for its own event only."""
+        batch: list[_Pending] = []
         try:
             with self._store.transaction():
+                batch = self._take()  # now that the writer is ours: see the module doc
                 for pending in batch:
                     try:
                         self._write(pending.event, pending.alert)
                     except Exception as exc:  # its savepoint is rolled back: the others go on
                         pending.error = exc
         except BaseException as exc:  # nothing of the batch is stored
+            batch = batch or self._take()  # refused before it was taken: the batch it was for
             for pending in batch:
                 if pending.error is None:
                     pending.error = exc

@@ -61,11 +61,11 @@ class RefusingCommits(SqliteStore):
 
 
 class Observed(SqliteStore):
-    """A store that counts the events each of its transactions writes, and can hold its next
-    transaction open (before it writes anything) until :attr:`release` is set."""
+    """A store that counts the events each of its transactions writes, and can hold its first
+    batch open (while it writes its first event) until :attr:`release` is set."""
 
     batches: list[int]
-    held: threading.Event  # set once the held transaction has begun
+    held: threading.Event  # set once the held batch is being written
     release: threading.Event
     refuse_after_hold: bool
 
@@ -84,14 +84,15 @@ class Observed(SqliteStore):
             return
         first = not self.held.is_set()
         with super().transaction():
-            self.held.set()
-            assert self.release.wait(timeout=60), "the test never released the held transaction"
             self.batches.append(0)
             yield
             if self.refuse_after_hold and not first:
                 raise OperationalError("disk I/O error")
 
     def create(self, resource: dict[str, Any], *, method: str = "POST") -> Any:
+        if resource["resourceType"] == "AuditEvent" and not self.held.is_set():
+            self.held.set()
+            assert self.release.wait(timeout=60), "the test never released the held batch"
         stored = super().create(resource, method=method)
         if resource["resourceType"] == "AuditEvent":
             self.batches[-1] += 1
@@ -214,10 +215,11 @@ def trail_events(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def queued_while_held(writer: TrailWriter, store: Observed, events: list[dict[str, Any]]) -> list[Exception | None]:
-    """Write ``events[0]`` in a held transaction, let the others queue meanwhile, then release it:
-    what each writer got (None: stored)."""
-    outcomes: list[Exception | None] = [None] * len(events)
+def writer_threads(
+    writer: TrailWriter, events: list[dict[str, Any]], outcomes: list[Exception | None]
+) -> list[threading.Thread]:
+    """One thread per event, not started, each writing it through ``writer`` and putting what it
+    got in ``outcomes`` (None: stored)."""
 
     def write(n: int) -> None:
         try:
@@ -225,10 +227,16 @@ def queued_while_held(writer: TrailWriter, store: Observed, events: list[dict[st
         except Exception as exc:
             outcomes[n] = exc
 
-    first = threading.Thread(target=write, args=(0,))
+    return [threading.Thread(target=write, args=(n,)) for n in range(len(events))]
+
+
+def queued_while_held(writer: TrailWriter, store: Observed, events: list[dict[str, Any]]) -> list[Exception | None]:
+    """Write ``events[0]`` in a held transaction, let the others queue meanwhile, then release it:
+    what each writer got (None: stored)."""
+    outcomes: list[Exception | None] = [None] * len(events)
+    first, *others = writer_threads(writer, events, outcomes)
     first.start()
     assert store.held.wait(timeout=60)
-    others = [threading.Thread(target=write, args=(n,)) for n in range(1, len(events))]
     for t in others:
         t.start()
     while len(writer._queue) < len(others):  # private, read only to know that they all wait
@@ -258,6 +266,34 @@ def test_events_queued_while_a_batch_commits_share_the_next_commit(store: Store)
     outcomes = queued_while_held(TrailWriter(observed), observed, events)
     assert outcomes == [None] * 6
     assert observed.batches == [1, 5]
+    assert stored_ids(store) == {e["id"] for e in events}
+
+
+def test_events_queued_while_another_process_writes_join_the_batch_waiting_for_the_writer(
+    store: Store, tmp_path: Path
+) -> None:
+    """The writer is shared by every worker process: the events queued while the committer waits
+    for it are in its batch, not in one more commit after it."""
+    observed = view(store, Observed).watch(hold=False)
+    other = create_service(Config(data_dir=tmp_path / "data")).store  # another worker's store
+    writer, events = TrailWriter(observed), trail_events(6)
+    outcomes: list[Exception | None] = [None] * len(events)
+    threads = writer_threads(writer, events, outcomes)
+    try:
+        with other.transaction():  # the other process writes: its writer lock is held
+            for t in threads:
+                t.start()
+            for _ in range(1000):  # until they all wait, in the queue (private, only read here)
+                if len(writer._queue) == len(events):
+                    break
+                threading.Event().wait(0.01)
+    finally:
+        for t in threads:
+            t.join(timeout=60)
+        other.close()
+    assert not any(t.is_alive() for t in threads), "a writer never returned"
+    assert outcomes == [None] * 6
+    assert observed.batches == [6]
     assert stored_ids(store) == {e["id"] for e in events}
 
 
