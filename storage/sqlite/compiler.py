@@ -36,9 +36,10 @@ from storage.query import (
     TokenIn,
     TokenText,
     Uri,
+    all_of,
     in_contained,
 )
-from storage.sqlite.schema import INDEX_KINDS, family_of
+from storage.sqlite.schema import INDEX_KINDS, IndexFamily, family_of
 
 #: The last code point: ``v <= x < v + TOP`` is "x starts with v" on an index.
 TOP = "\U0010ffff"
@@ -162,8 +163,11 @@ class SqlCompiler:
             case Everything() | Nothing() | Not() | Missing():
                 return None
             case Chain(param, target_types, where, scoped):
+                family = family_of(rtype)
+                if family.lean and param != family.binding:
+                    return None  # no index from a target to these references: checked on candidates
                 t, i = self._alias("t"), self._alias("c")
-                references = family_of(rtype).table("reference")
+                references = family.table("reference")
                 branches = []
                 for ttype in target_types:
                     inner = self._filtered(where, ttype) if scoped else where
@@ -173,7 +177,7 @@ class SqlCompiler:
                         f"SELECT {i}.res FROM resource {t} JOIN {references} {i}"
                         f" ON {i}.target_type = {t}.type AND {i}.target_id = {t}.id"
                         f" WHERE {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
-                        f" AND {i}.param = {self.arg(param)}{restrict}"
+                        f" AND {i}.param = {self.arg(param)}{_binding_rows(family, i)}{restrict}"
                         f" AND {self.condition(inner, t, ttype)}"
                     )
                 inside = in_contained(expr)
@@ -187,11 +191,31 @@ class SqlCompiler:
                 return None
             case _:
                 family = family_of(rtype)
-                if family.lean and not _drives_lean(expr):
+                if family.lean and not _drives_lean(expr, family):
                     return None  # no value index to start from: a condition on the candidates
                 kind, cond = self._leaf(expr, "d0")
                 d = self._alias("d")
-                return f"SELECT {d}.res FROM {family.table(kind)} {d} WHERE " + cond.replace("d0.", f"{d}.")
+                rows = _binding_rows(family, d) if kind == "reference" else ""
+                return f"SELECT {d}.res FROM {family.table(kind)} {d} WHERE " + cond.replace("d0.", f"{d}.") + rows
+
+    def reverse(
+        self, source_type: str, param: str | None, rows: str, source: str, scope_filter: Expr
+    ) -> tuple[str, str]:
+        """How to find the references of ``param`` (any when None) that resources of
+        ``source_type`` (alias ``source``, their reference rows ``rows``) hold to given targets:
+        ``(index clause, condition)`` to add to the look-up.
+
+        From the targets through the value index of references, but a lean family has one for its
+        binding only: any other parameter's references are looked for among the resources the
+        binding in ``scope_filter`` names (every search of such a family is bound to a patient but
+        the open scope's, which reads every resource of the type)."""
+        family = family_of(source_type)
+        if not family.lean:
+            return f"INDEXED BY {family.index('reference_target')}", ""
+        if param == family.binding:
+            return f"INDEXED BY {family.index('binding_target')}", _binding_rows(family, rows)
+        narrowed = self.driver(scope_filter, source_type)
+        return "", f" AND {source}.pk IN ({narrowed})" if narrowed else ""
 
     def one_of(self, column: str, values: Iterable[Any]) -> str:
         """SQL boolean: ``column`` is one of ``values``, however many: they travel as one JSON
@@ -215,12 +239,7 @@ class SqlCompiler:
 
     def _filtered(self, where: Expr, rtype: str) -> Expr:
         """A related resource is seen only within the caller's scope for its type."""
-        scope = self._scope(rtype)
-        if isinstance(scope, Everything):
-            return where
-        if isinstance(where, Everything):
-            return scope
-        return And((where, scope))
+        return all_of(where, self._scope(rtype))
 
     def _names_contained(self, param: str, alias: str, rtype: str) -> str:
         """Whether reference parameter ``param`` of ``alias`` points at a contained resource: such
@@ -260,12 +279,15 @@ class SqlCompiler:
     def _has_condition(self, expr: Has, alias: str, rtype: str) -> str:
         s, i = self._alias("s"), self._alias("h")
         inner = self._filtered(expr.where, expr.source_type) if expr.scoped else expr.where
+        if isinstance(inner, Nothing):  # no source can match: no look-up (nor a plan for one)
+            return "0"
         references = family_of(expr.source_type).table("reference")
+        indexed, narrowed = self.reverse(expr.source_type, expr.param, i, s, inner)
         return (
-            f"EXISTS (SELECT 1 FROM {references} {i} INDEXED BY {references}_target"
+            f"EXISTS (SELECT 1 FROM {references} {i} {indexed}"
             f" JOIN resource {s} ON {s}.pk = {i}.res"
             f" WHERE {i}.target_id = {alias}.id AND {i}.target_type = {self.arg(rtype)}"
-            f" AND {i}.param = {self.arg(expr.param)} AND {s}.type = {self.arg(expr.source_type)}"
+            f" AND {i}.param = {self.arg(expr.param)}{narrowed} AND {s}.type = {self.arg(expr.source_type)}"
             f" AND {s}.deleted = 0 AND {self.condition(inner, s, expr.source_type)})"
         )
 
@@ -547,15 +569,24 @@ def _cheapest_first(items: Iterable[Expr | _OneOf]) -> list[Expr | _OneOf]:
     return sorted(items, key=_probes)
 
 
-def _drives_lean(expr: Expr | _OneOf) -> bool:
+def _drives_lean(expr: Expr | _OneOf, family: IndexFamily) -> bool:
     """Whether a value predicate can start a search in a lean family (:class:`storage.sqlite.schema.IndexFamily`): a
-    reference by its target or its identifier, or a date."""
+    reference of its binding, by its target or its identifier, or a date."""
     match expr:
-        case Reference(target_id=tid, url=None) if tid is not None:
-            return True
-        case _OneOf(like=Reference()) | ReferenceIdentifier() | DateRange():
+        case Reference(param=param, target_id=tid, url=None) if tid is not None:
+            return param == family.binding
+        case _OneOf(like=Reference(param=param)) | ReferenceIdentifier(param=param):
+            return param == family.binding
+        case DateRange():
             return True
     return False
+
+
+def _binding_rows(family: IndexFamily, rows: str) -> str:
+    """In a lean family, the condition naming the binding's reference rows ``rows`` as its partial
+    indexes do, a literal the planner needs to see to use them (a bound argument says nothing to
+    it); elsewhere nothing. The name is the schema's, not the caller's."""
+    return f" AND {rows}.param = '{family.binding}'" if family.lean else ""
 
 
 def _by_selectivity(items: tuple[Expr, ...]) -> list[Expr]:

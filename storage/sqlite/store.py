@@ -74,6 +74,7 @@ from storage.sqlite.schema import (
     ADDED_COLUMNS,
     COLUMN_NAMES,
     DDL,
+    DROPPED_INDEXES,
     FAMILIES_SINCE,
     FAMILY_OF_TYPE,
     SCHEMA_VERSION,
@@ -159,7 +160,7 @@ class SqliteStore(Store):
         conn = self._conn()
         conn.executescript(DDL)
         self._migrate(conn)
-        self._move_to_families()
+        self._upgrade()
         try:
             self._check_keys()
         except MasterKeyError:
@@ -201,9 +202,11 @@ class SqliteStore(Store):
                     if "duplicate column" not in str(exc):
                         raise
 
-    def _move_to_families(self) -> None:
-        """Move the index rows a database before version 3 kept in the shared tables to their own
-        family's (the trail's, :data:`storage.sqlite.schema.TRAIL`); then record the version.
+    def _upgrade(self) -> None:
+        """Bring a database of an earlier schema to this one, then record the version: the index
+        rows a database before version 3 kept in the shared tables move to their own family's (the
+        trail's, :data:`storage.sqlite.schema.TRAIL`), and the indexes the schema no longer has
+        are dropped (the ones it has were created by the DDL).
 
         One transaction under the writer lock, the version read inside it: two processes opening
         an old database at once move the rows once, and a crash moves none. A long trail takes a
@@ -220,6 +223,8 @@ class SqliteStore(Store):
                         rows = "res IN (SELECT pk FROM resource WHERE type = ?)"
                         conn.execute(f"INSERT INTO {own} SELECT * FROM {shared} WHERE {rows}", (rtype,))
                         conn.execute(f"DELETE FROM {shared} WHERE {rows}", (rtype,))
+            for index in DROPPED_INDEXES:
+                conn.execute(f"DROP INDEX IF EXISTS {index}")
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def _check_keys(self) -> None:
@@ -657,13 +662,17 @@ class SqliteStore(Store):
                 f" WHERE {marks}{param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
             )
         else:
+            source_filter = scope.filter(inc.source_type)
+            if isinstance(source_filter, Nothing):  # the caller sees none: no look-up (nor a plan for one)
+                return []
             targets = compiler.any_reference_to("i", ((s.resource_type, s.id) for s in sources))
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
+            indexed, narrowed = compiler.reverse(inc.source_type, inc.param, "i", "t", source_filter)
             scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type])
             sql = (
-                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM {references} i"
+                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM {references} i {indexed}"
                 " JOIN resource t ON t.pk = i.res"
-                f" WHERE ({targets}){param_cond} AND t.type = {compiler.arg(inc.source_type)}"
+                f" WHERE ({targets}){param_cond}{narrowed} AND t.type = {compiler.arg(inc.source_type)}"
                 f" AND t.deleted = 0 AND {scope_sql}"
             )
         return [self._stored(row) for row in conn.execute(sql, compiler.args).fetchall()]
