@@ -314,20 +314,6 @@ class SqliteStore(Store):
         finally:
             slot.conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
-    @contextmanager
-    def _snapshot(self) -> Iterator[None]:
-        """Several reads of one state of the database: a read transaction (WAL: it holds no lock
-        and blocks no writer), unless they already run inside a transaction."""
-        slot = self._connections.slot()
-        if slot.depth:
-            yield
-            return
-        slot.conn.execute("BEGIN")
-        try:
-            yield
-        finally:
-            slot.conn.execute("COMMIT")
-
     def in_transaction(self) -> bool:
         return self._connections.slot().depth > 0
 
@@ -610,38 +596,24 @@ class SqliteStore(Store):
         compiler, where = self._where(scope, rtype, expr, watermark, query.deleted)
         condition_args = list(compiler.args)  # the page's own arguments come after
         matches: list[Stored] = []
-        with self._snapshot():
-            if query.count > 0:
-                matches, total = self._page(compiler, where, query)
-            if query.total and total is None:  # no page asked for, or a page past the last match
+        if query.count > 0:
+            order = self._order(compiler, rtype, query.sort)
+            sql = (
+                f"SELECT {_CURRENT_COLUMNS} FROM resource r"
+                f" WHERE {where} ORDER BY {order} LIMIT {compiler.arg(query.count)} OFFSET {compiler.arg(query.offset)}"
+            )
+            rows = conn.execute(sql, compiler.args).fetchall()
+            matches = [self._stored(row) for row in rows]
+        if query.total:
+            if query.count > 0 and len(matches) < query.count and (matches or query.offset == 0):
+                # A page that is not full ends the results: the total is known without counting
+                # them again through the filter (about half of the searches by patient).
+                total = query.offset + len(matches)
+            else:
                 count_sql = f"SELECT COUNT(*) FROM resource r WHERE {where}"
                 total = int(conn.execute(count_sql, condition_args).fetchone()[0])
         included = self._includes(matches, query.includes, scope) if query.includes else []
         return SearchResult(matches, included, total, watermark)
-
-    def _page(self, compiler: SqlCompiler, where: str, query: Query) -> tuple[list[Stored], int | None]:
-        """The page's matches and, if the query asks for it, their total, from one pass of the
-        filter: the keys of the page are selected with the number of every match (a window over
-        the whole result, computed before the page is cut from it), and only then their content.
-
-        Why: the policy's filter is most of a search's SQL — a dozen index probes per candidate —
-        and a count beside the page ran it over every candidate a second time. Called in a
-        snapshot (:meth:`_snapshot`): the content read is of the version the filter accepted."""
-        conn = self._conn()
-        order = self._order(compiler, query.resource_type, query.sort)
-        counted = ", COUNT(*) OVER ()" if query.total else ""
-        page = f"LIMIT {compiler.arg(query.count)} OFFSET {compiler.arg(query.offset)}"
-        rows = conn.execute(
-            f"SELECT r.pk{counted} FROM resource r WHERE {where} ORDER BY {order} {page}", compiler.args
-        ).fetchall()
-        total = int(rows[0][1]) if rows and query.total else None
-        keys = [int(row[0]) for row in rows]
-        if not keys:
-            return [], total
-        marks = ", ".join("?" * len(keys))
-        contents = conn.execute(f"SELECT {_CURRENT_COLUMNS} FROM resource r WHERE r.pk IN ({marks})", keys)
-        found = {row[0]: row for row in contents}
-        return [self._stored(found[key]) for key in keys], total
 
     def _includes(self, matches: list[Stored], includes: tuple[Include, ...], scope: AccessScope) -> list[Stored]:
         return follow_includes(matches, includes, lambda sources, inc: self._include_one(sources, inc, scope))
