@@ -893,6 +893,41 @@ def test_the_trail_s_index_is_kept_apart_and_a_search_of_it_starts_from_the_pati
     store.close()
 
 
+class _Recording:
+    """A connection that records the statements it is given as given (the trace callback shows
+    them with their arguments already in place)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.statements = conn, []
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self.statements.append(sql)
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_a_page_s_limit_is_written_into_its_statement_not_bound(tmp_path: Path) -> None:
+    """SQLite's planner reads a bound LIMIT or OFFSET and then prepares the statement again at
+    every new binding: a search's page query, kilobytes of SQL, was compiled anew for every search
+    (:func:`storage.sqlite.store._page`). The page sizes are written into the SQL."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    store.create(doc("d1", "p1"))
+    slot = store._connections.slot()
+    recording = _Recording(slot.conn)
+    slot.conn = recording  # type: ignore[assignment]
+    query = Query("DocumentReference", Reference("subject", "Patient", "p1"), count=7, offset=3)
+    found = store.search(query, OPEN_SCOPE)
+    store.history(OPEN_SCOPE, "DocumentReference", count=5, offset=2)
+    slot.conn = recording.conn
+    assert found.total == 1 and found.matches == []
+    pages = [sql.rpartition(" LIMIT ")[2] for sql in recording.statements if " LIMIT " in sql]
+    assert pages == ["7 OFFSET 3", "5 OFFSET 2"]
+    store.close()
+
+
 def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_once(tmp_path: Path) -> None:
     """A database of schema 2 kept the trail's index rows with everyone's: the first open moves
     them, in one transaction, and a later one finds nothing left to move. The value indexes of

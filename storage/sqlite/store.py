@@ -123,6 +123,18 @@ _SEALED_COLUMNS = (
 )
 
 
+def _page(count: int, offset: int = 0) -> str:
+    """``LIMIT``/``OFFSET`` as literals, never bound arguments.
+
+    Why: SQLite's planner reads a bound ``LIMIT`` (and ``OFFSET``) to cost its plan, and marks the
+    statement to be prepared again whenever that argument is bound again — which the driver does
+    at every execution. A search's page query, with the policy's filter a few kilobytes of SQL and
+    two dozen sub-queries, was compiled anew for every search: 1.3 ms of CPU, against 0.3 ms to
+    run it (in-process, 10 of a patient's documents, a doctor's filter). The integers come from
+    the parsed query, never from text."""
+    return f"LIMIT {int(count)} OFFSET {int(offset)}"
+
+
 def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param: str) -> str:
     """A match's sort key, read from its own index rows. The probe names its ``(res, param)`` index,
     as the compiler's conditions do: the planner otherwise picks the covering value index (``param``,
@@ -600,7 +612,7 @@ class SqliteStore(Store):
             order = self._order(compiler, rtype, query.sort)
             sql = (
                 f"SELECT {_CURRENT_COLUMNS} FROM resource r"
-                f" WHERE {where} ORDER BY {order} LIMIT {compiler.arg(query.count)} OFFSET {compiler.arg(query.offset)}"
+                f" WHERE {where} ORDER BY {order} {_page(query.count, query.offset)}"
             )
             rows = conn.execute(sql, compiler.args).fetchall()
             matches = [self._stored(row) for row in rows]
@@ -696,7 +708,7 @@ class SqliteStore(Store):
         where = " AND ".join(parts)
         base = "FROM version v JOIN resource r ON r.pk = v.res WHERE " + where
         total = int(conn.execute(f"SELECT COUNT(*) {base}", compiler.args).fetchone()[0])
-        page = f"LIMIT {compiler.arg(count)} OFFSET {compiler.arg(offset)}"
+        page = _page(count, offset)
         rows = conn.execute(f"SELECT {_STORED_COLUMNS} {base} ORDER BY v.seq DESC {page}", compiler.args).fetchall()
         return HistoryPage([self._stored(row) for row in rows], total, watermark)
 
@@ -739,8 +751,8 @@ class SqliteStore(Store):
             self._conn()
             .execute(
                 "SELECT id, payload, attempts FROM outbox"
-                f" WHERE topic = ? AND delivered IS NULL{due} ORDER BY id LIMIT ?",
-                (topic, *args, limit),
+                f" WHERE topic = ? AND delivered IS NULL{due} ORDER BY id {_page(limit)}",
+                (topic, *args),
             )
             .fetchall()
         )
@@ -841,7 +853,7 @@ class SqliteStore(Store):
         """The next ``limit`` non-empty blobs of ``table`` in key order, after key ``after``."""
         where = f"length({column}) > 0" + ("" if after is None else f" AND {key} > ?")
         args = () if after is None else (after,)
-        sql = f"SELECT {key}, {column} FROM {table} WHERE {where} ORDER BY {key} LIMIT {int(limit)}"
+        sql = f"SELECT {key}, {column} FROM {table} WHERE {where} ORDER BY {key} {_page(limit)}"
         return [(row[0], bytes(row[1])) for row in self._conn().execute(sql, args).fetchall()]
 
     def key_ids_in_use(self) -> set[str]:
