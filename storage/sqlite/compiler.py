@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from fhirmodel.indexing import contained_param, contained_prefix
+from fhirmodel.indexing import contained_param, contained_prefix, normalize_string
 from storage.query import (
     ANY_SYSTEM,
     And,
@@ -338,8 +338,8 @@ class SqlCompiler:
                 return "token", f"{a}.param = {arg(param)} AND ({a}.code, {a}.system) IN ({pairs})"
             case String(param, value, mode):
                 head = f"{a}.param = {arg(param)} AND "
-                if mode == "exact":
-                    return "string", head + f"{a}.exact = {arg(value)}"
+                if mode == "exact":  # the folded form too: the value index is on it
+                    return "string", head + f"{a}.norm = {arg(normalize_string(value))} AND {a}.exact = {arg(value)}"
                 if mode == "contains":
                     return "string", head + f"instr({a}.norm, {arg(value)}) > 0"
                 return "string", head + f"{a}.norm >= {arg(value)} AND {a}.norm < {arg(value + TOP)}"
@@ -515,7 +515,10 @@ def _rank(item: Expr) -> int:
 
     A disjunction is only as narrow as its widest branch, a conjunction as its narrowest: the
     policy's "this patient, by reference or by INS" must drive a query rather than a
-    low-cardinality ``status=active`` that matches every patient's rows.
+    low-cardinality ``status=active`` that matches every patient's rows. A whole string value
+    comes before a code, which the index of every type shares: the Subscriptions of a DMP (by
+    their exact criteria) were found from ``status=active``, i.e. from every active Consent of
+    the database — 0.1 s per document created at 1 000 000 documents.
     """
     match item:
         case Reference(target_id=tid) if tid is not None:
@@ -524,16 +527,18 @@ def _rank(item: Expr) -> int:
             return 0
         case Token(param=param, code=code) if code is not None and param in _IDENTIFYING_TOKENS:
             return 0
-        case Token(code=code) if code is not None:
+        case String(mode="exact"):
             return 1
-        case Reference() | Uri(mode="eq") | String(mode="exact"):
+        case Token(code=code) if code is not None:
             return 2
-        case Chain():
+        case Reference() | Uri(mode="eq"):
             return 3
-        case String() | TokenIn() | TokenText():
+        case Chain():
             return 4
-        case DateRange() | NumberRange():
+        case String() | TokenIn() | TokenText():
             return 5
+        case DateRange() | NumberRange():
+            return 6
         case And(items):
             return min(_rank(i) for i in items)
         case Or(items):
