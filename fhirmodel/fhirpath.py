@@ -10,8 +10,9 @@ keys). Anything else falls back to fhirpathpy, compiled once.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,37 +140,54 @@ def _parse_steps(expr: str) -> list[_Step] | None:
     return steps
 
 
-def _children(node: Any, ntype: str | None, name: str) -> Iterator[Typed]:
+#: Where the values of an element are: ``(key, type)`` pairs to read from a node — one for a plain
+#: element, one per concrete element of a choice (``value`` → ``valueQuantity``...) — or ``None``
+#: when the node's type is not known and its keys are looked at instead.
+_Keys = tuple[tuple[str, str], ...] | None
+
+
+@functools.cache
+def _element_keys(ntype: str | None, name: str) -> _Keys:
+    """The keys of element ``name`` under a node of type ``ntype``. Cached: a path asks the same
+    few questions of every resource it indexes, and the schema's answer never changes."""
+    info = _info(ntype)
+    if info is None:
+        return None
+    element = info.element(name)
+    if element is not None:
+        return ((name, element.type),)
+    return tuple((choice.name, choice.type) for choice in info.choice_elements(name))
+
+
+def _children(node: Any, ntype: str | None, name: str) -> list[Typed]:
     """The values of element ``name`` under ``node``, choice types included, with their types."""
     if not isinstance(node, dict):
-        return
-    info = _info(ntype)
-    element = info.element(name) if info else None
-    if element is not None:
-        yield from _typed_values(node.get(name), element.type)
-        return
-    # A choice element (``value`` → ``valueQuantity`` ...) or an unknown type: look at the keys.
-    if info:
-        for choice in info.choice_elements(name):
-            if choice.name in node:
-                yield from _typed_values(node[choice.name], choice.type)
-        return
-    for key, value in node.items():
-        if key == name:
-            yield from _typed_values(value, None)
-        elif key.startswith(name) and key[len(name) : len(name) + 1].isupper():
-            yield from _typed_values(value, key[len(name) :])
+        return []
+    keys = _element_keys(ntype, name)
+    if keys is None:  # an unknown type: the keys tell a choice's types (``valueQuantity``)
+        return [
+            typed
+            for key, value in node.items()
+            if key == name or (key.startswith(name) and key[len(name) : len(name) + 1].isupper())
+            for typed in _typed_values(value, key[len(name) :] or None)
+        ]
+    out: list[Typed] = []
+    for key, vtype in keys:
+        value = node.get(key)
+        if value is not None:
+            out.extend(_typed_values(value, vtype))
+    return out
 
 
-def _typed_values(value: Any, vtype: str | None) -> Iterator[Typed]:
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if item is None:
-            continue
-        if vtype == RESOURCE and isinstance(item, dict):
-            yield item, item.get("resourceType")
-        else:
-            yield item, vtype
+def _typed_values(value: Any, vtype: str | None) -> list[Typed]:
+    items = value if isinstance(value, list) else (value,)
+    if vtype == RESOURCE:
+        return [
+            (item, item.get("resourceType")) if isinstance(item, dict) else (item, vtype)
+            for item in items
+            if item is not None
+        ]
+    return [(item, vtype) for item in items if item is not None]
 
 
 def _info(type_name: str | None) -> Any:
