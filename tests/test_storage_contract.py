@@ -44,7 +44,7 @@ from storage.query import (
     all_of,
 )
 from storage.sqlite.connection import SqliteSettings
-from storage.sqlite.schema import DROPPED_INDEXES, SCHEMA_VERSION, SHARED, TRAIL
+from storage.sqlite.schema import DEFERRED_BATCH, DROPPED_INDEXES, SCHEMA_VERSION, SHARED, TRAIL
 from storage.sqlite.store import Indexer, SqliteStore
 from tests.dbfiles import open_database
 from tests.mongo_double import REAL_URI, mongo_client
@@ -859,13 +859,17 @@ def _pk(conn: sqlite3.Connection, rtype: str, rid: str) -> int:
 def test_the_trail_s_index_is_kept_apart_and_a_search_of_it_starts_from_the_patient(tmp_path: Path) -> None:
     """SQLite keeps the AuditEvents' index rows in tables of their own, whose only value indexes
     are the patient's and the dates': a search naming the patient starts from them, even when it
-    also names an ``_id`` (which, in the shared tables, would drive the query)."""
+    also names an ``_id`` (which, in the shared tables, would drive the query). The rows wait in
+    ``index_pending`` until a statement reads the trail's tables."""
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
     _trail_of_two_patients(store)
     conn = store._conn()
     event, document = _pk(conn, "AuditEvent", "e1"), _pk(conn, "DocumentReference", "d1")
+    assert _index_rows(conn, TRAIL.tables, event) == 0 and _index_rows(conn, ("index_pending",), event) == 1
+    assert store.search(Query("AuditEvent", Token("_id", ANY_SYSTEM, "e1")), OPEN_SCOPE).matches
     assert _index_rows(conn, TRAIL.tables, event) > 10 and _index_rows(conn, SHARED.tables, event) == 0
+    assert _index_rows(conn, ("index_pending",), event) == 0
     assert _index_rows(conn, SHARED.tables, document) > 3 and _index_rows(conn, TRAIL.tables, document) == 0
 
     def plan(query: Query, scope: Any, statement: str) -> list[str]:
@@ -953,6 +957,109 @@ def test_a_page_s_limit_is_written_into_its_statement_not_bound(tmp_path: Path) 
     store.close()
 
 
+def _pending(store: SqliteStore) -> int:
+    return int(store._conn().execute("SELECT COUNT(*) FROM index_pending").fetchone()[0])
+
+
+def test_every_statement_reading_the_trail_writes_its_deferred_rows_first(tmp_path: Path) -> None:
+    """An AuditEvent's index rows wait in ``index_pending`` (SQLite): a read of it, a search, a
+    ``_has``, a ``_revinclude``, an ``_include`` from it, a sort, the history, each finds the
+    event committed just before it — the cached filters included — as if its rows had been
+    written with it."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    _trail_of_two_patients(store)
+    bound = Scope({"AuditEvent": ReferenceIdentifier("patient", INS_SYSTEM, "ins-p1")})  # as the policy binds it
+    events = iter(range(10, 60))
+
+    def fresh_event(action: str = "R") -> str:
+        n = next(events)
+        eid = f"e{n}"  # each recorded after the one before: the newest is the last
+        store.create(trail_event(eid, "p1", action, f"2024-02-01T10:{n:02d}:00Z", about="DocumentReference/d1"))
+        assert _pending(store) >= 1
+        return eid
+
+    def ids(query: Query, scope: Any = bound) -> set[str]:
+        found = store.search(query, scope)
+        assert _pending(store) == 0
+        return {s.id for s in (*found.matches, *found.included)}
+
+    p1 = Reference("patient", "Patient", "p1")
+    for _ in range(2):  # the second time, from the filters compiled and kept the first
+        eid = fresh_event()
+        assert store.read("AuditEvent", eid, bound).id == eid and _pending(store) == 0
+        assert eid in ids(Query("AuditEvent", p1))
+        eid = fresh_event("D")
+        assert ids(Query("Patient", Has("AuditEvent", "entity", Token("action", ANY_SYSTEM, "D"), scoped=True))) == {
+            "p1"
+        }
+        eid = fresh_event()
+        documents = Query(
+            "DocumentReference",
+            Reference("subject", "Patient", "p1"),
+            includes=(Include("AuditEvent", "entity", reverse=True),),
+        )
+        assert eid in ids(documents)
+        eid = fresh_event()
+        forward = Query("AuditEvent", Token("_id", ANY_SYSTEM, eid), includes=(Include("AuditEvent", "entity"),))
+        assert ids(forward, OPEN_SCOPE) == {eid, "d1", "p1"}
+        eid = fresh_event()
+        newest = Query("AuditEvent", p1, sort=(SortKey("date", descending=True),), count=1)
+        assert [s.id for s in store.search(newest, OPEN_SCOPE).matches] == [eid]
+        eid = fresh_event()
+        history = store.history(bound, "AuditEvent")
+        assert eid in {s.id for s in history.entries} and _pending(store) == 0
+    store.close()
+
+
+def test_the_trail_s_deferred_rows_are_written_by_batch_and_survive_a_restart(tmp_path: Path) -> None:
+    """Rows wait until ``DEFERRED_BATCH`` events do, then the create that makes the batch writes
+    them all in its own transaction; rows that wait are in the database and a reopened store
+    writes them as the first one would."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    store.create(patient("p1", "Martin"))
+    for n in range(DEFERRED_BATCH - 1):
+        store.create(trail_event(f"e{n}", "p1", "R", "2024-01-01T10:00:00Z"))
+    assert _pending(store) == DEFERRED_BATCH - 1
+    conn = store._conn()
+    assert _index_rows(conn, TRAIL.tables, _pk(conn, "AuditEvent", "e0")) == 0
+    store.create(trail_event("last", "p1", "R", "2024-01-01T10:00:00Z"))
+    assert _pending(store) == 0
+    written = [_index_rows(conn, TRAIL.tables, _pk(conn, "AuditEvent", f"e{n}")) for n in range(DEFERRED_BATCH - 1)]
+    assert min(written) > 5 and len(set(written)) == 1  # each event's rows, once
+    store.create(trail_event("waiting", "p1", "C", "2024-01-02T10:00:00Z"))
+    store.close()
+    reopened = _sqlite(tmp_path)
+    assert isinstance(reopened, SqliteStore)
+    assert _pending(reopened) == 1
+    found = reopened.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "C")), OPEN_SCOPE)
+    assert [s.id for s in found.matches] == ["waiting"] and _pending(reopened) == 0
+    reopened.close()
+
+
+def test_a_waiting_event_rewritten_or_expunged_leaves_no_row_behind(tmp_path: Path) -> None:
+    """An update writes the event's rows at once and takes its waiting ones away (written later,
+    they would have come back next to the new ones); an expunge takes them with the resource."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    store.create(patient("p1", "Martin"))
+    store.create(trail_event("e1", "p1", "R", "2024-01-01T10:00:00Z"))
+    store.create(trail_event("e2", "p1", "R", "2024-01-01T10:00:00Z"))
+    store.update(trail_event("e1", "p1", "U", "2024-01-01T10:00:00Z"))
+    store.expunge("AuditEvent", "e2")
+    assert _pending(store) == 0
+    conn = store._conn()
+    e1 = _pk(conn, "AuditEvent", "e1")
+    actions = conn.execute("SELECT code FROM trail_token WHERE res = ? AND param = 'action'", (e1,)).fetchall()
+    assert actions == [("U",)]
+    assert [s.id for s in store.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "U")), OPEN_SCOPE).matches] == [
+        "e1"
+    ]
+    assert store.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "R")), OPEN_SCOPE).matches == []
+    store.close()
+
+
 def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_once(tmp_path: Path) -> None:
     """A database of schema 2 kept the trail's index rows with everyone's: the first open moves
     them, in one transaction, and a later one finds nothing left to move. The value indexes of
@@ -960,9 +1067,11 @@ def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_once(tmp_path: Pa
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
     _trail_of_two_patients(store)
+    store._write_pending()  # schema 2 wrote every row with its resource
     conn = store._conn()
     event = _pk(conn, "AuditEvent", "e1")
     rows = _index_rows(conn, TRAIL.tables, event)
+    assert rows > 10
     for shared, own in zip(SHARED.tables, TRAIL.tables, strict=True):  # as schema 2 wrote them
         conn.execute(f"INSERT INTO {shared} SELECT * FROM {own}")
         conn.execute(f"DELETE FROM {own}")

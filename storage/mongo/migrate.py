@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pymongo import ASCENDING
 
 from fhirmodel.indexing import (
@@ -49,7 +50,15 @@ from storage.mongo.layout import (
 )
 from storage.mongo.store import MongoStore
 from storage.sqlite.connection import connect_read_only
-from storage.sqlite.schema import COLUMN_NAMES, FAMILIES_SINCE, SHARED, VERSION_CONTENT, IndexFamily, family_of
+from storage.sqlite.schema import (
+    COLUMN_NAMES,
+    FAMILIES_SINCE,
+    PENDING_SINCE,
+    SHARED,
+    VERSION_CONTENT,
+    IndexFamily,
+    family_of,
+)
 
 #: How a row of each kind of SQLite index table (its :data:`COLUMN_NAMES`) becomes a typed value.
 _VALUES: dict[str, Callable[..., IndexValue]] = {
@@ -106,8 +115,10 @@ class Migration:
 
     def _resources(self, conn: sqlite3.Connection, progress: Progress) -> None:
         total = int(conn.execute("SELECT COUNT(*) FROM resource").fetchone()[0])
-        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        families = version is not None and int(version[0]) >= FAMILIES_SINCE  # else all in the shared tables
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        schema = 0 if row is None else int(row[0])
+        families = schema >= FAMILIES_SINCE  # else all in the shared tables
+        pending = schema >= PENDING_SINCE
         start = self._resume_point()
         after = start - 1  # the last one present is copied again: its batch may not have finished
         while True:
@@ -120,7 +131,7 @@ class Migration:
                 break
             resources, versions = [], []
             for pk, rtype, rid, version, updated, deleted, content in rows:
-                index = self._index(conn, pk, family_of(rtype) if families else SHARED)
+                index = self._index(conn, pk, family_of(rtype) if families else SHARED, pending)
                 key = patient_key(rtype, rid, index)
                 blob = None if content is None else bytes(content)
                 sealed = {"content": blob, **_kid(blob)}
@@ -150,12 +161,21 @@ class Migration:
             self._db[collection].replace_one(_filter(doc), doc, upsert=True, session=session)
 
     @staticmethod
-    def _index(conn: sqlite3.Connection, pk: int, family: IndexFamily) -> dict[str, list[IndexValue]]:
+    def _index(conn: sqlite3.Connection, pk: int, family: IndexFamily, pending: bool) -> dict[str, list[IndexValue]]:
+        """A resource's index values: its rows in its family's tables, or those still waiting to
+        be written there (:attr:`IndexFamily.deferred`), which have the same shape."""
+        rows: dict[str, Iterable[Any]] = {}
+        waiting = conn.execute("SELECT rows FROM index_pending WHERE res = ?", (pk,)).fetchone() if pending else None
+        if waiting is not None:
+            rows = orjson.loads(waiting[0])
+        else:
+            for kind in _VALUES:
+                columns, table = COLUMN_NAMES[kind], family.table(kind)
+                rows[kind] = conn.execute(f"SELECT param, {columns} FROM {table} WHERE res = ?", (pk,))
         index: dict[str, list[IndexValue]] = {}
-        for kind, build in _VALUES.items():
-            columns, table = COLUMN_NAMES[kind], family.table(kind)
-            for param, *values in conn.execute(f"SELECT param, {columns} FROM {table} WHERE res = ?", (pk,)):
-                index.setdefault(param, []).append(build(*values))
+        for kind, kind_rows in rows.items():
+            for param, *values in kind_rows:
+                index.setdefault(param, []).append(_VALUES[kind](*values))
         return index
 
     def _records(self, conn: sqlite3.Connection, progress: Progress) -> None:

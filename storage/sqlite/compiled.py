@@ -24,6 +24,7 @@ from typing import Any
 
 from storage.query import AccessScope, Expr
 from storage.sqlite.compiler import ParamType, SqlCompiler
+from storage.sqlite.schema import IndexFamily
 
 #: Entries kept per store (least recently used out first): a few KB each.
 ENTRIES = 512
@@ -39,6 +40,7 @@ class _Fragment:
     args: tuple[Any, ...]
     aliases: int
     scopes: tuple[tuple[str, Expr], ...]  # the scope filters the compilation asked for
+    families: frozenset[IndexFamily]  # the index tables it reads
 
 
 class CompiledFragments:
@@ -61,7 +63,8 @@ class CompiledFragments:
                 self._kept.move_to_end(key)
         if kept is None or any(scope.filter(rtype) != expr for rtype, expr in kept.scopes):
             kept = self._compiled(key, scope, build)
-        return SqlCompiler.resume(self._param_type, scope.filter, kept.args, kept.aliases), kept.sql
+        compiler = SqlCompiler.resume(self._param_type, scope.filter, kept.args, kept.aliases, kept.families)
+        return compiler, kept.sql
 
     def _compiled(self, key: Hashable, scope: AccessScope, build: Callable[[SqlCompiler], str]) -> _Fragment:
         """``build``'s fragment, compiled now, recording the scope filters it asks for; kept
@@ -74,7 +77,9 @@ class CompiledFragments:
 
         compiler = SqlCompiler(self._param_type, recorded)
         sql = build(compiler)
-        fragment = _Fragment(sql, tuple(compiler.args), compiler.aliases, tuple(asked.items()))
+        fragment = _Fragment(
+            sql, tuple(compiler.args), compiler.aliases, tuple(asked.items()), frozenset(compiler.families)
+        )
         if len(sql) + sum(len(a) for a in fragment.args if isinstance(a, str)) <= LARGEST:
             with self._lock:
                 self._kept[key] = fragment

@@ -72,18 +72,35 @@ class SqlCompiler:
 
     def __init__(self, param_type: ParamType, scope: ScopeFilter):
         self.args: list[Any] = []
+        #: The index families whose tables the statement reads: the store writes the deferred
+        #: rows of those (:attr:`IndexFamily.deferred`) before it runs the statement.
+        self.families: set[IndexFamily] = set()
         self._param_type = param_type
         self._scope = scope
         self._aliases = 0
 
     @classmethod
-    def resume(cls, param_type: ParamType, scope: ScopeFilter, args: tuple[Any, ...], aliases: int) -> SqlCompiler:
+    def resume(
+        cls,
+        param_type: ParamType,
+        scope: ScopeFilter,
+        args: tuple[Any, ...],
+        aliases: int,
+        families: frozenset[IndexFamily],
+    ) -> SqlCompiler:
         """A compiler that goes on after a fragment compiled earlier (:mod:`storage.sqlite.compiled`):
-        its arguments first, its aliases taken."""
+        its arguments first, its aliases taken, the families it reads."""
         compiler = cls(param_type, scope)
         compiler.args = list(args)
         compiler._aliases = aliases
+        compiler.families = set(families)
         return compiler
+
+    def family(self, rtype: str) -> IndexFamily:
+        """The index tables of ``rtype``, which the statement being written reads."""
+        family = family_of(rtype)
+        self.families.add(family)
+        return family
 
     @property
     def aliases(self) -> int:
@@ -122,7 +139,7 @@ class SqlCompiler:
                 kind = self._kind(rtype, param)
                 if kind is None:
                     return "1" if missing else "0"
-                table, i = family_of(rtype).table(kind), self._alias("m")
+                table, i = self.family(rtype).table(kind), self._alias("m")
                 exists = (
                     f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res"
                     f" WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(param)})"
@@ -136,7 +153,7 @@ class SqlCompiler:
                 return self._has_condition(expr, alias, rtype)
             case _:
                 kind, where = self._leaf(expr, "i0", probe=True)
-                table, i = family_of(rtype).table(kind), self._alias("i")
+                table, i = self.family(rtype).table(kind), self._alias("i")
                 where = where.replace("i0.", f"{i}.")
                 return (
                     f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res WHERE {i}.res = {alias}.pk AND {where})"
@@ -163,7 +180,7 @@ class SqlCompiler:
             case Everything() | Nothing() | Not() | Missing():
                 return None
             case Chain(param, target_types, where, scoped):
-                family = family_of(rtype)
+                family = self.family(rtype)
                 if family.lean and param != family.binding:
                     return None  # no index from a target to these references: checked on candidates
                 t, i = self._alias("t"), self._alias("c")
@@ -190,7 +207,7 @@ class SqlCompiler:
             case Has():
                 return None
             case _:
-                family = family_of(rtype)
+                family = self.family(rtype)
                 if family.lean and not _drives_lean(expr, family):
                     return None  # no value index to start from: a condition on the candidates
                 kind, cond = self._leaf(expr, "d0")
@@ -209,7 +226,7 @@ class SqlCompiler:
         binding only: any other parameter's references are looked for among the resources the
         binding in ``scope_filter`` names (every search of such a family is bound to a patient but
         the open scope's, which reads every resource of the type)."""
-        family = family_of(source_type)
+        family = self.family(source_type)
         if not family.lean:
             return f"INDEXED BY {family.index('reference_target')}", ""
         if param == family.binding:
@@ -245,7 +262,7 @@ class SqlCompiler:
         """Whether reference parameter ``param`` of ``alias`` points at a contained resource: such
         references have no row of their own, but the target's values are indexed under its name
         (every contained target has its ``_id``, a token)."""
-        prefix, tokens = contained_prefix(param), family_of(rtype).table("token")
+        prefix, tokens = contained_prefix(param), self.family(rtype).table("token")
         c = self._alias("k")
         return (
             f"EXISTS (SELECT 1 FROM {tokens} {c} INDEXED BY {tokens}_res WHERE {c}.res = {alias}.pk"
@@ -260,7 +277,7 @@ class SqlCompiler:
 
     def _chain_condition(self, expr: Chain, alias: str, rtype: str) -> str:
         """A stored target of the chain matches, or a contained one (:func:`in_contained`)."""
-        branches, references = [], family_of(rtype).table("reference")
+        branches, references = [], self.family(rtype).table("reference")
         for ttype in expr.target_types:
             t, i = self._alias("t"), self._alias("c")
             inner = self._filtered(expr.where, ttype) if expr.scoped else expr.where
@@ -281,7 +298,7 @@ class SqlCompiler:
         inner = self._filtered(expr.where, expr.source_type) if expr.scoped else expr.where
         if isinstance(inner, Nothing):  # no source can match: no look-up (nor a plan for one)
             return "0"
-        references = family_of(expr.source_type).table("reference")
+        references = self.family(expr.source_type).table("reference")
         indexed, narrowed = self.reverse(expr.source_type, expr.param, i, s, inner)
         return (
             f"EXISTS (SELECT 1 FROM {references} {i} {indexed}"

@@ -11,9 +11,11 @@ The access trail's index rows live apart, in ``trail_*`` tables of the same shap
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: The first schema whose trail has index tables of its own (:data:`TRAIL`).
 FAMILIES_SINCE = 3
+#: The first schema that defers index rows (``index_pending``, :attr:`IndexFamily.deferred`).
+PENDING_SINCE = 5
 
 #: The value columns of each kind of index table, after ``res`` and ``param``.
 _VALUE_COLUMNS = {
@@ -42,10 +44,16 @@ class IndexFamily:
     references, by target or by identifier (partial indexes on its rows), and dates; any other
     parameter is checked on the candidates those give, by their own rows (the ``(res, param)``
     index every table has). ``None``: every value has one.
+
+    ``deferred``: a resource's index rows are not written with it but kept in ``index_pending``
+    and written in batches, before any statement reads the family's tables (the store's
+    ``_settle``). Why: one event's rows went into eleven B-trees, each commit wrote a page of
+    each, and each reader of another connection found its cache dropped by that commit.
     """
 
     prefix: str
     binding: str | None = None
+    deferred: bool = False
 
     @property
     def lean(self) -> bool:
@@ -73,8 +81,12 @@ SHARED = IndexFamily("idx")
 #: ``patient``), so it needs value indexes for that binding and for dates only; and the shared
 #: tables stay the size of the documents, however long the trail grows. The binding's own are
 #: partial: an event's other references (the document it names, the professional's identifier)
-#: landed each on a random page of the reference indexes, 10 of the 34 pages a read wrote.
-TRAIL = IndexFamily("trail", binding="patient")
+#: landed each on a random page of the reference indexes, 10 of the 34 pages a read wrote. And
+#: its rows are deferred: an event's eleven B-trees are written once per batch of events, not
+#: once per request's commit.
+TRAIL = IndexFamily("trail", binding="patient", deferred=True)
+#: Deferred index rows (:attr:`IndexFamily.deferred`) written together once this many wait.
+DEFERRED_BATCH = 64
 #: The resource types whose index is not in :data:`SHARED`.
 FAMILY_OF_TYPE = {"AuditEvent": TRAIL}
 
@@ -150,6 +162,12 @@ CREATE INDEX IF NOT EXISTS version_time ON version (last_updated);
     + _index_tables(TRAIL)
     + _VALUE_INDEXES
     + """
+-- rows: JSON, per kind of index table, that table's rows without res: [param, value columns...]
+CREATE TABLE IF NOT EXISTS index_pending (
+    res INTEGER PRIMARY KEY REFERENCES resource (pk) ON DELETE CASCADE,
+    rows BLOB NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS search_session (
     key TEXT PRIMARY KEY, expires INTEGER NOT NULL, data BLOB NOT NULL
 );

@@ -74,12 +74,14 @@ from storage.sqlite.schema import (
     ADDED_COLUMNS,
     COLUMN_NAMES,
     DDL,
+    DEFERRED_BATCH,
     DROPPED_INDEXES,
     FAMILIES_SINCE,
     FAMILY_OF_TYPE,
     SCHEMA_VERSION,
     SHARED,
     VERSION_CONTENT,
+    IndexFamily,
     family_of,
 )
 from storage.sqlite.writer import WriterLock
@@ -358,18 +360,66 @@ class SqliteStore(Store):
     def _reindex(self, pk: int, resource: dict[str, Any], *, fresh: bool = False) -> None:
         """Replace the index rows of ``pk``. A ``fresh`` row (just inserted) has none to delete:
         they go with their resource (``ON DELETE CASCADE``), so a reused ``pk`` starts empty too,
-        and the seven deletes are skipped on every create (an AuditEvent per request is one)."""
+        and the seven deletes are skipped on every create. A fresh resource of a deferred family
+        (an AuditEvent per request) keeps its rows in ``index_pending`` until its batch is written
+        (:attr:`IndexFamily.deferred`); a rewritten one has them written now, and its pending rows
+        go, so that the older ones are never written after them."""
         conn, family = self._conn(), family_of(resource["resourceType"])
-        for table in () if fresh else family.tables:
-            conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
+        rows = self._index_rows(resource)
+        if family.deferred and fresh:
+            conn.execute("INSERT INTO index_pending (res, rows) VALUES (?, ?)", (pk, orjson.dumps(rows)))
+            if int(conn.execute("SELECT COUNT(*) FROM index_pending").fetchone()[0]) >= DEFERRED_BATCH:
+                self._write_pending()
+            return
+        if not fresh:
+            for table in family.tables:
+                conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
+            if family.deferred:
+                conn.execute("DELETE FROM index_pending WHERE res = ?", (pk,))
+        self._insert_rows(family, [(pk, rows)])
+
+    def _index_rows(self, resource: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
+        """A resource's index values as rows of each kind of table: ``(param, *values)``."""
         rows: dict[str, list[tuple[Any, ...]]] = {}
         for param, values in self._indexer(resource).items():
             for value in values:
                 kind, row = _INSERTS[type(value)]
-                rows.setdefault(kind, []).append((pk, param, *row(value)))
-        for kind, batch in rows.items():
+                rows.setdefault(kind, []).append((param, *row(value)))
+        return rows
+
+    def _insert_rows(self, family: IndexFamily, resources: list[tuple[int, dict[str, Any]]]) -> None:
+        """The index rows of ``resources`` (``(pk, rows by kind)``), one statement per table."""
+        batches: dict[str, list[tuple[Any, ...]]] = {}
+        for pk, rows in resources:
+            for kind, kind_rows in rows.items():
+                batches.setdefault(kind, []).extend((pk, *row) for row in kind_rows)
+        conn = self._conn()
+        for kind, batch in batches.items():
             table, marks = family.table(kind), ", ".join("?" * len(batch[0]))
             conn.executemany(f"INSERT INTO {table} (res, param, {COLUMN_NAMES[kind]}) VALUES ({marks})", batch)
+
+    def _write_pending(self) -> None:
+        """Write every deferred index row that waits, in ``pk`` order (appends to each table), in
+        the caller's transaction or a transaction of its own."""
+        with self.transaction():
+            conn = self._conn()
+            pending = conn.execute(
+                "SELECT p.res, r.type, p.rows FROM index_pending p JOIN resource r ON r.pk = p.res ORDER BY p.res"
+            ).fetchall()
+            by_family: dict[IndexFamily, list[tuple[int, dict[str, Any]]]] = {}
+            for pk, rtype, rows in pending:
+                by_family.setdefault(family_of(rtype), []).append((pk, orjson.loads(rows)))
+            for family, resources in by_family.items():
+                self._insert_rows(family, resources)
+            conn.execute("DELETE FROM index_pending")
+
+    def _settle(self, compiler: SqlCompiler) -> None:
+        """Before a statement runs: the deferred rows of the families it reads are written, so that
+        it sees every resource committed before it, as with rows written at once."""
+        if not any(family.deferred for family in compiler.families):
+            return
+        if self._conn().execute("SELECT 1 FROM index_pending LIMIT 1").fetchone() is not None:
+            self._write_pending()
 
     def create(self, resource: dict[str, Any], *, method: str = "POST") -> Stored:
         with self.transaction():
@@ -523,6 +573,7 @@ class SqliteStore(Store):
             ("visible", rtype, scope_expr), scope, lambda c: c.condition(scope_expr, "r", rtype)
         )
         sql = f"SELECT 1 FROM resource r WHERE {cond} AND r.pk = {compiler.arg(pk)}"
+        self._settle(compiler)
         return self._conn().execute(sql, compiler.args).fetchone() is not None
 
     def exists(self, resource_type: str, resource_id: str) -> int | None:
@@ -584,7 +635,7 @@ class SqliteStore(Store):
             kind = KIND_OF_TYPE.get(self._param_type(rtype, key.param) or "")
             if kind is None:
                 continue
-            table, column = family_of(rtype).table(kind), _SORT_COLUMN[kind]
+            table, column = compiler.family(rtype).table(kind), _SORT_COLUMN[kind]
             if not isinstance(column, str):
                 column = column[1] if key.descending else column[0]
             agg = "MAX" if key.descending else "MIN"
@@ -608,8 +659,9 @@ class SqliteStore(Store):
         compiler, where = self._where(scope, rtype, expr, watermark, query.deleted)
         condition_args = list(compiler.args)  # the page's own arguments come after
         matches: list[Stored] = []
+        order = self._order(compiler, rtype, query.sort) if query.count > 0 else ""
+        self._settle(compiler)
         if query.count > 0:
-            order = self._order(compiler, rtype, query.sort)
             sql = (
                 f"SELECT {_CURRENT_COLUMNS} FROM resource r"
                 f" WHERE {where} ORDER BY {order} {_page(query.count, query.offset)}"
@@ -633,7 +685,7 @@ class SqliteStore(Store):
     def _include_one(self, sources: list[Stored], inc: Include, scope: AccessScope) -> list[Stored]:
         conn = self._conn()
         compiler = self._compiler(scope)
-        references = family_of(inc.source_type).table("reference")  # the references are the source's
+        references = compiler.family(inc.source_type).table("reference")  # the references are the source's
         if not inc.reverse:
             marks = compiler.one_of("i.res", (s.pk for s in sources))
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
@@ -659,6 +711,7 @@ class SqliteStore(Store):
                 f" WHERE ({targets}){param_cond}{narrowed} AND t.type = {compiler.arg(inc.source_type)}"
                 f" AND t.deleted = 0 AND {scope_sql}"
             )
+        self._settle(compiler)
         return [self._stored(row) for row in conn.execute(sql, compiler.args).fetchall()]
 
     def _scope_sql(self, compiler: SqlCompiler, scope: AccessScope, alias: str, types: list[str] | None) -> str:
@@ -707,6 +760,7 @@ class SqliteStore(Store):
             )
         where = " AND ".join(parts)
         base = "FROM version v JOIN resource r ON r.pk = v.res WHERE " + where
+        self._settle(compiler)
         total = int(conn.execute(f"SELECT COUNT(*) {base}", compiler.args).fetchone()[0])
         page = _page(count, offset)
         rows = conn.execute(f"SELECT {_STORED_COLUMNS} {base} ORDER BY v.seq DESC {page}", compiler.args).fetchall()
