@@ -36,8 +36,7 @@ if str(ROOT) not in sys.path:
 
 from bench.auth import DOCTOR, Tokens, bearer  # noqa: E402  (needs the path fix above)
 from bench.ceiling_app import app as ceiling_app  # noqa: E402
-from bench.datagen import Population  # noqa: E402
-from bench.loader import IdSample, LoadPlan, load_direct  # noqa: E402
+from bench.loader import load_in_process  # noqa: E402
 from fhir_server.app import create_app, create_service  # noqa: E402
 from fhir_server.fhir.messages import FhirRequest  # noqa: E402
 from fhir_server.runtime.config import Config  # noqa: E402
@@ -65,10 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="gate-cost-") as tmp:
         config = Config(data_dir=Path(tmp) / "data")
-        patients = max(args.docs // 20, 1)
-        plan = LoadPlan(Population(patients, max(patients // 10, 1)), args.docs, 2000, args.seed, big=None)
-        sample = IdSample(20_000, random.Random(args.seed))
-        load_direct(config, plan, sample)
+        sample = load_in_process(config, args.docs, args.seed)
         service = create_service(config)
         client = create_app(service=service).test_client()
         ceiling = ceiling_app.test_client()
@@ -102,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[name] = min(cpu.get(name, mean_cpu), mean_cpu)
         service.store.close()
 
+    patients = max(args.docs // 20, 1)
     print(f"\n{args.docs} documents, {patients} patients, {args.requests} requests x {args.rounds} rounds (best round)")
     print(f"  {'':8} {'wall p50':>10} {'CPU mean':>10}")
     for name in measures:

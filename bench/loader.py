@@ -179,6 +179,16 @@ def load_direct(config: Any, plan: LoadPlan, sample: IdSample) -> LoadStats:
     return stats
 
 
+def load_in_process(config: Any, docs: int, seed: int) -> IdSample:
+    """``docs`` documents of ``docs / 20`` patients, loaded directly into ``config``'s data
+    directory: the data set of the in-process benchmarks. Returns the sample of their ids."""
+    patients = max(docs // 20, 1)
+    plan = LoadPlan(Population(patients, max(patients // 10, 1)), docs, 2000, seed, big=None)
+    sample = IdSample(20_000, random.Random(seed))
+    load_direct(config, plan, sample)
+    return sample
+
+
 def _all_dmps(pop: Population, moment: datetime) -> Iterator[dict[str, Any]]:
     for index in range(pop.patients):
         yield from dmp_records(index, moment, (DOCTOR,))
