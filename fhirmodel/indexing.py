@@ -9,6 +9,7 @@ way (SQLite tables, MongoDB sub-documents).
 from __future__ import annotations
 
 import itertools
+import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -160,16 +161,20 @@ def _dates(value: Any, vtype: str | None) -> list[DateValue]:
 
 
 def _number(value: Any) -> float | None:
+    """A finite number, or None. Why finite: ``NaN`` (a string ``"NaN"``, a ``Decimal``) or an
+    overflowing decimal (``1e999``, infinite as a double) matches no search, a ``NaN`` row is
+    refused by the index's ``NOT NULL``, and a deferred row (JSON) cannot hold either."""
     if isinstance(value, bool):
         return None
+    number: float | None = None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(Decimal(value))
+            number = float(Decimal(value))
         except InvalidOperation:
             return None
-    return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _quantities(value: Any) -> list[QuantityValue]:

@@ -525,6 +525,9 @@ def test_numbers_quantities_and_uris() -> None:
         NumberValue(3.0),
         NumberValue(4.5),
     ]
+    not_finite = (("NaN", "decimal"), ("1e999", "decimal"), (float("inf"), "decimal"), (float("nan"), "decimal"))
+    assert values("number", *not_finite) == []
+    assert values("quantity", *(({"value": v}, "Quantity") for v, _ in not_finite)) == []
     ucum = "http://unitsofmeasure.org"
     assert values("quantity", ({"value": 5.5, "system": ucum, "code": "mg"}, "Quantity")) == [
         QuantityValue(5.5, ucum, "mg")
