@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 from bench.auth import DOCTOR, Tokens, bearer  # noqa: E402  (needs the path fix above)
 from bench.ceiling_app import app as ceiling_app  # noqa: E402
-from bench.loader import load_in_process  # noqa: E402
+from bench.loader import in_process_patients, load_in_process  # noqa: E402
 from fhir_server.app import create_app, create_service  # noqa: E402
 from fhir_server.fhir.messages import FhirRequest  # noqa: E402
 from fhir_server.runtime.config import Config  # noqa: E402
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[name] = min(cpu.get(name, mean_cpu), mean_cpu)
         service.store.close()
 
-    patients = max(args.docs // 20, 1)
+    patients = in_process_patients(args.docs)
     print(f"\n{args.docs} documents, {patients} patients, {args.requests} requests x {args.rounds} rounds (best round)")
     print(f"  {'':8} {'wall p50':>10} {'CPU mean':>10}")
     for name in measures:

@@ -179,10 +179,16 @@ def load_direct(config: Any, plan: LoadPlan, sample: IdSample) -> LoadStats:
     return stats
 
 
+def in_process_patients(docs: int) -> int:
+    """How many patients the in-process benchmarks spread ``docs`` documents over."""
+    return max(docs // 20, 1)
+
+
 def load_in_process(config: Any, docs: int, seed: int) -> IdSample:
-    """``docs`` documents of ``docs / 20`` patients, loaded directly into ``config``'s data
-    directory: the data set of the in-process benchmarks. Returns the sample of their ids."""
-    patients = max(docs // 20, 1)
+    """``docs`` documents of :func:`in_process_patients` patients, loaded directly into
+    ``config``'s data directory: the data set of the in-process benchmarks. Returns the sample
+    of their ids."""
+    patients = in_process_patients(docs)
     plan = LoadPlan(Population(patients, max(patients // 10, 1)), docs, 2000, seed, big=None)
     sample = IdSample(20_000, random.Random(seed))
     load_direct(config, plan, sample)
