@@ -1,31 +1,30 @@
-"""The trail by group commit: the AuditEvents of concurrent requests written in one transaction.
+"""The trail by group commit: the AuditEvents of concurrent requests made durable together.
 
-R17 wants every request about a record traced, durably, before it is answered. Written in a
-transaction of its own, each request's AuditEvent takes the store's single writer (shared by all
-workers) and waits for its own sync to disk (``synchronous=FULL``): reads queue behind each other
-as if they were writes. Databases solve the same problem for their own log by *group commit*, and
-so does this: a request queues its event and waits; one waiting request — the first to find
-nobody committing — opens a transaction, takes the queued events (at most :data:`MAX_BATCH`),
-writes them all, and wakes the others once it has committed. It takes them only once the
-transaction is open: the store's writer is shared by every worker process, and the events queued
-while another process held it join the batch that waited for it, instead of waiting for one more
-commit. While a batch commits, the next requests queue, and their batch follows. Each request
-still answers only once its own event is durable, and the cost of a commit (the writer lock,
-``BEGIN``, the sync) is shared by the batch.
+R17 wants every request about a record traced, durably, before it is answered. Each request's
+event made durable on its own waits for its own sync to disk; databases solve the same problem for
+their own log by *group commit*, and so does this: a request queues its event and waits; one
+waiting request — the first to find nobody committing — takes the queued events (at most
+:data:`MAX_BATCH`), hands them to the store's :meth:`~storage.interface.Store.log` at once, and
+wakes the others once they are durable. While a batch is logged, the next requests queue, and
+their batch follows. Each request still answers only once its own event is durable, and the cost
+of a sync is shared by the batch. (The SQLite store logs to a journal file of its own and moves it
+into the database in batches: :mod:`storage.sqlite.journal` says why.)
 
 The committer is one of the waiting requests rather than a thread of its own: a request waits for
 its batch anyway, so nothing is lost, one thread hand-off is saved, and there is nothing to start,
 stop or leak — an app built by a test or a command leaves no thread behind, a gunicorn graceful
 stop waits for its requests and so for their events, and a fork finds no writer thread missing.
 
-What stays as it was:
+What stays apart:
 
 - a request already inside a transaction (a write: the service records it before committing)
   writes its event in that transaction, so the change and its trace land together or not at all;
-- an emergency access's alert is queued in the same unit as its event;
-- an event that fails on its own (inside its savepoint) fails only its request; a batch that
-  fails as a whole (``BEGIN`` or ``COMMIT`` refused: a full or read-only disk...) fails every
-  request of it with that error, as each would have failed alone — none answers without its event.
+- an emergency access's event and its alert are written in one transaction of their own, so that
+  the alert is queued exactly when the event is stored;
+- a batch the store refuses is logged again one event at a time: an event that fails on its own
+  fails only its request, and a failure of the store itself (a full or read-only disk) fails every
+  request of the batch with that error, as each would have failed alone — none answers without
+  its event.
 
 Back-pressure: at most :data:`MAX_WAITING` events wait in one process; a request finding the queue
 full waits for room (a server makes one thread per request at most, so this only binds a
@@ -54,7 +53,6 @@ class _Pending:
     """One request's event, until its batch is committed (or failed)."""
 
     event: dict[str, Any]
-    alert: bytes | None
     done: bool = False
     error: BaseException | None = None
 
@@ -73,10 +71,10 @@ class TrailWriter:
     def write(self, event: dict[str, Any], alert: bytes | None = None) -> None:
         """Store ``event`` (and queue ``alert``, an emergency access's, with it); return once it is
         committed, or raise what kept it from being stored."""
-        if self._store.in_transaction():
+        if alert is not None or self._store.in_transaction():
             self._write(event, alert)
             return
-        pending = _Pending(event, alert)
+        pending = _Pending(event)
         with self._changed:
             while len(self._queue) >= self._max_waiting:
                 self._changed.wait()
@@ -107,32 +105,30 @@ class TrailWriter:
             return [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
 
     def _commit(self) -> None:
-        """One transaction for the next batch; every entry done, each with its error if it has
-        one. Only what stops the thread itself (``SystemExit``...) is raised: the committer
-        answers for its own event only."""
-        batch: list[_Pending] = []
+        """Log the next batch; every entry done, each with its error if it has one. Only what
+        stops the thread itself (``SystemExit``...) is raised: the committer answers for its own
+        event only."""
+        batch = self._take()
         try:
-            with self._store.transaction():
-                batch = self._take()  # now that the writer is ours: see the module doc
-                for pending in batch:
-                    try:
-                        self._write(pending.event, pending.alert)
-                    except Exception as exc:  # its savepoint is rolled back: the others go on
-                        pending.error = exc
-        except BaseException as exc:  # nothing of the batch is stored
-            batch = batch or self._take()  # refused before it was taken: the batch it was for
-            for pending in batch:
-                if pending.error is None:
-                    pending.error = exc
-            if not isinstance(exc, Exception):
-                raise
+            try:
+                self._store.log([pending.event for pending in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    batch[0].error = exc
+                else:  # which event is refused, if it is one: each alone (nothing of the batch is stored)
+                    for pending in batch:
+                        try:
+                            self._store.log([pending.event])
+                        except Exception as alone:
+                            pending.error = alone
         finally:
             for pending in batch:
                 pending.done = True
 
     def _write(self, event: dict[str, Any], alert: bytes | None) -> None:
-        """One event and its alert, together. Inside a transaction, a ``create`` is undone alone
-        when it fails (its own savepoint): only an alert needs one more, around both."""
+        """One event and its alert, together, in the caller's transaction or one of their own.
+        Inside a transaction, a ``create`` is undone alone when it fails (its own savepoint): only
+        an alert needs one more, around both."""
         if alert is None:
             self._store.create(event)
             return

@@ -127,6 +127,15 @@ class Store(ABC):
     def create(self, resource: dict[str, Any], *, method: str = "POST") -> Stored:
         """Store a new resource. ``resource['id']`` must be set by the caller."""
 
+    def log(self, resources: list[dict[str, Any]]) -> None:
+        """Create new resources that many requests write and few read (the trail's AuditEvents):
+        all of them or, on an error, none; durable when this returns, and seen by every read that
+        starts after it, but possibly written into the store's indexes later, in batches. A
+        backend without a cheaper way creates them in one transaction."""
+        with self.transaction():
+            for resource in resources:
+                self.create(resource)
+
     @abstractmethod
     def update(self, resource: dict[str, Any], *, expected_version: int | None = None, method: str = "PUT") -> Stored:
         """Store a new version of an existing (possibly deleted) resource."""

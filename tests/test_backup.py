@@ -150,7 +150,11 @@ def test_a_backup_taken_while_the_server_writes_restores_what_its_manifest_says(
 
     refused = _cli("restore", str(dest), data_dir=restored)
     assert refused.returncode == 2 and "not empty (--force" in refused.stderr
+    service = create_service(Config(data_dir=restored))  # an event logged after the backup, in the journal
+    service.store.log([{"resourceType": "AuditEvent", "id": "after-the-backup"}])
+    service.store.close()
     assert _cli("restore", str(dest), "--force", data_dir=restored).returncode == 0
+    assert _audit_events(restored) == manifest["resources"]["AuditEvent"]  # the restore undid it
     with open(dest / "dmp.sqlite3", "r+b") as handle:  # one byte altered
         handle.seek(5000)
         byte = handle.read(1)

@@ -200,7 +200,7 @@ def _trail_event(eid: str, *patients: str) -> dict[str, Any]:
 
 def _life(config: Config) -> None:
     """A store with a bit of everything: versions, a deletion, the trail (whose index SQLite keeps
-    in tables of its own), records, a queued message."""
+    in tables of its own, and whose last event it keeps in its journal), records, a queued message."""
     service = create_service(config)
     store = service.store
     store.create(patient("p1", "Martin"))
@@ -209,6 +209,7 @@ def _life(config: Config) -> None:
         store.create(doc(f"d{n}", "p1"))
     store.delete("DocumentReference", "d3")
     store.create(_trail_event("e1", "p1"))
+    store.log([_trail_event("e2", "p1")])  # left in the SQLite store's journal: the copy moves it in first
     store.put_record("account", "1800175123456", b"scrypt hash", expires=None)
     store.enqueue("alert", b"to send")
     store.close()
@@ -225,8 +226,8 @@ def test_migrate_copies_everything_sealed_resumes_and_verifies(
     source = f"sqlite:///{config.sqlite_path}"
     assert main(["migrate", "--from", source, "--to", mongo_target, "--batch", "3"]) == 0
     out = capsys.readouterr()
-    assert "resources [##############################] 9/9" in out.err
-    assert "versions: 11 in SQLite" in out.out and "DIFFERS" not in out.out
+    assert "resources [##############################] 10/10" in out.err
+    assert "versions: 12 in SQLite" in out.out and "DIFFERS" not in out.out
 
     migrated = create_service(Config(data_dir=data_dir, store_url=mongo_target))
     store = migrated.store
@@ -234,15 +235,15 @@ def test_migrate_copies_everything_sealed_resumes_and_verifies(
     about = Query("DocumentReference", Reference("subject", "Patient", "p1"))
     assert store.search(about, OPEN_SCOPE).total == 6
     trail = store.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE)
-    assert [s.id for s in trail.matches] == ["e1"]  # its index came from the trail's own tables
+    assert [s.id for s in trail.matches] == ["e1", "e2"]  # its index came from the trail's own tables
     assert store.vread("Patient", "p1", 1, OPEN_SCOPE).json()["name"][0]["family"] == "Martin"
     assert store.get_record("account", "1800175123456") == (b"scrypt hash", None)
     assert [m.payload for m in store.pending("alert")] == [b"to send"]
-    assert store.create(patient("p9", "New")).pk == 10  # the sequences go on from the source's
+    assert store.create(patient("p9", "New")).pk == 11  # the sequences go on from the source's
 
     # Interrupted half-way: what is missing is copied again, and the verification passes.
-    store.database["resources"].delete_many({"pk": {"$gte": 5, "$lte": 9}})
-    store.database["versions"].delete_many({"res": {"$gte": 5, "$lte": 9}})
+    store.database["resources"].delete_many({"pk": {"$gte": 5, "$lte": 10}})
+    store.database["versions"].delete_many({"res": {"$gte": 5, "$lte": 10}})
     store.expunge("Patient", "p9")
     assert main(["migrate", "--from", source, "--to", mongo_target, "--verify-only"]) == 1
     assert main(["migrate", "--from", source, "--to", mongo_target]) == 0
@@ -250,9 +251,9 @@ def test_migrate_copies_everything_sealed_resumes_and_verifies(
     # A blob altered after the copy is caught by the digests, not only by the counts.
     store.database["versions"].update_one({"_id": 1}, {"$set": {"content": b"tampered"}})
     assert main(["migrate", "--from", source, "--to", mongo_target, "--verify-only"]) == 1
-    assert "versions: 11 in SQLite" in capsys.readouterr().out
+    assert "versions: 12 in SQLite" in capsys.readouterr().out
     with closing(open_database(config.sqlite_path)) as conn:  # encrypted as a whole: opened with its key
-        assert conn.execute("SELECT COUNT(*) FROM version").fetchone() == (11,)  # the source is untouched
+        assert conn.execute("SELECT COUNT(*) FROM version").fetchone() == (12,)  # the source is untouched
     store.close()
 
 

@@ -2,15 +2,12 @@
 one durable AuditEvent before it is answered, while the events of concurrent requests share
 commits.
 
-The server parts are real: the SQLite store on a data directory, the DMP gatekeeper, real tokens,
-the Flask test client from several threads. Two failures cannot be produced for real here and are
-injected through a subclass of the real store, viewing the same store (its connections, its
-writer lock, its file) — see :func:`view`:
-
-- a ``COMMIT`` refused by the disk: a file made read-only does not stop a connection already open
-  on it, and a full disk cannot be made on this machine without privileges;
-- a batch held open while other requests queue: which requests share a commit otherwise depends
-  on the scheduler, and a test must not depend on timing.
+The server parts are real: the SQLite store on a data directory, its journal, the DMP gatekeeper,
+real tokens, the Flask test client from several threads. A store that cannot write is real too:
+the journal's file replaced by a directory. One situation cannot be produced without depending
+on the scheduler and is made through a subclass of the real store, viewing the same store (its
+connections, its writer lock, its files) — see :func:`view`: a batch held while other requests
+queue (which requests share a batch otherwise depends on timing, and a test must not).
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import pytest
 
 from authz.audit import event_id, patient_entity, server_event
@@ -31,9 +29,8 @@ from authz.trail_writer import TrailWriter
 from fhir_server.app import create_service
 from fhir_server.runtime.config import Config
 from fhirmodel.dates import instant_now
-from storage.interface import AlreadyExists, Store
+from storage.interface import Store
 from storage.query import OPEN_SCOPE, Query, ReferenceIdentifier
-from storage.sqlite.connection import OperationalError
 from storage.sqlite.store import SqliteStore
 from tests.dmp import INS_SYSTEM, World
 
@@ -49,56 +46,40 @@ def view(store: Store, kind: type[S]) -> S:
     return seen
 
 
-class RefusingCommits(SqliteStore):
-    """A store whose disk refuses every commit: the transaction is rolled back and the driver's
-    error raised, as SQLite does when the sync of the write-ahead log fails."""
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        outermost = not self.in_transaction()
-        with super().transaction():
-            yield
-            if outermost:
-                raise OperationalError("disk I/O error")
-
-
 class Observed(SqliteStore):
-    """A store that counts the events each of its transactions writes, and can hold its first
-    batch open (while it writes its first event) until :attr:`release` is set."""
+    """A store that counts the events of each batch it logs, and can hold its first batch (before
+    logging it) until :attr:`release` is set."""
 
-    batches: list[int]
-    held: threading.Event  # set once the held batch is being written
+    batches: list[int]  # the size of each batch logged, in order
+    held: threading.Event  # set once the held batch is being logged
     release: threading.Event
-    refuse_after_hold: bool
 
-    def watch(self, *, hold: bool, refuse_after_hold: bool = False) -> Observed:
+    def watch(self, *, hold: bool) -> Observed:
         self.batches, self.held, self.release = [], threading.Event(), threading.Event()
-        self.refuse_after_hold = refuse_after_hold
         if not hold:
             self.release.set()
         return self
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        if self.in_transaction():
-            with super().transaction():
-                yield
-            return
-        first = not self.held.is_set()
-        with super().transaction():
-            self.batches.append(0)
-            yield
-            if self.refuse_after_hold and not first:
-                raise OperationalError("disk I/O error")
-
-    def create(self, resource: dict[str, Any], *, method: str = "POST") -> Any:
-        if resource["resourceType"] == "AuditEvent" and not self.held.is_set():
+    def log(self, resources: list[dict[str, Any]]) -> None:
+        if not self.held.is_set():
             self.held.set()
             assert self.release.wait(timeout=60), "the test never released the held batch"
-        stored = super().create(resource, method=method)
-        if resource["resourceType"] == "AuditEvent":
-            self.batches[-1] += 1
-        return stored
+        super().log(resources)
+        self.batches.append(len(resources))
+
+
+@contextmanager
+def unwritable_journal(store: Store) -> Iterator[None]:
+    """The store's journal cannot be written: its file is a directory (a real error of the disk's
+    file system, as a read-only or full disk gives), until the block ends."""
+    assert isinstance(store, SqliteStore)
+    journal = Path(f"{store.path}.journal")
+    journal.unlink(missing_ok=True)
+    journal.mkdir()
+    try:
+        yield
+    finally:
+        journal.rmdir()
 
 
 @pytest.fixture
@@ -185,20 +166,21 @@ def test_concurrent_requests_each_leave_exactly_one_event(world: World, beside: 
     assert sorted(seen) == sorted(f"DocumentReference/t{n}-{k}" for n in range(8) for k in range(6))
 
 
-def test_a_batch_that_cannot_commit_fails_every_request_and_stores_none_of_them(
+def test_a_batch_that_cannot_be_written_fails_every_request_and_stores_none_of_them(
     world: World, beside: Store
 ) -> None:
-    gate = gatekeeper(world)
-    gate.trail = TrailWriter(view(world.store, RefusingCommits))
     app, token = world.client.application, world.patient(INS).headers
     statuses: list[int] = []
 
     def read(n: int) -> None:
         statuses.append(app.test_client().get(f"/fhir/DocumentReference/t{n}", headers=token).status_code)
 
-    in_threads(6, read)
+    with unwritable_journal(world.store):
+        in_threads(6, read)
     assert statuses == [500] * 6
     assert events_on_disk(beside) == []
+    assert world.patient(INS).get("DocumentReference/after").status_code == 404  # writable again: served
+    assert entity_references(events_on_disk(beside)) == ["DocumentReference/after"]
 
 
 def trail_events(count: int) -> list[dict[str, Any]]:
@@ -271,31 +253,25 @@ def test_events_queued_while_a_batch_commits_share_the_next_commit(store: Store)
     assert stored_ids(store) == {e["id"] for e in events}
 
 
-def test_events_queued_while_another_process_writes_join_the_batch_waiting_for_the_writer(
-    store: Store, tmp_path: Path
-) -> None:
-    """The writer is shared by every worker process: the events queued while the committer waits
-    for it are in its batch, not in one more commit after it."""
+def test_events_are_logged_while_another_process_writes(store: Store, tmp_path: Path) -> None:
+    """A request's event does not wait for the database's writer, which every worker shares: the
+    journal is written while another process holds it."""
     observed = view(store, Observed).watch(hold=False)
     other = create_service(Config(data_dir=tmp_path / "data")).store  # another worker's store
     writer, events = TrailWriter(observed), trail_events(6)
     outcomes: list[Exception | None] = [None] * len(events)
     threads = writer_threads(writer, events, outcomes)
     try:
-        with other.transaction():  # the other process writes: its writer lock is held
+        with other.transaction():  # the other process writes: its writer lock is held throughout
             for t in threads:
                 t.start()
-            for _ in range(1000):  # until they all wait, in the queue (private, only read here)
-                if len(writer._queue) == len(events):
-                    break
-                threading.Event().wait(0.01)
+            for t in threads:
+                t.join(timeout=60)
+            assert not any(t.is_alive() for t in threads), "a writer waited for the other process"
     finally:
-        for t in threads:
-            t.join(timeout=60)
         other.close()
-    assert not any(t.is_alive() for t in threads), "a writer never returned"
     assert outcomes == [None] * 6
-    assert observed.batches == [6]
+    assert sum(observed.batches) == 6
     assert stored_ids(store) == {e["id"] for e in events}
 
 
@@ -311,20 +287,12 @@ def test_a_batch_is_bounded(store: Store) -> None:
 def test_an_event_that_fails_alone_fails_only_its_own_request(store: Store) -> None:
     observed = view(store, Observed).watch(hold=True)
     events = trail_events(5)
-    events[2]["id"] = events[1]["id"]  # stored once: the second of the two is refused in its savepoint
+    events[2]["extension"] = [{"url": "urn:test", "valueString": object()}]  # cannot be serialised
     outcomes = queued_while_held(TrailWriter(observed), observed, events)
-    assert [type(o) for o in outcomes if o is not None] == [AlreadyExists]
-    assert outcomes[0] is None and observed.batches == [1, 3]
-    assert stored_ids(store) == {e["id"] for e in events}
-
-
-def test_a_batch_whose_commit_fails_fails_every_request_of_it(store: Store) -> None:
-    observed = view(store, Observed).watch(hold=True, refuse_after_hold=True)
-    events = trail_events(5)
-    outcomes = queued_while_held(TrailWriter(observed), observed, events)
-    assert outcomes[0] is None
-    assert all(isinstance(o, OperationalError) for o in outcomes[1:])
-    assert stored_ids(store) == {events[0]["id"]}
+    assert [type(o) for o in outcomes if o is not None] == [orjson.JSONEncodeError]
+    assert outcomes[2] is not None
+    assert observed.batches == [1, 1, 1, 1]  # the batch of four refused, then each alone: three logged
+    assert stored_ids(store) == {e["id"] for n, e in enumerate(events) if n != 2}
 
 
 def test_a_write_s_event_lands_in_the_write_s_own_transaction(store: Store) -> None:
@@ -336,7 +304,7 @@ def test_a_write_s_event_lands_in_the_write_s_own_transaction(store: Store) -> N
     with pytest.raises(RuntimeError), observed.transaction():
         writer.write(failed)
         raise RuntimeError("the write failed after its event was written")
-    assert observed.batches == [1, 1]  # two transactions, both the caller's: the writer opened none
+    assert observed.batches == []  # logged in neither: written in the callers' transactions
     assert stored_ids(store) == {event["id"]}
 
 

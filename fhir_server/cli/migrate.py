@@ -48,6 +48,8 @@ def _migrate_command(args: argparse.Namespace) -> int:
         print(f"dmp-server migrate: no SQLite store at {source}", file=sys.stderr)
         return 2
     config = Config.from_env()
+    # Opened once: what the trail's journal holds is moved into the database the copy reads.
+    create_service(dataclasses.replace(config, store_url=args.source)).store.close()
     service = create_service(dataclasses.replace(config, store_url=args.target))
     store = service.store
     assert isinstance(store, MongoStore)

@@ -91,7 +91,9 @@ def verify(directory: Path, kind: str) -> dict[str, Any]:
 
 def restore(src: Path, keys_src: Path, database: Path, keys_dir: Path, master_key_file: Path) -> dict[str, Any]:
     """Copy a verified backup into place: the database and its key beside it, the master keys to
-    ``master_key_file``, the other key files into ``keys_dir``. Any earlier WAL is removed."""
+    ``master_key_file``, the other key files into ``keys_dir``. Any earlier WAL is removed, and the
+    trail's journal of the database replaced (:mod:`storage.sqlite.journal`): a backup holds the
+    journal moved in (:meth:`SqliteStore.snapshot`), and what came after it is what a restore undoes."""
     data, keys = verify(src, DATA_KIND), verify(keys_src, KEYS_KIND)
     if MASTER_KEYS_FILE not in keys["files"]:
         raise BackupError(f"{keys_src} holds no {MASTER_KEYS_FILE}")
@@ -99,6 +101,9 @@ def restore(src: Path, keys_src: Path, database: Path, keys_dir: Path, master_ke
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for suffix in ("-wal", "-shm"):
         database.with_name(database.name + suffix).unlink(missing_ok=True)
+    for journal in database.parent.glob(f"{database.name}.journal-*"):  # the trail's journal, detached
+        journal.unlink()
+    database.with_name(f"{database.name}.journal").unlink(missing_ok=True)  # and live
     _install(src / data["database"], database)
     _install(src / dbkey.key_path(Path(data["database"])).name, dbkey.key_path(database))
     for name in keys["files"]:

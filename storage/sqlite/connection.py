@@ -31,6 +31,7 @@ from storage.crypto import MasterKeyError
 
 #: The driver's errors (not those of the standard ``sqlite3`` module, a distinct class tree).
 OperationalError: type[Exception] = sqlcipher.OperationalError
+IntegrityError: type[Exception] = sqlcipher.IntegrityError
 DatabaseError: type[Exception] = sqlcipher.DatabaseError
 
 #: The SQLite the store runs on (SQLCipher's, not the standard library's).
@@ -40,6 +41,8 @@ SQLITE_VERSION: str = sqlcipher.sqlite_version
 #: log at every commit, so an acknowledged write survives a power loss; NORMAL syncs only at
 #: checkpoints (faster, but the last commits may be lost with the power, never corrupted).
 SYNCHRONOUS_LEVELS = ("FULL", "EXTRA", "NORMAL")
+#: The levels at which a commit waits for the disk: the trail's journal syncs its appends at these.
+SYNCED_LEVELS = ("FULL", "EXTRA")
 #: The first bytes of a plaintext SQLite database (an encrypted one starts with random salt).
 PLAINTEXT_HEADER = b"SQLite format 3\x00"
 #: A database's own files besides the main one; each holds pages of it.

@@ -62,6 +62,8 @@ from storage.sqlite.compiled import CompiledFragments
 from storage.sqlite.compiler import KIND_OF_TYPE, ParamType, SqlCompiler
 from storage.sqlite.connection import (
     DEFAULT_SETTINGS,
+    SYNCED_LEVELS,
+    IntegrityError,
     OperationalError,
     SqliteSettings,
     ThreadConnections,
@@ -69,6 +71,7 @@ from storage.sqlite.connection import (
     restrict_files,
 )
 from storage.sqlite.encrypt import encrypt_in_place, is_plaintext
+from storage.sqlite.journal import DRAIN_BYTES, Journal
 from storage.sqlite.rekey import settle
 from storage.sqlite.schema import (
     ADDED_COLUMNS,
@@ -164,6 +167,10 @@ class SqliteStore(Store):
         self._cipher = cipher
         self._synchronous = settings.synchronous
         self._writer = WriterLock(self.path)
+        #: The types whose resources :meth:`log` journals: those of a deferred family (the trail).
+        self._logged = frozenset(rtype for rtype, family in FAMILY_OF_TYPE.items() if family.deferred)
+        synced = settings.synchronous in SYNCED_LEVELS
+        self._journal = None if self.path == ":memory:" else Journal(f"{self.path}.journal", sync=synced)
         key: bytes | None = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +187,7 @@ class SqliteStore(Store):
         except MasterKeyError:
             self.close()
             raise
+        self._settle(None, None)  # what a stopped server left in the journal
 
     def _database_key(self) -> bytes:
         """The database's key: created with a new database, loaded for an encrypted one; a
@@ -334,6 +342,8 @@ class SqliteStore(Store):
     def close(self) -> None:
         self._connections.close_all()
         self._writer.close()
+        if self._journal is not None:
+            self._journal.close()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -413,33 +423,106 @@ class SqliteStore(Store):
                 self._insert_rows(family, resources)
             conn.execute("DELETE FROM index_pending")
 
-    def _settle(self, compiler: SqlCompiler) -> None:
-        """Before a statement runs: the deferred rows of the families it reads are written, so that
-        it sees every resource committed before it, as with rows written at once."""
-        if not any(family.deferred for family in compiler.families):
+    def _settle(self, compiler: SqlCompiler | None, *types: str | None) -> None:
+        """Before a statement runs: what the trail keeps aside — its events in the journal, the
+        index rows of events created in a transaction in ``index_pending`` — is written if the
+        statement reads the index of a deferred family (``compiler``'s) or resources of one of
+        ``types`` (``None``: of any type), so that it sees every resource stored before it, as
+        if all were written at once. Other statements (a document's read) leave both waiting."""
+        reads_index = compiler is not None and any(family.deferred for family in compiler.families)
+        if not reads_index and not any(t is None or t in self._logged for t in types):
             return
-        if self._conn().execute("SELECT 1 FROM index_pending LIMIT 1").fetchone() is not None:
+        if self._journal is not None and self._journal.waiting():
+            self._drain()
+        if reads_index and self._conn().execute("SELECT 1 FROM index_pending LIMIT 1").fetchone() is not None:
             self._write_pending()
 
     def create(self, resource: dict[str, Any], *, method: str = "POST") -> Stored:
         with self.transaction():
             rtype, rid = resource["resourceType"], resource["id"]
-            conn = self._conn()
-            if conn.execute("SELECT 1 FROM resource WHERE type = ? AND id = ?", (rtype, rid)).fetchone():
+            if self._conn().execute("SELECT 1 FROM resource WHERE type = ? AND id = ?", (rtype, rid)).fetchone():
                 raise AlreadyExists(f"{rtype}/{rid} already exists")
             content, last_updated = stamp(resource, 1)
             blob = self._seal(resource_aad(rtype, rid, 1), content)
-            cur = conn.execute(
-                "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, 1, ?, ?)",
-                (rtype, rid, last_updated, blob),
-            )
-            pk = int(cur.lastrowid or 0)
-            seq = self._write_version(pk, 1, last_updated, method)
+            pk, seq = self._insert_new(rtype, rid, last_updated, blob, method)
             self._reindex(pk, resource, fresh=True)
             self._observed(rtype, None, resource)
             return Stored(pk, seq, rtype, rid, 1, last_updated, method, content)
 
+    def _insert_new(self, rtype: str, rid: str, last_updated: str, blob: bytes, method: str) -> tuple[int, int]:
+        """The rows of a new resource's first version, its index aside: ``(pk, seq)``."""
+        cur = self._conn().execute(
+            "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, 1, ?, ?)",
+            (rtype, rid, last_updated, blob),
+        )
+        pk = int(cur.lastrowid or 0)
+        return pk, self._write_version(pk, 1, last_updated, method)
+
+    def log(self, resources: list[dict[str, Any]]) -> None:
+        """The trail's events go to the journal (:mod:`storage.sqlite.journal`): stamped and sealed
+        now, as a create would (the blob is the one the resource row will hold), durable once
+        appended; moved into the database with the next batch, or before anything reads them.
+        Inside a transaction, or for a type whose family is not deferred, they are created in it."""
+        journal = self._journal
+        if journal is None or self.in_transaction() or any(r["resourceType"] not in self._logged for r in resources):
+            super().log(resources)
+            return
+        payloads = []
+        for resource in resources:
+            rtype, rid = resource["resourceType"], resource["id"]
+            content, last_updated = stamp(resource, 1)
+            blob = self._seal(resource_aad(rtype, rid, 1), content)
+            payloads.append(orjson.dumps([rtype, rid, last_updated]) + b"\n" + blob)
+        if journal.append(payloads) >= DRAIN_BYTES:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Move the journal into the database, in one transaction (the caller's, if it is in one).
+
+        The live file is detached first, so appends go on meanwhile. Which detached files were
+        moved is recorded with their rows (``meta``: ``journal/<generation>``), and a file is
+        removed only once that is committed: a crash in between leaves a file whose rows are in,
+        which the next move skips, then removes. A record that cannot be moved (it does not open with
+        the store's keys) fails the move as a whole — nothing is lost, and the error is raised; one
+        whose id is taken is kept aside (:meth:`Journal.keep_aside`) and the others go in."""
+        journal = self._journal
+        if journal is None:
+            return
+        with self.transaction():
+            conn = self._conn()
+            journal.detach()
+            moved = {row[0] for row in conn.execute("SELECT substr(key, 9) FROM meta WHERE key LIKE 'journal/%'")}
+            files = journal.detached()
+            for detached in files:
+                if detached.generation not in moved:
+                    self._insert_logged(detached.records())
+                    conn.execute("INSERT INTO meta VALUES (?, '')", (f"journal/{detached.generation}",))
+            for generation in moved - {d.generation for d in files}:  # removed after an earlier move
+                conn.execute("DELETE FROM meta WHERE key = ?", (f"journal/{generation}",))
+        if not self.in_transaction():  # committed: the files are in the database
+            for detached in files:
+                detached.path.unlink(missing_ok=True)
+
+    def _insert_logged(self, payloads: list[bytes]) -> None:
+        """The rows of logged resources, their index rows written together per family."""
+        indexed: dict[IndexFamily, list[tuple[int, dict[str, Any]]]] = {}
+        for payload in payloads:
+            head, _, blob = payload.partition(b"\n")
+            rtype, rid, last_updated = orjson.loads(head)
+            resource = orjson.loads(self._open(resource_aad(rtype, rid, 1), blob))
+            try:
+                pk, _ = self._insert_new(rtype, rid, last_updated, blob, "POST")
+            except IntegrityError:  # its id is taken: kept aside, sealed; the others go in
+                assert self._journal is not None
+                self._journal.keep_aside(payload, f"{rtype}/{rid}: the id is taken")
+                continue
+            indexed.setdefault(family_of(rtype), []).append((pk, self._index_rows(resource)))
+            self._observed(rtype, None, resource)
+        for family, resources in indexed.items():
+            self._insert_rows(family, resources)
+
     def _current(self, rtype: str, rid: str) -> tuple[int, int, int] | None:
+        self._settle(None, rtype)
         row = (
             self._conn()
             .execute("SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?", (rtype, rid))
@@ -540,6 +623,7 @@ class SqliteStore(Store):
         """
         if self.path == ":memory:":
             return "in memory: nothing to compact"
+        self._settle(None, None)
         conn = self._conn()
         with self._writer:
             conn.execute("VACUUM")
@@ -553,6 +637,7 @@ class SqliteStore(Store):
         read transaction, writers go on), encrypted under the same key, owner-only, synced."""
         if self.path == ":memory:":
             raise ValueError("an in-memory database has no file to copy")
+        self._settle(None, None)  # the copy holds the trail's journal too
         os.close(os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))  # empty: VACUUM INTO fills it
         self._conn().execute("VACUUM INTO ?", (str(target),))
         with open(target, "rb+") as handle:
@@ -581,6 +666,7 @@ class SqliteStore(Store):
         return current[1] if current else None
 
     def read(self, resource_type: str, resource_id: str, scope: AccessScope) -> Stored:
+        self._settle(None, resource_type)
         row = (
             self._conn()
             .execute(
@@ -597,6 +683,7 @@ class SqliteStore(Store):
         return stored
 
     def vread(self, resource_type: str, resource_id: str, version: int, scope: AccessScope) -> Stored:
+        self._settle(None, resource_type)
         row = (
             self._conn()
             .execute(
@@ -647,6 +734,7 @@ class SqliteStore(Store):
     def search(self, query: Query, scope: AccessScope) -> SearchResult:
         conn = self._conn()
         rtype = query.resource_type
+        self._settle(None, rtype)  # before the watermark: the events waiting are older than it
         expr = all_of(query.where, scope.filter(rtype))
         watermark = query.watermark
         if watermark is None:
@@ -711,7 +799,9 @@ class SqliteStore(Store):
                 f" WHERE ({targets}){param_cond}{narrowed} AND t.type = {compiler.arg(inc.source_type)}"
                 f" AND t.deleted = 0 AND {scope_sql}"
             )
-        self._settle(compiler)
+        # A reverse include reads its sources' index (the compiler knows whose); a forward one reads
+        # the resources its references name, of any type when it names none.
+        self._settle(compiler, *(() if inc.reverse else (inc.target_type,)))
         return [self._stored(row) for row in conn.execute(sql, compiler.args).fetchall()]
 
     def _scope_sql(self, compiler: SqlCompiler, scope: AccessScope, alias: str, types: list[str] | None) -> str:
@@ -738,6 +828,7 @@ class SqliteStore(Store):
         at: tuple[str, str] | None = None,
     ) -> HistoryPage:
         conn = self._conn()
+        self._settle(None, resource_type)  # before the watermark, as a search
         if watermark is None:
             watermark = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM version").fetchone()[0])
         compiler = self._compiler(scope)
@@ -864,6 +955,7 @@ class SqliteStore(Store):
             return int(self._conn().execute("DELETE FROM record WHERE expires <= ?", (now,)).rowcount)
 
     def reindex(self, resource_type: str | None = None) -> int:
+        self._settle(None, resource_type)
         conn = self._conn()
         where, args = ("AND type = ?", (resource_type,)) if resource_type else ("", ())
         last, done = 0, 0
@@ -889,6 +981,7 @@ class SqliteStore(Store):
         never overwritten by an older blob; short batches keep the write lock for little time.
         """
         cipher = self._require_cipher()
+        self._settle(None, None)  # the journal's blobs are sealed too: re-wrapped once moved in
         done = int(self.path != ":memory:" and dbkey.rewrap(Path(self.path), cipher))
         for table, key, column in _SEALED_COLUMNS:
             last: Any = None
@@ -914,6 +1007,7 @@ class SqliteStore(Store):
         """The master keys that wrap the database key or at least one stored blob (reads only headers)."""
         if self._cipher is None:
             return set()
+        self._settle(None, None)  # the journal's blobs, once moved in, are counted with the rest
         database_kid = None if self.path == ":memory:" else dbkey.kid(Path(self.path), self._cipher)
         kids = {database_kid} if database_kid else set()
         for table, _key, column in _SEALED_COLUMNS:

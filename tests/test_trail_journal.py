@@ -1,0 +1,305 @@
+"""The trail's journal (storage/sqlite/journal.py): AuditEvents logged by an append to a file of
+their own, moved into the database in batches or before anything reads them.
+
+Everything here is real: the SQLite store on files in a temporary directory, its journal, a
+second store on the same files as another worker process opens them, the files' bytes damaged
+as a crash damages them, and a write cut short by a file-size limit (``RLIMIT_FSIZE``), as a full
+disk cuts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage.query import ANY_SYSTEM, OPEN_SCOPE, Has, Include, Query, Reference, Token
+from storage.sqlite.journal import DRAIN_BYTES, HEADER_BYTES, Journal
+from storage.sqlite.store import SqliteStore
+from tests.test_storage_contract import _sqlite, doc, patient, trail_event
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = _sqlite(tmp_path)
+    assert isinstance(opened, SqliteStore)
+    opened.create(patient("p1", "Martin"))
+    opened.create(doc("d1", "p1"))
+    yield opened
+    opened.close()
+
+
+def journal_of(store: SqliteStore) -> Path:
+    return Path(f"{store.path}.journal")
+
+
+def in_database(store: SqliteStore, rid: str) -> bool:
+    """Whether the event's row is in the database file, read past the store (and its journal)."""
+    row = store._conn().execute("SELECT 1 FROM resource WHERE type = 'AuditEvent' AND id = ?", (rid,)).fetchone()
+    return row is not None
+
+
+def event(eid: str, action: str = "R") -> dict[str, Any]:
+    return trail_event(eid, "p1", action, "2024-02-01T10:00:00Z", about="DocumentReference/d1")
+
+
+def test_a_logged_event_is_on_disk_in_the_journal_not_yet_in_the_database(store: SqliteStore) -> None:
+    store.log([event("e1"), event("e2")])
+    assert journal_of(store).stat().st_size > HEADER_BYTES
+    assert not in_database(store, "e1")
+    assert stat.S_IMODE(journal_of(store).stat().st_mode) == 0o600  # owner-only, as the database
+    assert store.read("DocumentReference", "d1", OPEN_SCOPE).id == "d1"  # a document's read leaves it waiting
+    assert not in_database(store, "e1")
+
+
+def _ids(found: Any) -> set[str]:
+    return {m.id for m in found}
+
+
+def _search(s: SqliteStore) -> set[str]:
+    return _ids(s.search(Query("AuditEvent", Token("_id", ANY_SYSTEM, "e1")), OPEN_SCOPE).matches)
+
+
+def _has(s: SqliteStore) -> set[str]:
+    who = Query("Patient", Has("AuditEvent", "entity", Token("action", ANY_SYSTEM, "X")))
+    return _ids(s.search(who, OPEN_SCOPE).matches)
+
+
+def _revinclude(s: SqliteStore) -> set[str]:
+    about = Include("AuditEvent", "entity", reverse=True)
+    documents = Query("DocumentReference", Reference("subject", "Patient", "p1"), includes=(about,))
+    return _ids(s.search(documents, OPEN_SCOPE).included)
+
+
+def _include(s: SqliteStore) -> set[str]:
+    listed = {"resourceType": "List", "id": "l1", "status": "current", "mode": "working"}
+    s.create({**listed, "entry": [{"item": {"reference": "AuditEvent/e1"}}]})
+    lists = Query("List", Token("_id", ANY_SYSTEM, "l1"), includes=(Include("List", "item"),))
+    return _ids(s.search(lists, OPEN_SCOPE).included)
+
+
+def _key_accounting(s: SqliteStore) -> set[str]:
+    s.key_ids_in_use()
+    return {"e1"} if in_database(s, "e1") else set()
+
+
+def _snapshot(s: SqliteStore) -> set[str]:
+    s.snapshot(Path(f"{s.path}.copy"))
+    return {"e1"} if in_database(s, "e1") else set()
+
+
+#: Each way to read the trail, and what it finds once the event ``e1`` (action X) is in.
+READS: dict[str, tuple[Callable[[SqliteStore], set[str]], set[str]]] = {
+    "read": (lambda s: {s.read("AuditEvent", "e1", OPEN_SCOPE).id}, {"e1"}),
+    "vread": (lambda s: {s.vread("AuditEvent", "e1", 1, OPEN_SCOPE).id}, {"e1"}),
+    "exists": (lambda s: {"e1"} if s.exists("AuditEvent", "e1") == 1 else set(), {"e1"}),
+    "search": (_search, {"e1"}),
+    "_has": (_has, {"p1"}),
+    "_revinclude": (_revinclude, {"e1"}),
+    "_include": (_include, {"e1"}),
+    "history of the type": (lambda s: _ids(s.history(OPEN_SCOPE, "AuditEvent").entries), {"e1"}),
+    "history of the server": (lambda s: _ids(s.history(OPEN_SCOPE).entries) & {"e1"}, {"e1"}),
+    "key accounting": (_key_accounting, {"e1"}),
+    "snapshot (a backup's copy)": (_snapshot, {"e1"}),
+}
+
+
+@pytest.mark.parametrize("how", READS)
+def test_every_read_of_the_trail_finds_the_events_logged_before_it(store: SqliteStore, how: str) -> None:
+    """As with events written at once: what reads the trail moves the journal in first."""
+    read, expected = READS[how]
+    store.log([event("e1", "X")])
+    assert not in_database(store, "e1")
+    assert read(store) == expected
+    assert in_database(store, "e1")
+    assert store._journal is not None and not store._journal.waiting()
+
+
+def test_another_process_reads_what_this_one_logged(store: SqliteStore, tmp_path: Path) -> None:
+    other = _sqlite(tmp_path)  # the same files, opened again: another worker
+    try:
+        store.log([event("e1")])
+        assert other.read("AuditEvent", "e1", OPEN_SCOPE).id == "e1"
+        store.log([event("e2")])
+        found = store.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE)
+        assert {m.id for m in found.matches} == {"e1", "e2"}
+    finally:
+        other.close()
+
+
+def test_the_journal_moves_in_by_itself_once_it_holds_a_batch(store: SqliteStore) -> None:
+    logged, n = [], 0
+    while not in_database(store, "e0"):
+        eid = f"e{n}"
+        store.log([event(eid)])
+        logged.append(eid)
+        n += 1
+        assert n * 1000 < 4 * DRAIN_BYTES, "never moved in"
+    assert all(in_database(store, eid) for eid in logged)
+    assert not journal_of(store).exists() or journal_of(store).stat().st_size == 0
+    assert not list(journal_of(store).parent.glob("*.journal-*"))  # the detached file removed
+
+
+def test_a_journal_left_by_a_stopped_server_is_moved_in_when_the_store_opens(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    store.log([event("e1"), event("e2")])
+    store.close()
+    reopened = _sqlite(tmp_path)
+    assert isinstance(reopened, SqliteStore)
+    try:
+        assert in_database(reopened, "e1") and in_database(reopened, "e2")
+        assert reopened.read("AuditEvent", "e2", OPEN_SCOPE).json()["meta"]["versionId"] == "1"
+    finally:
+        reopened.close()
+
+
+def test_a_file_moved_in_whose_removal_a_crash_prevented_is_not_moved_twice(store: SqliteStore) -> None:
+    """The commit that moved a file's events records its generation: found again (the process
+    died before removing it), it is removed, not moved a second time."""
+    store.log([event("e1")])
+    copy = journal_of(store).read_bytes()
+    generation = copy[5:HEADER_BYTES].hex()
+    assert store.read("AuditEvent", "e1", OPEN_SCOPE).id == "e1"  # moved in, the file removed
+    left = journal_of(store).with_name(f"{journal_of(store).name}-{generation}")
+    left.write_bytes(copy)  # as if the removal had not happened
+    store.log([event("e2")])
+    found = store.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE)
+    assert sorted(m.id for m in found.matches) == ["e1", "e2"]
+    assert not left.exists()
+
+
+def test_a_record_torn_by_a_crash_is_kept_aside_and_the_others_moved_in(
+    store: SqliteStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.log([event("e1"), event("e2")])
+    store.close()
+    whole = journal_of(store).read_bytes()
+    with open(journal_of(store), "ab") as handle:  # a third append cut short by the power going
+        handle.write(b"\x00\x00\x10\x00garbage")
+    with caplog.at_level(logging.ERROR, logger="storage.sqlite.journal"):
+        reopened = _sqlite(tmp_path)
+    assert isinstance(reopened, SqliteStore)
+    try:
+        assert in_database(reopened, "e1") and in_database(reopened, "e2")
+        aside = Path(f"{reopened.path}.journal.rejected")
+        assert aside.read_bytes() == b"\x00\x00\x10\x00garbage"
+        assert "kept in" in caplog.text
+        assert len(whole) > HEADER_BYTES
+    finally:
+        reopened.close()
+
+
+def test_an_event_whose_id_is_taken_is_kept_aside_and_does_not_stop_the_others(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.create(event("taken"))
+    store.log([event("taken", "U"), event("e2")])
+    with caplog.at_level(logging.ERROR, logger="storage.sqlite.journal"):
+        assert store.read("AuditEvent", "e2", OPEN_SCOPE).id == "e2"
+    assert store.read("AuditEvent", "taken", OPEN_SCOPE).json()["action"] == "R"  # the first one stays
+    assert Path(f"{store.path}.journal.rejected").stat().st_size > 0
+    assert "AuditEvent/taken" in caplog.text
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[Callable[[int], None]]:
+    """Limit the size of the files this process writes (``RLIMIT_FSIZE``), as a full disk would:
+    a write past it is cut short, then refused (``EFBIG``; the signal it also sends is ignored)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    yield lambda size: resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_an_append_cut_short_leaves_the_journal_as_it_was(
+    tmp_path: Path, file_size_limit: Callable[[int], None]
+) -> None:
+    journal = Journal(str(tmp_path / "j.journal"), sync=True)
+    journal.append([b"first"])
+    before = (tmp_path / "j.journal").read_bytes()
+    file_size_limit(len(before) + 100)
+    with pytest.raises(OSError):
+        journal.append([b"x" * 50, b"y" * 500])  # the first 100 bytes would fit
+    file_size_limit(resource.RLIM_INFINITY)
+    assert (tmp_path / "j.journal").read_bytes() == before
+    journal.append([b"second"])
+    journal.detach()
+    (detached,) = journal.detached()
+    assert detached.records() == [b"first", b"second"]
+    journal.close()
+
+
+def test_a_journal_that_cannot_be_written_fails_the_log_and_stores_nothing(store: SqliteStore) -> None:
+    journal = journal_of(store)
+    journal.unlink(missing_ok=True)
+    journal.mkdir()
+    try:
+        with pytest.raises(OSError):
+            store.log([event("e1")])
+    finally:
+        journal.rmdir()
+    store.log([event("e2")])
+    found = store.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE)
+    assert [m.id for m in found.matches] == ["e2"]
+
+
+def test_inside_a_transaction_an_event_is_written_with_it(store: SqliteStore) -> None:
+    """A write's event lands with the write or not at all: it never goes through the journal."""
+    with store.transaction():
+        store.log([event("e1")])
+    assert in_database(store, "e1") and not journal_of(store).exists()
+    with pytest.raises(RuntimeError), store.transaction():
+        store.log([event("e2")])
+        raise RuntimeError("the write failed")
+    assert store._journal is not None and not store._journal.waiting()
+    assert not in_database(store, "e2")
+
+
+def test_only_the_trail_is_journaled(store: SqliteStore) -> None:
+    store.log([doc("d2", "p1")])
+    assert store._conn().execute("SELECT 1 FROM resource WHERE id = 'd2'").fetchone() is not None
+    assert not journal_of(store).exists()
+
+
+def test_no_record_is_lost_when_the_journal_is_detached_while_another_process_appends(tmp_path: Path) -> None:
+    """Two processes' journals on one file (two objects, each its own lock and descriptor): every
+    record one appends is read exactly once by the other's detach-and-read, however they
+    interleave — an append that waited for the lock while the file was detached goes to the
+    new live file, not to the detached one already read."""
+    path = str(tmp_path / "j.journal")
+    appender, mover = Journal(path, sync=False), Journal(path, sync=False)
+    count, read = 3000, []
+    done = threading.Event()
+
+    def append() -> None:
+        for n in range(count):
+            appender.append([str(n).encode()])
+        done.set()
+
+    def move() -> None:
+        while True:
+            finished = done.is_set()
+            mover.detach()
+            for detached in mover.detached():
+                read.extend(detached.records())
+                detached.path.unlink()
+            if finished:
+                return
+
+    threads = [threading.Thread(target=append), threading.Thread(target=move)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(int(r) for r in read) == list(range(count))
+    appender.close()
+    mover.close()
