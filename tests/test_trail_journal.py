@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from storage.crypto import DecryptionError
 from storage.query import ANY_SYSTEM, OPEN_SCOPE, Has, Include, Query, Reference, Token
-from storage.sqlite.journal import DRAIN_BYTES, HEADER_BYTES, Journal
+from storage.sqlite.journal import DRAIN_BYTES, HEADER_BYTES, MAGIC, Journal, frame
 from storage.sqlite.store import SqliteStore
 from tests.test_storage_contract import _sqlite, doc, patient, trail_event
 
@@ -303,3 +305,28 @@ def test_no_record_is_lost_when_the_journal_is_detached_while_another_process_ap
     assert sorted(int(r) for r in read) == list(range(count))
     appender.close()
     mover.close()
+
+
+def test_a_move_that_fails_does_not_fail_the_log_and_leaves_the_events_waiting(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record that does not open with the store's keys stops the move as a whole (nothing is
+    moved, nothing lost); the log that crossed the threshold still succeeds — its events are on
+    disk — and says the move failed; a read of the trail fails with the error meanwhile."""
+    unopenable = frame(orjson.dumps(["AuditEvent", "alien", "2024-01-01T00:00:00Z"]) + b"\n" + b"not sealed here")
+    journal_of(store).with_name(f"{journal_of(store).name}-{'ab' * 16}").write_bytes(
+        MAGIC + bytes.fromhex("ab" * 16) + unopenable
+    )
+    logged = []
+    with caplog.at_level(logging.ERROR, logger="storage.sqlite.store"):
+        while "could not be moved" not in caplog.text:
+            logged.append(f"e{len(logged)}")
+            store.log([event(logged[-1])])  # never raises
+            assert len(logged) < 1000, "the threshold was never crossed"
+    assert not any(in_database(store, eid) for eid in logged)
+    with pytest.raises(DecryptionError):
+        store.read("AuditEvent", "e0", OPEN_SCOPE)
+    for stale in journal_of(store).parent.glob(f"{journal_of(store).name}-{'ab' * 16}"):
+        stale.unlink()  # the operator removes what does not belong: everything logged moves in
+    assert store.read("AuditEvent", logged[-1], OPEN_SCOPE).id == logged[-1]
+    assert all(in_database(store, eid) for eid in logged)

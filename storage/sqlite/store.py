@@ -20,6 +20,7 @@ the writer lock).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sqlite3
@@ -91,6 +92,8 @@ from storage.sqlite.writer import WriterLock
 from storage.stamp import stamp
 
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
+
+log = logging.getLogger(__name__)
 
 #: Sort expression per kind of index table: the lowest value ascending, the highest descending (R4 §3.1.1.5.6).
 _SORT_COLUMN: dict[str, str | tuple[str, str]] = {
@@ -461,7 +464,9 @@ class SqliteStore(Store):
     def log(self, resources: list[dict[str, Any]]) -> None:
         """The trail's events go to the journal (:mod:`storage.sqlite.journal`): stamped and sealed
         now, as a create would (the blob is the one the resource row will hold), durable once
-        appended; moved into the database with the next batch, or before anything reads them.
+        appended; moved into the database with the next batch, or before anything reads them. A
+        move that fails does not fail the log (its events are durable): it is logged, and tried
+        again with the next batch; a read of the trail meanwhile fails with its error.
         Inside a transaction, or for a type whose family is not deferred, they are created in it."""
         journal = self._journal
         if journal is None or self.in_transaction() or any(r["resourceType"] not in self._logged for r in resources):
@@ -474,7 +479,10 @@ class SqliteStore(Store):
             blob = self._seal(resource_aad(rtype, rid, 1), content)
             payloads.append(orjson.dumps([rtype, rid, last_updated]) + b"\n" + blob)
         if journal.append(payloads) >= DRAIN_BYTES:
-            self._drain()
+            try:
+                self._drain()
+            except Exception:  # the events are stored: the next batch, or the next read of them, moves them in
+                log.exception("the trail's journal could not be moved into the database (retried later)")
 
     def _drain(self) -> None:
         """Move the journal into the database, in one transaction (the caller's, if it is in one).
