@@ -110,17 +110,20 @@ class TrailWriter:
         event only."""
         batch = self._take()
         try:
-            try:
-                self._store.log([pending.event for pending in batch])
-            except Exception as exc:
-                if len(batch) == 1:
-                    batch[0].error = exc
-                else:  # which event is refused, if it is one: each alone (nothing of the batch is stored)
-                    for pending in batch:
-                        try:
-                            self._store.log([pending.event])
-                        except Exception as alone:
-                            pending.error = alone
+            self._store.log([pending.event for pending in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:  # which event is refused, if it is one: each alone (nothing of the batch is stored)
+                for pending in batch:
+                    try:
+                        self._store.log([pending.event])
+                    except Exception as alone:
+                        pending.error = alone
+        except BaseException as exc:  # the thread stops: no request of the batch answers as stored
+            for pending in batch:
+                pending.error = exc
+            raise
         finally:
             for pending in batch:
                 pending.done = True

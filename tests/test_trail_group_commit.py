@@ -200,7 +200,7 @@ def trail_events(count: int) -> list[dict[str, Any]]:
 
 
 def writer_threads(
-    writer: TrailWriter, events: list[dict[str, Any]], outcomes: list[Exception | None]
+    writer: TrailWriter, events: list[dict[str, Any]], outcomes: list[BaseException | None]
 ) -> list[threading.Thread]:
     """One thread per event, not started, each writing it through ``writer`` and putting what it
     got in ``outcomes`` (None: stored)."""
@@ -208,16 +208,16 @@ def writer_threads(
     def write(n: int) -> None:
         try:
             writer.write(events[n])
-        except Exception as exc:
+        except BaseException as exc:  # what stops a thread too: a request must never answer as stored
             outcomes[n] = exc
 
     return [threading.Thread(target=write, args=(n,)) for n in range(len(events))]
 
 
-def queued_while_held(writer: TrailWriter, store: Observed, events: list[dict[str, Any]]) -> list[Exception | None]:
+def queued_while_held(writer: TrailWriter, store: Observed, events: list[dict[str, Any]]) -> list[BaseException | None]:
     """Write ``events[0]`` in a held transaction, let the others queue meanwhile, then release it:
     what each writer got (None: stored)."""
-    outcomes: list[Exception | None] = [None] * len(events)
+    outcomes: list[BaseException | None] = [None] * len(events)
     first, *others = writer_threads(writer, events, outcomes)
     first.start()
     assert store.held.wait(timeout=60)
@@ -259,7 +259,7 @@ def test_events_are_logged_while_another_process_writes(store: Store, tmp_path: 
     observed = view(store, Observed).watch(hold=False)
     other = create_service(Config(data_dir=tmp_path / "data")).store  # another worker's store
     writer, events = TrailWriter(observed), trail_events(6)
-    outcomes: list[Exception | None] = [None] * len(events)
+    outcomes: list[BaseException | None] = [None] * len(events)
     threads = writer_threads(writer, events, outcomes)
     try:
         with other.transaction():  # the other process writes: its writer lock is held throughout
@@ -293,6 +293,25 @@ def test_an_event_that_fails_alone_fails_only_its_own_request(store: Store) -> N
     assert outcomes[2] is not None
     assert observed.batches == [1, 1, 1, 1]  # the batch of four refused, then each alone: three logged
     assert stored_ids(store) == {e["id"] for n, e in enumerate(events) if n != 2}
+
+
+class Stopping(Observed):
+    """A store whose second batch is interrupted by what stops a thread (``SystemExit``), which
+    cannot be raised in a store for real."""
+
+    def log(self, resources: list[dict[str, Any]]) -> None:
+        if self.batches:
+            raise SystemExit("the worker is stopping")
+        super().log(resources)
+
+
+def test_a_batch_stopped_midway_answers_none_of_its_requests_as_stored(store: Store) -> None:
+    stopping = view(store, Stopping).watch(hold=True)
+    events = trail_events(5)
+    outcomes = queued_while_held(TrailWriter(stopping), stopping, events)
+    assert outcomes[0] is None
+    assert all(isinstance(o, SystemExit) for o in outcomes[1:])
+    assert stored_ids(store) == {events[0]["id"]}
 
 
 def test_a_write_s_event_lands_in_the_write_s_own_transaction(store: Store) -> None:
