@@ -267,11 +267,41 @@ def _compile_path(resource_type: str, expr: str) -> Extractor | None:
     if root not in (resource_type, "Resource", "DomainResource"):
         return None
     rest = steps[1:]
+    keys, vtype = _static_fields(resource_type, rest)
+    rest = rest[len(keys) :]
 
     def extract(resource: dict[str, Any]) -> list[Typed]:
-        return _walk(rest, [(resource, resource_type)], resource)
+        nodes: list[Any] = [resource]
+        for key in keys:  # the leading fields whose types the schema knows: plain lookups
+            found: list[Any] = []
+            for node in nodes:
+                value = node.get(key) if isinstance(node, dict) else None
+                if isinstance(value, list):
+                    found.extend(item for item in value if item is not None)
+                elif value is not None:
+                    found.append(value)
+            if not found:
+                return []
+            nodes = found
+        return _walk(rest, [(node, vtype) for node in nodes], resource)
 
     return extract
+
+
+def _static_fields(resource_type: str, steps: list[_Step]) -> tuple[tuple[str, ...], str | None]:
+    """The keys of the leading field steps whose element has one known type (no choice, not a
+    resource), and the type the last of them reaches: those steps need no type looked up per node."""
+    keys: list[str] = []
+    ntype: str | None = resource_type
+    for step in steps:
+        if not isinstance(step, _Field):
+            break
+        found = _element_keys(ntype, step.name)
+        if found is None or len(found) != 1 or found[0][1] == RESOURCE:
+            break
+        keys.append(found[0][0])
+        ntype = found[0][1]
+    return tuple(keys), ntype
 
 
 def _compile_fhirpath(expr: str) -> Extractor:
