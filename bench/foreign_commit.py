@@ -18,7 +18,6 @@ counted), the best of ``--rounds`` rounds. Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import tempfile
@@ -33,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from bench.auth import DOCTOR, Tokens, bearer  # noqa: E402  (needs the path fix above)
 from bench.datagen import patient_id  # noqa: E402
-from bench.loader import load_in_process  # noqa: E402
+from bench.loader import in_process_arguments, load_in_process  # noqa: E402
 from fhir_server.app import create_app, create_service  # noqa: E402
 from fhir_server.runtime.config import Config  # noqa: E402
 from storage.interface import Store  # noqa: E402
@@ -84,12 +83,7 @@ def _cpu_ms(requests: list[Callable[[], object]], before: Callable[[], None] | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=int, default=2000)
-    parser.add_argument("--requests", type=int, default=500, help="requests per measure and round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
+    args = in_process_arguments(__doc__ or "", 500, argv)
 
     with tempfile.TemporaryDirectory(prefix="foreign-commit-", dir=ROOT) as tmp:  # the project's disk
         config = Config(data_dir=Path(tmp) / "data")

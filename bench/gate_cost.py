@@ -21,7 +21,6 @@ anything. Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
@@ -36,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from bench.auth import DOCTOR, Tokens, bearer  # noqa: E402  (needs the path fix above)
 from bench.ceiling_app import app as ceiling_app  # noqa: E402
-from bench.loader import in_process_patients, load_in_process  # noqa: E402
+from bench.loader import in_process_arguments, in_process_patients, load_in_process  # noqa: E402
 from fhir_server.app import create_app, create_service  # noqa: E402
 from fhir_server.fhir.messages import FhirRequest  # noqa: E402
 from fhir_server.runtime.config import Config  # noqa: E402
@@ -55,12 +54,7 @@ def _measure_us(action: Callable[[int], object], count: int) -> tuple[float, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=int, default=2000)
-    parser.add_argument("--requests", type=int, default=1000, help="requests per measure and round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
+    args = in_process_arguments(__doc__ or "", 1000, argv)
 
     with tempfile.TemporaryDirectory(prefix="gate-cost-") as tmp:
         config = Config(data_dir=Path(tmp) / "data")

@@ -10,6 +10,7 @@ load (``bench.httpload``) goes through the real API instead. Generation is strea
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import random
 import sys
@@ -182,6 +183,17 @@ def load_direct(config: Any, plan: LoadPlan, sample: IdSample) -> LoadStats:
 def in_process_patients(docs: int) -> int:
     """How many patients the in-process benchmarks spread ``docs`` documents over."""
     return max(docs // 20, 1)
+
+
+def in_process_arguments(doc: str, requests: int, argv: list[str] | None) -> argparse.Namespace:
+    """The options every in-process benchmark takes: its data set (``--docs``, ``--seed``) and how
+    long it measures (``--requests`` per measure and round, ``--rounds``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=requests, help="requests per measure and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    return parser.parse_args(argv)
 
 
 def load_in_process(config: Any, docs: int, seed: int) -> IdSample:

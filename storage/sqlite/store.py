@@ -25,7 +25,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,9 @@ from storage.stamp import stamp
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
 
 log = logging.getLogger(__name__)
+
+#: The ``meta`` key that records a journal file moved in, followed by its generation.
+_MOVED = "journal/"
 
 #: Sort expression per kind of index table: the lowest value ascending, the highest descending (R4 §3.1.1.5.6).
 _SORT_COLUMN: dict[str, str | tuple[str, str]] = {
@@ -419,12 +422,17 @@ class SqliteStore(Store):
             pending = conn.execute(
                 "SELECT p.res, r.type, p.rows FROM index_pending p JOIN resource r ON r.pk = p.res ORDER BY p.res"
             ).fetchall()
-            by_family: dict[IndexFamily, list[tuple[int, dict[str, Any]]]] = {}
-            for pk, rtype, rows in pending:
-                by_family.setdefault(family_of(rtype), []).append((pk, orjson.loads(rows)))
-            for family, resources in by_family.items():
-                self._insert_rows(family, resources)
+            self._insert_by_family((rtype, pk, orjson.loads(rows)) for pk, rtype, rows in pending)
             conn.execute("DELETE FROM index_pending")
+
+    def _insert_by_family(self, resources: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
+        """The index rows of resources of any type (``(type, pk, rows by kind)``), one statement
+        per table of each family."""
+        by_family: dict[IndexFamily, list[tuple[int, dict[str, Any]]]] = {}
+        for rtype, pk, rows in resources:
+            by_family.setdefault(family_of(rtype), []).append((pk, rows))
+        for family, batch in by_family.items():
+            self._insert_rows(family, batch)
 
     def _settle(self, compiler: SqlCompiler | None, *types: str | None) -> None:
         """Before a statement runs: what the trail keeps aside — its events in the journal, the
@@ -499,21 +507,22 @@ class SqliteStore(Store):
         with self.transaction():
             conn = self._conn()
             journal.detach()
-            moved = {row[0] for row in conn.execute("SELECT substr(key, 9) FROM meta WHERE key LIKE 'journal/%'")}
+            keys = conn.execute("SELECT key FROM meta WHERE key LIKE ?", (f"{_MOVED}%",)).fetchall()
+            moved = {key.removeprefix(_MOVED) for (key,) in keys}
             files = journal.detached()
             for detached in files:
                 if detached.generation not in moved:
                     self._insert_logged(detached.records())
-                    conn.execute("INSERT INTO meta VALUES (?, '')", (f"journal/{detached.generation}",))
+                    conn.execute("INSERT INTO meta VALUES (?, '')", (f"{_MOVED}{detached.generation}",))
             for generation in moved - {d.generation for d in files}:  # removed after an earlier move
-                conn.execute("DELETE FROM meta WHERE key = ?", (f"journal/{generation}",))
+                conn.execute("DELETE FROM meta WHERE key = ?", (f"{_MOVED}{generation}",))
         if not self.in_transaction():  # committed: the files are in the database
             for detached in files:
                 detached.path.unlink(missing_ok=True)
 
     def _insert_logged(self, payloads: list[bytes]) -> None:
         """The rows of logged resources, their index rows written together per family."""
-        indexed: dict[IndexFamily, list[tuple[int, dict[str, Any]]]] = {}
+        indexed: list[tuple[str, int, dict[str, Any]]] = []
         for payload in payloads:
             head, _, blob = payload.partition(b"\n")
             rtype, rid, last_updated = orjson.loads(head)
@@ -524,10 +533,9 @@ class SqliteStore(Store):
                 assert self._journal is not None
                 self._journal.keep_aside(payload, f"{rtype}/{rid}: the id is taken")
                 continue
-            indexed.setdefault(family_of(rtype), []).append((pk, self._index_rows(resource)))
+            indexed.append((rtype, pk, self._index_rows(resource)))
             self._observed(rtype, None, resource)
-        for family, resources in indexed.items():
-            self._insert_rows(family, resources)
+        self._insert_by_family(indexed)
 
     def _current(self, rtype: str, rid: str) -> tuple[int, int, int] | None:
         self._settle(None, rtype)
