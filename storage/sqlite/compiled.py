@@ -6,12 +6,14 @@ the masked label) compiles into ~3 KB of SQL and 50 arguments, and compiling it 
 Python part of a read or a search — for the same text each time: a clinician who opens a record
 lists its documents and reads several of them, every request under the same filter.
 
-An entry is keyed by what the text is made of: the expression, the resource type, the
-statement's shape. The compiler also asks the caller's scope for the filters of the types a
-scoped chain reaches (a chained Practitioner is searched within what the caller may see of
-Practitioners): those answers are kept with the entry and asked again at every use, and an entry
-whose answers differ is compiled anew. So a cached text is always the text this caller's scope
-would have compiled; the cache saves time, never decides.
+An entry is keyed by what the text is made of: the statement's kind and the *shape* of its
+expression (:mod:`storage.sqlite.slots`: the expression without its values, which are bound at
+each use), so one entry serves the searches of every patient and every caller of one profession.
+The compiler also asks the caller's scope for the filters of the types a scoped chain reaches (a
+chained Practitioner is searched within what the caller may see of Practitioners): their shapes
+are kept with the entry and taken again, values and all, at every use, and an entry whose shapes
+differ is compiled anew. So a cached text is always the text this caller's scope would have
+compiled, with this request's values; the cache saves time, never decides.
 """
 
 from __future__ import annotations
@@ -25,21 +27,26 @@ from typing import Any
 from storage.query import AccessScope, Expr
 from storage.sqlite.compiler import ParamType, SqlCompiler
 from storage.sqlite.schema import IndexFamily
+from storage.sqlite.slots import Shape, Values, bound
 
 #: Entries kept per store (least recently used out first): a few KB each.
 ENTRIES = 512
-#: The largest fragment kept, its text and text arguments together (characters): a filter is a
-#: few KB; a search for a thousand ids is larger, and asked once. So the cache stays under 16 MB
-#: (typically a few MB: the profession's set of types is one string, shared by its entries).
+#: The largest entry kept, its text, text arguments and shape together (characters, 8 per element
+#: of the shape): a filter is a few KB; a search for a thousand ids is larger, and asked once.
+#: So the cache stays under 16 MB (typically a few MB: the profession's set of types is one
+#: string, shared by its entries).
 LARGEST = 32 * 1024
+
+#: What writes a fragment, given a compiler and the expression's skeleton.
+Build = Callable[[SqlCompiler, Expr], str]
 
 
 @dataclass(frozen=True)
 class _Fragment:
     sql: str
-    args: tuple[Any, ...]
+    args: tuple[Any, ...]  # values, and the slots and derived values of the expression's
     aliases: int
-    scopes: tuple[tuple[str, Expr], ...]  # the scope filters the compilation asked for
+    scopes: tuple[tuple[str, Shape], ...]  # the scope filters the compilation asked for
     families: frozenset[IndexFamily]  # the index tables it reads
 
 
@@ -52,35 +59,51 @@ class CompiledFragments:
         self._kept: OrderedDict[Hashable, _Fragment] = OrderedDict()
         self._lock = threading.Lock()
 
-    def compile(
-        self, key: Hashable, scope: AccessScope, build: Callable[[SqlCompiler], str]
-    ) -> tuple[SqlCompiler, str]:
-        """The fragment ``build`` writes for ``key``, and a compiler holding its arguments (what the
-        caller adds next is numbered after them)."""
+    def compile(self, kind: Hashable, expr: Expr, scope: AccessScope, build: Build) -> tuple[SqlCompiler, str]:
+        """The fragment ``build`` writes for ``expr`` in a statement of ``kind``, and a compiler
+        holding its arguments, bound to ``expr``'s values (what the caller adds next is numbered
+        after them)."""
+        values = Values()
+        key = (kind, values.shape(expr))
         with self._lock:
             kept = self._kept.get(key)
             if kept is not None:
                 self._kept.move_to_end(key)
-        if kept is None or any(scope.filter(rtype) != expr for rtype, expr in kept.scopes):
-            kept = self._compiled(key, scope, build)
-        compiler = SqlCompiler.resume(self._param_type, scope.filter, kept.args, kept.aliases, kept.families)
+        if kept is not None and any(values.shape(scope.filter(rtype)) != shape for rtype, shape in kept.scopes):
+            kept = None
+        if kept is None:
+            values = Values()
+            kept = self._compiled(key, expr, values, scope, build)
+        args = bound(kept.args, values.values)
+        compiler = SqlCompiler.resume(self._param_type, scope.filter, args, kept.aliases, kept.families)
         return compiler, kept.sql
 
-    def _compiled(self, key: Hashable, scope: AccessScope, build: Callable[[SqlCompiler], str]) -> _Fragment:
-        """``build``'s fragment, compiled now, recording the scope filters it asks for; kept
-        unless it is too large."""
-        asked: dict[str, Expr] = {}
+    def _compiled(
+        self, key: tuple[Hashable, Shape], expr: Expr, values: Values, scope: AccessScope, build: Build
+    ) -> _Fragment:
+        """``build``'s fragment of ``expr``'s skeleton, compiled now, recording the shapes of the
+        scope filters it asks for (their values taken after ``expr``'s, as :meth:`compile` takes
+        them again); kept unless it is too large."""
+        skeleton = values.skeleton(expr)
+        asked: dict[str, tuple[Expr, Shape]] = {}
 
         def recorded(rtype: str) -> Expr:
-            asked[rtype] = scope.filter(rtype)
-            return asked[rtype]
+            if rtype not in asked:
+                filtered = values.skeleton(scope.filter(rtype))
+                asked[rtype] = (filtered, values.shape(filtered))
+            return asked[rtype][0]
 
         compiler = SqlCompiler(self._param_type, recorded)
-        sql = build(compiler)
+        sql = build(compiler, skeleton)
         fragment = _Fragment(
-            sql, tuple(compiler.args), compiler.aliases, tuple(asked.items()), frozenset(compiler.families)
+            sql,
+            tuple(compiler.args),
+            compiler.aliases,
+            tuple((rtype, shape) for rtype, (_, shape) in asked.items()),
+            frozenset(compiler.families),
         )
-        if len(sql) + sum(len(a) for a in fragment.args if isinstance(a, str)) <= LARGEST:
+        size = len(sql) + sum(len(a) for a in fragment.args if isinstance(a, str)) + 8 * len(key[1])
+        if size <= LARGEST:
             with self._lock:
                 self._kept[key] = fragment
                 self._kept.move_to_end(key)

@@ -40,6 +40,7 @@ from storage.query import (
     in_contained,
 )
 from storage.sqlite.schema import INDEX_KINDS, IndexFamily, family_of
+from storage.sqlite.slots import derived
 
 #: The last code point: ``v <= x < v + TOP`` is "x starts with v" on an index.
 TOP = "\U0010ffff"
@@ -84,7 +85,7 @@ class SqlCompiler:
         cls,
         param_type: ParamType,
         scope: ScopeFilter,
-        args: tuple[Any, ...],
+        args: Iterable[Any],
         aliases: int,
         families: frozenset[IndexFamily],
     ) -> SqlCompiler:
@@ -237,7 +238,7 @@ class SqlCompiler:
     def one_of(self, column: str, values: Iterable[Any]) -> str:
         """SQL boolean: ``column`` is one of ``values``, however many: they travel as one JSON
         argument, so neither the expression tree nor the count of bound arguments grows with them."""
-        return f"{column} IN (SELECT value FROM json_each({self.arg(json.dumps(list(values)))}))"
+        return f"{column} IN (SELECT value FROM json_each({self.arg(derived(_json_array, *values))}))"
 
     def any_reference_to(self, alias: str, targets: Iterable[tuple[str, str]]) -> str:
         """SQL boolean: the reference index row ``alias`` points at one of ``targets``
@@ -334,7 +335,7 @@ class SqlCompiler:
                 return "token", " AND ".join(parts)
             case TokenText(param, text):
                 return "token", (
-                    f"{a}.param = {arg(param)} AND {a}.text >= {arg(text)} AND {a}.text < {arg(text + TOP)}"
+                    f"{a}.param = {arg(param)} AND {a}.text >= {arg(text)} AND {a}.text < {arg(derived(_above, text))}"
                 )
             case TokenIn(param, codes):
                 if not codes:
@@ -356,10 +357,11 @@ class SqlCompiler:
             case String(param, value, mode):
                 head = f"{a}.param = {arg(param)} AND "
                 if mode == "exact":  # the folded form too: the value index is on it
-                    return "string", head + f"{a}.norm = {arg(normalize_string(value))} AND {a}.exact = {arg(value)}"
+                    norm = arg(derived(normalize_string, value))
+                    return "string", head + f"{a}.norm = {norm} AND {a}.exact = {arg(value)}"
                 if mode == "contains":
                     return "string", head + f"instr({a}.norm, {arg(value)}) > 0"
-                return "string", head + f"{a}.norm >= {arg(value)} AND {a}.norm < {arg(value + TOP)}"
+                return "string", head + f"{a}.norm >= {arg(value)} AND {a}.norm < {arg(derived(_above, value))}"
             case DateRange(param, prefix, low, high):
                 return "date", f"{a}.param = {arg(param)} AND " + self._date(a, prefix, low, high)
             case NumberRange():
@@ -387,7 +389,7 @@ class SqlCompiler:
             case Uri(param, value, mode):
                 head = f"{a}.param = {arg(param)} AND "
                 if mode == "below":
-                    return "uri", head + f"{a}.value >= {arg(value)} AND {a}.value < {arg(value + TOP)}"
+                    return "uri", head + f"{a}.value >= {arg(value)} AND {a}.value < {arg(derived(_above, value))}"
                 if mode == "above":
                     return "uri", head + f"substr({arg(value)}, 1, length({a}.value)) = {a}.value"
                 return "uri", head + f"{a}.value = {arg(value)}"
@@ -431,6 +433,15 @@ class SqlCompiler:
                 return f"{v} >= {arg(expr.value)}"
             case _:  # le
                 return f"{v} <= {arg(expr.value)}"
+
+
+def _above(text: str) -> str:
+    """The bound above every text that starts with ``text``."""
+    return text + TOP
+
+
+def _json_array(*values: Any) -> str:
+    return json.dumps(values)
 
 
 @lru_cache(maxsize=_PAIRS_CACHED)

@@ -671,7 +671,7 @@ class SqliteStore(Store):
         if isinstance(scope_expr, Nothing):
             return False
         compiler, cond = self._fragments.compile(
-            ("visible", rtype, scope_expr), scope, lambda c: c.condition(scope_expr, "r", rtype)
+            ("visible", rtype), scope_expr, scope, lambda c, skeleton: c.condition(skeleton, "r", rtype)
         )
         sql = f"SELECT 1 FROM resource r WHERE {cond} AND r.pk = {compiler.arg(pk)}"
         self._settle(compiler)
@@ -719,17 +719,17 @@ class SqliteStore(Store):
         """The condition of a search (the query's and the scope's), compiled once per shape and
         kept (:mod:`storage.sqlite.compiled`); the watermark, which changes, is bound after it."""
 
-        def build(compiler: SqlCompiler) -> str:
+        def build(compiler: SqlCompiler, skeleton: Expr) -> str:
             parts = [f"r.type = {compiler.arg(rtype)}"]
             if not deleted:
                 parts.append("r.deleted = 0")
-            driver = compiler.driver(expr, rtype)
+            driver = compiler.driver(skeleton, rtype)
             if driver is not None:
                 parts.append(f"r.pk IN ({driver})")
-            parts.append(compiler.condition(expr, "r", rtype))
+            parts.append(compiler.condition(skeleton, "r", rtype))
             return " AND ".join(parts)
 
-        compiler, where = self._fragments.compile(("where", rtype, expr, deleted), scope, build)
+        compiler, where = self._fragments.compile(("where", rtype, deleted), expr, scope, build)
         return compiler, f"{where} AND r.pk <= {compiler.arg(watermark)}"
 
     def _order(self, compiler: SqlCompiler, rtype: str, sort: tuple[SortKey, ...]) -> str:
