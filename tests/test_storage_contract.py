@@ -31,6 +31,7 @@ from storage.query import (
     NOTHING,
     OPEN_SCOPE,
     Chain,
+    DateRange,
     Expr,
     Has,
     Include,
@@ -42,9 +43,10 @@ from storage.query import (
     Token,
     TokenIn,
     all_of,
+    any_of,
 )
 from storage.sqlite.connection import SqliteSettings
-from storage.sqlite.schema import DEFERRED_BATCH, DROPPED_INDEXES, SCHEMA_VERSION, SHARED, TRAIL
+from storage.sqlite.schema import COVERED_KINDS, DEFERRED_BATCH, DROPPED_INDEXES, SCHEMA_VERSION, SHARED, TRAIL
 from storage.sqlite.store import Indexer, SqliteStore
 from tests.dbfiles import open_database
 from tests.mongo_double import REAL_URI, mongo_client
@@ -895,6 +897,71 @@ def test_the_trail_s_index_is_kept_apart_and_a_search_of_it_starts_from_the_pati
     documents = Query("DocumentReference", Reference("subject", "Patient", "p1"), includes=(revinclude,))
     assert any("trail_binding_ident" in step for step in plan(documents, bound, "SELECT DISTINCT"))
     store.close()
+
+
+def _steps(conn: sqlite3.Connection, store: Store, query: Query, scope: Any) -> list[str]:
+    """The plan of the page statement of ``query``, once it has run."""
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    store.search(query, scope)
+    conn.set_trace_callback(None)
+    sql = next(s for s in statements if "ORDER BY" in s)
+    return [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+
+def test_a_search_by_patient_reads_its_candidates_by_key_and_probes_them_in_the_index_alone(tmp_path: Path) -> None:
+    """At a million documents each page a search reads is seldom cached: a candidate is found by
+    its primary key (not also through the type's index), and the conditions on it (the policy's
+    patient by INS, a status, a date, a type) are answered by covering ``(res, param)`` indexes."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    store.create(patient("p1", "Martin"))
+    for n in range(3):
+        store.create({**doc(f"d{n}", "p1"), "date": f"2024-01-0{n + 1}T10:00:00Z", "type": {"coding": [{"code": "X"}]}})
+    bound = Scope(
+        {
+            "DocumentReference": any_of(
+                ReferenceIdentifier("subject", INS_SYSTEM, "ins-p1"), Reference("subject", "Patient", "p1")
+            )
+        }
+    )
+    where = all_of(
+        Reference("patient", "Patient", "p1"),
+        Token("status", ANY_SYSTEM, "current"),
+        Token("type", ANY_SYSTEM, "X"),
+        DateRange("date", "ge", 1_704_153_600_000_000, 1_704_240_000_000_000),
+    )
+    query = Query("DocumentReference", where)
+    assert sorted(s.id for s in store.search(query, bound).matches) == ["d1", "d2"]
+    steps = _steps(store._conn(), store, query, bound)
+    assert "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)" in steps, "\n".join(steps)
+    probes = [step for step in steps if re.search(r"idx_\w+_res", step)]
+    assert len(probes) >= 4 and all("COVERING INDEX" in step for step in probes), "\n".join(steps)
+    store.close()
+
+
+def test_the_shared_probe_indexes_of_schema_5_are_made_again_covering(tmp_path: Path) -> None:
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    store.create(patient("p1", "Martin"))
+    store.create(doc("d1", "p1", status="current"))
+    conn = store._conn()
+    for kind in COVERED_KINDS:  # as schema 5 made them
+        conn.execute(f"DROP INDEX {SHARED.table(kind)}_res")
+        conn.execute(f"CREATE INDEX {SHARED.table(kind)}_res ON {SHARED.table(kind)} (res, param)")
+    conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    store.close()
+    for _ in range(2):  # a second open finds nothing to do
+        reopened = _sqlite(tmp_path)
+        assert isinstance(reopened, SqliteStore)
+        conn = reopened._conn()
+        for kind in COVERED_KINDS:
+            columns = [row[2] for row in conn.execute(f"PRAGMA index_info({SHARED.table(kind)}_res)")]
+            assert len(columns) > 2 and columns[:2] == ["res", "param"], (kind, columns)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        found = reopened.search(Query("DocumentReference", Token("status", ANY_SYSTEM, "current")), OPEN_SCOPE)
+        assert [s.id for s in found.matches] == ["d1"]
+        reopened.close()
 
 
 class _Recording:
