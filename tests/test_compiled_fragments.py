@@ -180,3 +180,19 @@ def test_the_shape_of_a_skeleton_is_the_shape_of_its_expression() -> None:
     taken, again = Values(), Values()
     assert taken.shape(expr) == again.shape(again.skeleton(expr))
     assert taken.values == again.values and "pat-a-2" in taken.values
+
+
+def test_a_candidate_is_not_probed_again_for_the_predicate_whose_exact_driver_named_it() -> None:
+    compiler = SqlCompiler(_token, OPEN_SCOPE.filter)
+    patient, current = Reference("patient", "Patient", "p1"), Token("status", ANY_SYSTEM, "current")
+    driver, rest = compiler.driven(all_of(current, patient), "DocumentReference")
+    assert driver is not None and "target_id" in driver and rest == current
+    driver, rest = compiler.driven(patient, "DocumentReference")
+    assert driver is not None and rest == EVERYTHING
+    # A value set's driver matches pairs another way than its probe: the probe stays.
+    readable = all_of(TokenIn("type", frozenset({("http://loinc.org", "11488-4")})), Not(current))
+    driver, rest = compiler.driven(readable, "DocumentReference")
+    assert driver is not None and rest == readable
+    # Nothing drives: everything is checked.
+    driver, rest = compiler.driven(Not(current), "DocumentReference")
+    assert driver is None and rest == Not(current)

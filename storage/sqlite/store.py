@@ -728,7 +728,7 @@ class SqliteStore(Store):
         kept (:mod:`storage.sqlite.compiled`); the watermark, which changes, is bound after it."""
 
         def build(compiler: SqlCompiler, skeleton: Expr) -> str:
-            driver = compiler.driver(skeleton, rtype)
+            driver, rest = compiler.driven(skeleton, rtype)
             # A candidate the driver names is found by its key and its type checked on its row,
             # which the page reads anyway (``+`` keeps the planner off the type's index: one more
             # page per candidate, seldom cached at a million documents).
@@ -738,7 +738,7 @@ class SqliteStore(Store):
                 parts.append("r.deleted = 0")
             if driver is not None:
                 parts.append(f"r.pk IN ({driver})")
-            parts.append(compiler.condition(skeleton, "r", rtype))
+            parts.append(compiler.condition(rest, "r", rtype))
             return " AND ".join(parts)
 
         compiler, where = self._fragments.compile(("where", rtype, deleted), expr, scope, build)
