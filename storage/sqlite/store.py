@@ -236,8 +236,8 @@ class SqliteStore(Store):
         """Bring a database of an earlier schema to this one, then record the version: the index
         rows a database before version 3 kept in the shared tables move to their own family's (the
         trail's, :data:`storage.sqlite.schema.TRAIL`), the shared ``(res, param)`` indexes of a
-        database before version 6 are made again, covering (under a minute at 1 000 000
-        documents), and the indexes the schema no longer has are dropped (the ones it has were
+        database before version 6 are made again, covering (a minute and a half at 1 000 000
+        documents, once), and the indexes the schema no longer has are dropped (the ones it has were
         created by the DDL).
 
         One transaction under the writer lock, the version read inside it: two processes opening
