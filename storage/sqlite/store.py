@@ -731,7 +731,9 @@ class SqliteStore(Store):
             driver, rest = compiler.driven(skeleton, rtype)
             # A candidate the driver names is found by its key and its type checked on its row,
             # which the page reads anyway (``+`` keeps the planner off the type's index: one more
-            # page per candidate, seldom cached at a million documents).
+            # page per candidate, seldom cached at a million documents). The price: a candidate
+            # of another type is read only to be refused — the index rows hold no type, so a
+            # patient's Consents are searched among their documents (bench/README.md).
             typed = "+r.type" if driver is not None else "r.type"
             parts = [f"{typed} = {compiler.arg(rtype)}"]
             if not deleted:
