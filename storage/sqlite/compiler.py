@@ -178,12 +178,8 @@ class SqlCompiler:
         """SQL sub-select of the ``pk`` of resources of ``rtype`` that may satisfy ``expr``, starting
         from an index; ``None`` when the expression cannot narrow the candidates."""
         match expr:
-            case And(items):
-                for item in _by_selectivity(items):
-                    sql = self.driver(item, rtype)
-                    if sql is not None:
-                        return sql
-                return None
+            case And():
+                return self.driven(expr, rtype)[0]
             case Or(items):
                 parts = []
                 for term in _grouped(items):

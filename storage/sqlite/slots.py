@@ -145,12 +145,10 @@ class Values:
         if leaf is not None:
             for name, slotted in leaf:
                 value = getattr(expr, name)
-                if slotted:
-                    of = type(value)
-                    if of is str or of is int or of is float:
-                        value = self._number(value)
-                    elif of is Slot:
-                        value = value.index
+                if slotted and type(value) in _VALUES:
+                    value = self._number(value)
+                elif slotted and type(value) is Slot:
+                    value = value.index
                 out.append(value)
         elif isinstance(expr, And | Or):
             out.append(len(expr.items))
