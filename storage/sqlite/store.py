@@ -26,7 +26,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ from storage.sqlite.connection import (
     restrict_files,
 )
 from storage.sqlite.encrypt import encrypt_in_place, is_plaintext
+from storage.sqlite.group import GroupCommit
 from storage.sqlite.journal import DRAIN_BYTES, Journal
 from storage.sqlite.rekey import settle
 from storage.sqlite.schema import (
@@ -175,6 +176,7 @@ class SqliteStore(Store):
         self._cipher = cipher
         self._synchronous = settings.synchronous
         self._writer = WriterLock(self.path)
+        self._groups = GroupCommit(self._writer, settings.synchronous)
         #: The types whose resources :meth:`log` journals: those of a deferred family (the trail).
         self._logged = frozenset(rtype for rtype, family in FAMILY_OF_TYPE.items() if family.deferred)
         synced = settings.synchronous in SYNCED_LEVELS
@@ -298,8 +300,14 @@ class SqliteStore(Store):
         """How many connections this store holds open: one per live thread that used it."""
         return self._connections.count()
 
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._transaction(synced=True)
+
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def _transaction(self, *, synced: bool) -> Iterator[None]:
+        """The calling thread's transaction: a savepoint inside its own, or a member of this
+        process's next group commit (:mod:`storage.sqlite.group`), its statements on the group's
+        connection until it is committed."""
         slot = self._connections.slot()
         conn = slot.conn
         if slot.depth:
@@ -318,21 +326,14 @@ class SqliteStore(Store):
             finally:
                 slot.depth -= 1
             return
-        with self._writer:
-            conn.execute("BEGIN IMMEDIATE")
-            slot.depth = 1
+        with self._groups.member(conn, synced=synced) as group_conn:
+            slot.conn, slot.depth = group_conn, 1
             try:
                 yield
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
-                conn.execute("COMMIT")
             finally:
-                slot.depth = 0
+                slot.conn, slot.depth = conn, 0
 
-    @contextmanager
-    def _unsynced(self) -> Iterator[None]:
+    def _unsynced(self) -> AbstractContextManager[None]:
         """A transaction that may be lost with the power commits without syncing the WAL.
 
         Why: a stored paging session (the FHIR layer keeps most in the link itself; a state too
@@ -340,15 +341,7 @@ class SqliteStore(Store):
         workers for an fsync, and reads and searches queued behind it.
         Lost, its client gets a 410 and runs the search again. The database stays consistent
         (WAL, ``synchronous=NORMAL``), and the next synced commit syncs it along."""
-        slot = self._connections.slot()
-        if slot.depth:  # inside another transaction: its commit decides
-            yield
-            return
-        slot.conn.execute("PRAGMA synchronous = NORMAL")
-        try:
-            yield
-        finally:
-            slot.conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return self._transaction(synced=False)
 
     def in_transaction(self) -> bool:
         return self._connections.slot().depth > 0
@@ -890,7 +883,7 @@ class SqliteStore(Store):
     def save_session(self, data: bytes, ttl_seconds: int) -> str:
         key = secrets.token_urlsafe(24)
         now = int(time.time())
-        with self._unsynced(), self.transaction():
+        with self._unsynced():
             conn = self._conn()
             conn.execute("DELETE FROM search_session WHERE expires < ?", (now,))
             blob = self._seal(session_aad(key), data)
