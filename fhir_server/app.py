@@ -106,6 +106,13 @@ def capabilities(config: Config, terminology: Terminology) -> Extensions:
     return CORE + documents_extensions(terminology) + alerts + EXPORT
 
 
+def serving(app: Flask) -> Flask:
+    """``app`` about to serve requests in this process (a gunicorn worker, the development
+    server): its store's upkeep started, e.g. the SQLite log checkpointed beside the writers."""
+    app.extensions["fhir_service"].store.start_upkeep()
+    return app
+
+
 def create_app(
     config: Config | None = None, service: FhirService | None = None, *, clock: Callable[[], float] = time.time
 ) -> Flask:

@@ -274,4 +274,9 @@ class Store(ABC):
         """The ids of the master keys still wrapping stored data: only the others may be retired."""
 
     @abstractmethod
+    def start_upkeep(self) -> None:
+        """Start what the store does on its own while this process serves requests (the SQLite
+        store checkpoints its log on a thread); stopped by :meth:`close`."""
+
+    @abstractmethod
     def close(self) -> None: ...

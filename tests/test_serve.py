@@ -13,6 +13,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -42,6 +43,27 @@ def _control(socket: Path, command: str) -> dict[str, object]:
     )
     answer: dict[str, object] = json.loads(done.stdout)
     return answer
+
+
+def _quiet(database: Path) -> int:
+    """The database file's modification time once it stopped changing (the start's own writes)."""
+    seen, stable_since = database.stat().st_mtime_ns, time.monotonic()
+    deadline = stable_since + 10.0
+    while time.monotonic() - stable_since < 0.5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = database.stat().st_mtime_ns
+        if now != seen:
+            seen, stable_since = now, time.monotonic()
+    return seen
+
+
+def _written_after(database: Path, mtime: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if database.stat().st_mtime_ns != mtime:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _serve(folder: Path, *options: str) -> Running:
@@ -103,8 +125,12 @@ def test_the_port_makes_the_base_url_and_token_follows_the_data_directory(tmp_pa
         minted = subprocess.run(given, cwd=elsewhere, env=clean_env(), capture_output=True, text=True)
         assert minted.returncode == 0, minted.stderr
         token = minted.stdout.strip()
+        database = data_dir / "dmp.sqlite3"
+        quiet = _quiet(database)
         status, headers, body = call("POST", f"{server.root}/fhir/Patient", PATIENT, token)
         assert status == 201, body
+        # a commit writes the log only; the workers' own thread copies it into the database
+        assert _written_after(database, quiet), "no checkpoint thread copied the write into the database"
         assert headers["Location"].startswith(f"{server.root}/fhir/Patient/")  # not 127.0.0.1:8080
         assert call("GET", headers["Location"].split("/_history")[0], token=token)[0] == 200
 

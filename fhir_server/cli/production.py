@@ -68,11 +68,11 @@ class ProductionServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(name, value)
 
     def load(self) -> Any:
-        from fhir_server.app import create_app
+        from fhir_server.app import create_app, serving
         from fhir_server.fhir.ops.access_log import log_as_json_lines
 
         log_as_json_lines()
-        return create_app(self.config)
+        return serving(create_app(self.config))
 
     def _worker_ready(self, worker: Any) -> None:
         from fhir_server.cli.jobs_leader import start_jobs_leader

@@ -100,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _develop(config: Config, settings: ServeSettings) -> int:
     from werkzeug.serving import run_simple
 
+    from fhir_server.app import serving
     from fhir_server.cli.jobs_leader import start_jobs_leader
     from fhir_server.fhir.ops.access_log import log_as_json_lines
 
@@ -109,5 +110,5 @@ def _develop(config: Config, settings: ServeSettings) -> int:
     log_as_json_lines()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # its access lines hold paths and queries
     start_jobs_leader(config)
-    run_simple(settings.host, settings.port, app, threaded=True)
+    run_simple(settings.host, settings.port, serving(app), threaded=True)
     return 0

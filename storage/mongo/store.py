@@ -170,6 +170,9 @@ class MongoStore(Store):
     def database(self) -> Database[Any]:
         return self._db
 
+    def start_upkeep(self) -> None:
+        """Nothing: the MongoDB server keeps its own journal and checkpoints."""
+
     def close(self) -> None:
         self._client.close()
 

@@ -59,6 +59,7 @@ from storage.interface import (
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
 from storage.sealing import check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
 from storage.sqlite import dbkey
+from storage.sqlite.checkpoints import FALLBACK_PAGES, Checkpointer
 from storage.sqlite.compiled import CompiledFragments
 from storage.sqlite.compiler import KIND_OF_TYPE, ParamType, SqlCompiler
 from storage.sqlite.connection import (
@@ -187,7 +188,8 @@ class SqliteStore(Store):
             with self._writer:  # one process creates the key or encrypts an old database
                 restrict_files(Path(self.path))
                 key = self._database_key() if cipher is not None and settings.encrypted else None
-        self._connections = ThreadConnections(lambda: connect(self.path, key, settings))
+        self._checkpointer: Checkpointer | None = None
+        self._connections = ThreadConnections(lambda: self._tuned(connect(self.path, key, settings)))
         conn = self._conn()
         conn.executescript(DDL)
         self._migrate(conn)
@@ -296,6 +298,24 @@ class SqliteStore(Store):
     def _conn(self) -> sqlite3.Connection:
         return self._connections.slot().conn
 
+    def _tuned(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """A new connection; while the checkpoint thread runs, its commits leave the log's
+        checkpoints to the thread up to :data:`~storage.sqlite.checkpoints.FALLBACK_PAGES`."""
+        if self._checkpointer is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
+        return conn
+
+    def start_upkeep(self) -> None:
+        """Checkpoint the log on a thread of this process (:mod:`storage.sqlite.checkpoints`), for
+        the connections opened from now on: the serving threads'."""
+        if self.path == ":memory:" or self._checkpointer is not None:
+            return
+        self._checkpointer = Checkpointer(self._checkpoint)
+        self._checkpointer.start()
+
+    def _checkpoint(self) -> None:
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
     def open_connections(self) -> int:
         """How many connections this store holds open: one per live thread that used it."""
         return self._connections.count()
@@ -347,6 +367,9 @@ class SqliteStore(Store):
         return self._connections.slot().depth > 0
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self._connections.close_all()
         self._writer.close()
         if self._journal is not None:
