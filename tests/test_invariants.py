@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fhir_server.fhir.invariants import InvariantSet
+from fhirpathpy import compile as compile_fhirpath
+from fhirpathpy.models import models
+
+from fhir_server.fhir.invariants import Invariant, InvariantSet, elements_by_type, named_elements
 from fhir_server.fhir.service import FhirService
 from tests.conftest import Fhir
 from tests.dmp import World
-from tests.paths import ROOT
+from tests.paths import ROOT, SHARED_DATA
 
 INVARIANTS = ROOT / "ig" / "invariants" / "r4-invariants.json"
 INS_A = "180017512345660"
@@ -112,3 +115,117 @@ def test_validate_is_checked_like_the_read_or_write_it_stands_for(world: World) 
     # A patient may not add a professional's document: the write's refusal, not a report.
     refused = patient.post("DocumentReference/$validate?mode=create", doc)
     assert refused.status_code in (403, 422), refused.get_data(as_text=True)
+
+
+# -- the invariants' shortcuts give the verdicts of full evaluation ---------------------------
+
+_DESCENDANTS = compile_fhirpath("descendants()", models["r4"], {"returnRawData": True})
+
+
+def _by_type_as_fhirpathpy_walks(resource: dict[str, Any]) -> dict[str, list[str]]:
+    """The oracle: fhirpathpy's own ``descendants()``, grouped by type as the checks want them."""
+    grouped: dict[str, list[str]] = {}
+    for node in _DESCENDANTS(resource, {}):
+        if isinstance(node.path, str) and "." not in node.path:
+            grouped.setdefault(node.path, []).append(json.dumps(node.data, sort_keys=True))
+    return {name: sorted(items) for name, items in grouped.items()}
+
+
+def _fully_evaluated(invariants: InvariantSet, resource: dict[str, Any]) -> list[str]:
+    """Every applicable invariant evaluated on the whole resource, its datatypes found by
+    fhirpathpy's ``descendants()``, nothing skipped."""
+    rtype = resource["resourceType"]
+    by_type: dict[str, list[Any]] = {}
+    for node in _DESCENDANTS(resource, {}):
+        if isinstance(node.path, str) and "." not in node.path:
+            by_type.setdefault(node.path, []).append(node)
+    broken = []
+    for invariant, check in invariants._compiled:
+        if not invariant.applies_to(rtype):
+            continue
+        try:
+            holds = check(resource, by_type)
+        except Exception:
+            continue
+        if not holds:
+            broken.append(invariant.key)
+    return sorted(broken)
+
+
+def _examples() -> list[dict[str, Any]]:
+    """The reference data's FHIR resources (HL7, IHE, ANS examples), and resources made to break
+    or reach what the shortcuts skip: primitive extensions, contained resources, Bundle entries."""
+    found = []
+    for path in sorted(SHARED_DATA.rglob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("resourceType"), str):
+            found.append(data)
+    backwards = {"start": "2024-02-01", "end": "2024-01-01"}
+    found += [
+        _patient(contact=[{"name": {"family": "X"}, "period": backwards}]),
+        _patient(_birthDate={"extension": [{"url": "http://example.org/x"}]}, birthDate="2000-01-01"),
+        _patient(extension=[{"url": "http://example.org/a", "extension": [{"url": "b", "valueAge": {"value": -1}}]}]),
+        {
+            "resourceType": "DocumentReference",
+            "status": "current",
+            "contained": [{"resourceType": "Patient", "id": "p", "meta": {"versionId": "2"}}],
+            "content": [{"attachment": {"data": "aGVsbG8="}}],
+            "context": {"period": backwards},
+        },
+        {"resourceType": "List", "status": "current", "mode": "working", "emptyReason": {"text": "none"}},
+        {
+            "resourceType": "List",
+            "status": "current",
+            "mode": "snapshot",
+            "emptyReason": {"text": "none"},
+            "entry": [{"item": {"reference": "Patient/p"}, "deleted": True, "date": "2024-01-01"}],
+        },
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "total": 1,
+            "entry": [{"fullUrl": "urn:uuid:1", "resource": _patient(telecom=[{"value": "0600000000"}])}],
+        },
+    ]
+    return found
+
+
+def test_the_elements_by_type_are_those_fhirpathpy_walks_to() -> None:
+    for resource in _examples():
+        mine = {
+            name: sorted(json.dumps(node.data, sort_keys=True) for node in nodes)
+            for name, nodes in elements_by_type(resource).items()
+        }
+        assert mine == _by_type_as_fhirpathpy_walks(resource), resource.get("id")
+
+
+def test_an_invariant_is_skipped_only_where_full_evaluation_agrees(service: FhirService) -> None:
+    """The verdicts with the shortcuts (an invariant naming no element the resource has is given
+    the empty resource's verdict; datatypes found by the lean walk) are those of evaluating every
+    invariant on the whole resource, on every example, including ones that break invariants."""
+    invariants = service.validator.invariants
+    assert isinstance(invariants, InvariantSet)
+    broken_somewhere = set()
+    for resource in _examples():
+        fast = sorted(message.split(":")[0] for _, _, message in invariants.broken(resource))
+        assert fast == _fully_evaluated(invariants, resource), resource.get("id")
+        broken_somewhere.update(fast)
+    assert {
+        "per-1",
+        "att-1",
+        "ext-1",
+        "age-1",
+        "dom-4",
+        "lst-1",
+        "lst-2",
+        "lst-3",
+        "bdl-1",
+        "cpt-2",
+    } <= broken_somewhere
+
+
+def test_what_an_invariant_names() -> None:
+    lst = Invariant("lst-2", "List", "deleted only in changes", "mode = 'changes' or entry.deleted.empty()")
+    assert named_elements(lst) == {"List", "mode", "or", "entry", "deleted", "empty"}  # not "changes"
+    dom3 = Invariant("dom-3", "DomainResource", "referenced", "contained.where(descendants().exists()).empty()")
+    assert named_elements(dom3) is None
