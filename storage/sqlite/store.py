@@ -175,7 +175,6 @@ class SqliteStore(Store):
         self._fragments = CompiledFragments(param_type)
         self._resource_types = resource_types
         self._cipher = cipher
-        self._synchronous = settings.synchronous
         self._writer = WriterLock(self.path)
         self._groups = GroupCommit(self._writer, settings.synchronous)
         #: The types whose resources :meth:`log` journals: those of a deferred family (the trail).
