@@ -7,6 +7,7 @@ type meets each search parameter type (R4 search.html §3.1.1.4).
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -147,6 +148,18 @@ def test_normalize_string_folds_case_and_accents() -> None:
     assert normalize_string("Élodie") == normalize_string("ELODIE") == "elodie"
     assert normalize_string("Ça se Déçoit") == "ca se decoit"
     assert normalize_string("Straße") == "strasse"
+
+
+def test_normalize_string_takes_ascii_as_the_full_folding_would() -> None:
+    """ASCII text is only case-folded, without decomposing it: the same as the full folding."""
+
+    def folded(text: str) -> str:
+        decomposed = unicodedata.normalize("NFKD", text)
+        return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+    every_ascii = "".join(map(chr, range(128)))
+    for text in (every_ascii, "RESTful Operation", "DUPONT Jean-Marie", ""):
+        assert normalize_string(text) == folded(text)
     assert normalize_string("Œuvre") == "œuvre"
     assert normalize_string("ﬁn") == "fin"  # compatibility ligature
 

@@ -46,8 +46,16 @@ from storage.query import (
     any_of,
 )
 from storage.sqlite.connection import SqliteSettings
-from storage.sqlite.schema import COVERED_KINDS, DEFERRED_BATCH, DROPPED_INDEXES, SCHEMA_VERSION, SHARED, TRAIL
-from storage.sqlite.store import Indexer, SqliteStore
+from storage.sqlite.schema import (
+    COLUMN_NAMES,
+    COVERED_KINDS,
+    DEFERRED_BATCH,
+    DROPPED_INDEXES,
+    SCHEMA_VERSION,
+    SHARED,
+    TRAIL,
+)
+from storage.sqlite.store import TABLE_OF_VALUE, Indexer, SqliteStore
 from tests.dbfiles import open_database
 from tests.mongo_double import REAL_URI, mongo_client
 
@@ -825,6 +833,14 @@ def test_a_store_refuses_keys_that_are_not_its_own(tmp_path: Path) -> None:
         SqliteStore(path, _index, _param_type, SERVED_TYPES, strangers)
     with pytest.raises(MasterKeyError, match="is encrypted"):
         SqliteStore(path, _index, _param_type, SERVED_TYPES)
+
+
+def test_each_kind_of_index_value_is_its_table_s_value_columns_in_order() -> None:
+    """A value's row is ``(param, *value)``: its fields must be its table's columns, in order."""
+    assert sorted(TABLE_OF_VALUE.values()) == sorted(COLUMN_NAMES)
+    for value_type, kind in TABLE_OF_VALUE.items():
+        fields = [field.replace("identifier_", "id_") for field in value_type._fields]
+        assert fields == COLUMN_NAMES[kind].split(", "), value_type
 
 
 def test_a_sorted_search_reads_each_match_s_sort_key_from_its_own_index_rows(tmp_path: Path) -> None:

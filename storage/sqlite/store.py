@@ -112,18 +112,16 @@ _SORT_COLUMN: dict[str, str | tuple[str, str]] = {
     "reference": "target_id",
     "uri": "value",
 }
-#: Per kind of value: its kind of index table, and its values in that table's columns (:data:`COLUMN_NAMES`).
-_INSERTS: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
-    TokenValue: ("token", lambda v: (v.system, v.code, v.text)),
-    StringValue: ("string", lambda v: (v.norm, v.exact)),
-    DateValue: ("date", lambda v: (v.low, v.high)),
-    NumberValue: ("number", lambda v: (v.value,)),
-    QuantityValue: ("quantity", lambda v: (v.value, v.system, v.code)),
-    ReferenceValue: (
-        "reference",
-        lambda v: (v.target_type, v.target_id, v.url, v.identifier_system, v.identifier_value),
-    ),
-    UriValue: ("uri", lambda v: (v.value,)),
+#: Per kind of value, its kind of index table; a value's fields are that table's value columns, in
+#: order (:data:`COLUMN_NAMES`), so that its row is ``(param, *value)``.
+TABLE_OF_VALUE: dict[type, str] = {
+    TokenValue: "token",
+    StringValue: "string",
+    DateValue: "date",
+    NumberValue: "number",
+    QuantityValue: "quantity",
+    ReferenceValue: "reference",
+    UriValue: "uri",
 }
 _STORED_COLUMNS = f"r.pk, v.seq, r.type, r.id, v.version, v.last_updated, v.method, {VERSION_CONTENT}"
 #: The current version straight from ``resource``: one row per match, no join to ``version``.
@@ -422,8 +420,7 @@ class SqliteStore(Store):
         rows: dict[str, list[tuple[Any, ...]]] = {}
         for param, values in self._indexer(resource).items():
             for value in values:
-                kind, row = _INSERTS[type(value)]
-                rows.setdefault(kind, []).append((param, *row(value)))
+                rows.setdefault(TABLE_OF_VALUE[type(value)], []).append((param, *value))
         return rows
 
     def _insert_rows(self, family: IndexFamily, resources: list[tuple[int, dict[str, Any]]]) -> None:
