@@ -108,6 +108,14 @@ def test_date_range_converts_time_zones_to_utc(text: str, utc: str) -> None:
     assert us_to_instant(low) == datetime.fromisoformat(utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+@pytest.mark.parametrize(("text", "hours"), [("0001-01-01T00:00:00+14:00", -14), ("9999-12-31T23:59:59-14:00", 14)])
+def test_date_range_at_the_ends_of_the_calendar_is_a_range_like_any_other(text: str, hours: int) -> None:
+    """A zone that moves the instant past year 1 or 9999 (beyond ``datetime``) still gives its range."""
+    low, high = date_range(text)
+    assert low == date_range(text[:19] + "Z")[0] + hours * 3_600_000_000
+    assert high - low == 1_000_000
+
+
 @pytest.mark.parametrize(
     "text",
     [
