@@ -185,14 +185,18 @@ def test_the_shape_of_a_skeleton_is_the_shape_of_its_expression() -> None:
 def test_a_candidate_is_not_probed_again_for_the_predicate_whose_exact_driver_named_it() -> None:
     compiler = SqlCompiler(_token, OPEN_SCOPE.filter)
     patient, current = Reference("patient", "Patient", "p1"), Token("status", ANY_SYSTEM, "current")
-    driver, rest = compiler.driven(all_of(current, patient), "DocumentReference")
+    driver, rest = compiler.driven(all_of(current, patient), "Consent")
     assert driver is not None and "target_id" in driver and rest == current
-    driver, rest = compiler.driven(patient, "DocumentReference")
+    driver, rest = compiler.driven(patient, "Consent")
     assert driver is not None and rest == EVERYTHING
+    # In the documents' lean index the binding drives, the patient parameter is probed.
+    subject = Reference("subject", "Patient", "p1")
+    driver, rest = compiler.driven(all_of(current, patient, subject), "DocumentReference")
+    assert driver is not None and "rec_reference" in driver and rest == all_of(current, patient)
     # A value set's driver matches pairs another way than its probe: the probe stays.
     readable = all_of(TokenIn("type", frozenset({("http://loinc.org", "11488-4")})), Not(current))
-    driver, rest = compiler.driven(readable, "DocumentReference")
+    driver, rest = compiler.driven(readable, "Consent")
     assert driver is not None and rest == readable
     # Nothing drives: everything is checked.
-    driver, rest = compiler.driven(Not(current), "DocumentReference")
+    driver, rest = compiler.driven(Not(current), "Consent")
     assert driver is None and rest == Not(current)

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
+import storage.sqlite.store as sqlite_store
 from fhir_server.fhir.service import SERVED_TYPES
 from fhir_server.runtime.config import PROJECT_ROOT
 from fhirmodel.indexing import IndexValue, extract_index
 from fhirmodel.searchparams import SearchParamRegistry
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError, MasterKeys
-from storage.interface import AlreadyExists, Gone, NotFound, Store, VersionConflict
+from storage.interface import AlreadyExists, Gone, NotFound, Store, StoreError, VersionConflict
 from storage.mongo.store import MongoStore
 from storage.query import (
     ANY_SYSTEM,
@@ -51,9 +52,11 @@ from storage.sqlite.schema import (
     COVERED_KINDS,
     DEFERRED_BATCH,
     DROPPED_INDEXES,
+    RECORD,
     SCHEMA_VERSION,
     SHARED,
     TRAIL,
+    IndexFamily,
 )
 from storage.sqlite.store import TABLE_OF_VALUE, Indexer, SqliteStore
 from tests.dbfiles import open_database
@@ -850,15 +853,15 @@ def test_a_sorted_search_reads_each_match_s_sort_key_from_its_own_index_rows(tmp
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
     for n, day in enumerate((3, 1, 2)):
-        store.create({**doc(f"d{n}", "p1"), "date": f"2024-01-0{day}T00:00:00Z"})
-    store.create({**doc("other", "p2"), "date": "2024-01-04T00:00:00Z"})
+        store.create({**patient(f"p{n}", "Doe"), "birthDate": f"2024-01-0{day}"})
+    store.create({**patient("other", "Roe"), "birthDate": "2024-01-04"})
     statements: list[str] = []
     conn = store._conn()
     conn.set_trace_callback(statements.append)
-    query = Query("DocumentReference", Reference("subject", "Patient", "p1"), sort=(SortKey("date", descending=True),))
+    query = Query("Patient", String("family", "Doe", "exact"), sort=(SortKey("birthdate", descending=True),))
     found = store.search(query, OPEN_SCOPE)
     conn.set_trace_callback(None)
-    assert [s.id for s in found.matches] == ["d0", "d2", "d1"]
+    assert [s.id for s in found.matches] == ["p0", "p2", "p1"]
     page = next(s for s in statements if "ORDER BY" in s and "idx_date" in s)
     plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {page}")]
     assert any("idx_date_res (res=? AND param=?)" in step for step in plan), plan
@@ -874,44 +877,187 @@ def _pk(conn: sqlite3.Connection, rtype: str, rid: str) -> int:
     return int(conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?", (rtype, rid)).fetchone()[0])
 
 
+def _unscanned_plan(store: SqliteStore, query: Query, scope: Any, statement: str) -> list[str]:
+    """The plan of the statement of ``query`` that holds ``statement``, once it has run: it reads
+    no whole table (a list of values may be scanned)."""
+    conn, statements = store._conn(), []
+    conn.set_trace_callback(statements.append)
+    store.search(query, scope)
+    conn.set_trace_callback(None)
+    sql = next(s for s in statements if statement in s)
+    steps = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    tables = [step for step in steps if step.startswith("SCAN") and not re.search(r"json_each", step)]
+    assert not tables, "\n".join(steps)
+    return steps
+
+
 def test_the_trail_s_index_is_kept_apart_and_a_search_of_it_starts_from_the_patient(tmp_path: Path) -> None:
     """SQLite keeps the AuditEvents' index rows in tables of their own, whose only value indexes
     are the patient's and the dates': a search naming the patient starts from them, even when it
-    also names an ``_id`` (which, in the shared tables, would drive the query). The rows wait in
-    ``index_pending`` until a statement reads the trail's tables."""
+    also names an action (which, in the shared tables, would drive the query); one naming an
+    ``_id`` starts from the resource's own key. The rows wait in ``index_pending`` until a
+    statement reads the trail's tables."""
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
     _trail_of_two_patients(store)
     conn = store._conn()
     event, document = _pk(conn, "AuditEvent", "e1"), _pk(conn, "DocumentReference", "d1")
     assert _index_rows(conn, TRAIL.tables, event) == 0 and _index_rows(conn, ("index_pending",), event) == 1
-    assert store.search(Query("AuditEvent", Token("_id", ANY_SYSTEM, "e1")), OPEN_SCOPE).matches
+    assert store.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "R")), OPEN_SCOPE).matches
     assert _index_rows(conn, TRAIL.tables, event) > 10 and _index_rows(conn, SHARED.tables, event) == 0
     assert _index_rows(conn, ("index_pending",), event) == 0
-    assert _index_rows(conn, SHARED.tables, document) > 3 and _index_rows(conn, TRAIL.tables, document) == 0
+    assert _index_rows(conn, RECORD.tables, document) > 3 and _index_rows(conn, TRAIL.tables, document) == 0
+    assert _index_rows(conn, SHARED.tables, document) == 0
 
     def plan(query: Query, scope: Any, statement: str) -> list[str]:
-        """The plan of the statement of ``query`` that holds ``statement``, once it has run."""
-        statements: list[str] = []
-        conn.set_trace_callback(statements.append)
-        store.search(query, scope)
-        conn.set_trace_callback(None)
-        sql = next(s for s in statements if statement in s)
-        steps = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
-        tables = [step for step in steps if step.startswith("SCAN") and not re.search(r"json_each", step)]
-        assert not tables, "\n".join(steps)  # a list of values may be scanned, no table
-        return steps
+        return _unscanned_plan(store, query, scope, statement)
 
-    by_id = all_of(Token("_id", ANY_SYSTEM, "e1"), Reference("patient", "Patient", "p1"))
+    read = Token("action", ANY_SYSTEM, "R")
+    by_id = all_of(read, Reference("patient", "Patient", "p1"))
     assert any("trail_binding_target" in step for step in plan(Query("AuditEvent", by_id), OPEN_SCOPE, "ORDER BY"))
-    by_ins = all_of(Token("_id", ANY_SYSTEM, "e1"), ReferenceIdentifier("patient", INS_SYSTEM, "ins-p1"))
+    by_ins = all_of(read, ReferenceIdentifier("patient", INS_SYSTEM, "ins-p1"))
     assert any("trail_binding_ident" in step for step in plan(Query("AuditEvent", by_ins), OPEN_SCOPE, "ORDER BY"))
+    named = all_of(Token("_id", ANY_SYSTEM, "e1"), Reference("patient", "Patient", "p1"))  # the resource's own key
+    steps = plan(Query("AuditEvent", named), OPEN_SCOPE, "ORDER BY")
+    assert any("sqlite_autoindex_resource_1 (type=? AND id=?)" in step for step in steps), steps
     bound = Scope({"AuditEvent": ReferenceIdentifier("patient", INS_SYSTEM, "ins-p1")})  # as the policy binds it
     has = Has("AuditEvent", "entity", Token("action", ANY_SYSTEM, "R"), scoped=True)
     assert any("trail_binding_ident" in step for step in plan(Query("Patient", has), bound, "ORDER BY"))
     revinclude = Include("AuditEvent", "entity", reverse=True)
     documents = Query("DocumentReference", Reference("subject", "Patient", "p1"), includes=(revinclude,))
     assert any("trail_binding_ident" in step for step in plan(documents, bound, "SELECT DISTINCT"))
+    store.close()
+
+
+def _documents_of_two_patients(store: Store) -> None:
+    """Two patients' documents, one by INS, and the submission set of one."""
+    store.create(patient("p1", "Martin"))
+    store.create(patient("p2", "Durand"))
+    for did, pid, status, day in (
+        ("d1", "p1", "current", 3),
+        ("d2", "p1", "superseded", 1),
+        ("d3", "p2", "current", 2),
+    ):
+        store.create(
+            {
+                **doc(did, pid, status),
+                "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.3.{did}"},
+                "date": f"2024-01-0{day}T00:00:00Z",
+                "content": [{"attachment": {"contentType": "text/plain", "url": f"Binary/b-{did}"}}],
+            }
+        )
+    store.create(
+        {
+            "resourceType": "DocumentReference",
+            "id": "d4",
+            "status": "current",
+            "subject": {"identifier": {"system": INS_SYSTEM, "value": "ins-p2"}},
+            "content": [{"attachment": {"contentType": "text/plain"}}],
+        }
+    )
+    store.create(
+        {
+            "resourceType": "List",
+            "id": "s1",
+            "status": "current",
+            "mode": "working",
+            "subject": {"reference": "Patient/p1"},
+            "entry": [{"item": {"reference": "DocumentReference/d1"}}],
+        }
+    )
+
+
+def test_the_documents_answer_every_form_of_search(store: Store) -> None:
+    """The documents' and submission sets' index has value indexes for the subject, the uniqueId
+    and the attachment only (SQLite): every other form is still answered, from the candidates
+    those give or over every document."""
+    _documents_of_two_patients(store)
+
+    def ids(rtype: str, where: Expr, scope: Any = OPEN_SCOPE, **query: Any) -> list[str]:
+        return sorted(s.id for s in store.search(Query(rtype, where, **query), scope).matches)
+
+    p1, current = Reference("subject", "Patient", "p1"), Token("status", ANY_SYSTEM, "current")
+    assert ids("DocumentReference", p1) == ["d1", "d2"]
+    assert ids("DocumentReference", Reference("patient", "Patient", "p1")) == ["d1", "d2"]
+    assert ids("DocumentReference", ReferenceIdentifier("subject", INS_SYSTEM, "ins-p2")) == ["d4"]
+    assert ids("DocumentReference", all_of(p1, current)) == ["d1"]
+    assert ids("DocumentReference", current) == ["d1", "d3", "d4"]  # no patient: every document is looked at
+    assert ids("DocumentReference", Token("identifier", "urn:ietf:rfc:3986", "urn:oid:1.2.3.d3")) == ["d3"]
+    assert ids("DocumentReference", Token("identifier", ANY_SYSTEM, "urn:oid:1.2.3.d2")) == ["d2"]
+    assert ids("DocumentReference", Reference("attachment", "Binary", "b-d1")) == ["d1"]
+    assert ids("DocumentReference", any_of(Token("_id", ANY_SYSTEM, "d1"), Token("_id", ANY_SYSTEM, "d3"))) == [
+        "d1",
+        "d3",
+    ]
+    assert ids("DocumentReference", Chain("subject", ("Patient",), String("family", "durand", "start"))) == ["d3"]
+    late = DateRange("date", "ge", 1704153600000000, 1704240000000000)  # from 2024-01-02
+    assert ids("DocumentReference", late) == ["d1", "d3"]
+    assert ids("DocumentReference", all_of(p1, late)) == ["d1"]
+    sorted_page = store.search(Query("DocumentReference", p1, sort=(SortKey("date", descending=True),)), OPEN_SCOPE)
+    assert [s.id for s in sorted_page.matches] == ["d1", "d2"]
+    assert ids("DocumentReference", current, Scope({"DocumentReference": Reference("subject", "Patient", "p2")})) == [
+        "d3"
+    ]
+    assert ids("List", Reference("item", "DocumentReference", "d1")) == ["s1"]
+    assert ids("Patient", Has("DocumentReference", "subject", Token("status", ANY_SYSTEM, "superseded"))) == ["p1"]
+    bound = Scope({"DocumentReference": Reference("subject", "Patient", "p1")})  # as the policy binds it
+    assert ids("Patient", Has("DocumentReference", "subject", current, scoped=True), bound) == ["p1"]
+    for param, scope, included in (
+        ("subject", OPEN_SCOPE, ["d1", "d2"]),
+        ("attachment", OPEN_SCOPE, []),
+        (None, bound, ["d1", "d2"]),
+    ):
+        revinclude = Include("DocumentReference", param, reverse=True)
+        found = store.search(Query("Patient", Token("_id", ANY_SYSTEM, "p1"), includes=(revinclude,)), scope)
+        assert sorted(s.id for s in found.included) == included, (param, scope)
+    store.delete("DocumentReference", "d3")
+    assert ids("DocumentReference", Token("_id", ANY_SYSTEM, "d3")) == []
+    assert ids("DocumentReference", any_of(Token("_id", None, "d1"), Token("_id", ANY_SYSTEM, "d3"))) == ["d1"]
+    assert ids("DocumentReference", Token("_id", "urn:other", "d1")) == []  # an id has no system
+
+
+def test_the_documents_index_is_kept_apart_and_a_search_of_it_starts_from_a_key(tmp_path: Path) -> None:
+    """SQLite keeps the documents' and submission sets' index rows in tables of their own, whose
+    only value indexes are the subject's, the uniqueId's and the attachment's: a search naming the
+    patient starts from it, even when it also names a status or a type; one naming an ``_id``, from
+    the resource's own key; the server's searches
+    across patients (a uniqueId already registered, the document holding a Binary) start from
+    theirs; none reads a whole table."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    _documents_of_two_patients(store)
+    conn = store._conn()
+    for rtype, rid in (("DocumentReference", "d1"), ("List", "s1")):
+        pk = _pk(conn, rtype, rid)
+        assert _index_rows(conn, RECORD.tables, pk) > 3 and _index_rows(conn, SHARED.tables, pk) == 0
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {name for name in indexes if name.startswith("rec_") and not name.endswith("_res")} == {
+        "rec_binding_target",
+        "rec_binding_ident",
+        "rec_key_identifier",
+        "rec_key_attachment",
+    }
+
+    def plan(query: Query, scope: Any = OPEN_SCOPE, statement: str = "ORDER BY") -> list[str]:
+        return _unscanned_plan(store, query, scope, statement)
+
+    current = Token("status", ANY_SYSTEM, "current")
+    by_patient = all_of(current, Token("type", ANY_SYSTEM, "X"), Reference("subject", "Patient", "p1"))
+    assert any("rec_binding_target" in step for step in plan(Query("DocumentReference", by_patient)))
+    by_id = all_of(Token("_id", ANY_SYSTEM, "d1"), Reference("subject", "Patient", "p1"))
+    steps = plan(Query("DocumentReference", by_id))
+    assert any("sqlite_autoindex_resource_1 (type=? AND id=?)" in step for step in steps), steps
+    by_ins = all_of(current, ReferenceIdentifier("subject", INS_SYSTEM, "ins-p2"))
+    assert any("rec_binding_ident" in step for step in plan(Query("DocumentReference", by_ins)))
+    unique_id = Token("identifier", "urn:ietf:rfc:3986", "urn:oid:1.2.3.d3")
+    assert any("rec_key_identifier" in step for step in plan(Query("DocumentReference", unique_id)))
+    holder = Reference("attachment", "Binary", "b-d1")
+    assert any("rec_key_attachment" in step for step in plan(Query("DocumentReference", holder)))
+    bound = Scope({"DocumentReference": Reference("subject", "Patient", "p1")})
+    assert any("rec_binding_target" in step for step in plan(Query("DocumentReference", current), bound))
+    revinclude = Include("DocumentReference", "subject", reverse=True)
+    patients = Query("Patient", Token("_id", ANY_SYSTEM, "p1"), includes=(revinclude,))
+    assert any("rec_binding_target" in step for step in plan(patients, OPEN_SCOPE, "SELECT DISTINCT"))
     store.close()
 
 
@@ -951,7 +1097,7 @@ def test_a_search_by_patient_reads_its_candidates_by_key_and_probes_them_in_the_
     assert sorted(s.id for s in store.search(query, bound).matches) == ["d1", "d2"]
     steps = _steps(store._conn(), store, query, bound)
     assert "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)" in steps, "\n".join(steps)
-    probes = [step for step in steps if re.search(r"idx_\w+_res", step)]
+    probes = [step for step in steps if re.search(rf"{RECORD.prefix}_\w+_res", step)]
     assert len(probes) >= 4 and all("COVERING INDEX" in step for step in probes), "\n".join(steps)
     store.close()
 
@@ -1143,6 +1289,63 @@ def test_a_waiting_event_rewritten_or_expunged_leaves_no_row_behind(tmp_path: Pa
     store.close()
 
 
+def _as_written_by(conn: sqlite3.Connection, schema: int, family: IndexFamily) -> None:
+    """The database as a server of ``schema`` wrote it: ``family``'s index rows in the shared tables."""
+    for shared, own in zip(SHARED.tables, family.tables, strict=True):
+        conn.execute(f"INSERT INTO {shared} SELECT * FROM {own}")
+        conn.execute(f"DELETE FROM {own}")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(schema),))
+
+
+@pytest.mark.parametrize("per_statement", [3, 200_000])
+def test_documents_indexed_in_the_shared_tables_move_to_their_own_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_statement: int
+) -> None:
+    """A database of schema 6 kept the documents' and submission sets' index rows with everyone's:
+    the first open moves them, in one transaction, a few rows per statement, and a later one finds
+    nothing left to move; every search still finds what it found."""
+    monkeypatch.setattr(sqlite_store, "REFILED_ROWS", per_statement)
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    _documents_of_two_patients(store)
+    conn = store._conn()
+    moved = {rid: _pk(conn, rtype, rid) for rtype, rid in (("DocumentReference", "d1"), ("List", "s1"))}
+    rows = {rid: _index_rows(conn, RECORD.tables, pk) for rid, pk in moved.items()}
+    patient_rows = _index_rows(conn, SHARED.tables, _pk(conn, "Patient", "p1"))
+    assert min(rows.values()) > 3 and patient_rows > 0
+    _as_written_by(conn, 6, RECORD)
+    store.close()
+    for _ in range(2):
+        reopened = _sqlite(tmp_path)
+        assert isinstance(reopened, SqliteStore)
+        conn = reopened._conn()
+        for rid, pk in moved.items():
+            assert _index_rows(conn, RECORD.tables, pk) == rows[rid] and _index_rows(conn, SHARED.tables, pk) == 0
+        assert _index_rows(conn, SHARED.tables, _pk(conn, "Patient", "p1")) == patient_rows
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        unique_id = Token("identifier", "urn:ietf:rfc:3986", "urn:oid:1.2.3.d3")
+        assert [s.id for s in reopened.search(Query("DocumentReference", unique_id), OPEN_SCOPE).matches] == ["d3"]
+        found = reopened.search(Query("List", Reference("subject", "Patient", "p1")), OPEN_SCOPE)
+        assert [s.id for s in found.matches] == ["s1"]
+        reopened.close()
+
+
+def test_a_database_of_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    """A server never opens a database a newer one wrote: its rows may be in tables this one does
+    not know, and recording this one's schema over it would lose them."""
+    store = _sqlite(tmp_path)
+    store.create(patient("p1", "Martin"))
+    assert isinstance(store, SqliteStore)
+    store._conn().execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    store.close()
+    with pytest.raises(StoreError, match=f"schema {SCHEMA_VERSION + 1}, written by a newer server"):
+        _sqlite(tmp_path)
+    with closing(open_database(tmp_path / "store.sqlite3")) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION + 1),
+        )
+
+
 def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_once(tmp_path: Path) -> None:
     """A database of schema 2 kept the trail's index rows with everyone's: the first open moves
     them, in one transaction, and a later one finds nothing left to move. The value indexes of
@@ -1155,10 +1358,7 @@ def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_once(tmp_path: Pa
     event = _pk(conn, "AuditEvent", "e1")
     rows = _index_rows(conn, TRAIL.tables, event)
     assert rows > 10
-    for shared, own in zip(SHARED.tables, TRAIL.tables, strict=True):  # as schema 2 wrote them
-        conn.execute(f"INSERT INTO {shared} SELECT * FROM {own}")
-        conn.execute(f"DELETE FROM {own}")
-    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    _as_written_by(conn, 2, TRAIL)
     conn.execute("CREATE INDEX trail_reference_target ON trail_reference (target_id, target_type, param, res)")
     conn.execute("CREATE INDEX trail_reference_ident ON trail_reference (param, id_value) WHERE id_value IS NOT NULL")
     store.close()

@@ -52,9 +52,7 @@ from storage.mongo.store import MongoStore
 from storage.sqlite.connection import connect_read_only
 from storage.sqlite.schema import (
     COLUMN_NAMES,
-    FAMILIES_SINCE,
     PENDING_SINCE,
-    SHARED,
     VERSION_CONTENT,
     IndexFamily,
     family_of,
@@ -117,7 +115,6 @@ class Migration:
         total = int(conn.execute("SELECT COUNT(*) FROM resource").fetchone()[0])
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         schema = 0 if row is None else int(row[0])
-        families = schema >= FAMILIES_SINCE  # else all in the shared tables
         pending = schema >= PENDING_SINCE
         start = self._resume_point()
         after = start - 1  # the last one present is copied again: its batch may not have finished
@@ -131,7 +128,7 @@ class Migration:
                 break
             resources, versions = [], []
             for pk, rtype, rid, version, updated, deleted, content in rows:
-                index = self._index(conn, pk, family_of(rtype) if families else SHARED, pending)
+                index = self._index(conn, pk, family_of(rtype, schema), pending)
                 key = patient_key(rtype, rid, index)
                 blob = None if content is None else bytes(content)
                 sealed = {"content": blob, **_kid(blob)}

@@ -190,9 +190,13 @@ class SqlCompiler:
                 return union_sql(parts)
             case Everything() | Nothing() | Not() | Missing():
                 return None
+            case Token("_id", system, code) if code is not None and _any_system(system):
+                return self._by_id(rtype, (code,))
+            case _OneOf(Token("_id", system), values) if _any_system(system):
+                return self._by_id(rtype, values)
             case Chain(param, target_types, where, scoped):
                 family = self.family(rtype)
-                if family.lean and param != family.binding:
+                if family.target_index(param) is None:
                     return None  # no index from a target to these references: checked on candidates
                 t, i = self._alias("t"), self._alias("c")
                 references = family.table("reference")
@@ -205,7 +209,7 @@ class SqlCompiler:
                         f"SELECT {i}.res FROM resource {t} JOIN {references} {i}"
                         f" ON {i}.target_type = {t}.type AND {i}.target_id = {t}.id"
                         f" WHERE {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
-                        f" AND {i}.param = {self.arg(param)}{_binding_rows(family, i)}{restrict}"
+                        f" AND {i}.param = {self.arg(param)}{_keyed_rows(family, i, param)}{restrict}"
                         f" AND {self.condition(inner, t, ttype)}"
                     )
                 inside = in_contained(expr)
@@ -223,8 +227,18 @@ class SqlCompiler:
                     return None  # no value index to start from: a condition on the candidates
                 kind, cond = self._leaf(expr, "d0")
                 d = self._alias("d")
-                rows = _binding_rows(family, d) if kind == "reference" else ""
+                rows = _keyed_rows(family, d, _param_of(expr))
                 return f"SELECT {d}.res FROM {family.table(kind)} {d} WHERE " + cond.replace("d0.", f"{d}.") + rows
+
+    def _by_id(self, rtype: str, ids: tuple[str, ...]) -> str:
+        """The resources of ``rtype`` whose id is one of ``ids``, from the resource table's own key,
+        whatever the family: a lean family has no value index of ``_id``, and where there is one it
+        is one more B-tree to read. Not deleted, as ``_id``'s index rows are."""
+        r = self._alias("r")
+        named = f"{r}.id = {self.arg(ids[0])}" if len(ids) == 1 else self.one_of(f"{r}.id", ids)
+        return (
+            f"SELECT {r}.pk AS res FROM resource {r} WHERE {r}.type = {self.arg(rtype)} AND {named} AND {r}.deleted = 0"
+        )
 
     def reverse(
         self, source_type: str, param: str | None, rows: str, source: str, scope_filter: Expr
@@ -234,14 +248,14 @@ class SqlCompiler:
         ``(index clause, condition)`` to add to the look-up.
 
         From the targets through the value index of references, but a lean family has one for its
-        binding only: any other parameter's references are looked for among the resources the
-        binding in ``scope_filter`` names (every search of such a family is bound to a patient but
-        the open scope's, which reads every resource of the type)."""
+        binding and its reference keys only: any other parameter's references are looked for among
+        the resources the binding in ``scope_filter`` names (every search of such a family is bound
+        to a patient but the open scope's, which reads every resource of the type)."""
         family = self.family(source_type)
+        if param is not None and (index := family.target_index(param)) is not None:
+            return f"INDEXED BY {index}", _keyed_rows(family, rows, param)
         if not family.lean:
             return f"INDEXED BY {family.index('reference_target')}", ""
-        if param == family.binding:
-            return f"INDEXED BY {family.index('binding_target')}", _binding_rows(family, rows)
         narrowed = self.driver(scope_filter, source_type)
         return "", f" AND {source}.pk IN ({narrowed})" if narrowed else ""
 
@@ -618,22 +632,38 @@ def _cheapest_first(items: Iterable[Expr | _OneOf]) -> list[Expr | _OneOf]:
 
 def _drives_lean(expr: Expr | _OneOf, family: IndexFamily) -> bool:
     """Whether a value predicate can start a search in a lean family (:class:`storage.sqlite.schema.IndexFamily`): a
-    reference of its binding, by its target or its identifier, or a date."""
+    reference of its binding, by its target or its identifier, a code of one of its token keys, a
+    target of one of its reference keys, or a date where dates have their index."""
     match expr:
         case Reference(param=param, target_id=tid, url=None) if tid is not None:
+            return family.target_index(param) is not None
+        case _OneOf(like=Reference(param=param)):
+            return family.target_index(param) is not None
+        case ReferenceIdentifier(param=param):
             return param == family.binding
-        case _OneOf(like=Reference(param=param)) | ReferenceIdentifier(param=param):
-            return param == family.binding
+        case Token(param=param, code=code) if code is not None:
+            return ("token", param) in family.keys
+        case _OneOf(like=Token(param=param)):
+            return ("token", param) in family.keys
         case DateRange():
-            return True
+            return family.dated
     return False
 
 
-def _binding_rows(family: IndexFamily, rows: str) -> str:
-    """In a lean family, the condition naming the binding's reference rows ``rows`` as its partial
-    indexes do, a literal the planner needs to see to use them (a bound argument says nothing to
-    it); elsewhere nothing. The name is the schema's, not the caller's."""
-    return f" AND {rows}.param = '{family.binding}'" if family.lean else ""
+def _any_system(system: object) -> bool:
+    """Whether a token's system matches the one of an ``_id`` row (none)."""
+    return system is None or system is ANY_SYSTEM
+
+
+def _param_of(expr: Expr | _OneOf) -> str:
+    return expr.like.param if isinstance(expr, _OneOf) else expr.param  # type: ignore[union-attr]
+
+
+def _keyed_rows(family: IndexFamily, rows: str, param: str) -> str:
+    """In a lean family, the condition naming the rows ``rows`` of its binding or of one of its keys
+    as their partial index does, a literal the planner needs to see to use it (a bound argument
+    says nothing to it); elsewhere nothing. The name is the schema's, not the caller's."""
+    return f" AND {rows}.param = '{param}'" if family.lean and family.keyed(param) else ""
 
 
 def _by_selectivity(items: tuple[Expr, ...]) -> list[Expr]:

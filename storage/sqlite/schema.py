@@ -6,14 +6,16 @@ a query can start from the index and fetch few resources) and a ``(res, param)``
 probing a candidate resource and for re-indexing on update.
 
 The access trail's index rows live apart, in ``trail_*`` tables of the same shapes (see
-:data:`TRAIL`).
+:data:`TRAIL`), and so do the documents' and submission sets', in ``rec_*`` (:data:`RECORD`).
 """
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: The first schema whose trail has index tables of its own (:data:`TRAIL`).
 FAMILIES_SINCE = 3
+#: The first schema whose documents and submission sets have index tables of their own (:data:`RECORD`).
+RECORD_SINCE = 7
 #: The first schema that defers index rows (``index_pending``, :attr:`IndexFamily.deferred`).
 PENDING_SINCE = 5
 #: The first schema whose shared ``(res, param)`` indexes cover the values probed (:attr:`IndexFamily.covering`).
@@ -55,7 +57,8 @@ class IndexFamily:
 
     ``binding``: the reference parameter that binds every search of the family to one patient. Its
     family is *lean*: only what starts such a search has a value index — that parameter's
-    references, by target or by identifier (partial indexes on its rows), and dates; any other
+    references, by target or by identifier (partial indexes on its rows), the ``keys`` (partial
+    indexes, each on one parameter's rows: ``(kind, param)``), and dates when ``dated``; any other
     parameter is checked on the candidates those give, by their own rows (the ``(res, param)``
     index every table has). ``None``: every value has one.
 
@@ -69,12 +72,18 @@ class IndexFamily:
     patient are spread over the whole file, and each probe of a candidate read a page of the index
     and a page of the table, neither in the page cache at 1 000 000 documents — a search by
     patient's page query read ~115 pages (each a system call and a page's decryption), ~68 this way.
+
+    ``since``: the first schema that has the family; a database of an earlier one keeps its
+    types' rows in :data:`SHARED` until it is upgraded.
     """
 
     prefix: str
     binding: str | None = None
+    keys: tuple[tuple[str, str], ...] = ()
+    dated: bool = True
     deferred: bool = False
     covering: bool = False
+    since: int = 0
 
     @property
     def lean(self) -> bool:
@@ -91,14 +100,49 @@ class IndexFamily:
     def tables(self) -> tuple[str, ...]:
         return tuple(self.table(kind) for kind in INDEX_KINDS)
 
+    def keyed(self, param: str) -> bool:
+        """Whether a lean family's ``param`` rows have a partial value index of their own."""
+        return param == self.binding or any(key == param for _, key in self.keys)
+
+    def target_index(self, param: str) -> str | None:
+        """The index from a target to the family's references of ``param``, None when there is none."""
+        if not self.lean:
+            return self.index("reference_target")
+        if param == self.binding:
+            return self.index("binding_target")
+        return self.index(f"key_{param}") if ("reference", param) in self.keys else None
+
     def res_index(self, kind: str) -> str:
         """The statement creating the ``(res, param)`` index of the table of ``kind``."""
         probed = _PROBED_COLUMNS.get(kind) if self.covering else None
         columns = f"res, param, {probed}" if probed else "res, param"
         return f"CREATE INDEX IF NOT EXISTS {self.table(kind)}_res ON {self.table(kind)} ({columns});\n"
 
+    def value_indexes(self) -> str:
+        """The statements creating a lean family's value indexes (:attr:`binding`, :attr:`keys`, dates)."""
+        assert self.binding is not None
+        references = self.table("reference")
+        where = f"WHERE param = '{self.binding}'"
+        statements = [
+            f"CREATE INDEX IF NOT EXISTS {self.index('binding_target')} ON {references} (target_id, target_type, res)"
+            f" {where};",
+            f"CREATE INDEX IF NOT EXISTS {self.index('binding_ident')} ON {references} (id_value, res) {where};",
+        ]
+        if self.dated:
+            search, dates = self.index("date_search"), self.table("date")
+            statements.append(f"CREATE INDEX IF NOT EXISTS {search} ON {dates} (param, low, high, res);")
+        for kind, param in self.keys:
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {self.index(f'key_{param}')} ON {self.table(kind)}"
+                f" ({_KEY_COLUMNS[kind]}) WHERE param = '{param}';"
+            )
+        return "\n".join(statements) + "\n"
 
-#: The index of every resource type but the trail's.
+
+#: The columns of a lean family's partial value index on one parameter's rows (:attr:`IndexFamily.keys`).
+_KEY_COLUMNS = {"token": "code, system, res", "reference": "target_id, target_type, res"}
+
+#: The index of every resource type but the trail's and the documents'.
 SHARED = IndexFamily("idx", covering=True)
 #: The index of the access trail (R17: one AuditEvent per request about a record). Why apart:
 #: most of the rows a busy server writes are the trail's (23 index values per event), and in the
@@ -111,16 +155,36 @@ SHARED = IndexFamily("idx", covering=True)
 #: landed each on a random page of the reference indexes, 10 of the 34 pages a read wrote. And
 #: its rows are deferred: an event's eleven B-trees are written once per batch of events, not
 #: once per request's commit.
-TRAIL = IndexFamily("trail", binding="patient", deferred=True)
+TRAIL = IndexFamily("trail", binding="patient", deferred=True, since=FAMILIES_SINCE)
+#: The index of the documents and their submission sets (IHE MHD's DocumentReference and List).
+#: Why apart and lean: in the shared tables each of a document's ~26 index values (and a List's
+#: ~14) went into a value index where it landed on a random page — of the 115 pages an ITI-65
+#: Bundle of one document wrote to the log, about 60 were those, each encrypted and checksummed
+#: at the commit. Every search of these types is bound to one patient by ``subject`` (the policy's,
+#: CONTRACT §7), so they start from it; the two searches the server makes across patients have
+#: keys of their own: a uniqueId already registered (``identifier``, IHE ITI-65) and the document
+#: that holds a Binary (``attachment``, R1 on a Binary's read). Dates start nothing: a patient's
+#: documents are few enough to be checked one by one, on the covering ``(res, param)`` index.
+RECORD = IndexFamily(
+    "rec",
+    binding="subject",
+    keys=(("token", "identifier"), ("reference", "attachment")),
+    dated=False,
+    covering=True,
+    since=RECORD_SINCE,
+)
 #: Deferred index rows (:attr:`IndexFamily.deferred`) written together once this many wait.
 DEFERRED_BATCH = 64
 #: The resource types whose index is not in :data:`SHARED`.
-FAMILY_OF_TYPE = {"AuditEvent": TRAIL}
+FAMILY_OF_TYPE = {"AuditEvent": TRAIL, "DocumentReference": RECORD, "List": RECORD}
+#: The families apart from :data:`SHARED`.
+FAMILIES = tuple(dict.fromkeys(FAMILY_OF_TYPE.values()))
 
 
-def family_of(resource_type: str) -> IndexFamily:
-    """The index tables of ``resource_type``'s values."""
-    return FAMILY_OF_TYPE.get(resource_type, SHARED)
+def family_of(resource_type: str, schema: int = SCHEMA_VERSION) -> IndexFamily:
+    """The index tables of ``resource_type``'s values in a database of ``schema``."""
+    family = FAMILY_OF_TYPE.get(resource_type, SHARED)
+    return family if schema >= family.since else SHARED
 
 
 def _index_tables(family: IndexFamily) -> str:
@@ -133,9 +197,8 @@ def _index_tables(family: IndexFamily) -> str:
     )
 
 
-#: What a search can start from: every parameter's values in the shared tables, the patient and
-#: the dates in the trail's (:data:`TRAIL`).
-_VALUE_INDEXES = f"""
+#: What a search can start from in the shared tables: every parameter's values.
+_SHARED_VALUE_INDEXES = """
 CREATE INDEX IF NOT EXISTS idx_token_search ON idx_token (param, code, system, res);
 CREATE INDEX IF NOT EXISTS idx_token_text ON idx_token (param, text) WHERE text IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_string_search ON idx_string (param, norm, res);
@@ -143,16 +206,16 @@ CREATE INDEX IF NOT EXISTS idx_date_search ON idx_date (param, low, high, res);
 CREATE INDEX IF NOT EXISTS idx_number_search ON idx_number (param, value, res);
 CREATE INDEX IF NOT EXISTS idx_quantity_search ON idx_quantity (param, value, res);
 CREATE INDEX IF NOT EXISTS idx_reference_search ON idx_reference (param, target_id, target_type, res);
-CREATE INDEX IF NOT EXISTS {SHARED.index("reference_target")} ON idx_reference (target_id, target_type, param);
+CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (target_id, target_type, param);
 CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (param, url) WHERE url IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_reference_ident ON idx_reference (param, id_value) WHERE id_value IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_uri_search ON idx_uri (param, value, res);
-CREATE INDEX IF NOT EXISTS trail_date_search ON trail_date (param, low, high, res);
-CREATE INDEX IF NOT EXISTS {TRAIL.index("binding_target")} ON trail_reference (target_id, target_type, res)
-    WHERE param = '{TRAIL.binding}';
-CREATE INDEX IF NOT EXISTS {TRAIL.index("binding_ident")} ON trail_reference (id_value, res)
-    WHERE param = '{TRAIL.binding}';
 """
+#: The shared tables and their indexes, one statement each: made anew when an upgrade moves most
+#: of their rows to another family (the store's ``_refile``).
+SHARED_STATEMENTS = tuple(
+    statement.strip() for statement in (_index_tables(SHARED) + _SHARED_VALUE_INDEXES).split(";\n") if statement.strip()
+)
 #: Indexes of earlier schemas, dropped by the first open of a database that has them.
 DROPPED_INDEXES = ("trail_reference_target", "trail_reference_ident")
 
@@ -184,9 +247,9 @@ CREATE TABLE IF NOT EXISTS version (
 CREATE INDEX IF NOT EXISTS version_time ON version (last_updated);
 
 """
-    + _index_tables(SHARED)
-    + _index_tables(TRAIL)
-    + _VALUE_INDEXES
+    + "".join(_index_tables(family) for family in (SHARED, *FAMILIES))
+    + _SHARED_VALUE_INDEXES
+    + "".join(family.value_indexes() for family in FAMILIES)
     + """
 -- rows: JSON, per kind of index table, that table's rows without res: [param, value columns...]
 CREATE TABLE IF NOT EXISTS index_pending (

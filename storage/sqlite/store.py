@@ -54,6 +54,7 @@ from storage.interface import (
     SearchResult,
     Store,
     Stored,
+    StoreError,
     VersionConflict,
 )
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
@@ -84,10 +85,11 @@ from storage.sqlite.schema import (
     DDL,
     DEFERRED_BATCH,
     DROPPED_INDEXES,
-    FAMILIES_SINCE,
     FAMILY_OF_TYPE,
+    INDEX_KINDS,
     SCHEMA_VERSION,
     SHARED,
+    SHARED_STATEMENTS,
     VERSION_CONTENT,
     IndexFamily,
     family_of,
@@ -96,6 +98,8 @@ from storage.sqlite.writer import WriterLock
 from storage.stamp import stamp
 
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
+#: Index rows copied per statement when an upgrade moves them to another family (:meth:`SqliteStore._refile`).
+REFILED_ROWS = 200_000
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +194,10 @@ class SqliteStore(Store):
         conn = self._conn()
         conn.executescript(DDL)
         self._migrate(conn)
-        self._upgrade()
         try:
+            self._upgrade()
             self._check_keys()
-        except MasterKeyError:
+        except (MasterKeyError, StoreError):
             self.close()
             raise
         self._settle(None, None)  # what a stopped server left in the journal
@@ -235,27 +239,29 @@ class SqliteStore(Store):
 
     def _upgrade(self) -> None:
         """Bring a database of an earlier schema to this one, then record the version: the index
-        rows a database before version 3 kept in the shared tables move to their own family's (the
-        trail's, :data:`storage.sqlite.schema.TRAIL`), the shared ``(res, param)`` indexes of a
+        rows a database kept in the shared tables move to their own family's (the trail's before
+        version 3, :data:`storage.sqlite.schema.TRAIL`; the documents' and submission sets' before
+        version 7, :data:`storage.sqlite.schema.RECORD`), the shared ``(res, param)`` indexes of a
         database before version 6 are made again, covering (a minute and a half at 1 000 000
         documents, once), and the indexes the schema no longer has are dropped (the ones it has were
         created by the DDL).
 
         One transaction under the writer lock, the version read inside it: two processes opening
-        an old database at once move the rows once, and a crash moves none. A long trail takes a
-        while, once (about 23 rows per AuditEvent are copied and deleted)."""
-        with self.transaction():
-            conn = self._conn()
+        an old database at once move the rows once, and a crash moves none. A large record takes a
+        while, once (every index row is copied: 4 min 54 s at 1 000 000 documents here)."""
+        with self._alone() as conn:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = 0 if row is None else int(row[0])
             if version == SCHEMA_VERSION:
                 return
-            if version < FAMILIES_SINCE:
-                for rtype, family in FAMILY_OF_TYPE.items():
-                    for shared, own in zip(SHARED.tables, family.tables, strict=True):
-                        rows = "res IN (SELECT pk FROM resource WHERE type = ?)"
-                        conn.execute(f"INSERT INTO {own} SELECT * FROM {shared} WHERE {rows}", (rtype,))
-                        conn.execute(f"DELETE FROM {shared} WHERE {rows}", (rtype,))
+            if version > SCHEMA_VERSION:  # its rows may be where this version would not look
+                raise StoreError(
+                    f"{self.path} is of schema {version}, written by a newer server: this one reads schemas"
+                    f" up to {SCHEMA_VERSION}"
+                )
+            moved = {rtype: family for rtype, family in FAMILY_OF_TYPE.items() if version < family.since}
+            if moved:
+                self._refile(conn, moved)
             if version < COVERING_SINCE:  # the shared probes' indexes made anew, covering
                 for kind in COVERED_KINDS:
                     conn.execute(f"DROP INDEX IF EXISTS {SHARED.table(kind)}_res")
@@ -263,6 +269,61 @@ class SqliteStore(Store):
             for index in DROPPED_INDEXES:
                 conn.execute(f"DROP INDEX IF EXISTS {index}")
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @contextmanager
+    def _alone(self) -> Iterator[sqlite3.Connection]:
+        """A transaction of the calling thread's own connection under the writer lock, outside the
+        group commit, for a store that serves no one yet. Why not a group's member: a member runs
+        in a savepoint, and SQLite keeps the original of every page a savepoint changes (its
+        sub-journal, in memory here: ``temp_store``) — 5 GB for an upgrade at 1 000 000 documents."""
+        conn = self._conn()
+        with self._writer:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _refile(conn: sqlite3.Connection, moved: dict[str, IndexFamily]) -> None:
+        """Move the index rows of the ``moved`` types from the shared tables to their families'.
+
+        The shared tables are made anew with the rows that stay rather than emptied row by row:
+        the moved rows are most of them (a document's ~26, a submission set's ~14, an AuditEvent's
+        ~23), and each delete rewrote a random page of every value index of its table; copied in
+        ``res`` order into fresh tables, they are appended. They are copied :data:`REFILED_ROWS` at a
+        time: SQLite keeps what one statement changes in a statement journal, in memory here
+        (``temp_store``), which grew to 8 GB in one statement at 1 000 000 documents."""
+        for shared in SHARED.tables:
+            indexes = conn.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (shared,)
+            ).fetchall()
+            for (name,) in indexes:
+                conn.execute(f"DROP INDEX {name}")
+            conn.execute(f"ALTER TABLE {shared} RENAME TO {shared}_refiled")
+        for statement in SHARED_STATEMENTS:
+            conn.execute(statement)
+        types_of: dict[IndexFamily, list[str]] = {}
+        for rtype, family in moved.items():
+            types_of.setdefault(family, []).append(rtype)
+        every = orjson.dumps(list(moved)).decode()
+        for kind in INDEX_KINDS:
+            shared, old = SHARED.table(kind), f"{SHARED.table(kind)}_refiled"
+            rows = f"SELECT o.* FROM {old} o JOIN resource r ON r.pk = o.res WHERE o.rowid > ?1 AND o.rowid <= ?2 AND"
+            last = int(conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {old}").fetchone()[0])
+            for start in range(0, last, REFILED_ROWS):
+                span = (start, start + REFILED_ROWS)
+                for family, types in types_of.items():
+                    conn.execute(
+                        f"INSERT INTO {family.table(kind)} {rows} r.type IN (SELECT value FROM json_each(?3))",
+                        (*span, orjson.dumps(types).decode()),
+                    )
+                conn.execute(
+                    f"INSERT INTO {shared} {rows} r.type NOT IN (SELECT value FROM json_each(?3))", (*span, every)
+                )
+            conn.execute(f"DROP TABLE {old}")
 
     def _check_keys(self) -> None:
         """Refuse to start when the data and the keys do not belong together.
@@ -977,9 +1038,7 @@ class SqliteStore(Store):
 
     def get_record(self, kind: str, key: str) -> tuple[bytes, int | None] | None:
         row = (
-            self._conn()
-            .execute("SELECT value, expires FROM record WHERE kind = ? AND key = ?", (kind, key))
-            .fetchone()
+            self._conn().execute("SELECT value, expires FROM record WHERE kind = ? AND key = ?", (kind, key)).fetchone()
         )
         return (self._open(record_aad(kind, key), row[0]), row[1]) if row else None
 
