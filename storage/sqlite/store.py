@@ -893,7 +893,7 @@ class SqliteStore(Store):
             if isinstance(source_filter, Nothing):  # the caller sees none: no look-up (nor a plan for one)
                 return []
             targets = compiler.any_reference_to("i", ((s.resource_type, s.id) for s in sources))
-            param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
+            param_cond = f" AND {compiler.param_is('i', inc.source_type, inc.param)}" if inc.param else ""
             indexed, narrowed = compiler.reverse(inc.source_type, inc.param, "i", "t", source_filter)
             scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type])
             sql = (
