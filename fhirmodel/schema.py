@@ -62,6 +62,7 @@ class Element:
     required: bool
     summary: bool
     choice: str | None  # the choice group (``value`` for ``valueQuantity``), if any
+    choice_required: bool  # one element of the choice group must be present
     enum: tuple[str, ...] | None  # codes of a required binding the models know of
     targets: tuple[str, ...]  # allowed reference targets, if a Reference
 
@@ -141,6 +142,7 @@ def type_info(type_name: str) -> TypeInfo:
             required=bool(extra.get("element_required")) or _is_required(field),
             summary=bool(extra.get("summary_element_property")),
             choice=typing.cast("str | None", extra.get("one_of_many")),
+            choice_required=bool(extra.get("one_of_many_required")),
             enum=tuple(typing.cast("list[str]", enum)) if enum else None,
             targets=tuple(typing.cast("list[str]", extra.get("enum_reference_types") or ())),
         )

@@ -46,6 +46,7 @@ from fhir_server.fhir.invariants import InvariantSet
 from fhir_server.fhir.profiles import load_profiles, violations
 from fhirmodel.base64_chunks import compact_base64
 from fhirmodel.errors import FhirError, outcome_issue
+from fhirmodel.primitives import integer_problem, string_problem
 from fhirmodel.schema import (
     JSON_BOOLEAN_TYPES,
     JSON_NUMBER_TYPES,
@@ -143,17 +144,30 @@ class _Property:
 
 
 @dataclass(frozen=True, slots=True)
+class _Choice:
+    """A choice group (``value[x]``): the names of its elements, and whether one is required."""
+
+    group: str
+    names: tuple[str, ...]
+    required: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Shape:
-    """The JSON properties of a type, keyed by property name (``given`` and ``_given``)."""
+    """The JSON properties of a type, keyed by property name (``given`` and ``_given``), and what
+    every instance must hold: its required elements and choice groups."""
 
     properties: dict[str, _Property]
     is_resource: bool
+    required: tuple[Element, ...]
+    choices: tuple[_Choice, ...]
 
 
 @functools.cache
 def _shape(type_name: str) -> _Shape:
     """Derive the walk's view of a type once; type_info itself is cached too."""
     properties: dict[str, _Property] = {}
+    groups: dict[str, list[Element]] = {}
     for element in type_info(type_name).elements.values():
         codes = frozenset(element.enum) if element.enum and element.type == "code" else None
         restricted = element.type == _REFERENCE and element.targets and RESOURCE not in element.targets
@@ -161,7 +175,15 @@ def _shape(type_name: str) -> _Shape:
         properties[element.name] = _Property(element, False, codes, targets)
         if element.is_primitive and element.type != _XHTML:
             properties[f"_{element.name}"] = _Property(element, True, None, None)
-    return _Shape(properties, is_resource_type(type_name))
+        if element.choice is not None:
+            groups.setdefault(element.choice, []).append(element)
+    elements = type_info(type_name).elements.values()
+    required = tuple(e for e in elements if e.required and e.choice is None)
+    choices = tuple(
+        _Choice(group, tuple(e.name for e in members), any(e.choice_required for e in members))
+        for group, members in groups.items()
+    )
+    return _Shape(properties, is_resource_type(type_name), required, choices)
 
 
 def _is_concrete_resource_type(name: Any) -> TypeGuard[str]:
@@ -277,6 +299,22 @@ class _Walk:
                         )
                     continue
                 self.item(item, prop, item_path, depth + 1, scope)
+        self._cardinality(obj, shape, path)
+
+    def _cardinality(self, obj: dict[str, Any], shape: _Shape, path: str) -> None:
+        """The required elements present (a primitive's value or its ``_x``), and one element at
+        most of each choice group, one at least of a required one."""
+        for element in shape.required:
+            if element.name not in obj and not (element.is_primitive and f"_{element.name}" in obj):
+                self.add(f"{path}.{element.name}", "required", f"{path}.{element.name}: required element is missing")
+        for choice in shape.choices:
+            given = [name for name in choice.names if name in obj or f"_{name}" in obj]
+            if len(given) > 1:
+                where = f"{path}.{given[1]}"
+                self.add(where, "structure", f"{where}: {choice.group}[x] is given twice ({', '.join(given)})")
+            elif not given and choice.required:
+                where = f"{path}.{choice.group}[x]"
+                self.add(where, "required", f"{where}: required element is missing")
 
     def _primitive_partner(self, obj: dict[str, Any], key: str, prop: _Property, path: str) -> list[Any] | None:
         """For a primitive array ``x``/``_x``: the other array, which must be as long."""
@@ -314,7 +352,11 @@ class _Walk:
                 self.add(path, "structure", f"{path}: expected a JSON boolean, got {_json_kind(value)}")
             return
         if fhir_type in JSON_NUMBER_TYPES:
-            if type(value) is int or (fhir_type == "decimal" and type(value) is float and math.isfinite(value)):
+            if type(value) is int:
+                if (problem := integer_problem(fhir_type, value)) is not None:
+                    self.add(path, "value", f"{path}: {problem}")
+                return
+            if fhir_type == "decimal" and type(value) is float and math.isfinite(value):
                 return
             wanted = "a JSON number" if fhir_type == "decimal" else "a JSON integer"
             self.add(path, "structure", f"{path}: expected {wanted}, got {_json_kind(value)}")
@@ -331,6 +373,8 @@ class _Walk:
             self.add(path, "value", f"{path}: not valid base64 (RFC 4648: A-Z a-z 0-9 + /, padded with =)")
         elif fhir_type == "id" and not _ID.fullmatch(value):
             self.add(path, "value", f"{path}: {_quote(value)} is not a valid id ([A-Za-z0-9-.]{{1,64}})")
+        elif (problem := string_problem(fhir_type, value)) is not None:
+            self.add(path, "value", f"{path}: {_quote(value)} is {problem}")
         elif fhir_type == _XHTML:
             problems = _narrative_problems(value)
             if problems:
