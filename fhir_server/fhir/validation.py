@@ -1,28 +1,32 @@
 """Validation of resources sent by clients, before anything is stored.
 
-Two passes, both reporting every problem they find with a FHIRPath-like location:
+One walk over the client's JSON, guided by :mod:`fhirmodel.schema` (the FHIR R4 structure, read
+from the fhir.resources R4B models, wire-identical to R4 for the served types), reporting every
+problem it finds with a FHIRPath-like location:
 
-1. A single walk over the client's JSON, guided by :mod:`fhirmodel.schema`, for the rules the
-   fhir.resources models do not enforce: the JSON representation rules (no ``null``, ``{}``,
-   ``[]``, ``""`` or whitespace-only strings; JSON types of primitives, which pydantic coerces in
-   lax mode, accepting ``"yes"`` as a boolean), required bindings, reference targets, contained
-   resource rules (ref-1 for local references, dom-2, dom-4, dom-5) and narrative safety
-   (txt-1/txt-2: the narrative ends up in browsers, so anything active in it is refused).
-2. The fhir.resources R4B model (wire-identical to R4 for the served types): cardinality,
-   primitive formats (dates, instants...), choice types.
-3. Extensions whose url is an extension profile in ``profiles/`` (the DMP closure,
-   ``dmp-fermeture``): its sub-extensions, their cardinalities and value types, read from the
-   StructureDefinition rather than restated in code.
+- the JSON representation rules: no ``null``, ``{}``, ``[]``, ``""`` or whitespace-only strings;
+  the JSON type of each primitive (no ``"yes"`` for a boolean);
+- cardinality: required elements, and one element at most of a choice group (``value[x]``);
+- the lexical rules of the primitive types (:mod:`fhirmodel.primitives`: dates that exist, codes,
+  ids, URIs, integers in range, base64) and the codes of required bindings;
+- references: their form, the target types the element allows, ref-1 for local references;
+- contained resources (dom-2, dom-4, dom-5) and narrative safety (txt-1/txt-2: the narrative ends
+  up in browsers, so anything active in it is refused).
 
-Where both passes see the same element, only the walk's (more precise) issue is kept.
+Then extensions whose url is an extension profile in ``profiles/`` (the DMP closure,
+``dmp-fermeture``) are checked against its StructureDefinition, and, on a resource with no
+problem so far, the R4 FHIRPath invariants (``ig/invariants``).
+
+Why not the fhir.resources models themselves: building a model object was half of a document's
+validation time, and the walk must pass every node anyway. ``tests/test_validation_model.py``
+holds it to finding whatever the models find, on mutations of real resources.
 
 Attachment.url holding a ``urn:uuid:`` (IHE MHD uses them to point at a Binary of the same
-transaction) needs no special handling: R4 ``url`` has no format beyond ``\\S*`` and the models
-accept it; the test suite pins this down.
+transaction) needs no special handling: R4 ``url`` has no format beyond ``\\S*``; the test suite
+pins this down.
 
 Why one module of ~600 lines: the walk is one recursive traversal that applies, at each node, the
-rules of that node's type; splitting it by rule would visit every node once per rule, and the
-merge of the passes' issues needs both in view.
+rules of that node's type; splitting it by rule would visit every node once per rule.
 """
 
 from __future__ import annotations
@@ -37,10 +41,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from fhir.resources.R4B import get_fhir_model_class
 from lxml import etree
-from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 
 from fhir_server.fhir.invariants import InvariantSet
 from fhir_server.fhir.profiles import load_profiles, violations
@@ -124,14 +125,6 @@ _NARRATIVE_PARSER = etree.XMLParser(
     huge_tree=False,
 )
 
-#: Pydantic error types meaning "this element is absent but required".
-_MISSING_ERRORS = frozenset({"missing", "model_field_validation.missing"})
-#: Pydantic error types meaning "the JSON has the wrong shape here".
-_STRUCTURE_ERRORS = frozenset({"extra_forbidden", "model_type", "dict_type", "list_type", "json_invalid"})
-#: Phrases that betray library internals in a pydantic message; such messages are replaced.
-_INTERNAL_MARKERS = ("``", "fhir.resources", "fhir_core", "pydantic")
-_VALUE_ERROR_PREFIX = "Value error, "
-
 
 @dataclass(frozen=True, slots=True)
 class _Property:
@@ -200,7 +193,6 @@ class _Walk:
     def __init__(self, bundle_types: Mapping[str, str] | None = None) -> None:
         self.bundle_types = bundle_types or {}  # fullUrl -> the type of the Bundle entry it names
         self.issues: list[tuple[str, str, str]] = []  # (expression, code, message)
-        self.resource_paths: set[str] = set()  # where a resource starts: its own errors are global
         self.too_deep = False
 
     def add(self, path: str, code: str, message: str) -> None:
@@ -227,7 +219,6 @@ class _Walk:
             )
         else:
             self._contained_rules(obj, path)
-        self.resource_paths.add(path)
         self.object(obj, resource_type, path, depth, scope)
 
     def _contained_rules(self, obj: dict[str, Any], path: str) -> None:
@@ -532,42 +523,6 @@ def _code_list(prop: _Property) -> str:
     return f"the required codes ({shown}{', ...' if len(codes) > 12 else ''})"
 
 
-def _loc_path(root: str, loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as a FHIRPath-like expression (``Patient.name[0].given[1]``)."""
-    parts = [root]
-    for step in loc:
-        parts.append(f"[{step}]" if isinstance(step, int) else f".{step}")
-    return "".join(parts)
-
-
-def _model_issue(error: ErrorDetails, root: str) -> tuple[str, str, str]:
-    """One pydantic error as (expression, code, message), in words a client understands."""
-    path = _loc_path(root, tuple(error["loc"]))
-    kind = error["type"]
-    if kind in _MISSING_ERRORS:
-        return path, "required", f"{path}: required element is missing"
-    if kind == "extra_forbidden":
-        return path, "structure", f"{path}: unknown element"
-    message = " ".join(str(error["msg"]).split()).removeprefix(_VALUE_ERROR_PREFIX)
-    if any(marker in message for marker in _INTERNAL_MARKERS):
-        message = "invalid content"
-    return path, "structure" if kind in _STRUCTURE_ERRORS else "value", f"{path}: {message}"
-
-
-def _covered(model_path: str, walk_paths: set[str], resource_paths: set[str]) -> bool:
-    """Whether the walk already reported a problem at this element or inside it.
-
-    The model reports some problems on the enclosing element (a null in an array, an unknown
-    property of a ``_x`` object); a resource's own issues (a choice given twice) are not covered by
-    a problem somewhere inside it.
-    """
-    if model_path in walk_paths:
-        return True
-    if model_path in resource_paths:
-        return False
-    return any(path.startswith((f"{model_path}.", f"{model_path}[")) for path in walk_paths)
-
-
 class ResourceValidator:
     """Validates resources sent for storage against FHIR R4 and this server's served types."""
 
@@ -593,7 +548,6 @@ class ResourceValidator:
             walk.resource(resource, resource_type, 0, None)
         issues = list(walk.issues)
         if len(issues) <= MAX_ISSUES and not walk.too_deep:
-            issues.extend(_model_issues(resource, resource_type, walk))
             issues.extend(_extension_issues(resource, resource_type))
             if not issues and self.invariants is not None:  # on a structurally valid resource only
                 issues.extend(self.invariants.broken(resource))
@@ -626,21 +580,6 @@ class ResourceValidator:
                 expression=["resourceType"],
             )
         return resource_type
-
-
-def _model_issues(resource: dict[str, Any], resource_type: str, walk: _Walk) -> list[tuple[str, str, str]]:
-    """What the fhir.resources model finds that the walk has not reported already."""
-    try:
-        get_fhir_model_class(resource_type).model_validate(resource)
-    except ValidationError as exc:
-        walk_paths = {path for path, _, _ in walk.issues}
-        issues = [_model_issue(error, resource_type) for error in exc.errors(include_url=False)]
-        return [issue for issue in issues if not _covered(issue[0], walk_paths, walk.resource_paths)]
-    except Exception:  # the library has failed on input the walk let through: still a client error
-        if walk.issues:
-            return []
-        return [(resource_type, "invalid", f"{resource_type}: the resource could not be validated")]
-    return []
 
 
 def _extension_issues(resource: dict[str, Any], resource_type: str) -> list[tuple[str, str, str]]:
