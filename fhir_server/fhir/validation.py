@@ -161,7 +161,8 @@ def _shape(type_name: str) -> _Shape:
     """Derive the walk's view of a type once; type_info itself is cached too."""
     properties: dict[str, _Property] = {}
     groups: dict[str, list[Element]] = {}
-    for element in type_info(type_name).elements.values():
+    elements = type_info(type_name).elements.values()
+    for element in elements:
         codes = frozenset(element.enum) if element.enum and element.type == "code" else None
         restricted = element.type == _REFERENCE and element.targets and RESOURCE not in element.targets
         targets = frozenset(element.targets) if restricted else None
@@ -170,7 +171,6 @@ def _shape(type_name: str) -> _Shape:
             properties[f"_{element.name}"] = _Property(element, True, None, None)
         if element.choice is not None:
             groups.setdefault(element.choice, []).append(element)
-    elements = type_info(type_name).elements.values()
     required = tuple(e for e in elements if e.required and e.choice is None)
     choices = tuple(
         _Choice(group, tuple(e.name for e in members), any(e.choice_required for e in members))

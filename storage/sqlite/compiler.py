@@ -576,8 +576,10 @@ def any_sql(conditions: list[str]) -> str:
 
 
 def union_sql(selects: list[str]) -> str:
-    """The ``UNION`` of sub-selects of one column ``res``, however many: beyond
-    :data:`_UNION_TERMS` they are grouped into nested sub-selects, each a compound SQLite accepts."""
+    """The ``UNION ALL`` of sub-selects of one column ``res``, however many: beyond
+    :data:`_UNION_TERMS` they are grouped into nested sub-selects, each a compound SQLite accepts.
+    ``ALL``: a driver only feeds an ``IN``, which ignores duplicates; removing them was a temporary
+    B-tree per search."""
     selects = [f"SELECT res FROM ({s})" if " UNION " in s else s for s in selects]  # one term each
     if len(selects) <= _UNION_TERMS:
         return " UNION ALL ".join(selects)

@@ -308,6 +308,7 @@ class SqliteStore(Store):
         types_of: dict[IndexFamily, list[str]] = {}
         for rtype, family in moved.items():
             types_of.setdefault(family, []).append(rtype)
+        types_json = {family: orjson.dumps(types).decode() for family, types in types_of.items()}
         every = orjson.dumps(list(moved)).decode()
         for kind in INDEX_KINDS:
             shared, old = SHARED.table(kind), f"{SHARED.table(kind)}_refiled"
@@ -315,10 +316,10 @@ class SqliteStore(Store):
             last = int(conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {old}").fetchone()[0])
             for start in range(0, last, REFILED_ROWS):
                 span = (start, start + REFILED_ROWS)
-                for family, types in types_of.items():
+                for family, types in types_json.items():
                     conn.execute(
                         f"INSERT INTO {family.table(kind)} {rows} r.type IN (SELECT value FROM json_each(?3))",
-                        (*span, orjson.dumps(types).decode()),
+                        (*span, types),
                     )
                 conn.execute(
                     f"INSERT INTO {shared} {rows} r.type NOT IN (SELECT value FROM json_each(?3))", (*span, every)
