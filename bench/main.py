@@ -53,6 +53,7 @@ from bench.servers import (
     worker_cpu_seconds,
 )
 from bench.servers import wait_ready as wait_server
+from bench.trail import TrailStats, add_trail, format_trail
 from storage.sqlite.connection import SQLITE_VERSION
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -125,12 +126,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="py-spy on the workers (default), or cProfile in-process through the Flask test client",
     )
     p.add_argument("--profile-dir", type=Path, default=None, help="where --profile writes (default bench/results/)")
+    p.add_argument(
+        "--trail",
+        type=int,
+        default=0,
+        metavar="N",
+        help="AuditEvents to add to the trail, directly, before the server starts (kept with --keep/--reuse)",
+    )
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     if args.docs < 1 or args.concurrency < 1 or args.workers < 1 or args.threads < 1:
         p.error("--docs, --concurrency, --workers and --threads must be at least 1")
-    if args.big_patient < 0:
-        p.error("--big-patient must be 0 or more")
+    if args.big_patient < 0 or args.trail < 0:
+        p.error("--big-patient and --trail must be 0 or more")
     if args.compare_open and args.workers == 1 and args.threads == 1:
         p.error("--compare-open needs --workers or --threads above 1: only then does the server run under gunicorn")
     if args.reuse is not None and args.keep is not None:
@@ -216,18 +224,23 @@ class Run:
     big_check: dict[str, Any] = field(default_factory=dict)
     mhd_check: dict[str, Any] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)  # with the DMP policy, the real server
+    trail: TrailStats | None = None  # what --trail added
     profile: str = ""  # what --profile printed
     open_results: list[Result] = field(default_factory=list)  # same scenarios on bench/open_app.py
+
+
+def direct_config(run: Run, port: int) -> Any:
+    """The configuration of the server about to start, for what the bench writes before it does."""
+    from fhir_server.runtime.config import Config
+
+    return Config(data_dir=run.data_dir, base_url=fhir_base_url(port), store_url=run.args.store)
 
 
 def load_data(run: Run, port: int, sample: IdSample, tokens: Tokens) -> LoadStats:
     args = run.args
     plan = LoadPlan(run.pop, args.docs, args.batch, args.seed, args.max_load_seconds, run.big)
     if args.load == "direct":
-        from fhir_server.runtime.config import Config
-
-        config = Config(data_dir=run.data_dir, base_url=fhir_base_url(port), store_url=args.store)
-        return load_direct(config, plan, sample)
+        return load_direct(direct_config(run, port), plan, sample)
     return load_http(Target(HOST, port, BASE_PATH), plan, sample, args.workers, tokens)
 
 
@@ -298,6 +311,10 @@ def run_fhir(run: Run) -> None:
     print(f"load mode: {args.load} ({args.docs} documents, {run.pop.patients} patients)", flush=True)
     if args.load == "direct":
         run.load = load_data(run, port, sample, tokens)
+    if args.trail:
+        patients = run.pop.patients + (1 if run.big else 0)  # the big patient's index follows the others'
+        run.trail = add_trail(direct_config(run, port), args.trail, patients, args.seed + 4)
+        print(format_trail(run.trail), flush=True)
     with serving(_fhir_server(run, port), METADATA) as (server, startup):
         run.startup_seconds = startup
         workload = prepare_workload(run, port, sample, tokens)
@@ -437,6 +454,8 @@ def environment(run: Run) -> dict[str, Any]:
         "patients": run.pop.patients,
         "practitioners": run.pop.practitioners,
         "big_patient_documents": run.big.documents if run.big else 0,
+        "trail_added": run.trail.added if run.trail else 0,
+        "trail_events": run.trail.events if run.trail else None,
         "workers": args.workers,
         "threads": args.threads,
         "concurrency": args.concurrency,
