@@ -9,9 +9,6 @@ written by the service in the same transaction as the change they record.
 from __future__ import annotations
 
 import base64
-import os
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +24,7 @@ from authz.terms import (
     ROLE_SYSTEM,
 )
 from fhirmodel.characters import without_forbidden
+from fhirmodel.ids import new_id
 
 EMERGENCY_EXTENSION = f"{CANON}/StructureDefinition/dmp-emergency-access"
 _EVENT_TYPE = {
@@ -75,21 +73,6 @@ class AuditRecord:
     lifecycle: str | None = None  # an ISO 21089 record lifecycle event: the DMP closed, reopened
 
 
-def event_id() -> str:
-    """A time-ordered id: a UUID version 7 (RFC 9562), 48 bits of Unix milliseconds then 74
-    random ones. Why not a random UUID: each new id went to a random page of the store's index of
-    ids — one page more written per event, most of them read back from disk first — where
-    increasing ids fill the same last page, as the trail is written: in time order. The event
-    says when it was recorded anyway, so the id tells nothing more."""
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b
-    millis = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
-    version, variant = 0x7, 0b10
-    value = (
-        (millis << 80) | (version << 76) | (((rand >> 68) & 0xFFF) << 64) | (variant << 62) | (rand & ((1 << 62) - 1))
-    )
-    return str(uuid.UUID(int=value))
-
-
 def audit_event(
     actor: Actor,
     patient: tuple[str, str],
@@ -103,7 +86,7 @@ def audit_event(
     purpose = {"coding": [{"system": PURPOSE_SYSTEM, "code": actor.purpose}]}
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
-        "id": event_id(),
+        "id": new_id(),
         "type": _EVENT_TYPE,
         "subtype": [{"system": _INTERACTION_SYSTEM, "code": record.interaction}],
         "action": _ACTION.get(record.interaction, "E"),
@@ -150,7 +133,7 @@ def server_event(
     21089 record lifecycle event it carried out."""
     return {
         "resourceType": "AuditEvent",
-        "id": event_id(),
+        "id": new_id(),
         "type": _RECORD_EVENT,
         "subtype": [{"system": LIFECYCLE_SYSTEM, "code": lifecycle}],
         "action": action,
@@ -202,7 +185,7 @@ def account_event(
     event_type, subtype = ACCOUNT_EVENTS[kind]
     return {
         "resourceType": "AuditEvent",
-        "id": event_id(),
+        "id": new_id(),
         "type": event_type,
         "subtype": [subtype],
         "action": "E",

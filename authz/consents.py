@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from authz.terms import CONSENT_TYPE_SYSTEM, PURPOSE_SYSTEM
+from fhirmodel.ids import new_id
 
 _SCOPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}
 _GRANTEE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]}
@@ -40,7 +41,7 @@ def new_consent(
         provision["purpose"] = [{"system": PURPOSE_SYSTEM, "code": purpose}]
     return {
         "resourceType": "Consent",
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"}],
         "status": "active",
         "scope": _SCOPE,

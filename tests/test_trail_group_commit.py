@@ -13,8 +13,6 @@ queue (which requests share a batch otherwise depends on timing, and a test must
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from authz.audit import event_id, patient_entity, server_event
+from authz.audit import patient_entity, server_event
 from authz.gate import DmpGatekeeper
 from authz.trail_writer import TrailWriter
 from fhir_server.app import create_service
@@ -335,16 +333,3 @@ def test_an_app_leaves_no_thread_behind(tmp_path: Path) -> None:
     in_threads(4, lambda n: app.test_client().get(f"/fhir/DocumentReference/t{n}", headers=token))
     w.close()
     assert set(threading.enumerate()) == before
-
-
-def test_event_ids_are_time_ordered_uuids(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An event's id is a UUID version 7: ids of later events sort after earlier ones (they are
-    appended to the store's index of ids, not scattered over it), and ids of the same millisecond
-    still differ."""
-    clock = iter([1_796_000_000_000_000_000, 1_796_000_000_000_000_000, 1_796_000_000_002_000_000])
-    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
-    first, same_millisecond, later = event_id(), event_id(), event_id()
-    parsed = [uuid.UUID(i) for i in (first, same_millisecond, later)]
-    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
-    assert [u.int >> 80 for u in parsed] == [1_796_000_000_000, 1_796_000_000_000, 1_796_000_000_002]
-    assert first != same_millisecond and max(first, same_millisecond) < later

@@ -24,9 +24,10 @@ from fhir_server.dmp.documents.publish import (
     new_binary,
     store_binaries,
 )
-from fhir_server.fhir.interactions.common import new_id, written
+from fhir_server.fhir.interactions.common import written
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhirmodel.errors import FhirError, bad_request, not_found
+from fhirmodel.ids import new_id
 from fhirmodel.indexing import parse_reference
 from storage.interface import Gone, NotFound, Stored
 from storage.query import OPEN_SCOPE, Query, Reference, Token

@@ -38,9 +38,9 @@ from fhir_server.dmp.documents.cda import (
     parse_cda,
 )
 from fhir_server.dmp.documents.unique_ids import check_unique_ids, submitted
-from fhir_server.fhir.interactions.common import new_id
 from fhir_server.fhir.messages import FhirRequest
 from fhirmodel.errors import FhirError, listing
+from fhirmodel.ids import new_id
 from fhirmodel.indexing import parse_reference
 from storage.interface import Gone, NotFound
 

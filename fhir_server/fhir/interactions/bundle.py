@@ -30,12 +30,12 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from fhir_server.fhir.inbound import check_body, check_parameters
-from fhir_server.fhir.interactions.common import new_id
 from fhir_server.fhir.interactions.instance import matches
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhir_server.fhir.patching import JSON_PATCH_TYPE
 from fhir_server.fhir.service import FhirService, Submission
 from fhirmodel.errors import FhirError, bad_request
+from fhirmodel.ids import new_id
 from fhirmodel.rawjson import RawJson
 from fhirmodel.schema import is_resource_type
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhir_server.fhir.numbers import natural
@@ -12,10 +11,6 @@ from fhirmodel.errors import bad_request, operation_outcome
 from storage.interface import Stored
 
 _ETAG_RE = re.compile(r'^(?:W/)?"?([0-9]+)"?$', re.ASCII)
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def etag(version: int) -> str:

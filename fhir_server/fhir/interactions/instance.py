@@ -7,13 +7,14 @@ import copy
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fhir_server.fhir.interactions.common import new_id, not_modified_since, parse_etag, version_headers, written
+from fhir_server.fhir.interactions.common import not_modified_since, parse_etag, version_headers, written
 from fhir_server.fhir.interactions.search import result_params, shape
 from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhir_server.fhir.numbers import natural
 from fhir_server.fhir.patching import apply_patch
 from fhir_server.fhir.service import FhirService, Then
 from fhirmodel.errors import FhirError, bad_request, not_found
+from fhirmodel.ids import new_id
 from storage.interface import Gone, NotFound, Stored, VersionConflict
 from storage.query import Expr, Query
 
