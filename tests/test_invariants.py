@@ -163,6 +163,8 @@ def _examples() -> list[dict[str, Any]]:
     backwards = {"start": "2024-02-01", "end": "2024-01-01"}
     found += [
         _patient(contact=[{"name": {"family": "X"}, "period": backwards}]),
+        {"resourceType": "Patient", "contact": [{"gender": "female"}]},  # pat-1, read at Patient.contact
+        {"resourceType": "List", "status": "current", "mode": "working", "meta": {"versionId": "1"}},
         _patient(_birthDate={"extension": [{"url": "http://example.org/x"}]}, birthDate="2000-01-01"),
         _patient(extension=[{"url": "http://example.org/a", "extension": [{"url": "b", "valueAge": {"value": -1}}]}]),
         {
@@ -221,11 +223,18 @@ def test_an_invariant_is_skipped_only_where_full_evaluation_agrees(service: Fhir
         "lst-3",
         "bdl-1",
         "cpt-2",
+        "pat-1",
     } <= broken_somewhere
 
 
 def test_what_an_invariant_names() -> None:
     lst = Invariant("lst-2", "List", "deleted only in changes", "mode = 'changes' or entry.deleted.empty()")
-    assert named_elements(lst) == {"List", "mode", "or", "entry", "deleted", "empty"}  # not "changes"
+    assert named_elements(lst) == {"List", "mode", "or", "entry"}  # not "changes", nor what entry holds
+    dom4 = Invariant(
+        "dom-4", "List", "no versionId", "contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()"
+    )
+    assert named_elements(dom4) == {"List", "contained", "and"}  # a List with a meta but no contained: not evaluated
+    within = Invariant("ctx", "Consent.provision", "x", "$this.actor.exists() or %resource.status = 'active'")
+    assert named_elements(within) == {"Consent", "provision", "or", "actor", "status"}
     dom3 = Invariant("dom-3", "DomainResource", "referenced", "contained.where(descendants().exists()).empty()")
     assert named_elements(dom3) is None

@@ -186,17 +186,27 @@ class InvariantSet:
 #: Functions that reach elements without naming them: an invariant using one is always evaluated.
 _UNNAMED_REACH = re.compile(r"\b(?:children|descendants|repeat)\s*\(")
 _STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: A name that starts a path: read from the focus, which at the top is the resource (inside a
+#: function's argument it is the item iterated over: counting those too only adds names).
+_PATH_START = re.compile(r"(?<![\w.$%])[A-Za-z_][A-Za-z0-9_]*")
+#: A name read from the resource itself, whatever the focus: after ``$this``, ``%resource``... or a
+#: type name (``Consent.provision``; ``Quantity.value`` only adds a name).
+_FROM_ROOT = re.compile(
+    r"(?:\$this|%resource|%rootResource|%context|(?<![\w.$%])[A-Z][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)"
+)
 
 
 def named_elements(invariant: Invariant) -> frozenset[str] | None:
-    """Every name in a resource invariant's expression and context (functions and types too: a
-    superset of the elements it reads), or None when it can reach an element it does not name.
-    A resource with none of them at its top level gets the verdict of an empty resource."""
-    text = _STRING.sub("", f"{invariant.context} {invariant.expression}")
+    """The names by which a resource invariant's expression and context can read the resource's
+    top level (functions, operators and types among them: a superset), or None when it can reach
+    an element it does not name. A name after a dot reads what comes before it, not the resource
+    (``contained.meta`` reads no ``meta`` of the resource itself). A resource with none of them at
+    its top level gets the verdict of an empty resource."""
+    text = _STRING.sub("", f"{invariant.context} {invariant.expression}").replace("`", "")
+    text = re.sub(r"\s*\.\s*", ".", text)
     if _UNNAMED_REACH.search(text):
         return None
-    return frozenset(_NAME.findall(text))
+    return frozenset(_PATH_START.findall(text)) | frozenset(_FROM_ROOT.findall(text))
 
 
 def _top_level_names(resource: dict[str, Any]) -> frozenset[str]:
