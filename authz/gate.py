@@ -7,6 +7,7 @@ the trail — is the policy's decision applied; nothing here is a rule of its ow
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from authz.binding import foreign_patient
 from authz.consents import DEFAULT_GRANT, new_consent
 from authz.keys import load_or_create_server_key
 from authz.lifecycle import CLOSED_EVENT, REOPENED_EVENT, Change, change_of
+from authz.lru import Lru
 from authz.matrix import AuthorisationMatrix
 from authz.outbox import SUBSCRIPTION_TOPIC, DocumentEvent, EmergencyEvent
 from authz.policy import DmpPolicy
@@ -43,6 +45,7 @@ from authz.terms import (
     REGULATION_CENTRE,
 )
 from authz.tokens import (
+    VERIFIED_TOKENS,
     InvalidToken,
     MissingToken,
     TokenVerifier,
@@ -88,9 +91,7 @@ class DmpScope:
     request that returns what it reads — the token's SMART scopes for the ``letters`` it needs
     (:mod:`authz.smart_scopes`; ``None``: a write, whose own look-ups return nothing)."""
 
-    def __init__(
-        self, policy: DmpPolicy, access: Access, letters: str | None = "rs", criteria: Criteria | None = None
-    ):
+    def __init__(self, policy: DmpPolicy, access: Access, letters: str | None = "rs", criteria: Criteria | None = None):
         self._policy = policy
         self._access = access
         self._letters = letters
@@ -373,6 +374,7 @@ class DmpGatekeeper:
         self.clock = clock
         self.criteria: Criteria | None = None  # granular SMART scopes grant nothing until set
         self.states = AccessStates(store)
+        self.actors: Actors = Lru(VERIFIED_TOKENS)
 
     def use_criteria(self, criteria: Criteria) -> None:
         """How the FHIR layer turns search parameters into a store condition: granular SMART
@@ -388,7 +390,7 @@ class DmpGatekeeper:
         self.criteria = granular
 
     def guard(self, req: RequestFacts, interaction: str) -> DmpGuard:
-        actor = caller(self.verifier, self.known, req.header("Authorization"))
+        actor = caller(self.verifier, self.known, req.header("Authorization"), self.actors)
         moment = self.clock()
         state = self.states.load(actor.patient) if actor.patient else None
         try:
@@ -457,12 +459,21 @@ class DmpGatekeeper:
         )
 
 
-def caller(verifier: TokenVerifier, known: Known, authorization: str | None) -> Actor:
+#: The actors a gatekeeper remembers, by the SHA-256 of their token (see :func:`caller`).
+Actors = Lru[bytes, Actor]
+
+
+def caller(verifier: TokenVerifier, known: Known, authorization: str | None, actors: Actors | None = None) -> Actor:
     """The actor of an ``Authorization`` header: 401 without a valid token (RFC 6750 challenge),
     403 when its claims describe no actor the server can act for. Every endpoint that takes a
-    bearer token identifies its caller through here."""
+    bearer token identifies its caller through here.
+
+    With ``actors``, the actor of a token seen before is reused once the token is verified again
+    (times, revocation: every request): a token's claims never change, and the actor follows from
+    them alone — building it again was about 30 µs of every request."""
     try:
-        claims = verifier.verify(bearer_token(authorization))
+        token = bearer_token(authorization)
+        claims = verifier.verify(token)
     except MissingToken:
         raise FhirError(
             401, "an access token is required", "login", headers={"WWW-Authenticate": 'Bearer realm="dmp"'}
@@ -472,6 +483,17 @@ def caller(verifier: TokenVerifier, known: Known, authorization: str | None) -> 
         raise FhirError(
             401, f"invalid access token: {exc.message}", "login", headers={"WWW-Authenticate": challenge}
         ) from None
+    if actors is None:
+        return _actor(claims, known)
+    digest = hashlib.sha256(token.encode("ascii")).digest()  # ASCII: the verifier accepted it
+    actor = actors.get(digest)
+    if actor is None:
+        actor = _actor(claims, known)
+        actors.put(digest, actor)
+    return actor
+
+
+def _actor(claims: dict[str, Any], known: Known) -> Actor:
     try:
         return actor_from_claims(claims, known)
     except ActorError as exc:

@@ -15,8 +15,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import authz.gate
 import authz.tokens
+from authz.devtoken import iua_claims
+from authz.gate import Actors, caller
+from authz.lru import Lru
+from authz.terms import PROFESSIONAL
 from authz.tokens import InvalidToken, TokenVerifier, TrustedIssuer
+from fhirmodel.errors import FhirError
 from tests.jwks_server import JwksServer
 from tests.test_tokens import BASE, ISS, LEEWAY, NOW, Clock, claims, public_jwk, sign
 
@@ -190,3 +196,34 @@ def test_a_kid_given_to_another_key_stops_the_remembered_tokens(
     clock.now = NOW + 300
     with pytest.raises(InvalidToken, match="signature verification failed"):
         verifier.verify(token)
+
+
+def test_the_gate_builds_a_token_s_actor_once_and_still_checks_the_token(
+    verifier: TokenVerifier, revoked: Revocations, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``authz.gate.caller`` with the gatekeeper's memory of actors: the actor of a token seen
+    before is the same object, but a revoked or expired token is refused all the same."""
+    built: list[str] = []
+    real = authz.gate.actor_from_claims
+
+    def counting(verified: dict[str, Any], known: Any) -> Any:
+        built.append(verified["jti"])
+        return real(verified, known)
+
+    monkeypatch.setattr(authz.gate, "actor_from_claims", counting)
+    actors: Actors = Lru(8)
+    iua = iua_claims(role=PROFESSIONAL, profession="10", idnatps="810100000001", person_id="180017512345660")
+    token = sign(KEY, "ES256", "k1", claims(jti="a", exp=int(NOW) + 100, extensions={"ihe_iua": iua}))
+    other = sign(KEY, "ES256", "k1", claims(jti="b", extensions={"ihe_iua": iua}))
+    first = caller(verifier, lambda system, code: True, f"Bearer {token}", actors)
+    assert caller(verifier, lambda system, code: True, f"Bearer {token}", actors) is first
+    assert caller(verifier, lambda system, code: True, f"Bearer {other}", actors) is not first
+    assert built == ["a", "b"]
+    revoked.jtis.add("b")
+    with pytest.raises(FhirError) as refused:
+        caller(verifier, lambda system, code: True, f"Bearer {other}", actors)
+    assert refused.value.status == 401
+    clock.now = NOW + 100 + LEEWAY + 1
+    with pytest.raises(FhirError) as expired:
+        caller(verifier, lambda system, code: True, f"Bearer {token}", actors)
+    assert expired.value.status == 401
