@@ -1105,6 +1105,37 @@ def test_a_search_by_patient_reads_its_candidates_by_key_and_probes_them_in_the_
     store.close()
 
 
+def test_a_chain_that_names_its_targets_finds_them_once_per_statement(tmp_path: Path) -> None:
+    """``patient.identifier=<INS>`` (IHE ITI-67, and the policy's own "this patient"): the
+    Patients with that INS are found once, by the identifier's index, not once per candidate by
+    type and id with their rows probed — about a dozen page reads per document. Same answers:
+    a document of the patient by reference matches, one of another patient, or naming the patient
+    by identifier only (a chain resolves references), does not."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    for pid in ("p1", "p2"):
+        store.create({**patient(pid, "Martin"), "identifier": [{"system": INS_SYSTEM, "value": f"ins-{pid}"}]})
+    store.create(doc("d1", "p1"))
+    store.create(doc("d2", "p2"))
+    store.create({**doc("d3", "p1"), "subject": {"identifier": {"system": INS_SYSTEM, "value": "ins-p1"}}})
+    store.create({**doc("d4", "p1"), "status": "superseded"})
+    chain = Chain("patient", ("Patient",), Token("identifier", INS_SYSTEM, "ins-p1"))
+    where = all_of(chain, Token("status", ANY_SYSTEM, "current"))
+    bound = Scope(
+        {
+            "DocumentReference": any_of(
+                ReferenceIdentifier("subject", INS_SYSTEM, "ins-p1"), Reference("subject", "Patient", "p1")
+            )
+        }
+    )
+    for scope in (OPEN_SCOPE, bound):
+        assert [s.id for s in store.search(Query("DocumentReference", where), scope).matches] == ["d1"]
+    steps = _steps(store._conn(), store, Query("DocumentReference", where), bound)
+    assert "LIST SUBQUERY" in "\n".join(steps) and "CORRELATED LIST SUBQUERY" not in "\n".join(steps), steps
+    assert not any("sqlite_autoindex_resource_1" in step for step in steps), "\n".join(steps)
+    store.close()
+
+
 def test_the_shared_probe_indexes_of_schema_5_are_made_again_covering(tmp_path: Path) -> None:
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
