@@ -89,7 +89,7 @@ def test_commits_are_synced_by_default_and_the_page_cache_is_bounded(tmp_path: P
     conn = store._conn()
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -8 * 1024  # KiB: 8 MB
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -64 * 1024  # KiB: 64 MB
     store.close()
     relaxed = _store(tmp_path, SqliteSettings(cache_mb=2, synchronous="NORMAL"))
     conn = relaxed._conn()

@@ -106,7 +106,7 @@ class Config:
     # anything else in clear, nor an address of the server's own networks
     subscription_allow_http: bool = False
     retention_years: int = 10  # how long a closed DMP is kept and may be reopened (R20)
-    sqlite_cache_mb: int = 8  # SQLite page cache per connection (one connection per serving thread)
+    sqlite_cache_mb: int = 64  # SQLite page cache per connection (one connection per serving thread)
     sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk when acknowledged; NORMAL relaxes it
     master_key_file: Path | None = None  # the master keys elsewhere than data_dir/keys/master-keys.json
     portal_idle_seconds: int = 900  # a « Mon DMP » session untouched this long is over

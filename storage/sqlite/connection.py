@@ -53,7 +53,7 @@ SIDE_FILES = ("-wal", "-shm")
 class SqliteSettings:
     """How connections are tuned (``DMP_SQLITE_CACHE_MB``, ``DMP_SQLITE_SYNCHRONOUS``)."""
 
-    cache_mb: int = 8  # page cache per connection; one connection per serving thread
+    cache_mb: int = 64  # page cache per connection; one connection per serving thread
     synchronous: str = "FULL"
     #: Whole-database encryption when the store has keys. The server always has it on; off only
     #: where a test or benchmark needs to see or measure what it hides.
