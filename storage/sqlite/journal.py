@@ -51,7 +51,7 @@ _HEAD = struct.Struct(">II")
 #: AuditEvents): the cost of a move, and its commit seen by every connection, spread over many.
 #: Every commit empties the page cache of every other connection; at 128 KiB (64 events) a
 #: serving thread's cache lasted about eight requests, at 512 KiB about thirty (with the 64 MB
-#: cache of ``DMP_SQLITE_CACHE_MB``: reads 15 % faster, searches 5–25 %, ``bench/README.md``).
+#: cache of ``DMP_SQLITE_CACHE_MB``: reads 15 % faster, searches 3–26 %, ``bench/README.md``).
 DRAIN_BYTES = 512 * 1024
 
 
