@@ -355,6 +355,10 @@ class DmpGuard:
         self._gate.trail.write(event, alert)
 
 
+#: The actors a gatekeeper remembers, by the SHA-256 of their token (see :func:`caller`).
+Actors = Lru[bytes, Actor]
+
+
 class DmpGatekeeper:
     def __init__(
         self,
@@ -457,10 +461,6 @@ class DmpGatekeeper:
             for coding in (qualification.get("code") or {}).get("coding") or []
             if coding.get("system") == PROFESSION_SYSTEM and "code" in coding
         )
-
-
-#: The actors a gatekeeper remembers, by the SHA-256 of their token (see :func:`caller`).
-Actors = Lru[bytes, Actor]
 
 
 def caller(verifier: TokenVerifier, known: Known, authorization: str | None, actors: Actors | None = None) -> Actor:

@@ -25,8 +25,9 @@ from authz.terms import PROFESSIONAL
 from bench.auth import DOCTOR
 from bench.datagen import patient_id, patient_ins
 from bench.loader import Progress
+from storage.query import OPEN_SCOPE, Query
 
-#: Events per transaction.
+#: Events per ``store.log`` call (one append to the journal; it is moved in once it holds enough).
 TRAIL_BATCH = 2000
 #: How far back the added events go.
 TRAIL_DAYS = 365
@@ -85,8 +86,6 @@ def add_trail(config: Any, events: int, patients: int, seed: int) -> TrailStats:
 
 def _size(store: Any) -> int:
     """AuditEvents in the store, counted by its own search."""
-    from storage.query import OPEN_SCOPE, Query
-
     return int(store.search(Query("AuditEvent", count=0), OPEN_SCOPE).total or 0)
 
 
