@@ -276,7 +276,8 @@ class Store(ABC):
     @abstractmethod
     def start_upkeep(self) -> None:
         """Start what the store does on its own while this process serves requests (the SQLite
-        store checkpoints its log on a thread); stopped by :meth:`close`."""
+        store checkpoints its log, and moves the trail's journal in, on a thread); stopped by
+        :meth:`close`."""
 
     @abstractmethod
     def close(self) -> None: ...

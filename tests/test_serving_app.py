@@ -20,6 +20,6 @@ def test_serving_starts_the_upkeep_and_freezes_what_startup_built(app: Flask) ->
     try:
         assert serving(app) is app
         assert gc.get_freeze_count() >= frozen + STARTUP_OBJECTS
-        assert "dmp-sqlite-checkpoints" in {thread.name for thread in threading.enumerate()}
+        assert "dmp-sqlite-upkeep" in {thread.name for thread in threading.enumerate()}
     finally:
         gc.unfreeze()  # this process goes on running other tests

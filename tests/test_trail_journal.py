@@ -14,6 +14,7 @@ import resource
 import signal
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 
 from storage.crypto import DecryptionError
 from storage.query import ANY_SYSTEM, OPEN_SCOPE, Has, Include, Query, Reference, Token
-from storage.sqlite.journal import DRAIN_BYTES, HEADER_BYTES, MAGIC, Journal, frame
+from storage.sqlite.journal import DRAIN_BYTES, FALLBACK_BYTES, HEADER_BYTES, MAGIC, Journal, frame
 from storage.sqlite.store import SqliteStore
 from tests.test_storage_contract import _sqlite, doc, patient, trail_event
 
@@ -147,6 +148,75 @@ def test_the_journal_moves_in_by_itself_once_it_holds_a_batch(store: SqliteStore
     assert all(in_database(store, eid) for eid in logged)
     assert not journal_of(store).exists() or journal_of(store).stat().st_size == 0
     assert not list(journal_of(store).parent.glob("*.journal-*"))  # the detached file removed
+
+
+#: Seconds a test waits for the upkeep thread, and holds the writer lock against a move at most.
+WAIT = 10.0
+
+
+def _log_past(store: SqliteStore, size: int) -> list[str]:
+    """Log events until the live journal holds ``size`` bytes, or a log moved them in: the last
+    log is the one that crossed. Returns their ids."""
+    logged: list[str] = []
+    while not logged or (not in_database(store, logged[0]) and journal_of(store).stat().st_size < size):
+        logged.append(f"e{len(logged)}")
+        store.log([event(logged[-1])])
+    return logged
+
+
+def test_a_serving_store_moves_a_batch_on_its_upkeep_thread_and_the_log_does_not_wait(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """Once the serving process started its upkeep, the log whose event fills a batch only wakes
+    the thread: it returns while another process holds the writer lock a move needs, and the
+    thread moves the batch once the lock is free. (Moved by the log itself, the batch waited for
+    the lock, which the holder lets go after WAIT seconds at most.)"""
+    store.start_upkeep()
+    other = _sqlite(tmp_path)  # the same database, as another worker process opens it
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with other.transaction():
+            other.create(patient("p2", "Durand"))
+            held.set()
+            release.wait(WAIT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(WAIT)
+        logged = _log_past(store, DRAIN_BYTES)
+        answered_while_held = holder.is_alive()
+        assert not in_database(store, "e0")
+    finally:
+        release.set()
+        holder.join()
+        other.close()
+    assert answered_while_held, "the log waited for the writer lock: it moved the batch itself"
+    deadline = time.monotonic() + WAIT
+    while not in_database(store, logged[-1]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(in_database(store, eid) for eid in logged), "the thread did not move the batch in"
+
+
+def test_with_its_upkeep_stopped_a_serving_store_moves_the_journal_in_the_log_past_the_fallback(
+    store: SqliteStore,
+) -> None:
+    """The thread behind or stopped, the journal stays bounded: the log that takes it past
+    FALLBACK_BYTES moves it itself."""
+    store.start_upkeep()
+    assert store._upkeep is not None
+    store._upkeep.stop()
+    logged = _log_past(store, DRAIN_BYTES)
+    assert not in_database(store, "e0"), "moved in at the first batch, without the thread"
+    largest = 0
+    while not in_database(store, "e0"):
+        largest = max(largest, journal_of(store).stat().st_size)
+        assert largest < FALLBACK_BYTES, "never moved in"
+        logged.append(f"e{len(logged)}")
+        store.log([event(logged[-1])])
+    assert largest > FALLBACK_BYTES - 4096, "moved in before the fallback"
+    assert all(in_database(store, eid) for eid in logged)
 
 
 def test_a_journal_left_by_a_stopped_server_is_moved_in_when_the_store_opens(

@@ -8,7 +8,8 @@ its whole cache and reads (and here decrypts) every page again. Under load nearl
 started cold: +1 ms of CPU per read, +2.2 ms per search by patient (``bench/foreign_commit.py``).
 Appended here instead, an event costs one ``write`` and one ``fsync`` of its own file, which no
 database connection watches; the store moves the journal into the database in one transaction
-once it holds :data:`DRAIN_BYTES`, or before any statement that reads the trail
+once it holds :data:`DRAIN_BYTES` (in a serving process, on a thread of its own:
+:mod:`storage.sqlite.upkeep`), or before any statement that reads the trail
 (:meth:`storage.sqlite.store.SqliteStore._drain`).
 
 The file: a header (magic and a random generation), then records, each a length, a CRC-32 and
@@ -53,6 +54,10 @@ _HEAD = struct.Struct(">II")
 #: serving thread's cache lasted about eight requests, at 512 KiB about thirty (with the 64 MB
 #: cache of ``DMP_SQLITE_CACHE_MB``: reads 15 % faster, searches 3–26 %, ``bench/README.md``).
 DRAIN_BYTES = 512 * 1024
+#: A serving process moves the journal on a thread of its own (:mod:`storage.sqlite.upkeep`); the
+#: request whose append takes the live file past this much moves it itself, so that the journal
+#: stays bounded when the thread falls behind or stops (four batches: about a thousand events).
+FALLBACK_BYTES = 4 * DRAIN_BYTES
 
 
 def frame(payload: bytes) -> bytes:

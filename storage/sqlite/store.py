@@ -60,7 +60,6 @@ from storage.interface import (
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
 from storage.sealing import check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
 from storage.sqlite import dbkey
-from storage.sqlite.checkpoints import FALLBACK_PAGES, Checkpointer
 from storage.sqlite.compiled import CompiledFragments
 from storage.sqlite.compiler import KIND_OF_TYPE, ParamType, SqlCompiler
 from storage.sqlite.connection import (
@@ -75,7 +74,7 @@ from storage.sqlite.connection import (
 )
 from storage.sqlite.encrypt import encrypt_in_place, is_plaintext
 from storage.sqlite.group import GroupCommit
-from storage.sqlite.journal import DRAIN_BYTES, Journal
+from storage.sqlite.journal import DRAIN_BYTES, FALLBACK_BYTES, Journal
 from storage.sqlite.rekey import settle
 from storage.sqlite.schema import (
     ADDED_COLUMNS,
@@ -94,6 +93,7 @@ from storage.sqlite.schema import (
     IndexFamily,
     family_of,
 )
+from storage.sqlite.upkeep import FALLBACK_PAGES, Upkeep
 from storage.sqlite.writer import WriterLock
 from storage.stamp import stamp
 
@@ -189,7 +189,7 @@ class SqliteStore(Store):
             with self._writer:  # one process creates the key or encrypts an old database
                 restrict_files(Path(self.path))
                 key = self._database_key() if cipher is not None and settings.encrypted else None
-        self._checkpointer: Checkpointer | None = None
+        self._upkeep: Upkeep | None = None
         self._connections = ThreadConnections(lambda: self._tuned(connect(self.path, key, settings)))
         conn = self._conn()
         conn.executescript(DDL)
@@ -358,19 +358,19 @@ class SqliteStore(Store):
         return self._connections.slot().conn
 
     def _tuned(self, conn: sqlite3.Connection) -> sqlite3.Connection:
-        """A new connection; while the checkpoint thread runs, its commits leave the log's
-        checkpoints to the thread up to :data:`~storage.sqlite.checkpoints.FALLBACK_PAGES`."""
-        if self._checkpointer is not None:
+        """A new connection; while the upkeep thread runs, its commits leave the log's
+        checkpoints to the thread up to :data:`~storage.sqlite.upkeep.FALLBACK_PAGES`."""
+        if self._upkeep is not None:
             conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
         return conn
 
     def start_upkeep(self) -> None:
-        """Checkpoint the log on a thread of this process (:mod:`storage.sqlite.checkpoints`), for
-        the connections opened from now on: the serving threads'."""
-        if self.path == ":memory:" or self._checkpointer is not None:
+        """Checkpoint the log, and move the trail's journal in, on a thread of this process
+        (:mod:`storage.sqlite.upkeep`), for the connections opened from now on: the serving threads'."""
+        if self.path == ":memory:" or self._upkeep is not None:
             return
-        self._checkpointer = Checkpointer(self._checkpoint)
-        self._checkpointer.start()
+        self._upkeep = Upkeep(self._checkpoint, self._move_journal)
+        self._upkeep.start()
 
     def _checkpoint(self) -> None:
         self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -426,9 +426,9 @@ class SqliteStore(Store):
         return self._connections.slot().depth > 0
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
+        if self._upkeep is not None:
+            self._upkeep.stop()
+            self._upkeep = None
         self._connections.close_all()
         self._writer.close()
         if self._journal is not None:
@@ -554,9 +554,10 @@ class SqliteStore(Store):
     def log(self, resources: list[dict[str, Any]]) -> None:
         """The trail's events go to the journal (:mod:`storage.sqlite.journal`): stamped and sealed
         now, as a create would (the blob is the one the resource row will hold), durable once
-        appended; moved into the database with the next batch, or before anything reads them. A
-        move that fails does not fail the log (its events are durable): it is logged, and tried
-        again with the next batch; a read of the trail meanwhile fails with its error.
+        appended; moved into the database with the next batch (by the upkeep thread of a serving
+        process, :mod:`storage.sqlite.upkeep`), or before anything reads them. A move that fails
+        does not fail the log (its events are durable): it is logged, and tried again with the
+        next batch; a read of the trail meanwhile fails with its error.
         Inside a transaction, or for a type whose family is not deferred, they are created in it."""
         journal = self._journal
         if journal is None or self.in_transaction() or any(r["resourceType"] not in self._logged for r in resources):
@@ -568,11 +569,19 @@ class SqliteStore(Store):
             content, last_updated = stamp(resource, 1)
             blob = self._seal(resource_aad(rtype, rid, 1), content)
             payloads.append(orjson.dumps([rtype, rid, last_updated]) + b"\n" + blob)
-        if journal.append(payloads) >= DRAIN_BYTES:
-            try:
-                self._drain()
-            except Exception:  # the events are stored: the next batch, or the next read of them, moves them in
-                log.exception("the trail's journal could not be moved into the database (retried later)")
+        size = journal.append(payloads)
+        if size >= DRAIN_BYTES and self._upkeep is not None and size < FALLBACK_BYTES:
+            self._upkeep.wake()
+        elif size >= DRAIN_BYTES:
+            self._move_journal()
+
+    def _move_journal(self) -> None:
+        """:meth:`_drain`, its failure logged, not raised: the events are stored, and the next
+        batch, or the next read of them, moves them in."""
+        try:
+            self._drain()
+        except Exception:
+            log.exception("the trail's journal could not be moved into the database (retried later)")
 
     def _drain(self) -> None:
         """Move the journal into the database, in one transaction (the caller's, if it is in one).

@@ -1,6 +1,7 @@
 """The SQLite log checkpointed by a thread of the serving process, not by the committing writers
-(:mod:`storage.sqlite.checkpoints`). Real stores on real files, a real thread; what is observed is
-the database file itself, which in WAL mode only a checkpoint writes."""
+(:mod:`storage.sqlite.upkeep`; the same thread's moves of the trail's journal are tested with the
+journal, ``tests/test_trail_journal.py``). Real stores on real files, a real thread; what is
+observed is the database file itself, which in WAL mode only a checkpoint writes."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ import pytest
 
 from fhir_server.fhir.service import SERVED_TYPES
 from storage.crypto import EnvelopeCipher, MasterKeys
-from storage.sqlite.checkpoints import FALLBACK_PAGES, Checkpointer
 from storage.sqlite.connection import SqliteSettings
 from storage.sqlite.store import SqliteStore
+from storage.sqlite.upkeep import FALLBACK_PAGES, Upkeep
 from tests.test_storage_contract import _index, _param_type, doc, patient
 
 WAIT = 10.0
-THREAD = "dmp-sqlite-checkpoints"
+THREAD = "dmp-sqlite-upkeep"
 
 
 def _store(directory: Path) -> SqliteStore:
@@ -62,7 +63,7 @@ def _wait_until_changed(read: int, store: SqliteStore) -> bool:
     return False
 
 
-def _checkpoint_threads() -> list[threading.Thread]:
+def _upkeep_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == THREAD]
 
 
@@ -80,8 +81,8 @@ def test_serving_writers_leave_checkpoints_to_the_thread_up_to_the_fallback(stor
     """With the thread started, a serving connection checkpoints only past FALLBACK_PAGES: with the
     thread stopped, writes of more than SQLite's 1 000 pages leave the database file alone."""
     store.start_upkeep()
-    assert store._checkpointer is not None
-    store._checkpointer.stop()
+    assert store._upkeep is not None
+    store._upkeep.stop()
     before = _database_written(store)
     frames = Path(f"{store.path}-wal")
     _write(store, 60)
@@ -95,16 +96,16 @@ def test_a_store_not_serving_checkpoints_as_sqlite_does(store: SqliteStore) -> N
     before = _database_written(store)
     _write(store, 60)
     assert _database_written(store) != before
-    assert _checkpoint_threads() == []
+    assert _upkeep_threads() == []
 
 
 def test_close_stops_the_thread(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.start_upkeep()
     store.start_upkeep()  # once per store
-    assert len(_checkpoint_threads()) == 1
+    assert len(_upkeep_threads()) == 1
     store.close()
-    assert _checkpoint_threads() == []
+    assert _upkeep_threads() == []
 
 
 def test_the_thread_runs_until_stopped_and_logs_a_lasting_failure_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -114,18 +115,35 @@ def test_the_thread_runs_until_stopped_and_logs_a_lasting_failure_once(caplog: p
         calls.append(time.monotonic())
         raise OSError("disk full")
 
-    checkpointer = Checkpointer(failing, interval=0.01)
-    with caplog.at_level(logging.ERROR, logger="storage.sqlite.checkpoints"):
-        checkpointer.start()
+    upkeep = Upkeep(failing, lambda: None, interval=0.01)
+    with caplog.at_level(logging.ERROR, logger="storage.sqlite.upkeep"):
+        upkeep.start()
         deadline = time.monotonic() + WAIT
         while len(calls) < 5 and time.monotonic() < deadline:
             time.sleep(0.01)
-        checkpointer.stop()
+        upkeep.stop()
     assert len(calls) >= 5, "the thread stopped after a failure"
-    assert _checkpoint_threads() == []
+    assert _upkeep_threads() == []
     after = len(calls)
     time.sleep(0.05)
     assert len(calls) == after, "the thread ran on after stop()"
     assert [record.getMessage() for record in caplog.records] == [
         "the write-ahead log could not be checkpointed (tried again)"
     ]
+
+
+def test_the_thread_moves_the_journal_when_woken_and_only_then() -> None:
+    moves: list[str] = []
+    upkeep = Upkeep(lambda: None, lambda: moves.append(threading.current_thread().name), interval=0.01)
+    upkeep.start()
+    try:
+        time.sleep(0.1)  # ten checkpoints
+        assert moves == []
+        upkeep.wake()
+        deadline = time.monotonic() + WAIT
+        while not moves and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert moves == [THREAD]
+    finally:
+        upkeep.stop()
+    assert _upkeep_threads() == []
