@@ -58,6 +58,9 @@ class Result:
     worker_cpu_s: tuple[float, ...] = ()  # CPU seconds per server worker, warm-up included
     other_cpu_s: float | None = None  # CPU seconds used by neither the server nor this client (other jobs)
     documents_per_request: int = 0
+    #: The ceiling's req/s measured just before and just after this scenario (their mean): what its
+    #: share is read against, the machine as this scenario saw it (None: not bracketed).
+    ceiling_rps: float | None = None
 
     @property
     def rps(self) -> float:
@@ -81,6 +84,7 @@ class Result:
             "other_cpu_s": self.other_cpu_s,
             "documents_per_request": self.documents_per_request,
             "documents_per_second": round(self.docs_per_second, 1),
+            "ceiling_rps": round(self.ceiling_rps, 1) if self.ceiling_rps is not None else None,
         }
 
 

@@ -30,6 +30,7 @@ from bench.loadgen import Result, Scenario, run_scenario
 from bench.mhd import cda_template
 from bench.profiling import format_profile, in_process, record
 from bench.report import (
+    format_bursts,
     format_ingest,
     format_load,
     format_overheads,
@@ -71,6 +72,10 @@ ID_SAMPLING_SEARCHES = 200
 BIG_PATIENT_DOCS = 1000
 #: Above this many documents the default load is direct: over HTTP 1 M documents take hours here.
 HTTP_LOAD_MAX_DOCS = 100_000
+#: The ceiling measured before and after each scenario of ours: seconds of warm-up, then measured
+#: (at most; a shorter ``--warmup``/``--duration`` shortens them too).
+BURST_WARMUP = 1.0
+BURST_SECONDS = 3.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -227,6 +232,8 @@ class Run:
     trail: TrailStats | None = None  # what --trail added
     profile: str = ""  # what --profile printed
     open_results: list[Result] = field(default_factory=list)  # same scenarios on bench/open_app.py
+    ceiling: Server | None = None  # the trivial Flask app, up for the whole run
+    bursts: list[float] = field(default_factory=list)  # its req/s around each of our scenarios
 
 
 def direct_config(run: Run, port: int) -> Any:
@@ -249,6 +256,8 @@ def measure(scenarios: list[Scenario], server: Server, run: Run, first: int = 0)
     the same request sequence whichever server it runs against."""
     args = run.args
     results = []
+    bracketed = run.ceiling is not None and server.name == "fhir"
+    before = ceiling_burst(run) if bracketed else None
     for index, scenario in enumerate(scenarios, start=first):
         timing = f"{args.warmup:g}s warm-up + {args.duration:g}s"
         print(f"measuring {scenario.name} on {server.name} ({timing})...", flush=True)
@@ -269,8 +278,31 @@ def measure(scenarios: list[Scenario], server: Server, run: Run, first: int = 0)
         profiled = args.profile == scenario.name and server.name == "fhir" and not run.profile
         result = profile_scenario(run, scenario, server, once, args.seed + index) if profiled else once()
         cpu = tuple(round(b - a, 1) for a, b in zip(cpu_before, worker_cpu_seconds(server), strict=False))
-        results.append(replace(result, worker_cpu_s=cpu, other_cpu_s=other.seconds()))
+        result = replace(result, worker_cpu_s=cpu, other_cpu_s=other.seconds())
+        if before is not None:
+            after = ceiling_burst(run)
+            result, before = replace(result, ceiling_rps=(before + after) / 2), after
+        results.append(result)
     return results
+
+
+def ceiling_burst(run: Run) -> float:
+    """The ceiling's req/s now, measured briefly: a scenario of ours is read against the mean of
+    the bursts before and after it, the machine as it saw it."""
+    assert run.ceiling is not None
+    args = run.args
+    print("measuring the ceiling between scenarios...", flush=True)
+    result = run_scenario(
+        ceiling_scenario(),
+        HOST,
+        run.ceiling.port,
+        concurrency=args.concurrency,
+        warmup=min(args.warmup, BURST_WARMUP),
+        duration=min(args.duration, BURST_SECONDS),
+        seed=args.seed,
+    )
+    run.bursts.append(result.rps)
+    return result.rps
 
 
 def profile_scenario(run: Run, scenario: Scenario, server: Server, once: Callable[[], Result], seed: int) -> Result:
@@ -440,11 +472,6 @@ def prewarm(data_dir: Path) -> None:
     print(f"prewarm: read {total / 1e6:.0f} MB in {elapsed:.1f}s", flush=True)
 
 
-def run_ceiling(run: Run) -> list[Result]:
-    with serving(start_ceiling(run.args.workers, run.args.threads, run.data_dir), "/ping") as (server, _):
-        return measure([ceiling_scenario()], server, run)
-
-
 def environment(run: Run) -> dict[str, Any]:
     args = run.args
     size = run.size_after_load or {}
@@ -505,6 +532,8 @@ def report(run: Run) -> Path:
         print(format_overheads(rows))
     vs_ceiling = against_ceiling(run.results, run.args.warmup + run.args.duration)
     print("\nours vs the trivial-Flask ceiling of this run (issue 11's goals; printed, never asserted):")
+    if run.bursts:
+        print(format_bursts(run.bursts, min(run.args.duration, BURST_SECONDS)))
     print(format_vs_ceiling(vs_ceiling))
     if run.profile:
         print("\n" + run.profile)
@@ -523,6 +552,7 @@ def report(run: Run) -> Path:
         "open_scenarios": [r.as_dict() for r in run.open_results],
         "overhead": [row.as_dict() for row in rows],
         "vs_ceiling": [row.as_dict() for row in vs_ceiling],
+        "ceiling_bursts": [round(rps, 1) for rps in run.bursts],
     }
     return write_json(RESULTS_DIR, payload)
 
@@ -534,8 +564,10 @@ def main(argv: list[str] | None = None) -> int:
     big = BigPatient(index=pop.patients, documents=args.big_patient) if args.big_patient else None
     run = Run(args, data_dir, pop, big)
     try:
-        run_fhir(run)
-        run.results += run_ceiling(run)
+        with serving(start_ceiling(args.workers, args.threads, data_dir), "/ping") as (ceiling, _):
+            run.ceiling = ceiling
+            run_fhir(run)
+            run.results += measure([ceiling_scenario()], ceiling, run)
         path = report(run)
         print(f"\nresults written to {path.relative_to(ROOT)}")
     finally:

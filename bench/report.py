@@ -50,11 +50,11 @@ def format_ingest(results: list[Result]) -> str:
 
 
 def format_vs_ceiling(rows: list[VsCeiling]) -> str:
-    """Issue 11's "Done means": per scenario our req/s, p50/p99 and the share of the ceiling
-    measured in the same run, next to the goal (ITI-65: documents/s)."""
+    """Issue 11's "Done means": per scenario our req/s, p50/p99, the ceiling it is read against
+    (measured around it in the same run) and its share of it, next to the goal (ITI-65: documents/s)."""
     head = (
         f"{'scenario':<{NAME}}{'req/s':>9}{'docs/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'% of ceiling':>14}{'goal':>17}  met{'cpu ms/req':>12}"
+        f"{'ceiling':>9}{'% of ceiling':>14}{'goal':>17}  met{'cpu ms/req':>12}"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -63,11 +63,22 @@ def format_vs_ceiling(rows: list[VsCeiling]) -> str:
         pct = "-" if share is None else f"{share:.1f} %"
         met = "" if row.met is None else ("yes" if row.met else "no")
         cpu = "-" if row.cpu_ms_per_request is None else f"{row.cpu_ms_per_request:.1f}"
+        ceiling = "-" if row.ceiling_rps is None else f"{row.ceiling_rps:.0f}"
         lines.append(
             f"{r.name:<{NAME}}{r.rps:>9.1f}{docs:>9}{r.latencies_ms['p50']:>9.2f}{r.latencies_ms['p99']:>9.2f}"
-            f"{pct:>14}{goal.label() if goal else '':>17}  {met:<3}{cpu:>12}"
+            f"{ceiling:>9}{pct:>14}{goal.label() if goal else '':>17}  {met:<3}{cpu:>12}"
         )
     return "\n".join(lines)
+
+
+def format_bursts(bursts: list[float], seconds: float) -> str:
+    """How much the ceiling moved during the run: each scenario's share is read against the
+    bursts just before and after it (the "ceiling" column)."""
+    ordered = sorted(bursts)
+    return (
+        f"(the ceiling around each scenario, {len(bursts)} bursts of {seconds:g} s: "
+        f"{ordered[0]:.0f} to {ordered[-1]:.0f} req/s, median {ordered[len(ordered) // 2]:.0f})"
+    )
 
 
 def _other(seconds: float | None) -> str:

@@ -21,6 +21,18 @@ def test_each_scenario_is_read_as_a_share_of_the_ceiling_of_the_same_run() -> No
     assert [(r.result.name, r.share_pct, r.met) for r in rows] == [("read", 40.0, True), ("create", 10.0, False)]
 
 
+def test_a_scenario_bracketed_by_the_ceiling_is_read_against_those_bursts_not_the_run_s() -> None:
+    """The ceiling moves within a run: a scenario measured while the machine was busy is read
+    against the ceiling measured around it, not one measured minutes later on a quieter machine."""
+    busy = replace(result("read", 4_000), ceiling_rps=800.0)  # 400 req/s against 800 around it
+    rows = against_ceiling([busy, result("create", 1_000), result("ceiling", 10_000)])
+    assert [(r.result.name, r.ceiling_rps, r.share_pct) for r in rows] == [
+        ("read", 800.0, 50.0),
+        ("create", 1_000.0, 10.0),
+    ]
+    assert "800" in format_vs_ceiling(rows).splitlines()[2]  # the ceiling each share is read against
+
+
 def test_the_iti65_goal_is_in_documents_per_second_whatever_the_ceiling() -> None:
     rows = against_ceiling([result("iti65-1doc", 1_490, documents=1), result("ceiling", 10_000)])
     assert rows[0].met is False
