@@ -168,10 +168,11 @@ class Journal:
             os.close(synced)
         return start + len(data)
 
-    def waiting(self) -> bool:
-        """Whether anything waits to be moved: records in the live file, or a detached file."""
+    def waiting(self, live_bytes: int = HEADER_BYTES + 1) -> bool:
+        """Whether anything waits to be moved: a live file of ``live_bytes`` or more (by default,
+        one holding a record), or a detached file."""
         try:
-            if self.path.stat().st_size > HEADER_BYTES:
+            if self.path.stat().st_size >= live_bytes:
                 return True
         except FileNotFoundError:
             pass

@@ -369,7 +369,7 @@ class SqliteStore(Store):
         (:mod:`storage.sqlite.upkeep`), for the connections opened from now on: the serving threads'."""
         if self.path == ":memory:" or self._upkeep is not None:
             return
-        self._upkeep = Upkeep(self._checkpoint, self._move_journal)
+        self._upkeep = Upkeep(self._checkpoint, self._move_batch)
         self._upkeep.start()
 
     def _checkpoint(self) -> None:
@@ -573,6 +573,13 @@ class SqliteStore(Store):
         if size >= DRAIN_BYTES and self._upkeep is not None and size < FALLBACK_BYTES:
             self._upkeep.wake()
         elif size >= DRAIN_BYTES:
+            self._move_journal()
+
+    def _move_batch(self) -> None:
+        """The upkeep thread's move: a batch, or what a failed move left. The appends made while a
+        move was under way woke the thread again; what they left is a few events, whose move would
+        cost every other connection its page cache for little, so it waits for a batch."""
+        if self._journal is not None and self._journal.waiting(DRAIN_BYTES):
             self._move_journal()
 
     def _move_journal(self) -> None:
