@@ -570,9 +570,11 @@ class SqliteStore(Store):
             blob = self._seal(resource_aad(rtype, rid, 1), content)
             payloads.append(orjson.dumps([rtype, rid, last_updated]) + b"\n" + blob)
         size = journal.append(payloads)
-        if size >= DRAIN_BYTES and self._upkeep is not None and size < FALLBACK_BYTES:
+        if size < DRAIN_BYTES:
+            return
+        if self._upkeep is not None and size < FALLBACK_BYTES:
             self._upkeep.wake()
-        elif size >= DRAIN_BYTES:
+        else:
             self._move_journal()
 
     def _move_batch(self) -> None:
