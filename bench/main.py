@@ -211,7 +211,7 @@ def prepare_data_dir(keep: Path | None, reuse: Path | None) -> tuple[Path, bool]
 
 
 def db_size(data_dir: Path) -> dict[str, int]:
-    files = {"db": "dmp.sqlite3", "wal": "dmp.sqlite3-wal"}
+    files = {"db": "dmp.sqlite3", "wal": "dmp.sqlite3-wal", "trail": "dmp.sqlite3.trail"}
     return {k: (data_dir / f).stat().st_size if (data_dir / f).exists() else 0 for k, f in files.items()}
 
 
@@ -462,7 +462,7 @@ def prewarm(data_dir: Path) -> None:
     """Read the database once so the OS page cache holds it: separates index work from disk reads."""
     started = time.perf_counter()
     total = 0
-    for name in ("dmp.sqlite3", "dmp.sqlite3-wal"):
+    for name in ("dmp.sqlite3", "dmp.sqlite3-wal", "dmp.sqlite3.trail", "dmp.sqlite3.trail-wal"):
         path = data_dir / name
         if path.exists():
             with path.open("rb") as f:
@@ -493,6 +493,7 @@ def environment(run: Run) -> dict[str, Any]:
         "compare_open": args.compare_open,
         "db_bytes": size.get("db", 0),
         "wal_bytes": size.get("wal", 0),
+        "trail_bytes": size.get("trail", 0),
         "server_startup_s": round(run.startup_seconds, 2),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -515,7 +516,8 @@ def report(run: Run) -> Path:
     env = environment(run)
     print()
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-    print(f"DB size after load: {env['db_bytes'] / 1e6:.1f} MB (+ WAL {env['wal_bytes'] / 1e6:.1f} MB)")
+    main_mb, wal_mb, trail_mb = (env[f"{k}_bytes"] / 1e6 for k in ("db", "wal", "trail"))
+    print(f"DB size after load: {main_mb:.1f} MB (+ WAL {wal_mb:.1f} MB, trail {trail_mb:.1f} MB)")
     if run.load is not None:
         print(format_load(run.load))
     print("\nwith the DMP policy (token verification, access decision, filter, one AuditEvent per request):")

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from storage.query import AccessScope, Query
+from storage.query import AccessScope, Query, Watermark
 
 
 class StoreError(Exception):
@@ -77,14 +77,14 @@ class SearchResult:
     matches: list[Stored]
     included: list[Stored]
     total: int | None
-    watermark: int
+    watermark: Watermark
 
 
 @dataclass(frozen=True)
 class HistoryPage:
     entries: list[Stored]
     total: int
-    watermark: int
+    watermark: Watermark
 
 
 #: Told of one write of a watched type, inside its transaction: the resource type, and its content
@@ -185,7 +185,7 @@ class Store(ABC):
         since: str | None = None,
         offset: int = 0,
         count: int = 20,
-        watermark: int | None = None,
+        watermark: Watermark | None = None,
         at: tuple[str, str] | None = None,
     ) -> HistoryPage:
         """Versions, newest first, of one resource, one type or everything, within ``scope``.

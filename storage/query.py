@@ -308,6 +308,12 @@ class Include:
     iterate: bool = False
 
 
+#: Where a search's or a history's pages stop (what is written after the first page is not in the
+#: next): a number, or one per part of the store (SQLite's main file and its trail's), as the
+#: store gave it; the caller only hands it back.
+Watermark = int | list[int]
+
+
 @dataclass(frozen=True)
 class Query:
     resource_type: str
@@ -318,7 +324,7 @@ class Query:
     total: bool = True
     includes: tuple[Include, ...] = field(default=())
     #: Only resources created up to this sequence number: keeps paging stable under inserts.
-    watermark: int | None = None
+    watermark: Watermark | None = None
     #: Also match deleted resources, by the index of their last live version (their content is
     #: ``None``): for the server's own housekeeping (a purge must find revoked Consents and
     #: deleted documents too), never for a client's search.

@@ -10,16 +10,21 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from storage.crypto import EnvelopeCipher, MasterKeys
 from storage.sqlite import dbkey
-from storage.sqlite.connection import SqliteSettings, connect
+from storage.sqlite.connection import Attached, SqliteSettings, connect
+from storage.sqlite.schema import TRAIL_SCHEMA, trail_file
 
 
 def open_database(database: Path, data_dir: Path | None = None) -> sqlite3.Connection:
     """A connection to ``database``, keyed from the master keys of ``data_dir`` (default: its
-    folder); a database of a store given no keys has no key file and opens without one."""
+    folder), with the trail's file attached as ``trail`` when there is one; a database of a store
+    given no keys has no key file and opens without one."""
+    trail = Path(trail_file(str(database)))
     if not dbkey.key_path(database).exists():
-        return connect(str(database), None, SqliteSettings())
+        attached = Attached(TRAIL_SCHEMA, str(trail), None, 1.0) if trail.exists() else None
+        return connect(str(database), None, SqliteSettings(), attached)
     cipher = EnvelopeCipher(MasterKeys.load_or_create(data_dir or database.parent))
-    return connect(str(database), dbkey.load(database, cipher), SqliteSettings())
+    attached = Attached(TRAIL_SCHEMA, str(trail), dbkey.load(trail, cipher), 1.0) if trail.exists() else None
+    return connect(str(database), dbkey.load(database, cipher), SqliteSettings(), attached)
 
 
 _PAGE = 4096  # SQLCipher 4 defaults: 4 KiB pages ending in a 16-byte IV and a 64-byte HMAC

@@ -134,7 +134,8 @@ def test_a_backup_taken_while_the_server_writes_restores_what_its_manifest_says(
     for name, described in manifest["files"].items():
         raw = (dest / name).read_bytes()
         assert described == {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-    assert sorted(manifest["files"]) == ["dmp.sqlite3", "dmp.sqlite3.key"]  # no key that opens it
+    files = ["dmp.sqlite3", "dmp.sqlite3.key", "dmp.sqlite3.trail", "dmp.sqlite3.trail.key"]
+    assert sorted(manifest["files"]) == files  # no key that opens them
     saved_keys = json.loads((keys / "manifest.json").read_text())["files"]
     assert {"master-keys.json", "server-signing-key.pem"} <= set(saved_keys)
     secrets_in_clear = (INS.encode(), "Lefèvre".encode())  # the whole name: 3 bytes may occur in ciphertext

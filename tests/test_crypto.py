@@ -239,14 +239,15 @@ def test_rotate_master_key_command(
     service.store.close()
     before = MasterKeys.load_or_create(data_dir).kids
 
-    # the database's key, the resource row's (version 2) and version 1's, kept by the update
+    # the database's key and its trail's file's, the resource row's (version 2) and version 1's,
+    # kept by the update
     assert main(["rotate-master-key"]) == 0
-    assert "re-wrapped 3 data key(s), retired 1 old master key(s)" in capsys.readouterr().out
+    assert "re-wrapped 4 data key(s), retired 1 old master key(s)" in capsys.readouterr().out
     after = MasterKeys.load_or_create(data_dir).kids
     assert len(after) == 1 and after[0] not in before
 
     assert main(["rotate-master-key"]) == 0  # again: the previous key goes in turn
-    assert "re-wrapped 3 data key(s), retired 1 old master key(s)" in capsys.readouterr().out
+    assert "re-wrapped 4 data key(s), retired 1 old master key(s)" in capsys.readouterr().out
     service = create_service(Config.from_env())
     try:
         assert service.store.key_ids_in_use() == set(MasterKeys.load_or_create(data_dir).kids)

@@ -13,13 +13,15 @@ from fhir_server.cli import main
 from fhir_server.cli.serving_lock import hold_serving_lock
 from fhir_server.runtime.config import Config
 from storage.crypto import EnvelopeCipher, MasterKeys
-from storage.query import OPEN_SCOPE
+from storage.interface import Store
+from storage.query import OPEN_SCOPE, Query, Reference
 from storage.sqlite import dbkey
 from storage.sqlite.connection import key_opens
 from storage.sqlite.encrypt import copy_in_place
+from storage.sqlite.schema import trail_file
 from tests.dbfiles import decrypted_bytes
 from tests.support import open_gatekeeper
-from tests.test_storage_contract import patient
+from tests.test_storage_contract import patient, trail_event
 
 
 @pytest.fixture
@@ -29,8 +31,14 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     config = Config.from_env()
     store = create_service(config, gatekeeper=open_gatekeeper).store
     store.create(patient("p1", "Zabrowskiewicz"))
+    store.create(trail_event("e1", "p1", "R", "2024-01-01T10:00:00Z"))
+    assert _events(store) == ["e1"]  # moved to the trail's file
     store.close()
     return config
+
+
+def _events(store: Store) -> list[str]:
+    return [s.id for s in store.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE).matches]
 
 
 def _cipher(config: Config) -> EnvelopeCipher:
@@ -46,15 +54,21 @@ def _family(config: Config) -> str:
 
 
 def test_the_database_is_rewritten_under_a_new_key(config: Config) -> None:
+    """Both files, each under a new key of its own."""
     database, cipher = config.sqlite_path, _cipher(config)
-    old = dbkey.load(database, cipher)
+    trail = Path(trail_file(str(database)))
+    old, old_trail = dbkey.load(database, cipher), dbkey.load(trail, cipher)
     assert main(["rekey-database"]) == 0
-    new = dbkey.load(database, cipher)
+    new, new_trail = dbkey.load(database, cipher), dbkey.load(trail, cipher)
     assert new != old and key_opens(database, new) and not key_opens(database, old)
+    assert new_trail not in (old_trail, new) and key_opens(trail, new_trail) and not key_opens(trail, old_trail)
     assert b"Zabrowskiewicz" in decrypted_bytes(database, config.data_dir)  # the content came along
     assert not dbkey.pending_path(database).exists()
     assert not database.with_name(database.name + ".encrypting").exists()
     assert _family(config) == "Zabrowskiewicz"
+    store = create_service(config, gatekeeper=open_gatekeeper).store
+    assert _events(store) == ["e1"]
+    store.close()
 
 
 def test_refused_while_a_server_holds_the_data_directory(config: Config, capsys: pytest.CaptureFixture[str]) -> None:

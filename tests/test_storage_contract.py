@@ -9,8 +9,10 @@ or on the real server ``DMP_TEST_MONGODB_URI`` names. Every test asserts the sam
 from __future__ import annotations
 
 import base64
+import json
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -50,15 +52,16 @@ from storage.sqlite.connection import SqliteSettings
 from storage.sqlite.schema import (
     COLUMN_NAMES,
     COVERED_KINDS,
-    DEFERRED_BATCH,
     DROPPED_INDEXES,
     RECORD,
     SCHEMA_VERSION,
     SHARED,
     TRAIL,
+    TRAIL_IN_MAIN,
+    TRAIL_KEYS_FROM,
     IndexFamily,
 )
-from storage.sqlite.store import TABLE_OF_VALUE, Indexer, SqliteStore
+from storage.sqlite.store import INBOX_BATCH, TABLE_OF_VALUE, Indexer, SqliteStore
 from tests.dbfiles import open_database
 from tests.mongo_double import REAL_URI, mongo_client
 
@@ -433,6 +436,29 @@ def test_watermark_keeps_later_pages_stable(store: Store) -> None:
     assert later.total == 3 and [s.id for s in later.matches] == ["p2"]
 
 
+def test_the_history_of_everything_holds_the_trail_newest_first_and_pages_stably(store: Store) -> None:
+    """The history of every type holds the trail's events with the rest (SQLite keeps them in a
+    file of their own), newest first, each version once across pages, and what is written after
+    the first page is not in the next ones."""
+    store.create(patient("p1", "Martin"))
+    written = ["p1"]
+    for n in range(3):
+        time.sleep(0.002)  # distinct instants: the order across the files is by time
+        store.create(doc(f"d{n}", "p1"))
+        time.sleep(0.002)
+        store.log([trail_event(f"e{n}", "p1", "R", "2024-01-01T10:00:00Z")])
+        written += [f"d{n}", f"e{n}"]
+    first = store.history(OPEN_SCOPE, count=3)
+    assert first.total == 7
+    store.create(doc("late", "p1"))
+    store.log([trail_event("late-event", "p1", "R", "2024-01-01T10:00:00Z")])
+    pages = [first] + [
+        store.history(OPEN_SCOPE, count=3, offset=offset, watermark=first.watermark) for offset in (3, 6)
+    ]
+    assert [s.id for page in pages for s in page.entries] == written[::-1]
+    assert all(page.total == 7 for page in pages)
+
+
 def test_a_search_for_housekeeping_also_finds_deleted_resources(store: Store) -> None:
     store.create(patient("p1", "Martin"))
     store.create(doc("live", "p1"))
@@ -778,7 +804,8 @@ def test_rewrap_after_rotation_keeps_everything_readable(tmp_path: Path) -> None
         keys.retire(old, in_use=store.key_ids_in_use())
     # the database key, and every blob but the one of "late" (its resource row's: a current
     # version's content is stored once), sealed after the rotation
-    assert store.rewrap_all(batch=2) == 1 + _count_blobs(tmp_path / "store.sqlite3") - 1
+    # (and the trail's file's key)
+    assert store.rewrap_all(batch=2) == 2 + _count_blobs(tmp_path / "store.sqlite3") - 1
     assert store.key_ids_in_use() == {new} and store.rewrap_all() == 0
     keys.retire(old, in_use=store.key_ids_in_use())
     store.close()
@@ -874,7 +901,17 @@ def _index_rows(conn: sqlite3.Connection, tables: tuple[str, ...], pk: int) -> i
 
 
 def _pk(conn: sqlite3.Connection, rtype: str, rid: str) -> int:
-    return int(conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?", (rtype, rid)).fetchone()[0])
+    """The key of ``rtype/rid`` in the file that holds it (the trail's events: once moved there)."""
+    sql = (
+        "SELECT pk FROM trail.resource WHERE type = ?1 AND id = ?2"
+        " UNION ALL SELECT pk FROM resource WHERE type = ?1 AND id = ?2"
+    )
+    return int(conn.execute(sql, (rtype, rid)).fetchone()[0])
+
+
+def _inboxed(store: SqliteStore) -> int:
+    """The trail's events a write kept in the main file, not moved to the trail's yet."""
+    return int(store._conn().execute("SELECT COUNT(*) FROM main.resource WHERE type = 'AuditEvent'").fetchone()[0])
 
 
 def _unscanned_plan(store: SqliteStore, query: Query, scope: Any, statement: str) -> list[str]:
@@ -895,17 +932,20 @@ def test_the_trail_s_index_is_kept_apart_and_a_search_of_it_starts_from_the_pati
     """SQLite keeps the AuditEvents' index rows in tables of their own, whose only value indexes
     are the patient's and the dates': a search naming the patient starts from them, even when it
     also names an action (which, in the shared tables, would drive the query); one naming an
-    ``_id`` starts from the resource's own key. The rows wait in ``index_pending`` until a
-    statement reads the trail's tables."""
+    ``_id`` starts from the resource's own key. The events are in a file of their own, keyed apart
+    from the main one's resources; one created (as a write's, in its transaction) waits in the main
+    file, without index rows, until a statement reads the trail."""
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
     _trail_of_two_patients(store)
     conn = store._conn()
     event, document = _pk(conn, "AuditEvent", "e1"), _pk(conn, "DocumentReference", "d1")
-    assert _index_rows(conn, TRAIL.tables, event) == 0 and _index_rows(conn, ("index_pending",), event) == 1
+    assert event < TRAIL_KEYS_FROM and _inboxed(store) == 3
+    assert _index_rows(conn, (*TRAIL.tables, *SHARED.tables, *RECORD.tables), event) == 0
     assert store.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "R")), OPEN_SCOPE).matches
+    event = _pk(conn, "AuditEvent", "e1")
+    assert event > TRAIL_KEYS_FROM and _inboxed(store) == 0
     assert _index_rows(conn, TRAIL.tables, event) > 10 and _index_rows(conn, SHARED.tables, event) == 0
-    assert _index_rows(conn, ("index_pending",), event) == 0
     assert _index_rows(conn, RECORD.tables, document) > 3 and _index_rows(conn, TRAIL.tables, document) == 0
     assert _index_rows(conn, SHARED.tables, document) == 0
 
@@ -1220,15 +1260,11 @@ def test_a_page_s_limit_is_written_into_its_statement_not_bound(tmp_path: Path) 
     store.close()
 
 
-def _pending(store: SqliteStore) -> int:
-    return int(store._conn().execute("SELECT COUNT(*) FROM index_pending").fetchone()[0])
-
-
-def test_every_statement_reading_the_trail_writes_its_deferred_rows_first(tmp_path: Path) -> None:
-    """An AuditEvent's index rows wait in ``index_pending`` (SQLite): a read of it, a search, a
+def test_every_statement_reading_the_trail_moves_the_waiting_events_first(tmp_path: Path) -> None:
+    """An AuditEvent a write created waits in the main file (SQLite): a read of it, a search, a
     ``_has``, a ``_revinclude``, an ``_include`` from it, a sort, the history, each finds the
-    event committed just before it — the cached filters included — as if its rows had been
-    written with it."""
+    event committed just before it — the cached filters included — as if it had been written in
+    the trail's file, with its index rows."""
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
     _trail_of_two_patients(store)
@@ -1239,18 +1275,18 @@ def test_every_statement_reading_the_trail_writes_its_deferred_rows_first(tmp_pa
         n = next(events)
         eid = f"e{n}"  # each recorded after the one before: the newest is the last
         store.create(trail_event(eid, "p1", action, f"2024-02-01T10:{n:02d}:00Z", about="DocumentReference/d1"))
-        assert _pending(store) >= 1
+        assert _inboxed(store) >= 1
         return eid
 
     def ids(query: Query, scope: Any = bound) -> set[str]:
         found = store.search(query, scope)
-        assert _pending(store) == 0
+        assert _inboxed(store) == 0
         return {s.id for s in (*found.matches, *found.included)}
 
     p1 = Reference("patient", "Patient", "p1")
     for _ in range(2):  # the second time, from the filters compiled and kept the first
         eid = fresh_event()
-        assert store.read("AuditEvent", eid, bound).id == eid and _pending(store) == 0
+        assert store.read("AuditEvent", eid, bound).id == eid and _inboxed(store) == 0
         assert eid in ids(Query("AuditEvent", p1))
         eid = fresh_event("D")
         assert ids(Query("Patient", Has("AuditEvent", "entity", Token("action", ANY_SYSTEM, "D"), scoped=True))) == {
@@ -1271,50 +1307,134 @@ def test_every_statement_reading_the_trail_writes_its_deferred_rows_first(tmp_pa
         assert [s.id for s in store.search(newest, OPEN_SCOPE).matches] == [eid]
         eid = fresh_event()
         history = store.history(bound, "AuditEvent")
-        assert eid in {s.id for s in history.entries} and _pending(store) == 0
+        assert eid in {s.id for s in history.entries} and _inboxed(store) == 0
     store.close()
 
 
-def test_the_trail_s_deferred_rows_are_written_by_batch_and_survive_a_restart(tmp_path: Path) -> None:
-    """Rows wait until ``DEFERRED_BATCH`` events do, then the create that makes the batch writes
-    them all in its own transaction; rows that wait are in the database and a reopened store
-    writes them as the first one would."""
+def test_the_events_writes_left_in_the_main_file_are_moved_by_the_next_store_opened(tmp_path: Path) -> None:
+    """Events created in the main file stay there while nothing reads the trail (a store without
+    the upkeep thread: a command's, a test's); a store opened on the same files moves them, with
+    their index rows, before it serves."""
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
     store.create(patient("p1", "Martin"))
-    for n in range(DEFERRED_BATCH - 1):
+    for n in range(3):
         store.create(trail_event(f"e{n}", "p1", "R", "2024-01-01T10:00:00Z"))
-    assert _pending(store) == DEFERRED_BATCH - 1
-    conn = store._conn()
-    assert _index_rows(conn, TRAIL.tables, _pk(conn, "AuditEvent", "e0")) == 0
-    store.create(trail_event("last", "p1", "R", "2024-01-01T10:00:00Z"))
-    assert _pending(store) == 0
-    written = [_index_rows(conn, TRAIL.tables, _pk(conn, "AuditEvent", f"e{n}")) for n in range(DEFERRED_BATCH - 1)]
-    assert min(written) > 5 and len(set(written)) == 1  # each event's rows, once
     store.create(trail_event("waiting", "p1", "C", "2024-01-02T10:00:00Z"))
+    conn = store._conn()
+    assert _inboxed(store) == 4 and conn.execute("SELECT COUNT(*) FROM trail.resource").fetchone() == (0,)
     store.close()
     reopened = _sqlite(tmp_path)
     assert isinstance(reopened, SqliteStore)
-    assert _pending(reopened) == 1
+    conn = reopened._conn()
+    assert _inboxed(reopened) == 0 and conn.execute("SELECT COUNT(*) FROM trail.resource").fetchone() == (4,)
+    written = [_index_rows(conn, TRAIL.tables, _pk(conn, "AuditEvent", f"e{n}")) for n in range(3)]
+    assert min(written) > 5 and len(set(written)) == 1  # each event's rows, once
     found = reopened.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "C")), OPEN_SCOPE)
-    assert [s.id for s in found.matches] == ["waiting"] and _pending(reopened) == 0
+    assert [s.id for s in found.matches] == ["waiting"]
     reopened.close()
 
 
+def test_the_upkeep_thread_moves_the_writes_events_once_a_batch_waits(tmp_path: Path) -> None:
+    """A serving store's upkeep thread moves the events its writes left in the main file once
+    :data:`INBOX_BATCH` of them wait, and not before; under writes, never more than that wait."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    store.start_upkeep()
+    store.create(patient("p1", "Martin"))
+    for n in range(INBOX_BATCH - 1):
+        store.create(trail_event(f"e{n}", "p1", "R", "2024-01-01T10:00:00Z"))
+    time.sleep(0.3)  # three of the thread's rounds: time to do what it must not
+    assert _inboxed(store) == INBOX_BATCH - 1
+    store.create(trail_event("last", "p1", "R", "2024-01-01T10:00:00Z"))
+    deadline = time.monotonic() + 30
+    while _inboxed(store) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _inboxed(store) == 0
+    assert store._conn().execute("SELECT COUNT(*) FROM trail.resource").fetchone() == (INBOX_BATCH,)
+    for n in range(2 * INBOX_BATCH):  # as writes make them: each in the transaction of its write
+        with store.transaction():
+            store.create(doc(f"d{n}", "p1"))
+            store.create(trail_event(f"w{n}", "p1", "C", "2024-01-01T10:00:00Z", about=f"DocumentReference/d{n}"))
+    deadline = time.monotonic() + 30
+    while _inboxed(store) >= INBOX_BATCH and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _inboxed(store) < INBOX_BATCH  # a wake may come before its write commits: not more wait
+    store.close()
+
+
+def test_a_move_interrupted_between_its_two_commits_leaves_each_event_once(tmp_path: Path) -> None:
+    """A write's event is committed with the write, in the main file, then copied to the trail's
+    and deleted from the main one in two commits (one per file). A crash between them leaves the
+    event in both: the next move deletes the main file's copy and does not copy it again. A
+    transaction that fails leaves neither the write nor its event."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    store.create(patient("p1", "Martin"))
+    with store.transaction():
+        store.create(doc("d1", "p1"))
+        store.create(trail_event("e1", "p1", "C", "2024-01-01T10:00:00Z", about="DocumentReference/d1"))
+    with pytest.raises(RuntimeError), store.transaction():
+        store.create(doc("d2", "p1"))
+        store.create(trail_event("e2", "p1", "C", "2024-01-01T10:00:00Z", about="DocumentReference/d2"))
+        raise RuntimeError("the write fails after its event was created")
+    conn = store._conn()
+    waiting = conn.execute(
+        "SELECT pk, type, id, version, last_updated, deleted, content FROM resource WHERE type = 'AuditEvent'"
+    ).fetchall()
+    assert [row[2] for row in waiting] == ["e1"]
+    with store.transaction():  # the copy committed, the delete not: a crash between the two
+        store._copy_inboxed(waiting)
+    assert _inboxed(store) == 1 and conn.execute("SELECT COUNT(*) FROM trail.resource").fetchone() == (1,)
+    store.close()
+    reopened = _sqlite(tmp_path)
+    assert isinstance(reopened, SqliteStore)
+    assert _inboxed(reopened) == 0
+    found = reopened.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE)
+    assert [s.id for s in found.matches] == ["e1"] and found.total == 1
+    reopened.close()
+
+
+def test_moving_the_journal_commits_nothing_to_the_main_file(tmp_path: Path) -> None:
+    """What the trail's file is for: moving the journal's events in commits to the trail's file
+    only, so every other connection keeps its page cache of the documents (SQLite empties a
+    connection's cache of a file whenever another connection commits to it, ``data_version``)."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    _documents_of_two_patients(store)
+    other = open_database(tmp_path / "store.sqlite3")
+    before = [other.execute(f"PRAGMA {schema}.data_version").fetchone()[0] for schema in ("main", "trail")]
+    store.log([trail_event(f"e{n}", "p1", "R", "2024-01-01T10:00:00Z") for n in range(5)])
+    store._drain()
+    after = [other.execute(f"PRAGMA {schema}.data_version").fetchone()[0] for schema in ("main", "trail")]
+    assert after[0] == before[0] and after[1] != before[1]
+    assert other.execute("SELECT COUNT(*) FROM trail.resource").fetchone() == (5,)
+    other.close()
+    store.close()
+
+
 def test_a_waiting_event_rewritten_or_expunged_leaves_no_row_behind(tmp_path: Path) -> None:
-    """An update writes the event's rows at once and takes its waiting ones away (written later,
-    they would have come back next to the new ones); an expunge takes them with the resource."""
+    """An update or an expunge of an event that waits in the main file moves it first, then
+    rewrites or removes it in the trail's file, its index rows with it."""
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
     store.create(patient("p1", "Martin"))
     store.create(trail_event("e1", "p1", "R", "2024-01-01T10:00:00Z"))
     store.create(trail_event("e2", "p1", "R", "2024-01-01T10:00:00Z"))
+    store.create(trail_event("e3", "p1", "R", "2024-01-01T10:00:00Z"))
     store.update(trail_event("e1", "p1", "U", "2024-01-01T10:00:00Z"))
     store.expunge("AuditEvent", "e2")
-    assert _pending(store) == 0
+    assert _inboxed(store) == 0
+    store.create(trail_event("e4", "p1", "R", "2024-01-01T10:00:00Z"))
+    with store.transaction():  # a purge's: the waiting event is moved, its copy left to the next move
+        store.expunge("AuditEvent", "e4")
+        store.expunge("AuditEvent", "e3")
+    store.close()
+    store = _sqlite(tmp_path)  # moves what waits: the expunged events do not come back
+    assert isinstance(store, SqliteStore)
     conn = store._conn()
     e1 = _pk(conn, "AuditEvent", "e1")
-    actions = conn.execute("SELECT code FROM trail_token WHERE res = ? AND param = 'action'", (e1,)).fetchall()
+    actions = conn.execute("SELECT code FROM trail.trail_token WHERE res = ? AND param = 'action'", (e1,)).fetchall()
     assert actions == [("U",)]
     assert [s.id for s in store.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "U")), OPEN_SCOPE).matches] == [
         "e1"
@@ -1380,30 +1500,92 @@ def test_a_database_of_a_newer_schema_is_refused_untouched(tmp_path: Path) -> No
         )
 
 
-def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_once(tmp_path: Path) -> None:
-    """A database of schema 2 kept the trail's index rows with everyone's: the first open moves
-    them, in one transaction, and a later one finds nothing left to move. The value indexes of
-    every trail reference (schema 3) are dropped: only the patient's have some."""
+def _as_before_the_trail_file(store: SqliteStore, tmp: Path, schema: int) -> int:
+    """The database as a server of ``schema`` (before 8) left it: the trail's events in the main
+    file, their index rows in its shared tables (before 3) or in ``trail_*`` tables of its own
+    (3 to 7), and no trail's file. Returns how many index rows the event ``e1`` has."""
+    conn = store._conn()
+    family = SHARED if schema < 3 else TRAIL_IN_MAIN
+    if schema >= 3:
+        for table in TRAIL_IN_MAIN.tables:
+            conn.execute(f"CREATE TABLE main.{table} AS SELECT * FROM trail.{table} WHERE 0")
+    events = conn.execute("SELECT pk, id, content FROM resource WHERE type = 'AuditEvent'").fetchall()
+    for pk, eid, blob in events:
+        event = json.loads(store._open(f"AuditEvent/{eid}/1", blob))
+        store._insert_rows(family, [(pk, store._index_rows(event))])
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(schema),))
+    rows = _index_rows(conn, family.tables, _pk(conn, "AuditEvent", "e1"))
+    store.close()
+    for path in tmp.glob("store.sqlite3.trail*"):
+        path.unlink()
+    return rows
+
+
+def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_file_once(tmp_path: Path) -> None:
+    """A database of schema 2 kept the trail's index rows with everyone's: the first open takes
+    them out of the shared tables and moves the events to the trail's file, their rows made anew
+    there, and a later one finds nothing left to move. The value indexes of every trail reference
+    (schema 3) are dropped: only the patient's have some."""
     store = _sqlite(tmp_path)
     assert isinstance(store, SqliteStore)
     _trail_of_two_patients(store)
-    store._write_pending()  # schema 2 wrote every row with its resource
     conn = store._conn()
-    event = _pk(conn, "AuditEvent", "e1")
-    rows = _index_rows(conn, TRAIL.tables, event)
+    conn.execute("CREATE INDEX trail_reference_target ON idx_reference (target_id, target_type, param, res)")
+    conn.execute("CREATE INDEX trail_reference_ident ON idx_reference (param, id_value) WHERE id_value IS NOT NULL")
+    shared = _index_rows(conn, SHARED.tables, _pk(conn, "Patient", "p1"))
+    rows = _as_before_the_trail_file(store, tmp_path, 2)
     assert rows > 10
-    _as_written_by(conn, 2, TRAIL)
-    conn.execute("CREATE INDEX trail_reference_target ON trail_reference (target_id, target_type, param, res)")
-    conn.execute("CREATE INDEX trail_reference_ident ON trail_reference (param, id_value) WHERE id_value IS NOT NULL")
-    store.close()
     for _ in range(2):
         reopened = _sqlite(tmp_path)
         assert isinstance(reopened, SqliteStore)
         conn = reopened._conn()
-        assert _index_rows(conn, TRAIL.tables, event) == rows and _index_rows(conn, SHARED.tables, event) == 0
+        event = _pk(conn, "AuditEvent", "e1")
+        assert event > TRAIL_KEYS_FROM and _index_rows(conn, TRAIL.tables, event) == rows
+        orphans = "SELECT COUNT(*) FROM {} WHERE res NOT IN (SELECT pk FROM resource)"
+        assert sum(conn.execute(orphans.format(table)).fetchone()[0] for table in SHARED.tables) == 0
+        assert _index_rows(conn, SHARED.tables, _pk(conn, "Patient", "p1")) == shared
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
-        assert not indexes & set(DROPPED_INDEXES) and {TRAIL.index("binding_target")} <= indexes  # schema 3's gone
+        assert not indexes & set(DROPPED_INDEXES)  # schema 3's gone
         found = reopened.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE)
         assert sorted(s.id for s in found.matches) == ["e1", "e2"]
         reopened.close()
+
+
+def test_a_trail_in_the_main_file_moves_to_its_own_file_once(tmp_path: Path) -> None:
+    """A database of schema 7 kept the trail in the main file, its index rows in ``trail_*``
+    tables there: the first open drops those tables and moves the events to the trail's file,
+    their rows made anew there; a later open finds nothing left to move, and the documents are
+    where they were."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    _trail_of_two_patients(store)
+    rows = _as_before_the_trail_file(store, tmp_path, 7)
+    for _ in range(2):
+        reopened = _sqlite(tmp_path)
+        assert isinstance(reopened, SqliteStore)
+        conn = reopened._conn()
+        event = _pk(conn, "AuditEvent", "e1")
+        assert event > TRAIL_KEYS_FROM and _index_rows(conn, TRAIL.tables, event) == rows and _inboxed(reopened) == 0
+        left = conn.execute("SELECT name FROM main.sqlite_schema WHERE name LIKE 'trail%' OR name LIKE 'index_p%'")
+        assert left.fetchall() == []
+        for meta in ("main.meta", "trail.meta"):
+            version = conn.execute(f"SELECT value FROM {meta} WHERE key = 'schema_version'").fetchone()
+            assert version == (str(SCHEMA_VERSION),)
+        found = reopened.search(Query("AuditEvent", Reference("patient", "Patient", "p1")), OPEN_SCOPE)
+        assert sorted(s.id for s in found.matches) == ["e1", "e2"]
+        found = reopened.search(Query("DocumentReference", Reference("subject", "Patient", "p1")), OPEN_SCOPE)
+        assert [s.id for s in found.matches] == ["d1"]
+        reopened.close()
+
+
+def test_a_main_file_without_its_trail_s_file_is_refused(tmp_path: Path) -> None:
+    """Served without its trail's file, a database would show an empty trail and begin a new one
+    under a new key: it is refused, naming the missing file."""
+    store = _sqlite(tmp_path)
+    _trail_of_two_patients(store)
+    store.close()
+    for path in tmp_path.glob("store.sqlite3.trail*"):
+        path.unlink()
+    with pytest.raises(StoreError, match=r"the trail of .* is missing"):
+        _sqlite(tmp_path)

@@ -44,9 +44,11 @@ def journal_of(store: SqliteStore) -> Path:
 
 
 def in_database(store: SqliteStore, rid: str) -> bool:
-    """Whether the event's row is in the database file, read past the store (and its journal)."""
-    row = store._conn().execute("SELECT 1 FROM resource WHERE type = 'AuditEvent' AND id = ?", (rid,)).fetchone()
-    return row is not None
+    """Whether the event's row is in the database, read past the store (and its journal): in the
+    trail's file, or in the main one where a write's event waits to be moved."""
+    sql = "SELECT 1 FROM {} WHERE type = 'AuditEvent' AND id = ?"
+    conn = store._conn()
+    return any(conn.execute(sql.format(table), (rid,)).fetchone() for table in ("trail.resource", "main.resource"))
 
 
 def event(eid: str, action: str = "R") -> dict[str, Any]:

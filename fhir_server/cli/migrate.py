@@ -39,6 +39,7 @@ def _migrate_command(args: argparse.Namespace) -> int:
     from fhir_server.app import create_service
     from storage.mongo.migrate import Migration
     from storage.mongo.store import MongoStore
+    from storage.sqlite.schema import trail_file
 
     if not args.source.startswith("sqlite:///") or not args.target.startswith(("mongodb://", "mongodb+srv://")):
         print("dmp-server migrate: --from sqlite:///path --to mongodb://…", file=sys.stderr)
@@ -54,7 +55,9 @@ def _migrate_command(args: argparse.Namespace) -> int:
     store = service.store
     assert isinstance(store, MongoStore)
     try:
-        migration = Migration(source, store, key=_database_key(source, config), batch=args.batch)
+        trail = Path(trail_file(str(source)))
+        keys = {"key": _database_key(source, config), "trail_key": _database_key(trail, config)}
+        migration = Migration(source, store, **keys, batch=args.batch)
         if not args.verify_only:
             migration.run(_progress)
         expected, found = migration.source_tally(), migration.target_tally()
@@ -71,8 +74,8 @@ def _migrate_command(args: argparse.Namespace) -> int:
 
 
 def _database_key(source: Path, config: Config) -> bytes | None:
-    """The SQLite database's key, unwrapped by the master keys (None for a file of a version that
-    did not encrypt the database as a whole)."""
+    """The key of a SQLite database file, unwrapped by the master keys (None for a file of a
+    version that did not encrypt the database as a whole)."""
     from storage.crypto import EnvelopeCipher, MasterKeys
     from storage.sqlite import dbkey
 

@@ -49,13 +49,17 @@ from storage.mongo.layout import (
     version_document,
 )
 from storage.mongo.store import MongoStore
-from storage.sqlite.connection import connect_read_only
+from storage.sqlite.connection import Attached, connect_read_only
 from storage.sqlite.schema import (
     COLUMN_NAMES,
     PENDING_SINCE,
+    TRAIL_FILE_SINCE,
+    TRAIL_SCHEMA,
+    TRAIL_TYPES_SQL,
     VERSION_CONTENT,
     IndexFamily,
     family_of,
+    trail_file,
 )
 
 #: How a row of each kind of SQLite index table (its :data:`COLUMN_NAMES`) becomes a typed value.
@@ -90,15 +94,38 @@ def _kid(blob: bytes | None) -> dict[str, Any]:
 
 
 class Migration:
-    def __init__(self, sqlite_path: Path, target: MongoStore, *, key: bytes | None = None, batch: int = 500):
+    def __init__(
+        self,
+        sqlite_path: Path,
+        target: MongoStore,
+        *,
+        key: bytes | None = None,
+        trail_key: bytes | None = None,
+        batch: int = 500,
+    ):
         self._path = sqlite_path
         self._key = key  # the SQLite database's own key (it is encrypted as a whole), None for an older plain file
+        self._trail_key = trail_key  # and its trail's file's
         self._target = target
         self._db = target.database
         self._batch = batch
 
     def _source(self) -> sqlite3.Connection:
-        return connect_read_only(self._path, self._key)
+        """The source, read only, its trail's file attached (since schema 8): ``every_resource``
+        and ``every_version`` are both files' rows, whose keys never meet
+        (:data:`~storage.sqlite.schema.TRAIL_KEYS_FROM`). A trail's event still waiting in the
+        main file has no index rows yet: the source must have been opened by a store first (the
+        command does), which moves them."""
+        trail = Path(trail_file(str(self._path)))
+        attached = Attached(TRAIL_SCHEMA, f"file:{trail}?mode=ro", self._trail_key, 1.0) if trail.exists() else None
+        conn = connect_read_only(self._path, self._key, attached)
+        for table in ("resource", "version"):
+            files = f"SELECT * FROM main.{table}" + (f" UNION ALL SELECT * FROM trail.{table}" if attached else "")
+            conn.execute(f"CREATE TEMP VIEW every_{table} AS {files}")
+        if attached and conn.execute(f"SELECT 1 FROM main.resource WHERE type IN ({TRAIL_TYPES_SQL})").fetchone():
+            conn.close()
+            raise ValueError(f"{self._path} holds events not moved to its trail's file: open it with a store first")
+        return conn
 
     def run(self, progress: Progress) -> None:
         with closing(self._source()) as conn:
@@ -112,15 +139,15 @@ class Migration:
         return int(last["pk"]) if last else 0
 
     def _resources(self, conn: sqlite3.Connection, progress: Progress) -> None:
-        total = int(conn.execute("SELECT COUNT(*) FROM resource").fetchone()[0])
+        total = int(conn.execute("SELECT COUNT(*) FROM every_resource").fetchone()[0])
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         schema = 0 if row is None else int(row[0])
-        pending = schema >= PENDING_SINCE
+        pending = PENDING_SINCE <= schema < TRAIL_FILE_SINCE
         start = self._resume_point()
         after = start - 1  # the last one present is copied again: its batch may not have finished
         while True:
             rows = conn.execute(
-                "SELECT pk, type, id, version, last_updated, deleted, content FROM resource"
+                "SELECT pk, type, id, version, last_updated, deleted, content FROM every_resource"
                 " WHERE pk > ? ORDER BY pk LIMIT ?",
                 (after, self._batch),
             ).fetchall()
@@ -136,7 +163,7 @@ class Migration:
                 resources.append({**head, **index_document(index)})
                 for seq, number, stamp, method, body in conn.execute(
                     f"SELECT v.seq, v.version, v.last_updated, v.method, {VERSION_CONTENT}"
-                    " FROM version v JOIN resource r ON r.pk = v.res WHERE v.res = ? ORDER BY v.seq",
+                    " FROM every_version v JOIN every_resource r ON r.pk = v.res WHERE v.res = ? ORDER BY v.seq",
                     (pk,),
                 ):
                     kept = None if body is None else bytes(body)
@@ -147,7 +174,7 @@ class Migration:
                 self._upsert(RESOURCES, resources, session)
                 self._upsert(VERSIONS, versions, session)
             after = rows[-1][0]
-            done = int(conn.execute("SELECT COUNT(*) FROM resource WHERE pk <= ?", (after,)).fetchone()[0])
+            done = int(conn.execute("SELECT COUNT(*) FROM every_resource WHERE pk <= ?", (after,)).fetchone()[0])
             progress("resources", done, total)
         progress("resources", total, total)
 
@@ -201,8 +228,8 @@ class Migration:
     def _counters(self, conn: sqlite3.Connection) -> None:
         """The sequences go on from the source's: numbers are never reused."""
         highest = {
-            "pk": "SELECT COALESCE(MAX(pk), 0) FROM resource",
-            "seq": "SELECT COALESCE(MAX(seq), 0) FROM version",
+            "pk": "SELECT COALESCE(MAX(pk), 0) FROM every_resource",
+            "seq": "SELECT COALESCE(MAX(seq), 0) FROM every_version",
             "outbox": "SELECT COALESCE(MAX(id), 0) FROM outbox",
         }
         for counter, sql in highest.items():
@@ -214,10 +241,12 @@ class Migration:
     def source_tally(self) -> Tally:
         with closing(self._source()) as conn:
             streams = {
-                "resources": conn.execute("SELECT type, id, version, deleted, content FROM resource ORDER BY type, id"),
+                "resources": conn.execute(
+                    "SELECT type, id, version, deleted, content FROM every_resource ORDER BY type, id"
+                ),
                 "versions": conn.execute(
-                    f"SELECT r.type, r.id, v.version, v.method, {VERSION_CONTENT} FROM version v"
-                    " JOIN resource r ON r.pk = v.res ORDER BY v.seq"
+                    f"SELECT r.type, r.id, v.version, v.method, {VERSION_CONTENT} FROM every_version v"
+                    " JOIN every_resource r ON r.pk = v.res ORDER BY v.seq"
                 ),
                 "records": conn.execute("SELECT kind, key, expires, value FROM record ORDER BY kind, key"),
                 "outbox": conn.execute(

@@ -42,7 +42,9 @@ from storage.interface import (
     SearchResult,
     Store,
     Stored,
+    StoreError,
     VersionConflict,
+    Watermark,
 )
 from storage.mongo.compiler import NEVER, MongoCompiler, ParamType, both, shard_hint
 from storage.mongo.layout import (
@@ -380,6 +382,8 @@ class MongoStore(Store):
     def search(self, query: Query, scope: AccessScope) -> SearchResult:
         rtype = query.resource_type
         expr = all_of(query.where, scope.filter(rtype))
+        if isinstance(query.watermark, list):
+            raise StoreError("a search's watermark is one number here")
         watermark = query.watermark if query.watermark is not None else self._last("pk")
         if isinstance(expr, Nothing):
             return SearchResult([], [], 0 if query.total else None, watermark)
@@ -458,7 +462,7 @@ class MongoStore(Store):
         since: str | None = None,
         offset: int = 0,
         count: int = 20,
-        watermark: int | None = None,
+        watermark: Watermark | None = None,
         at: tuple[str, str] | None = None,
     ) -> HistoryPage:
         """Versions of the resources the scope lets the caller see (judged on their current
@@ -466,6 +470,8 @@ class MongoStore(Store):
         then their versions are read by resource key."""
         if watermark is None:
             watermark = self._last("seq")
+        if not isinstance(watermark, int):
+            raise StoreError("a history's watermark is one number here")
         versions: dict[str, Any] = {"_id": {"$lte": watermark}}
         if resource_type is not None:
             versions["type"] = resource_type

@@ -7,7 +7,8 @@ other secrets of ``data_dir/keys``). Either alone is useless to a thief. Each ha
 manifest also gives the counts of resources per type and of versions, checked after a restore.
 
 The copy is ``VACUUM INTO`` on the live database: it reads one snapshot (a WAL read transaction,
-so writers go on meanwhile) and writes a compact file encrypted under the same key.
+so writers go on meanwhile) and writes a compact file encrypted under the same key; the trail's
+file is copied the same way, after it (:meth:`SqliteStore.snapshot` says why in that order).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 from storage.crypto import MASTER_KEYS_FILE, EnvelopeCipher
 from storage.secretfile import fsync_dir
 from storage.sqlite import dbkey
-from storage.sqlite.connection import SqliteSettings, connect
-from storage.sqlite.schema import SCHEMA_VERSION
+from storage.sqlite.connection import Attached, SqliteSettings, connect
+from storage.sqlite.schema import SCHEMA_VERSION, TRAIL_SCHEMA, trail_file
 from storage.sqlite.store import SqliteStore
 
 MANIFEST = "manifest.json"
@@ -55,12 +56,15 @@ def back_up(
     database = Path(store.path)
     copy = dest / database.name
     store.snapshot(copy)
-    key_file = dbkey.key_path(database)
-    shutil.copyfile(key_file, dest / key_file.name)
-    counts = _counts(copy, dbkey.load(database, cipher))
+    files = [copy, Path(trail_file(str(copy)))]
+    for source in (database, Path(store.trail_path)):
+        key_file = dbkey.key_path(source)
+        shutil.copyfile(key_file, dest / key_file.name)
+        files.append(dest / key_file.name)
+    counts = counts_of(copy, cipher)
     manifest = _write_manifest(
         dest,
-        [copy, dest / key_file.name],
+        files,
         {"kind": DATA_KIND, "version": version, "database": copy.name, "schema_version": SCHEMA_VERSION, **counts},
     )
     copies = []
@@ -90,43 +94,51 @@ def verify(directory: Path, kind: str) -> dict[str, Any]:
 
 
 def restore(src: Path, keys_src: Path, database: Path, keys_dir: Path, master_key_file: Path) -> dict[str, Any]:
-    """Copy a verified backup into place: the database and its key beside it, the master keys to
-    ``master_key_file``, the other key files into ``keys_dir``. Any earlier WAL is removed, and the
-    trail's journal of the database replaced (:mod:`storage.sqlite.journal`): a backup holds the
-    journal moved in (:meth:`SqliteStore.snapshot`), and what came after it is what a restore undoes."""
+    """Copy a verified backup into place: the database, the trail's file and their keys beside
+    it, the master keys to ``master_key_file``, the other key files into ``keys_dir``. Any earlier
+    WAL is removed, and the trail's journal of the database replaced (:mod:`storage.sqlite.journal`):
+    a backup holds the journal moved in (:meth:`SqliteStore.snapshot`), and what came after it is
+    what a restore undoes."""
     data, keys = verify(src, DATA_KIND), verify(keys_src, KEYS_KIND)
     if MASTER_KEYS_FILE not in keys["files"]:
         raise BackupError(f"{keys_src} holds no {MASTER_KEYS_FILE}")
     for directory in (database.parent, keys_dir, master_key_file.parent):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for suffix in ("-wal", "-shm"):
-        database.with_name(database.name + suffix).unlink(missing_ok=True)
+    trail = Path(trail_file(str(database)))
+    for file in (database, trail):
+        for suffix in ("-wal", "-shm"):
+            file.with_name(file.name + suffix).unlink(missing_ok=True)
     for journal in database.parent.glob(f"{database.name}.journal-*"):  # the trail's journal, detached
         journal.unlink()
     database.with_name(f"{database.name}.journal").unlink(missing_ok=True)  # and live
-    _install(src / data["database"], database)
-    _install(src / dbkey.key_path(Path(data["database"])).name, dbkey.key_path(database))
+    for copy, target in ((Path(data["database"]), database), (Path(trail_file(data["database"])), trail)):
+        _install(src / copy.name, target)
+        _install(src / dbkey.key_path(copy).name, dbkey.key_path(target))
     for name in keys["files"]:
         _install(keys_src / name, master_key_file if name == MASTER_KEYS_FILE else keys_dir / name)
     return data
 
 
 def counts_of(database: Path, cipher: EnvelopeCipher) -> dict[str, Any]:
-    """What a data manifest counts, read from ``database`` (to check a restored copy)."""
-    return _counts(database, dbkey.load(database, cipher))
-
-
-def _counts(database: Path, key: bytes) -> dict[str, Any]:
-    conn = connect(str(database), key, SqliteSettings())
+    """What a data manifest counts, read from ``database`` and its trail's file (to check a
+    restored copy). A write's event not yet moved to the trail's file is counted there, once."""
+    trail = Path(trail_file(str(database)))
+    attached = Attached(TRAIL_SCHEMA, str(trail), dbkey.load(trail, cipher), 1.0)
+    conn = connect(str(database), dbkey.load(database, cipher), SqliteSettings(), attached)
     try:
-        rows = conn.execute("SELECT type, COUNT(*) FROM resource WHERE deleted = 0 GROUP BY type ORDER BY type")
+        rows = conn.execute(
+            "SELECT type, COUNT(*) FROM (SELECT type, id FROM trail.resource WHERE deleted = 0"
+            " UNION SELECT type, id FROM main.resource WHERE deleted = 0) GROUP BY type ORDER BY type"
+        )
         resources = {str(rtype): int(n) for rtype, n in rows}
-        versions = int(conn.execute("SELECT COUNT(*) FROM version").fetchone()[0])
-        check = str(conn.execute("PRAGMA quick_check").fetchone()[0])
+        versions = int(conn.execute("SELECT COUNT(*) FROM main.version").fetchone()[0])
+        versions += int(conn.execute("SELECT COUNT(*) FROM trail.version").fetchone()[0])
+        checks = [str(conn.execute(f"PRAGMA {schema}.quick_check").fetchone()[0]) for schema in ("main", TRAIL_SCHEMA)]
     finally:
         conn.close()
-    if check != "ok":
-        raise BackupError(f"{database} fails SQLite's integrity check: {check}")
+    for file, check in zip((database, trail), checks, strict=True):
+        if check != "ok":
+            raise BackupError(f"{file} fails SQLite's integrity check: {check}")
     return {"resources": resources, "versions": versions}
 
 

@@ -140,9 +140,9 @@ class SqlCompiler:
                 kind = self._kind(rtype, param)
                 if kind is None:
                     return "1" if missing else "0"
-                table, i = self.family(rtype).table(kind), self._alias("m")
+                family, i = self.family(rtype), self._alias("m")
                 exists = (
-                    f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res"
+                    f"EXISTS (SELECT 1 FROM {family.table(kind)} {i} INDEXED BY {family.probe_index(kind)}"
                     f" WHERE {i}.res = {alias}.pk AND {i}.param = {self.arg(param)})"
                 )
                 if kind == "reference":  # a reference to a contained resource is a value too
@@ -154,10 +154,11 @@ class SqlCompiler:
                 return self._has_condition(expr, alias, rtype)
             case _:
                 kind, where = self._leaf(expr, "i0", probe=True)
-                table, i = self.family(rtype).table(kind), self._alias("i")
+                family, i = self.family(rtype), self._alias("i")
                 where = where.replace("i0.", f"{i}.")
                 return (
-                    f"EXISTS (SELECT 1 FROM {table} {i} INDEXED BY {table}_res WHERE {i}.res = {alias}.pk AND {where})"
+                    f"EXISTS (SELECT 1 FROM {family.table(kind)} {i} INDEXED BY {family.probe_index(kind)}"
+                    f" WHERE {i}.res = {alias}.pk AND {where})"
                 )
 
     def driven(self, expr: Expr, rtype: str) -> tuple[str | None, Expr]:
@@ -206,7 +207,7 @@ class SqlCompiler:
                     narrowed = self.driver(inner, ttype)
                     restrict = f" AND {t}.pk IN ({narrowed})" if narrowed else ""
                     branches.append(
-                        f"SELECT {i}.res FROM resource {t} JOIN {references} {i}"
+                        f"SELECT {i}.res FROM {self.family(ttype).resources} {t} JOIN {references} {i}"
                         f" ON {i}.target_type = {t}.type AND {i}.target_id = {t}.id"
                         f" WHERE {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
                         f" AND {self.param_is(i, rtype, param)}{restrict}"
@@ -233,12 +234,12 @@ class SqlCompiler:
         """The resources of ``rtype`` whose id is one of ``ids``, from the resource table's own key,
         whatever the family: a lean family has no value index of ``_id``, and where there is one it
         is one more B-tree to read. Not deleted, as ``_id``'s index rows are."""
-        r = self._alias("r")
+        r, resources = self._alias("r"), self.family(rtype).resources
         if len(ids) == 1:
-            source, named = f"resource {r}", f"{r}.id = {self.arg(ids[0])}"
+            source, named = f"{resources} {r}", f"{r}.id = {self.arg(ids[0])}"
         else:  # from the ids: left to itself, the planner read every resource of the type for them
             j = self._alias("j")
-            source = f"json_each({self.arg(derived(_json_array, *ids))}) {j} CROSS JOIN resource {r}"
+            source = f"json_each({self.arg(derived(_json_array, *ids))}) {j} CROSS JOIN {resources} {r}"
             named = f"{r}.id = {j}.value"
         return f"SELECT {r}.pk AS res FROM {source} WHERE {r}.type = {self.arg(rtype)} AND {named} AND {r}.deleted = 0"
 
@@ -300,10 +301,11 @@ class SqlCompiler:
         """Whether reference parameter ``param`` of ``alias`` points at a contained resource: such
         references have no row of their own, but the target's values are indexed under its name
         (every contained target has its ``_id``, a token)."""
-        prefix, tokens = contained_prefix(param), self.family(rtype).table("token")
+        prefix, family = contained_prefix(param), self.family(rtype)
         c = self._alias("k")
         return (
-            f"EXISTS (SELECT 1 FROM {tokens} {c} INDEXED BY {tokens}_res WHERE {c}.res = {alias}.pk"
+            f"EXISTS (SELECT 1 FROM {family.table('token')} {c} INDEXED BY {family.probe_index('token')}"
+            f" WHERE {c}.res = {alias}.pk"
             f" AND {c}.param >= {self.arg(prefix)} AND {c}.param < {self.arg(prefix + TOP)})"
         )
 
@@ -322,23 +324,25 @@ class SqlCompiler:
         costs a look-up of its reference rows only. Resolved per candidate instead — its target
         found by type and id, the target's rows probed — the chains were about a dozen page reads
         per document, most of an ITI-67 search's."""
-        branches, references = [], self.family(rtype).table("reference")
+        family = self.family(rtype)
+        branches, references = [], family.table("reference")
         for ttype in expr.target_types:
             t, i = self._alias("t"), self._alias("c")
             inner = self._filtered(expr.where, ttype) if expr.scoped else expr.where
-            head = f"EXISTS (SELECT 1 FROM {references} {i} INDEXED BY {references}_res"
+            targets = self.family(ttype).resources
+            head = f"EXISTS (SELECT 1 FROM {references} {i} INDEXED BY {family.probe_index('reference')}"
             mine = f"{i}.res = {alias}.pk AND {i}.param = {self.arg(expr.param)}"
             named, rest = self.driven(inner, ttype) if _rank(inner) == 0 else (None, inner)
             if named is None:
                 branches.append(
-                    f"{head} JOIN resource {t} ON {t}.type = {i}.target_type AND {t}.id = {i}.target_id"
+                    f"{head} JOIN {targets} {t} ON {t}.type = {i}.target_type AND {t}.id = {i}.target_id"
                     f" WHERE {mine} AND {t}.type = {self.arg(ttype)} AND {t}.deleted = 0"
                     f" AND {self.condition(inner, t, ttype)})"
                 )
             else:
                 branches.append(
                     f"{head} WHERE {mine} AND {i}.target_type = {self.arg(ttype)} AND {i}.target_id IN"
-                    f" (SELECT {t}.id FROM resource {t} WHERE {t}.pk IN ({named}) AND {t}.type = {self.arg(ttype)}"
+                    f" (SELECT {t}.id FROM {targets} {t} WHERE {t}.pk IN ({named}) AND {t}.type = {self.arg(ttype)}"
                     f" AND {t}.deleted = 0 AND {self.condition(rest, t, ttype)}))"
                 )
         inside = in_contained(expr)
@@ -355,7 +359,7 @@ class SqlCompiler:
         indexed, narrowed = self.reverse(expr.source_type, expr.param, i, s, inner)
         return (
             f"EXISTS (SELECT 1 FROM {references} {i} {indexed}"
-            f" JOIN resource {s} ON {s}.pk = {i}.res"
+            f" JOIN {self.family(expr.source_type).resources} {s} ON {s}.pk = {i}.res"
             f" WHERE {i}.target_id = {alias}.id AND {i}.target_type = {self.arg(rtype)}"
             f" AND {self.param_is(i, expr.source_type, expr.param)}{narrowed}"
             f" AND {s}.type = {self.arg(expr.source_type)}"

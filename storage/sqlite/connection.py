@@ -82,24 +82,63 @@ def restrict_files(database: Path) -> None:
             os.chmod(path, 0o600)
 
 
-def connect(path: str, key: bytes | None, settings: SqliteSettings) -> sqlite3.Connection:
+@dataclass(frozen=True)
+class Attached:
+    """A database file every connection attaches beside the main one (the trail's), with its key
+    (None: plaintext) and its share of the page cache."""
+
+    name: str
+    path: str
+    key: bytes | None
+    cache_share: float
+
+
+def connect(
+    path: str, key: bytes | None, settings: SqliteSettings, attached: Attached | None = None
+) -> sqlite3.Connection:
     """A connection in autocommit mode (the store opens its transactions itself), WAL journal.
 
     With ``key`` the database is opened encrypted; a key that does not open it, or a key missing
-    for an encrypted file, is a :class:`MasterKeyError` naming the file, not a driver error.
+    for an encrypted file, is a :class:`MasterKeyError` naming the file, not a driver error. So is
+    the ``attached`` file's, attached with the same settings (each file has its own page cache:
+    ``cache_share`` of ``cache_mb`` for it).
     """
     conn = _keyed(sqlcipher.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False), path, key)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
+    _tune(conn, "main", settings.synchronous, settings.cache_mb)
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute(f"PRAGMA cache_size = {-1024 * settings.cache_mb}")  # negative: in KiB
     conn.execute("PRAGMA temp_store = MEMORY")
+    if attached is not None:
+        _attach(conn, attached)
+        _tune(conn, attached.name, settings.synchronous, max(1, round(settings.cache_mb * attached.cache_share)))
     return cast(sqlite3.Connection, conn)
 
 
-def connect_read_only(path: Path, key: bytes | None) -> sqlite3.Connection:
-    """A connection that reads ``path`` and can write nothing (a tool copying a store elsewhere)."""
-    return cast(sqlite3.Connection, _keyed(sqlcipher.connect(f"file:{path}?mode=ro", uri=True), str(path), key))
+def _attach(conn: Any, attached: Attached) -> None:
+    """``attached`` attached to ``conn`` with its key, checked by a first read."""
+    # SQLCipher attaches a file without a KEY clause under the main file's key: '' says plaintext.
+    key_clause = f"x'{attached.key.hex()}'" if attached.key is not None else ""
+    conn.execute(f'ATTACH DATABASE ? AS {attached.name} KEY "{key_clause}"', (attached.path,))
+    try:
+        conn.execute(f"SELECT count(*) FROM {attached.name}.sqlite_master").fetchone()
+    except DatabaseError:
+        conn.close()
+        raise MasterKeyError(f"{attached.path} does not open with its database key") from None
+
+
+def _tune(conn: Any, schema: str, synchronous: str, cache_mb: int) -> None:
+    """One file's journal, syncing and page cache (each file has its own)."""
+    conn.execute(f"PRAGMA {schema}.journal_mode = WAL")
+    conn.execute(f"PRAGMA {schema}.synchronous = {synchronous}")
+    conn.execute(f"PRAGMA {schema}.cache_size = {-1024 * cache_mb}")  # negative: in KiB
+
+
+def connect_read_only(path: Path, key: bytes | None, attached: Attached | None = None) -> sqlite3.Connection:
+    """A connection that reads ``path`` and can write nothing (a tool copying a store elsewhere),
+    with ``attached`` (its path a read-only URI) attached."""
+    conn = _keyed(sqlcipher.connect(f"file:{path}?mode=ro", uri=True), str(path), key)
+    if attached is not None:
+        _attach(conn, attached)
+    return cast(sqlite3.Connection, conn)
 
 
 def key_opens(path: Path, key: bytes) -> bool:
@@ -175,4 +214,3 @@ class ThreadConnections:
         for conn in conns:
             conn.close()
         self._local = threading.local()
-

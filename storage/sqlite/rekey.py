@@ -22,11 +22,19 @@ from storage.crypto import EnvelopeCipher
 from storage.sqlite import dbkey
 from storage.sqlite.connection import key_opens
 from storage.sqlite.encrypt import copy_in_place
+from storage.sqlite.schema import trail_file
 
 
 def rekey(database: Path, cipher: EnvelopeCipher) -> None:
-    """Rewrite ``database`` under a new key. :class:`~storage.crypto.MasterKeyError` (and the
-    database untouched) while another process has it open."""
+    """Rewrite ``database``, and the trail's file beside it, each under a new key of its own (each
+    re-keyed as described above, so a crash leaves each under one of its two keys).
+    :class:`~storage.crypto.MasterKeyError` (and the file untouched) while another process has it open."""
+    for file in (database, Path(trail_file(str(database)))):
+        if file.exists():
+            _rekey(file, cipher)
+
+
+def _rekey(database: Path, cipher: EnvelopeCipher) -> None:
     settle(database, cipher)
     old = dbkey.load(database, cipher)
     new = dbkey.stage(database, cipher)

@@ -7,19 +7,39 @@ probing a candidate resource and for re-indexing on update.
 
 The access trail's index rows live apart, in ``trail_*`` tables of the same shapes (see
 :data:`TRAIL`), and so do the documents' and submission sets', in ``rec_*`` (:data:`RECORD`).
+
+The trail lives in a database file of its own, attached to every connection as ``trail``
+(:data:`TRAIL_SCHEMA`): its ``resource``, ``version`` and ``trail_*`` tables. Why: SQLite keeps a
+page cache per file, and every commit to a file empties every other connection's cache of it; the
+trail's commits (an event per request) then emptied the documents' caches many times a second,
+and its tens of gigabytes pushed the documents' pages out of the OS's cache.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: The first schema whose trail has index tables of its own (:data:`TRAIL`).
 FAMILIES_SINCE = 3
 #: The first schema whose documents and submission sets have index tables of their own (:data:`RECORD`).
 RECORD_SINCE = 7
-#: The first schema that defers index rows (``index_pending``, :attr:`IndexFamily.deferred`).
+#: The first schema that deferred index rows (``index_pending``, in the main file until :data:`TRAIL_FILE_SINCE`).
 PENDING_SINCE = 5
 #: The first schema whose shared ``(res, param)`` indexes cover the values probed (:attr:`IndexFamily.covering`).
 COVERING_SINCE = 6
+#: The first schema whose trail is in a file of its own (:data:`TRAIL_SCHEMA`).
+TRAIL_FILE_SINCE = 8
+#: The name the trail's database file is attached under.
+TRAIL_SCHEMA = "trail"
+#: The trail's first ``pk`` and ``seq`` are above this: a resource's key tells its file, and the
+#: keys of both files never meet (an ``_include`` keeps each resource once by its key; a copy to
+#: MongoDB keys its documents by them).
+TRAIL_KEYS_FROM = 1 << 40
+
+
+def trail_file(database: str) -> str:
+    """The trail's database file beside the main one (:data:`TRAIL_SCHEMA`)."""
+    return database if database == ":memory:" else f"{database}.trail"
+
 
 #: The value columns of each kind of index table, after ``res`` and ``param``.
 _VALUE_COLUMNS = {
@@ -62,10 +82,12 @@ class IndexFamily:
     parameter is checked on the candidates those give, by their own rows (the ``(res, param)``
     index every table has). ``None``: every value has one.
 
-    ``deferred``: a resource's index rows are not written with it but kept in ``index_pending``
-    and written in batches, before any statement reads the family's tables (the store's
-    ``_settle``). Why: one event's rows went into eleven B-trees, each commit wrote a page of
-    each, and each reader of another connection found its cache dropped by that commit.
+    ``deferred``: the family's resources are not written where they are read when created, but
+    kept aside — a request's event in the trail's journal, a write's in the main file with the
+    write — and moved in, with their index rows, in batches and before any statement reads the
+    family's resources or tables (the store's ``_settle``). Why: one event's rows went into eleven
+    B-trees, each commit wrote a page of each, and each reader of another connection found its
+    cache dropped by that commit.
 
     ``covering``: each ``(res, param)`` index carries the values the conditions on a candidate
     compare (:data:`_PROBED_COLUMNS`), so a probe reads the index alone. Why: the resources of one
@@ -75,6 +97,9 @@ class IndexFamily:
 
     ``since``: the first schema that has the family; a database of an earlier one keeps its
     types' rows in :data:`SHARED` until it is upgraded.
+
+    ``schema``: the attached database file that holds the family's tables and its types'
+    resources and versions (``main``, or :data:`TRAIL_SCHEMA`).
     """
 
     prefix: str
@@ -84,17 +109,37 @@ class IndexFamily:
     deferred: bool = False
     covering: bool = False
     since: int = 0
+    schema: str = "main"
 
     @property
     def lean(self) -> bool:
         return self.binding is not None
 
+    @property
+    def _qualifier(self) -> str:
+        return "" if self.schema == "main" else f"{self.schema}."
+
     def table(self, kind: str) -> str:
-        return f"{self.prefix}_{kind}"
+        """The table of ``kind``, named as a statement names it (with its file's name)."""
+        return f"{self._qualifier}{self.prefix}_{kind}"
+
+    def probe_index(self, kind: str) -> str:
+        """The ``(res, param)`` index of the table of ``kind``, named as ``INDEXED BY`` names it."""
+        return f"{self.prefix}_{kind}_res"
 
     def index(self, name: str) -> str:
-        """The name of one of the family's value indexes."""
+        """The name of one of the family's value indexes (as ``INDEXED BY`` names it)."""
         return f"{self.prefix}_{name}"
+
+    @property
+    def resources(self) -> str:
+        """The table of the family's types' resources."""
+        return f"{self._qualifier}resource"
+
+    @property
+    def versions(self) -> str:
+        """The table of the family's types' versions."""
+        return f"{self._qualifier}version"
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -116,24 +161,25 @@ class IndexFamily:
         """The statement creating the ``(res, param)`` index of the table of ``kind``."""
         probed = _PROBED_COLUMNS.get(kind) if self.covering else None
         columns = f"res, param, {probed}" if probed else "res, param"
-        return f"CREATE INDEX IF NOT EXISTS {self.table(kind)}_res ON {self.table(kind)} ({columns});\n"
+        index, table = self._qualifier + self.probe_index(kind), f"{self.prefix}_{kind}"
+        return f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns});\n"
 
     def value_indexes(self) -> str:
         """The statements creating a lean family's value indexes (:attr:`binding`, :attr:`keys`, dates)."""
         assert self.binding is not None
-        references = self.table("reference")
+        q, references = self._qualifier, f"{self.prefix}_reference"
         where = f"WHERE param = '{self.binding}'"
         statements = [
-            f"CREATE INDEX IF NOT EXISTS {self.index('binding_target')} ON {references} (target_id, target_type, res)"
-            f" {where};",
-            f"CREATE INDEX IF NOT EXISTS {self.index('binding_ident')} ON {references} (id_value, res) {where};",
+            f"CREATE INDEX IF NOT EXISTS {q}{self.index('binding_target')} ON {references}"
+            f" (target_id, target_type, res) {where};",
+            f"CREATE INDEX IF NOT EXISTS {q}{self.index('binding_ident')} ON {references} (id_value, res) {where};",
         ]
         if self.dated:
-            search, dates = self.index("date_search"), self.table("date")
-            statements.append(f"CREATE INDEX IF NOT EXISTS {search} ON {dates} (param, low, high, res);")
+            search, dates = self.index("date_search"), f"{self.prefix}_date"
+            statements.append(f"CREATE INDEX IF NOT EXISTS {q}{search} ON {dates} (param, low, high, res);")
         for kind, param in self.keys:
             statements.append(
-                f"CREATE INDEX IF NOT EXISTS {self.index(f'key_{param}')} ON {self.table(kind)}"
+                f"CREATE INDEX IF NOT EXISTS {q}{self.index(f'key_{param}')} ON {self.prefix}_{kind}"
                 f" ({_KEY_COLUMNS[kind]}) WHERE param = '{param}';"
             )
         return "\n".join(statements) + "\n"
@@ -155,7 +201,11 @@ SHARED = IndexFamily("idx", covering=True)
 #: landed each on a random page of the reference indexes, 10 of the 34 pages a read wrote. And
 #: its rows are deferred: an event's eleven B-trees are written once per batch of events, not
 #: once per request's commit.
-TRAIL = IndexFamily("trail", binding="patient", deferred=True, since=FAMILIES_SINCE)
+#: Its tables and resources are in a file of their own since :data:`TRAIL_FILE_SINCE`; in the main
+#: file before (:data:`TRAIL_IN_MAIN`).
+TRAIL = IndexFamily("trail", binding="patient", deferred=True, since=TRAIL_FILE_SINCE, schema=TRAIL_SCHEMA)
+#: The trail's tables in a database of schemas 3 to 7, in the main file.
+TRAIL_IN_MAIN = replace(TRAIL, since=FAMILIES_SINCE, schema="main")
 #: The index of the documents and their submission sets (IHE MHD's DocumentReference and List).
 #: Why apart and lean: in the shared tables each of a document's ~26 index values (and a List's
 #: ~14) went into a value index where it landed on a random page — of the 115 pages an ITI-65
@@ -173,18 +223,19 @@ RECORD = IndexFamily(
     covering=True,
     since=RECORD_SINCE,
 )
-#: Deferred index rows (:attr:`IndexFamily.deferred`) written together once this many wait.
-DEFERRED_BATCH = 64
 #: The resource types whose index is not in :data:`SHARED`.
 FAMILY_OF_TYPE = {"AuditEvent": TRAIL, "DocumentReference": RECORD, "List": RECORD}
-#: The families apart from :data:`SHARED`.
-FAMILIES = tuple(dict.fromkeys(FAMILY_OF_TYPE.values()))
+#: The types of the deferred families (the trail's), as SQL literals: names of the schema, never input.
+TRAIL_TYPES = tuple(rtype for rtype, family in FAMILY_OF_TYPE.items() if family.deferred)
+TRAIL_TYPES_SQL = ", ".join(f"'{rtype}'" for rtype in TRAIL_TYPES)
 
 
 def family_of(resource_type: str, schema: int = SCHEMA_VERSION) -> IndexFamily:
     """The index tables of ``resource_type``'s values in a database of ``schema``."""
     family = FAMILY_OF_TYPE.get(resource_type, SHARED)
-    return family if schema >= family.since else SHARED
+    if schema >= family.since:
+        return family
+    return TRAIL_IN_MAIN if family is TRAIL and schema >= TRAIL_IN_MAIN.since else SHARED
 
 
 def _index_tables(family: IndexFamily) -> str:
@@ -219,12 +270,18 @@ SHARED_STATEMENTS = tuple(
 #: Indexes of earlier schemas, dropped by the first open of a database that has them.
 DROPPED_INDEXES = ("trail_reference_target", "trail_reference_ident")
 
-DDL = (
-    """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
-CREATE TABLE IF NOT EXISTS resource (
-    pk INTEGER PRIMARY KEY,
+def _resource_tables(schema: str) -> str:
+    """The tables of one file's resources and their versions (``schema``: the file's name). The
+    trail's keys count on (``AUTOINCREMENT``) from :data:`TRAIL_KEYS_FROM`, so that they are
+    never reused and never those of the main file's resources."""
+    q = "" if schema == "main" else f"{schema}."
+    autoincrement = "" if schema == "main" else " AUTOINCREMENT"
+    tables = f"""
+CREATE TABLE IF NOT EXISTS {q}meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS {q}resource (
+    pk INTEGER PRIMARY KEY{autoincrement},
     type TEXT NOT NULL,
     id TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -233,9 +290,9 @@ CREATE TABLE IF NOT EXISTS resource (
     content BLOB,
     UNIQUE (type, id)
 );
-CREATE INDEX IF NOT EXISTS resource_type ON resource (type, deleted, pk);
+CREATE INDEX IF NOT EXISTS {q}resource_type ON resource (type, deleted, pk);
 
-CREATE TABLE IF NOT EXISTS version (
+CREATE TABLE IF NOT EXISTS {q}version (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     res INTEGER NOT NULL REFERENCES resource (pk) ON DELETE CASCADE,
     version INTEGER NOT NULL,
@@ -244,19 +301,24 @@ CREATE TABLE IF NOT EXISTS version (
     content BLOB,
     UNIQUE (res, version)
 );
-CREATE INDEX IF NOT EXISTS version_time ON version (last_updated);
-
+CREATE INDEX IF NOT EXISTS {q}version_time ON version (last_updated);
 """
-    + "".join(_index_tables(family) for family in (SHARED, *FAMILIES))
-    + _SHARED_VALUE_INDEXES
-    + "".join(family.value_indexes() for family in FAMILIES)
-    + """
--- rows: JSON, per kind of index table, that table's rows without res: [param, value columns...]
-CREATE TABLE IF NOT EXISTS index_pending (
-    res INTEGER PRIMARY KEY REFERENCES resource (pk) ON DELETE CASCADE,
-    rows BLOB NOT NULL
-);
+    if schema == "main":
+        return tables
+    return tables + "".join(
+        f"INSERT INTO {q}sqlite_sequence (name, seq) SELECT '{table}', {TRAIL_KEYS_FROM}"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {q}sqlite_sequence WHERE name = '{table}');\n"
+        for table in ("resource", "version")
+    )
 
+
+#: The main file: every resource but the trail's, and what is not a resource.
+DDL = (
+    _resource_tables("main")
+    + "".join(_index_tables(family) for family in (SHARED, RECORD))
+    + _SHARED_VALUE_INDEXES
+    + RECORD.value_indexes()
+    + """
 CREATE TABLE IF NOT EXISTS search_session (
     key TEXT PRIMARY KEY, expires INTEGER NOT NULL, data BLOB NOT NULL
 );
@@ -276,6 +338,12 @@ CREATE TABLE IF NOT EXISTS record (
 CREATE INDEX IF NOT EXISTS record_expires ON record (expires) WHERE expires IS NOT NULL;
 """
 )
+
+#: The trail's file (:data:`TRAIL_SCHEMA`): its events, their versions and their index.
+TRAIL_DDL = _resource_tables(TRAIL_SCHEMA) + _index_tables(TRAIL) + TRAIL.value_indexes()
+#: What the main file held of the trail before :data:`TRAIL_FILE_SINCE`, dropped once its events moved.
+#: Named with their file's: unqualified, a name the main file lacks is looked up in the others.
+MAIN_TRAIL_TABLES = tuple(f"main.{table}" for table in (*TRAIL_IN_MAIN.tables, "index_pending"))
 
 
 #: Columns added since version 1, per table: (name, definition). A database written by an older

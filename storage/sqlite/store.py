@@ -1,4 +1,5 @@
-"""The embedded default store: one SQLite file in WAL mode.
+"""The embedded default store: SQLite in WAL mode, the trail's events in a file of their own
+attached beside the main one (:mod:`storage.sqlite.schema` says why).
 
 One connection per thread (SQLite connections are not shared across threads); writes take the
 database lock up front (``BEGIN IMMEDIATE``) so two writers queue instead of deadlocking on a
@@ -26,7 +27,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from storage.interface import (
     Stored,
     StoreError,
     VersionConflict,
+    Watermark,
 )
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
 from storage.sealing import check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
@@ -65,7 +67,7 @@ from storage.sqlite.compiler import KIND_OF_TYPE, ParamType, SqlCompiler
 from storage.sqlite.connection import (
     DEFAULT_SETTINGS,
     SYNCED_LEVELS,
-    IntegrityError,
+    Attached,
     OperationalError,
     SqliteSettings,
     ThreadConnections,
@@ -82,16 +84,23 @@ from storage.sqlite.schema import (
     COVERED_KINDS,
     COVERING_SINCE,
     DDL,
-    DEFERRED_BATCH,
     DROPPED_INDEXES,
     FAMILY_OF_TYPE,
     INDEX_KINDS,
+    MAIN_TRAIL_TABLES,
+    RECORD_SINCE,
     SCHEMA_VERSION,
     SHARED,
     SHARED_STATEMENTS,
+    TRAIL,
+    TRAIL_DDL,
+    TRAIL_SCHEMA,
+    TRAIL_TYPES,
+    TRAIL_TYPES_SQL,
     VERSION_CONTENT,
     IndexFamily,
     family_of,
+    trail_file,
 )
 from storage.sqlite.upkeep import FALLBACK_PAGES, Upkeep
 from storage.sqlite.writer import WriterLock
@@ -105,6 +114,13 @@ log = logging.getLogger(__name__)
 
 #: The ``meta`` key that records a journal file moved in, followed by its generation.
 _MOVED = "journal/"
+#: Where those keys are: with the rows moved, in the trail's file.
+_TRAIL_META = f"{TRAIL_SCHEMA}.meta"
+#: The trail's share of a connection's page cache: its file is appended to, and read seldom.
+TRAIL_CACHE_SHARE = 0.25
+#: Events a write kept in the main file (:meth:`SqliteStore.create`) moved to the trail's at once;
+#: the upkeep thread moves them once there are this many.
+INBOX_BATCH = 64
 
 #: Sort expression per kind of index table: the lowest value ascending, the highest descending (R4 §3.1.1.5.6).
 _SORT_COLUMN: dict[str, str | tuple[str, str]] = {
@@ -134,6 +150,8 @@ _CURRENT_COLUMNS = "r.pk, NULL, r.type, r.id, r.version, r.last_updated, NULL, r
 _SEALED_COLUMNS = (
     ("resource", "pk", "content"),
     ("version", "seq", "content"),
+    (TRAIL.resources, "pk", "content"),
+    (TRAIL.versions, "seq", "content"),
     ("search_session", "rowid", "data"),
     ("outbox", "id", "payload"),
     ("record", "rowid", "value"),
@@ -152,13 +170,13 @@ def _page(count: int, offset: int = 0) -> str:
     return f"LIMIT {int(count)} OFFSET {int(offset)}"
 
 
-def _sort_value(compiler: SqlCompiler, table: str, column: str, agg: str, param: str) -> str:
+def _sort_value(compiler: SqlCompiler, family: IndexFamily, kind: str, column: str, agg: str, param: str) -> str:
     """A match's sort key, read from its own index rows. The probe names its ``(res, param)`` index,
     as the compiler's conditions do: the planner otherwise picks the covering value index (``param``,
     value..., ``res``) and walks every row of the parameter for each match (``_sort=-date`` read
     every ``date`` of the database, twice, per DocumentReference found)."""
-    arg = compiler.arg(param)
-    return f"(SELECT {agg}(x.{column}) FROM {table} x INDEXED BY {table}_res WHERE x.res = r.pk AND x.param = {arg})"
+    arg, table, index = compiler.arg(param), family.table(kind), family.probe_index(kind)
+    return f"(SELECT {agg}(x.{column}) FROM {table} x INDEXED BY {index} WHERE x.res = r.pk AND x.param = {arg})"
 
 
 class SqliteStore(Store):
@@ -172,6 +190,8 @@ class SqliteStore(Store):
         settings: SqliteSettings = DEFAULT_SETTINGS,
     ):
         self.path = str(path)
+        #: The trail's file (:data:`~storage.sqlite.schema.TRAIL_SCHEMA`), attached to every connection.
+        self.trail_path = trail_file(self.path)
         self._indexer = indexer
         self._param_type = param_type
         self._fragments = CompiledFragments(param_type)
@@ -180,19 +200,27 @@ class SqliteStore(Store):
         self._writer = WriterLock(self.path)
         self._groups = GroupCommit(self._writer, settings.synchronous)
         #: The types whose resources :meth:`log` journals: those of a deferred family (the trail).
-        self._logged = frozenset(rtype for rtype, family in FAMILY_OF_TYPE.items() if family.deferred)
+        self._logged = frozenset(TRAIL_TYPES)
         synced = settings.synchronous in SYNCED_LEVELS
         self._journal = None if self.path == ":memory:" else Journal(f"{self.path}.journal", sync=synced)
         key: bytes | None = None
+        trail_key: bytes | None = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            with self._writer:  # one process creates the key or encrypts an old database
+            with self._writer:  # one process creates the keys or encrypts an old database
                 restrict_files(Path(self.path))
-                key = self._database_key() if cipher is not None and settings.encrypted else None
+                restrict_files(Path(self.trail_path))
+                if cipher is not None and settings.encrypted:
+                    key, trail_key = self._database_key(Path(self.path)), self._database_key(Path(self.trail_path))
         self._upkeep: Upkeep | None = None
-        self._connections = ThreadConnections(lambda: self._tuned(connect(self.path, key, settings)))
+        #: Events this process kept in the main file since it last woke the upkeep thread for them.
+        self._inboxed = 0
+        self._trail_key, self._settings = trail_key, settings  # a backup copies the trail's file alone
+        attached = Attached(TRAIL_SCHEMA, self.trail_path, trail_key, TRAIL_CACHE_SHARE)
+        self._connections = ThreadConnections(lambda: self._tuned(connect(self.path, key, settings, attached)))
         conn = self._conn()
         conn.executescript(DDL)
+        conn.executescript(TRAIL_DDL)
         self._migrate(conn)
         try:
             self._upgrade()
@@ -202,11 +230,10 @@ class SqliteStore(Store):
             raise
         self._settle(None, None)  # what a stopped server left in the journal
 
-    def _database_key(self) -> bytes:
-        """The database's key: created with a new database, loaded for an encrypted one; a
-        plaintext database of an earlier version is encrypted now, once (:mod:`storage.sqlite.encrypt`)."""
+    def _database_key(self, database: Path) -> bytes:
+        """A file's key: created with a new file, loaded for an encrypted one; a plaintext
+        database of an earlier version is encrypted now, once (:mod:`storage.sqlite.encrypt`)."""
         assert self._cipher is not None
-        database = Path(self.path)
         fresh = database.stat().st_size == 0
         plaintext = is_plaintext(database)
         if not (fresh or plaintext):
@@ -239,36 +266,58 @@ class SqliteStore(Store):
 
     def _upgrade(self) -> None:
         """Bring a database of an earlier schema to this one, then record the version: the index
-        rows a database kept in the shared tables move to their own family's (the trail's before
-        version 3, :data:`storage.sqlite.schema.TRAIL`; the documents' and submission sets' before
-        version 7, :data:`storage.sqlite.schema.RECORD`), the shared ``(res, param)`` indexes of a
-        database before version 6 are made again, covering (a minute and a half at 1 000 000
-        documents, once), and the indexes the schema no longer has are dropped (the ones it has were
-        created by the DDL).
+        rows a database kept in the shared tables move to their own family's (the documents' and
+        submission sets' before version 7, :data:`storage.sqlite.schema.RECORD`), the shared
+        ``(res, param)`` indexes of a database before version 6 are made again, covering (a minute
+        and a half at 1 000 000 documents, once), and the indexes the schema no longer has are
+        dropped (the ones it has were created by the DDL). Before version 8 the trail was in the
+        main file: its index tables are dropped, and its events are left where a write's event
+        waits to be moved to the trail's file (:meth:`_move_inbox`), which the first settle of the
+        store moves, its index rows made anew: 22 s for 51 000 events here, once.
 
-        One transaction under the writer lock, the version read inside it: two processes opening
-        an old database at once move the rows once, and a crash moves none. A large record takes a
-        while, once (every index row is copied: 5 min 3 s at 1 000 000 documents here)."""
+        Each step is one transaction under the writer lock, the version read inside it: two
+        processes opening an old database at once upgrade it once, and a crash upgrades nothing
+        of the step it interrupts. The trail's file records the version before the main one, so
+        that a main file of this schema without its trail's file is refused, not served empty."""
         with self._alone() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = 0 if row is None else int(row[0])
+            version = self._schema_of(conn, "meta")
             if version == SCHEMA_VERSION:
+                if self._schema_of(conn, _TRAIL_META) != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.trail_path}, the trail of {self.path}, is missing or not its own: restore both files"
+                    )
                 return
             if version > SCHEMA_VERSION:  # its rows may be where this version would not look
                 raise StoreError(
                     f"{self.path} is of schema {version}, written by a newer server: this one reads schemas"
                     f" up to {SCHEMA_VERSION}"
                 )
-            moved = {rtype: family for rtype, family in FAMILY_OF_TYPE.items() if version < family.since}
-            if moved:
-                self._refile(conn, moved)
-            if version < COVERING_SINCE:  # the shared probes' indexes made anew, covering
-                for kind in COVERED_KINDS:
-                    conn.execute(f"DROP INDEX IF EXISTS {SHARED.table(kind)}_res")
-                    conn.execute(SHARED.res_index(kind))
-            for index in DROPPED_INDEXES:
-                conn.execute(f"DROP INDEX IF EXISTS {index}")
+            if version < RECORD_SINCE:
+                self._upgrade_main(conn, version)
+        with self._alone() as conn:
+            conn.execute(f"INSERT OR REPLACE INTO {_TRAIL_META} VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        with self._alone() as conn:
+            for table in MAIN_TRAIL_TABLES:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @staticmethod
+    def _schema_of(conn: sqlite3.Connection, meta: str) -> int:
+        row = conn.execute(f"SELECT value FROM {meta} WHERE key = 'schema_version'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _upgrade_main(self, conn: sqlite3.Connection, version: int) -> None:
+        """The steps of the main file's upgrade up to :data:`RECORD_SINCE` (see :meth:`_upgrade`)."""
+        moved = {rtype: family for rtype, family in FAMILY_OF_TYPE.items() if family_of(rtype, version) is SHARED}
+        if moved:
+            self._refile(conn, moved)
+        if version < COVERING_SINCE:  # the shared probes' indexes made anew, covering
+            for kind in COVERED_KINDS:
+                conn.execute(f"DROP INDEX IF EXISTS main.{SHARED.probe_index(kind)}")
+                conn.execute(SHARED.res_index(kind))
+        for index in DROPPED_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS main.{index}")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(RECORD_SINCE),))
 
     @contextmanager
     def _alone(self) -> Iterator[sqlite3.Connection]:
@@ -288,7 +337,8 @@ class SqliteStore(Store):
 
     @staticmethod
     def _refile(conn: sqlite3.Connection, moved: dict[str, IndexFamily]) -> None:
-        """Move the index rows of the ``moved`` types from the shared tables to their families'.
+        """Move the index rows of the ``moved`` types from the shared tables to their families'
+        (the trail's rows are dropped: its events' rows are made anew in its own file).
 
         The shared tables are made anew with the rows that stay rather than emptied row by row:
         the moved rows are most of them (a document's ~26, a submission set's ~14, an AuditEvent's
@@ -317,6 +367,8 @@ class SqliteStore(Store):
             for start in range(0, last, REFILED_ROWS):
                 span = (start, start + REFILED_ROWS)
                 for family, types in types_json.items():
+                    if family.schema != "main":
+                        continue
                     conn.execute(
                         f"INSERT INTO {family.table(kind)} {rows} r.type IN (SELECT value FROM json_each(?3))",
                         (*span, types),
@@ -436,22 +488,22 @@ class SqliteStore(Store):
 
     # -- writes ------------------------------------------------------------------------------
 
-    def _write_version(self, pk: int, version: int, last_updated: str, method: str) -> int:
+    def _write_version(self, pk: int, version: int, last_updated: str, method: str, family: IndexFamily) -> int:
         """Insert a version row without content: the current version's content is the resource
         row's (:data:`VERSION_CONTENT`), so most resources — never updated, an AuditEvent per
         request among them — are stored once, not twice."""
         cur = self._conn().execute(
-            "INSERT INTO version (res, version, last_updated, method) VALUES (?, ?, ?, ?)",
+            f"INSERT INTO {family.versions} (res, version, last_updated, method) VALUES (?, ?, ?, ?)",
             (pk, version, last_updated, method),
         )
         return int(cur.lastrowid or 0)
 
-    def _keep_replaced(self, pk: int, version: int) -> None:
+    def _keep_replaced(self, pk: int, version: int, family: IndexFamily) -> None:
         """Before the resource row is overwritten, its content becomes that of its version row
         (the same sealed blob: its AAD names the version). A version row written by an earlier
         server already holds it, and a deleted version has none: both are left as they are."""
         self._conn().execute(
-            "UPDATE version SET content = (SELECT content FROM resource WHERE pk = ?1)"
+            f"UPDATE {family.versions} SET content = (SELECT content FROM {family.resources} WHERE pk = ?1)"
             " WHERE res = ?1 AND version = ?2 AND content IS NULL",
             (pk, version),
         )
@@ -459,23 +511,12 @@ class SqliteStore(Store):
     def _reindex(self, pk: int, resource: dict[str, Any], *, fresh: bool = False) -> None:
         """Replace the index rows of ``pk``. A ``fresh`` row (just inserted) has none to delete:
         they go with their resource (``ON DELETE CASCADE``), so a reused ``pk`` starts empty too,
-        and the seven deletes are skipped on every create. A fresh resource of a deferred family
-        (an AuditEvent per request) keeps its rows in ``index_pending`` until its batch is written
-        (:attr:`IndexFamily.deferred`); a rewritten one has them written now, and its pending rows
-        go, so that the older ones are never written after them."""
+        and the seven deletes are skipped on every create."""
         conn, family = self._conn(), family_of(resource["resourceType"])
-        rows = self._index_rows(resource)
-        if family.deferred and fresh:
-            conn.execute("INSERT INTO index_pending (res, rows) VALUES (?, ?)", (pk, orjson.dumps(rows)))
-            if int(conn.execute("SELECT COUNT(*) FROM index_pending").fetchone()[0]) >= DEFERRED_BATCH:
-                self._write_pending()
-            return
         if not fresh:
             for table in family.tables:
                 conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
-            if family.deferred:
-                conn.execute("DELETE FROM index_pending WHERE res = ?", (pk,))
-        self._insert_rows(family, [(pk, rows)])
+        self._insert_rows(family, [(pk, self._index_rows(resource))])
 
     def _index_rows(self, resource: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
         """A resource's index values as rows of each kind of table: ``(param, *values)``."""
@@ -496,17 +537,6 @@ class SqliteStore(Store):
             table, marks = family.table(kind), ", ".join("?" * len(batch[0]))
             conn.executemany(f"INSERT INTO {table} (res, param, {COLUMN_NAMES[kind]}) VALUES ({marks})", batch)
 
-    def _write_pending(self) -> None:
-        """Write every deferred index row that waits, in ``pk`` order (appends to each table), in
-        the caller's transaction or a transaction of its own."""
-        with self.transaction():
-            conn = self._conn()
-            pending = conn.execute(
-                "SELECT p.res, r.type, p.rows FROM index_pending p JOIN resource r ON r.pk = p.res ORDER BY p.res"
-            ).fetchall()
-            self._insert_by_family((rtype, pk, orjson.loads(rows)) for pk, rtype, rows in pending)
-            conn.execute("DELETE FROM index_pending")
-
     def _insert_by_family(self, resources: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
         """The index rows of resources of any type (``(type, pk, rows by kind)``), one statement
         per table of each family."""
@@ -518,7 +548,7 @@ class SqliteStore(Store):
 
     def _settle(self, compiler: SqlCompiler | None, *types: str | None) -> None:
         """Before a statement runs: what the trail keeps aside — its events in the journal, the
-        index rows of events created in a transaction in ``index_pending`` — is written if the
+        events of writes in the main file (:meth:`create`) — is moved into its file if the
         statement reads the index of a deferred family (``compiler``'s) or resources of one of
         ``types`` (``None``: of any type), so that it sees every resource stored before it, as
         if all were written at once. Other statements (a document's read) leave both waiting."""
@@ -527,37 +557,67 @@ class SqliteStore(Store):
             return
         if self._journal is not None and self._journal.waiting():
             self._drain()
-        if reads_index and self._conn().execute("SELECT 1 FROM index_pending LIMIT 1").fetchone() is not None:
-            self._write_pending()
+        if self._inbox(1):
+            self._move_inbox()
+
+    def _inbox(self, limit: int) -> int:
+        """How many of the trail's events wait in the main file, counted up to ``limit``."""
+        sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM resource WHERE type IN ({TRAIL_TYPES_SQL}) LIMIT {int(limit)})"
+        return int(self._conn().execute(sql).fetchone()[0])
+
+    def _taken(self, rtype: str, rid: str) -> bool:
+        """Whether ``rtype/rid`` is stored: in its file, or, for the trail's, waiting in the main one."""
+        tables = {family_of(rtype).resources, "resource"}
+        conn = self._conn()
+        return any(
+            conn.execute(f"SELECT 1 FROM {t} WHERE type = ? AND id = ?", (rtype, rid)).fetchone() for t in tables
+        )
 
     def create(self, resource: dict[str, Any], *, method: str = "POST") -> Stored:
+        """A new resource. One of the trail's (a write's event, in the write's transaction) is
+        kept in the main file, without its index rows: so it is committed with the write, or not at
+        all — a transaction over two files in WAL mode is atomic in each, not in both — and
+        moved to the trail's file with the next batch (:meth:`_move_inbox`), before anything reads
+        the trail."""
         with self.transaction():
             rtype, rid = resource["resourceType"], resource["id"]
-            if self._conn().execute("SELECT 1 FROM resource WHERE type = ? AND id = ?", (rtype, rid)).fetchone():
+            if self._taken(rtype, rid):
                 raise AlreadyExists(f"{rtype}/{rid} already exists")
             content, last_updated = stamp(resource, 1)
             blob = self._seal(resource_aad(rtype, rid, 1), content)
-            pk, seq = self._insert_new(rtype, rid, last_updated, blob, method)
-            self._reindex(pk, resource, fresh=True)
+            family = family_of(rtype)
+            if family.deferred:
+                pk, seq = self._insert_new(rtype, rid, last_updated, blob, method, SHARED)
+                self._inboxed += 1
+            else:
+                pk, seq = self._insert_new(rtype, rid, last_updated, blob, method, family)
+                self._reindex(pk, resource, fresh=True)
             self._observed(rtype, None, resource)
-            return Stored(pk, seq, rtype, rid, 1, last_updated, method, content)
+        if self._inboxed >= INBOX_BATCH and self._upkeep is not None:
+            # In a caller's transaction (a write's event) the thread may count before it commits,
+            # find less than a batch, and leave it for the next wake: two batches wait at most.
+            self._inboxed = 0
+            self._upkeep.wake()
+        return Stored(pk, seq, rtype, rid, 1, last_updated, method, content)
 
-    def _insert_new(self, rtype: str, rid: str, last_updated: str, blob: bytes, method: str) -> tuple[int, int]:
-        """The rows of a new resource's first version, its index aside: ``(pk, seq)``."""
+    def _insert_new(
+        self, rtype: str, rid: str, last_updated: str, blob: bytes, method: str, family: IndexFamily
+    ) -> tuple[int, int]:
+        """The rows of a new resource's first version in ``family``'s file, its index aside: ``(pk, seq)``."""
         cur = self._conn().execute(
-            "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, 1, ?, ?)",
+            f"INSERT INTO {family.resources} (type, id, version, last_updated, content) VALUES (?, ?, 1, ?, ?)",
             (rtype, rid, last_updated, blob),
         )
         pk = int(cur.lastrowid or 0)
-        return pk, self._write_version(pk, 1, last_updated, method)
+        return pk, self._write_version(pk, 1, last_updated, method, family)
 
     def log(self, resources: list[dict[str, Any]]) -> None:
         """The trail's events go to the journal (:mod:`storage.sqlite.journal`): stamped and sealed
         now, as a create would (the blob is the one the resource row will hold), durable once
-        appended; moved into the database with the next batch (by the upkeep thread of a serving
-        process, :mod:`storage.sqlite.upkeep`), or before anything reads them. A move that fails
-        does not fail the log (its events are durable): it is logged, and tried again with the
-        next batch; a read of the trail meanwhile fails with its error.
+        appended; moved into the trail's file with the next batch (by the upkeep thread of a
+        serving process, :mod:`storage.sqlite.upkeep`), or before anything reads them. A move that
+        fails does not fail the log (its events are durable): it is logged, and tried again with
+        the next batch; a read of the trail meanwhile fails with its error.
         Inside a transaction, or for a type whose family is not deferred, they are created in it."""
         journal = self._journal
         if journal is None or self.in_transaction() or any(r["resourceType"] not in self._logged for r in resources):
@@ -575,47 +635,102 @@ class SqliteStore(Store):
         if self._upkeep is not None and size < FALLBACK_BYTES:
             self._upkeep.wake()
         else:
-            self._move_journal()
+            self._move_aside()
 
     def _move_batch(self) -> None:
-        """The upkeep thread's move: a batch, or what a failed move left. The appends made while a
-        move was under way woke the thread again; what they left is a few events, whose move would
-        cost every other connection its page cache for little, so it waits for a batch."""
-        if self._journal is not None and self._journal.waiting(DRAIN_BYTES):
-            self._move_journal()
+        """The upkeep thread's move: a batch of the journal, or what a failed move left, and the
+        writes' events once a batch of them waits. The appends made while a move was under way woke
+        the thread again; what they left is a few events, whose move would cost every connection
+        its page cache of the trail's file for little, so it waits for a batch."""
+        journal_waits = self._journal is not None and self._journal.waiting(DRAIN_BYTES)
+        if journal_waits or self._inbox(INBOX_BATCH) >= INBOX_BATCH:
+            self._move_aside()
 
-    def _move_journal(self) -> None:
-        """:meth:`_drain`, its failure logged, not raised: the events are stored, and the next
-        batch, or the next read of them, moves them in."""
+    def _move_aside(self) -> None:
+        """:meth:`_drain` and :meth:`_move_inbox`, a failure logged, not raised: the events are
+        stored, and the next batch, or the next read of them, moves them in."""
         try:
             self._drain()
+            self._move_inbox()
         except Exception:
-            log.exception("the trail's journal could not be moved into the database (retried later)")
+            log.exception("the trail's events could not be moved into its file (retried later)")
+
+    def _move_inbox(self) -> None:
+        """Move the trail's events a write kept in the main file (:meth:`create`) into the
+        trail's, :data:`INBOX_BATCH` at a time. Each batch is copied and committed there first, then
+        deleted from the main file in a transaction of its own: the two files' commits are not
+        atomic together, and a crash between them leaves events in both, which the next move
+        recognises by their ids and deletes without copying them again. In a caller's transaction
+        the copy is made and the delete left to the next move outside one."""
+        last = 0
+        while True:
+            with self.transaction():
+                conn = self._conn()
+                rows = conn.execute(
+                    "SELECT pk, type, id, version, last_updated, deleted, content FROM resource"
+                    f" WHERE type IN ({TRAIL_TYPES_SQL}) AND pk > ? ORDER BY pk {_page(INBOX_BATCH * 8)}",
+                    (last,),
+                ).fetchall()
+                if not rows:
+                    return
+                self._copy_inboxed(rows)
+            if not self.in_transaction():
+                with self.transaction():  # their versions go with them (ON DELETE CASCADE)
+                    self._conn().executemany("DELETE FROM resource WHERE pk = ?", [(row[0],) for row in rows])
+            last = rows[-1][0]
+
+    def _copy_inboxed(self, rows: list[tuple[Any, ...]]) -> None:
+        """Copy events of the main file, with their versions, to their family's file, and make
+        their index rows there (from their content: the last version that has one, for a deleted
+        event). Those already there, copied before a crash, are skipped."""
+        conn, indexed = self._conn(), []
+        for pk, rtype, rid, version, last_updated, deleted, content in rows:
+            family = family_of(rtype)
+            if conn.execute(f"SELECT 1 FROM {family.resources} WHERE type = ? AND id = ?", (rtype, rid)).fetchone():
+                continue
+            new = conn.execute(
+                f"INSERT INTO {family.resources} (type, id, version, last_updated, deleted, content)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (rtype, rid, version, last_updated, deleted, content),
+            ).lastrowid
+            versions = conn.execute(
+                "SELECT version, last_updated, method, content FROM version WHERE res = ? ORDER BY version", (pk,)
+            ).fetchall()
+            conn.executemany(
+                f"INSERT INTO {family.versions} (res, version, last_updated, method, content) VALUES (?, ?, ?, ?, ?)",
+                [(new, *row) for row in versions],
+            )
+            sealed = [(version, content)] + [(number, blob) for number, _, _, blob in reversed(versions)]
+            number, blob = next(((n, b) for n, b in sealed if b is not None), (0, None))
+            if blob is not None:
+                resource = orjson.loads(self._open(resource_aad(rtype, rid, number), blob))
+                indexed.append((rtype, int(new or 0), self._index_rows(resource)))
+        self._insert_by_family(indexed)
 
     def _drain(self) -> None:
-        """Move the journal into the database, in one transaction (the caller's, if it is in one).
+        """Move the journal into the trail's file, in one transaction (the caller's, if it is in one).
 
         The live file is detached first, so appends go on meanwhile. Which detached files were
-        moved is recorded with their rows (``meta``: ``journal/<generation>``), and a file is
-        removed only once that is committed: a crash in between leaves a file whose rows are in,
-        which the next move skips, then removes. A record that cannot be moved (it does not open with
-        the store's keys) fails the move as a whole — nothing is lost, and the error is raised; one
-        whose id is taken is kept aside (:meth:`Journal.keep_aside`) and the others go in."""
+        moved is recorded with their rows (the trail's ``meta``: ``journal/<generation>``), and a
+        file is removed only once that is committed: a crash in between leaves a file whose rows
+        are in, which the next move skips, then removes. A record that cannot be moved (it does
+        not open with the store's keys) fails the move as a whole — nothing is lost, and the error
+        is raised; one whose id is taken is kept aside (:meth:`Journal.keep_aside`) and the others go in."""
         journal = self._journal
         if journal is None:
             return
         with self.transaction():
             conn = self._conn()
             journal.detach()
-            keys = conn.execute("SELECT key FROM meta WHERE key LIKE ?", (f"{_MOVED}%",)).fetchall()
+            keys = conn.execute(f"SELECT key FROM {_TRAIL_META} WHERE key LIKE ?", (f"{_MOVED}%",)).fetchall()
             moved = {key.removeprefix(_MOVED) for (key,) in keys}
             files = journal.detached()
             for detached in files:
                 if detached.generation not in moved:
                     self._insert_logged(detached.records())
-                    conn.execute("INSERT INTO meta VALUES (?, '')", (f"{_MOVED}{detached.generation}",))
+                    conn.execute(f"INSERT INTO {_TRAIL_META} VALUES (?, '')", (f"{_MOVED}{detached.generation}",))
             for generation in moved - {d.generation for d in files}:  # removed after an earlier move
-                conn.execute("DELETE FROM meta WHERE key = ?", (f"{_MOVED}{generation}",))
+                conn.execute(f"DELETE FROM {_TRAIL_META} WHERE key = ?", (f"{_MOVED}{generation}",))
         if not self.in_transaction():  # committed: the files are in the database
             for detached in files:
                 detached.path.unlink(missing_ok=True)
@@ -627,12 +742,11 @@ class SqliteStore(Store):
             head, _, blob = payload.partition(b"\n")
             rtype, rid, last_updated = orjson.loads(head)
             resource = orjson.loads(self._open(resource_aad(rtype, rid, 1), blob))
-            try:
-                pk, _ = self._insert_new(rtype, rid, last_updated, blob, "POST")
-            except IntegrityError:  # its id is taken: kept aside, sealed; the others go in
+            if self._taken(rtype, rid):  # its id is taken: kept aside, sealed; the others go in
                 assert self._journal is not None
                 self._journal.keep_aside(payload, f"{rtype}/{rid}: the id is taken")
                 continue
+            pk, _ = self._insert_new(rtype, rid, last_updated, blob, "POST", family_of(rtype))
             indexed.append((rtype, pk, self._index_rows(resource)))
             self._observed(rtype, None, resource)
         self._insert_by_family(indexed)
@@ -641,21 +755,31 @@ class SqliteStore(Store):
         self._settle(None, rtype)
         row = (
             self._conn()
-            .execute("SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?", (rtype, rid))
+            .execute(
+                f"SELECT pk, version, deleted FROM {family_of(rtype).resources} WHERE type = ? AND id = ?", (rtype, rid)
+            )
             .fetchone()
         )
         return (int(row[0]), int(row[1]), int(row[2])) if row else None
+
+    def _settle_first(self, rtype: str) -> None:
+        """Before a write of ``rtype`` opens its transaction: the trail's events waiting are moved
+        in, so that the write finds its resource where it is written, and none is left behind
+        (:meth:`_move_inbox` deletes the main file's copies only outside a transaction)."""
+        if not self.in_transaction():
+            self._settle(None, rtype)
 
     def _before(self, rtype: str, rid: str, current: tuple[int, int, int]) -> dict[str, Any] | None:
         """The content a write replaces, read only for the observers of its type (None: deleted)."""
         pk, version, deleted = current
         if deleted or not self.watched(rtype):
             return None
-        row = self._conn().execute("SELECT content FROM resource WHERE pk = ?", (pk,)).fetchone()
+        row = self._conn().execute(f"SELECT content FROM {family_of(rtype).resources} WHERE pk = ?", (pk,)).fetchone()
         content: dict[str, Any] = orjson.loads(self._open(resource_aad(rtype, rid, version), row[0]))
         return content
 
     def update(self, resource: dict[str, Any], *, expected_version: int | None = None, method: str = "PUT") -> Stored:
+        self._settle_first(resource["resourceType"])
         with self.transaction():
             rtype, rid = resource["resourceType"], resource["id"]
             current = self._current(rtype, rid)
@@ -668,17 +792,19 @@ class SqliteStore(Store):
             new_version = version + 1
             content, last_updated = stamp(resource, new_version)
             blob = self._seal(resource_aad(rtype, rid, new_version), content)
-            self._keep_replaced(pk, version)
+            family = family_of(rtype)
+            self._keep_replaced(pk, version, family)
             self._conn().execute(
-                "UPDATE resource SET version = ?, last_updated = ?, deleted = 0, content = ? WHERE pk = ?",
+                f"UPDATE {family.resources} SET version = ?, last_updated = ?, deleted = 0, content = ? WHERE pk = ?",
                 (new_version, last_updated, blob, pk),
             )
-            seq = self._write_version(pk, new_version, last_updated, method)
+            seq = self._write_version(pk, new_version, last_updated, method, family)
             self._reindex(pk, resource)
             self._observed(rtype, before, resource)
             return Stored(pk, seq, rtype, rid, new_version, last_updated, method, content)
 
     def delete(self, resource_type: str, resource_id: str, *, expected_version: int | None = None) -> Stored:
+        self._settle_first(resource_type)
         with self.transaction():
             current = self._current(resource_type, resource_id)
             if current is None:
@@ -693,12 +819,14 @@ class SqliteStore(Store):
             last_updated = instant_now()
             # The index of the last live version stays: it lets the access filter decide whether
             # the caller may learn that this resource was deleted (410) or not (404).
-            self._keep_replaced(pk, version)
+            family = family_of(resource_type)
+            self._keep_replaced(pk, version, family)
             self._conn().execute(
-                "UPDATE resource SET version = ?, last_updated = ?, deleted = 1, content = NULL WHERE pk = ?",
+                f"UPDATE {family.resources} SET version = ?, last_updated = ?, deleted = 1, content = NULL"
+                " WHERE pk = ?",
                 (new_version, last_updated, pk),
             )
-            seq = self._write_version(pk, new_version, last_updated, "DELETE")
+            seq = self._write_version(pk, new_version, last_updated, "DELETE", family)
             self._observed(resource_type, before, None)
             return Stored(pk, seq, resource_type, resource_id, new_version, last_updated, "DELETE", None)
 
@@ -710,9 +838,12 @@ class SqliteStore(Store):
         readable by whoever holds its key);
         :meth:`compact` then rewrites the file for what earlier, ordinary deletes left behind.
         """
+        self._settle_first(resource_type)
         with self.transaction():
             conn = self._conn()
             current = self._current(resource_type, resource_id)
+            if family_of(resource_type).deferred:  # a copy left in the main file would come back
+                conn.execute("DELETE FROM main.resource WHERE type = ? AND id = ?", (resource_type, resource_id))
             if current is None:
                 return 0
             pk = current[0]
@@ -720,10 +851,11 @@ class SqliteStore(Store):
             previous = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
             conn.execute("PRAGMA secure_delete = ON")
             try:
-                for table in family_of(resource_type).tables:
+                family = family_of(resource_type)
+                for table in family.tables:
                     conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
-                versions = conn.execute("DELETE FROM version WHERE res = ?", (pk,)).rowcount
-                conn.execute("DELETE FROM resource WHERE pk = ?", (pk,))
+                versions = conn.execute(f"DELETE FROM {family.versions} WHERE res = ?", (pk,)).rowcount
+                conn.execute(f"DELETE FROM {family.resources} WHERE pk = ?", (pk,))
             finally:
                 conn.execute(f"PRAGMA secure_delete = {previous}")
             self._observed(resource_type, before, None)
@@ -741,23 +873,35 @@ class SqliteStore(Store):
             return "in memory: nothing to compact"
         self._settle(None, None)
         conn = self._conn()
+        busy, frames, done = 0, 0, 0
         with self._writer:
-            conn.execute("VACUUM")
-            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            for schema in ("main", TRAIL_SCHEMA):
+                conn.execute(f"VACUUM {schema}")
+                busy_one, frames_one, done_one = conn.execute(f"PRAGMA {schema}.wal_checkpoint(TRUNCATE)").fetchone()
+                busy, frames, done = busy or busy_one, frames + frames_one, done + done_one
         if busy:
             return f"compacted; write-ahead log not truncated yet ({done}/{frames} frames back: a reader is open)"
         return "compacted; write-ahead log truncated"
 
     def snapshot(self, target: Path) -> None:
-        """A consistent copy of the database at ``target`` while it serves (``VACUUM INTO``: one
-        read transaction, writers go on), encrypted under the same key, owner-only, synced."""
+        """A copy of the database at ``target`` and of the trail's file beside it
+        (:func:`~storage.sqlite.schema.trail_file`) while it serves (``VACUUM INTO``: one read
+        transaction each, writers go on), each encrypted under its own key, owner-only, synced.
+
+        Each copy is consistent; the trail's is taken after the main one's, so it holds every
+        event of the writes in the main copy (a write's event is in the main file with it until
+        moved, and a moved one is in the trail's copy), and perhaps events of later requests."""
         if self.path == ":memory:":
             raise ValueError("an in-memory database has no file to copy")
         self._settle(None, None)  # the copy holds the trail's journal too
-        os.close(os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))  # empty: VACUUM INTO fills it
-        self._conn().execute("VACUUM INTO ?", (str(target),))
-        with open(target, "rb+") as handle:
-            os.fsync(handle.fileno())
+        # The trail's file through a connection of its own: SQLCipher writes a copy of an attached
+        # file under the main file's key.
+        with closing(connect(self.trail_path, self._trail_key, self._settings)) as trail:
+            for conn, copy in ((self._conn(), target), (trail, Path(trail_file(str(target))))):
+                os.close(os.open(copy, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))  # empty: VACUUM INTO fills it
+                conn.execute("VACUUM INTO ?", (str(copy),))
+                with open(copy, "rb+") as handle:
+                    os.fsync(handle.fileno())
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -773,7 +917,7 @@ class SqliteStore(Store):
         compiler, cond = self._fragments.compile(
             ("visible", rtype), scope_expr, scope, lambda c, skeleton: c.condition(skeleton, "r", rtype)
         )
-        sql = f"SELECT 1 FROM resource r WHERE {cond} AND r.pk = {compiler.arg(pk)}"
+        sql = f"SELECT 1 FROM {family_of(rtype).resources} r WHERE {cond} AND r.pk = {compiler.arg(pk)}"
         self._settle(compiler)
         return self._conn().execute(sql, compiler.args).fetchone() is not None
 
@@ -786,7 +930,7 @@ class SqliteStore(Store):
         row = (
             self._conn()
             .execute(
-                f"SELECT {_CURRENT_COLUMNS} FROM resource r WHERE r.type = ? AND r.id = ?",
+                f"SELECT {_CURRENT_COLUMNS} FROM {family_of(resource_type).resources} r WHERE r.type = ? AND r.id = ?",
                 (resource_type, resource_id),
             )
             .fetchone()
@@ -800,10 +944,11 @@ class SqliteStore(Store):
 
     def vread(self, resource_type: str, resource_id: str, version: int, scope: AccessScope) -> Stored:
         self._settle(None, resource_type)
+        family = family_of(resource_type)
         row = (
             self._conn()
             .execute(
-                f"SELECT {_STORED_COLUMNS} FROM resource r JOIN version v ON v.res = r.pk"
+                f"SELECT {_STORED_COLUMNS} FROM {family.resources} r JOIN {family.versions} v ON v.res = r.pk"
                 " WHERE r.type = ? AND r.id = ? AND v.version = ?",
                 (resource_type, resource_id, version),
             )
@@ -844,11 +989,11 @@ class SqliteStore(Store):
             kind = KIND_OF_TYPE.get(self._param_type(rtype, key.param) or "")
             if kind is None:
                 continue
-            table, column = compiler.family(rtype).table(kind), _SORT_COLUMN[kind]
+            family, column = compiler.family(rtype), _SORT_COLUMN[kind]
             if not isinstance(column, str):
                 column = column[1] if key.descending else column[0]
             agg = "MAX" if key.descending else "MIN"
-            value = _sort_value(compiler, table, column, agg, key.param)
+            value = _sort_value(compiler, family, kind, column, agg, key.param)
             keys.append(f"{value} IS NULL, {value} {'DESC' if key.descending else 'ASC'}")  # missing last
         keys.append("r.pk ASC")
         return ", ".join(keys)
@@ -858,12 +1003,12 @@ class SqliteStore(Store):
         rtype = query.resource_type
         self._settle(None, rtype)  # before the watermark: the events waiting are older than it
         expr = all_of(query.where, scope.filter(rtype))
-        watermark = query.watermark
-        if watermark is None:
-            watermark = int(conn.execute("SELECT COALESCE(MAX(pk), 0) FROM resource").fetchone()[0])
+        marks = self._marks(query.watermark)
+        family = family_of(rtype)
+        resources, watermark = family.resources, marks[family.schema == TRAIL_SCHEMA]
         total: int | None = None
         if isinstance(expr, Nothing):
-            return SearchResult([], [], 0 if query.total else None, watermark)
+            return SearchResult([], [], 0 if query.total else None, marks)
         # Compiled once for the count and the page: the policy's filter makes it the larger part
         # of a search's Python time. The page's own arguments are numbered after the condition's.
         compiler, where = self._where(scope, rtype, expr, watermark, query.deleted)
@@ -873,7 +1018,7 @@ class SqliteStore(Store):
         self._settle(compiler)
         if query.count > 0:
             sql = (
-                f"SELECT {_CURRENT_COLUMNS} FROM resource r"
+                f"SELECT {_CURRENT_COLUMNS} FROM {resources} r"
                 f" WHERE {where} ORDER BY {order} {_page(query.count, query.offset)}"
             )
             rows = conn.execute(sql, compiler.args).fetchall()
@@ -884,10 +1029,23 @@ class SqliteStore(Store):
                 # them again through the filter (about half of the searches by patient).
                 total = query.offset + len(matches)
             else:
-                count_sql = f"SELECT COUNT(*) FROM resource r WHERE {where}"
+                count_sql = f"SELECT COUNT(*) FROM {resources} r WHERE {where}"
                 total = int(conn.execute(count_sql, condition_args).fetchone()[0])
         included = self._includes(matches, query.includes, scope) if query.includes else []
-        return SearchResult(matches, included, total, watermark)
+        return SearchResult(matches, included, total, marks)
+
+    def _marks(self, watermark: Watermark | None) -> list[int]:
+        """A search's watermark: the last ``pk`` of each file, the main one's and the trail's, so
+        that one watermark serves the searches of every type that follow (``$everything``, an
+        export). A number (a link from before the trail had a file) bounds the main file's."""
+        if isinstance(watermark, list):
+            if len(watermark) != 2:
+                raise StoreError(f"a search's watermark has {len(watermark)} parts, not 2")
+            return [int(mark) for mark in watermark]
+        sql = "SELECT COALESCE(MAX(pk), 0) FROM {}"
+        conn = self._conn()
+        last = [int(conn.execute(sql.format(table)).fetchone()[0]) for table in ("resource", TRAIL.resources)]
+        return last if watermark is None else [watermark, last[1]]
 
     def _includes(self, matches: list[Stored], includes: tuple[Include, ...], scope: AccessScope) -> list[Stored]:
         return follow_includes(matches, includes, lambda sources, inc: self._include_one(sources, inc, scope))
@@ -896,17 +1054,20 @@ class SqliteStore(Store):
         conn = self._conn()
         compiler = self._compiler(scope)
         references = compiler.family(inc.source_type).table("reference")  # the references are the source's
+        columns = _CURRENT_COLUMNS.replace("r.", "t.")
         if not inc.reverse:
             marks = compiler.one_of("i.res", (s.pk for s in sources))
             param_cond = f" AND i.param = {compiler.arg(inc.param)}" if inc.param else ""
-            target_types = [inc.target_type] if inc.target_type else None
-            type_cond = f" AND t.type = {compiler.arg(inc.target_type)}" if inc.target_type else ""
-            scope_sql = self._scope_sql(compiler, scope, "t", target_types)
-            sql = (
-                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM {references} i"
-                " JOIN resource t ON t.type = i.target_type AND t.id = i.target_id"
-                f" WHERE {marks}{param_cond}{type_cond} AND t.deleted = 0 AND {scope_sql}"
-            )
+            selects = []  # one per file its targets may be in
+            for family, types in self._files(inc.target_type):
+                typed = f"t.type = {compiler.arg(inc.target_type)} AND " if inc.target_type else ""
+                scope_sql = self._scope_sql(compiler, scope, "t", types, typed=inc.target_type is not None)
+                selects.append(
+                    f"SELECT DISTINCT {columns} FROM {references} i"
+                    f" JOIN {family.resources} t ON t.type = i.target_type AND t.id = i.target_id"
+                    f" WHERE {marks}{param_cond} AND {typed}t.deleted = 0 AND {scope_sql}"
+                )
+            sql = " UNION ".join(selects)
         else:
             source_filter = scope.filter(inc.source_type)
             if isinstance(source_filter, Nothing):  # the caller sees none: no look-up (nor a plan for one)
@@ -914,10 +1075,10 @@ class SqliteStore(Store):
             targets = compiler.any_reference_to("i", ((s.resource_type, s.id) for s in sources))
             param_cond = f" AND {compiler.param_is('i', inc.source_type, inc.param)}" if inc.param else ""
             indexed, narrowed = compiler.reverse(inc.source_type, inc.param, "i", "t", source_filter)
-            scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type])
+            scope_sql = self._scope_sql(compiler, scope, "t", [inc.source_type], typed=True)
             sql = (
-                f"SELECT DISTINCT {_CURRENT_COLUMNS.replace('r.', 't.')} FROM {references} i {indexed}"
-                " JOIN resource t ON t.pk = i.res"
+                f"SELECT DISTINCT {columns} FROM {references} i {indexed}"
+                f" JOIN {family_of(inc.source_type).resources} t ON t.pk = i.res"
                 f" WHERE ({targets}){param_cond}{narrowed} AND t.type = {compiler.arg(inc.source_type)}"
                 f" AND t.deleted = 0 AND {scope_sql}"
             )
@@ -926,16 +1087,24 @@ class SqliteStore(Store):
         self._settle(compiler, *(() if inc.reverse else (inc.target_type,)))
         return [self._stored(row) for row in conn.execute(sql, compiler.args).fetchall()]
 
-    def _scope_sql(self, compiler: SqlCompiler, scope: AccessScope, alias: str, types: list[str] | None) -> str:
-        """The scope filter for an included resource whose type may not be known in advance."""
-        if types is None:
-            # Any type may come back: apply each served type's filter to rows of that type.
-            branches = [
-                f"({alias}.type = {compiler.arg(t)} AND {compiler.condition(scope.filter(t), alias, t)})"
-                for t in self._resource_types
-            ]
-            return "(" + " OR ".join(branches) + ")" if branches else "0"
-        return " AND ".join(compiler.condition(scope.filter(t), alias, t) for t in types)
+    def _files(self, resource_type: str | None) -> list[tuple[IndexFamily, list[str]]]:
+        """Where resources of ``resource_type`` (None: of any type) are: per file, a family of it
+        (for its ``resources`` and ``versions``) and the served types whose resources it holds."""
+        if resource_type is not None:
+            return [(family_of(resource_type), [resource_type])]
+        in_trail = [t for t in self._resource_types if family_of(t).schema == TRAIL_SCHEMA]
+        return [(SHARED, [t for t in self._resource_types if t not in in_trail]), (TRAIL, in_trail)]
+
+    @staticmethod
+    def _scope_sql(compiler: SqlCompiler, scope: AccessScope, alias: str, types: list[str], *, typed: bool) -> str:
+        """The scope filter of resources of ``types``: of that one type when ``typed`` (the caller
+        checks it), else of any of them, each row by its type's filter."""
+        if typed:
+            return " AND ".join(compiler.condition(scope.filter(t), alias, t) for t in types)
+        branches = [
+            f"({alias}.type = {compiler.arg(t)} AND {compiler.condition(scope.filter(t), alias, t)})" for t in types
+        ]
+        return "(" + " OR ".join(branches) + ")" if branches else "0"
 
     def history(
         self,
@@ -946,38 +1115,50 @@ class SqliteStore(Store):
         since: str | None = None,
         offset: int = 0,
         count: int = 20,
-        watermark: int | None = None,
+        watermark: Watermark | None = None,
         at: tuple[str, str] | None = None,
     ) -> HistoryPage:
+        """A type's or a resource's history is in its file, newest first by ``seq``; the
+        system's is in both, newest first by time, and its watermark is one ``seq`` per file."""
         conn = self._conn()
         self._settle(None, resource_type)  # before the watermark, as a search
+        files = self._files(resource_type)
         if watermark is None:
-            watermark = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM version").fetchone()[0])
-        compiler = self._compiler(scope)
-        parts = [f"v.seq <= {compiler.arg(watermark)}"]
-        if resource_type is not None:
-            parts.append(f"r.type = {compiler.arg(resource_type)}")
-            parts.append(compiler.condition(scope.filter(resource_type), "r", resource_type))
+            sql = "SELECT COALESCE(MAX(seq), 0) FROM {}"
+            marks = [int(conn.execute(sql.format(family.versions)).fetchone()[0]) for family, _ in files]
         else:
-            parts.append(self._scope_sql(compiler, scope, "r", None))
-        if resource_id is not None:
-            parts.append(f"r.id = {compiler.arg(resource_id)}")
-        if since is not None:
-            parts.append(f"v.last_updated >= {compiler.arg(since)}")
-        if at is not None:
-            start, end = at
-            parts.append(f"v.last_updated < {compiler.arg(end)}")
-            parts.append(
-                "NOT EXISTS (SELECT 1 FROM version w WHERE w.res = v.res AND w.version > v.version"
-                f" AND w.seq <= {compiler.arg(watermark)} AND w.last_updated <= {compiler.arg(start)})"
+            marks = [watermark] if isinstance(watermark, int) else [int(mark) for mark in watermark]
+            if len(marks) != len(files):
+                raise StoreError(f"a history's watermark has {len(marks)} parts, not {len(files)}")
+        compiler = self._compiler(scope)
+        bases = []
+        for (family, types), mark in zip(files, marks, strict=True):
+            parts = [f"v.seq <= {compiler.arg(mark)}"]
+            if resource_type is not None:
+                parts.append(f"r.type = {compiler.arg(resource_type)}")
+            parts.append(self._scope_sql(compiler, scope, "r", types, typed=resource_type is not None))
+            if resource_id is not None:
+                parts.append(f"r.id = {compiler.arg(resource_id)}")
+            if since is not None:
+                parts.append(f"v.last_updated >= {compiler.arg(since)}")
+            if at is not None:
+                start, end = at
+                parts.append(f"v.last_updated < {compiler.arg(end)}")
+                parts.append(
+                    f"NOT EXISTS (SELECT 1 FROM {family.versions} w WHERE w.res = v.res AND w.version > v.version"
+                    f" AND w.seq <= {compiler.arg(mark)} AND w.last_updated <= {compiler.arg(start)})"
+                )
+            bases.append(
+                f"FROM {family.versions} v JOIN {family.resources} r ON r.pk = v.res WHERE " + " AND ".join(parts)
             )
-        where = " AND ".join(parts)
-        base = "FROM version v JOIN resource r ON r.pk = v.res WHERE " + where
         self._settle(compiler)
-        total = int(conn.execute(f"SELECT COUNT(*) {base}", compiler.args).fetchone()[0])
-        page = _page(count, offset)
-        rows = conn.execute(f"SELECT {_STORED_COLUMNS} {base} ORDER BY v.seq DESC {page}", compiler.args).fetchall()
-        return HistoryPage([self._stored(row) for row in rows], total, watermark)
+        total_sql = "SELECT " + " + ".join(f"(SELECT COUNT(*) {base})" for base in bases)
+        total = int(conn.execute(total_sql, compiler.args).fetchone()[0])
+        # One file: by seq. Both: by time (the 6th column), then seq (the 2nd) within a file.
+        order = "v.seq DESC" if len(bases) == 1 else "6 DESC, 2 DESC"
+        selects = " UNION ALL ".join(f"SELECT {_STORED_COLUMNS} {base}" for base in bases)
+        rows = conn.execute(f"{selects} ORDER BY {order} {_page(count, offset)}", compiler.args).fetchall()
+        return HistoryPage([self._stored(row) for row in rows], total, marks[0] if len(marks) == 1 else marks)
 
     def save_session(self, data: bytes, ttl_seconds: int) -> str:
         key = secrets.token_urlsafe(24)
@@ -1078,19 +1259,22 @@ class SqliteStore(Store):
         self._settle(None, resource_type)
         conn = self._conn()
         where, args = ("AND type = ?", (resource_type,)) if resource_type else ("", ())
-        last, done = 0, 0
-        while True:
-            rows = conn.execute(
-                "SELECT pk, type, id, version, content FROM resource"
-                f" WHERE deleted = 0 AND pk > ? {where} ORDER BY pk LIMIT 500",
-                (last, *args),
-            ).fetchall()
-            if not rows:
-                return done
-            with self.transaction():
-                for pk, rtype, rid, version, blob in rows:
-                    self._reindex(pk, orjson.loads(self._open(resource_aad(rtype, rid, version), blob)))
-            last, done = rows[-1][0], done + len(rows)
+        done = 0
+        for family, _types in self._files(resource_type):
+            last = 0
+            while True:
+                rows = conn.execute(
+                    f"SELECT pk, type, id, version, content FROM {family.resources}"
+                    f" WHERE deleted = 0 AND pk > ? {where} ORDER BY pk LIMIT 500",
+                    (last, *args),
+                ).fetchall()
+                if not rows:
+                    break
+                with self.transaction():
+                    for pk, rtype, rid, version, blob in rows:
+                        self._reindex(pk, orjson.loads(self._open(resource_aad(rtype, rid, version), blob)))
+                last, done = rows[-1][0], done + len(rows)
+        return done
 
     # -- master key rotation -----------------------------------------------------------------
 
@@ -1102,7 +1286,8 @@ class SqliteStore(Store):
         """
         cipher = self._require_cipher()
         self._settle(None, None)  # the journal's blobs are sealed too: re-wrapped once moved in
-        done = int(self.path != ":memory:" and dbkey.rewrap(Path(self.path), cipher))
+        files = () if self.path == ":memory:" else (self.path, self.trail_path)
+        done = sum(dbkey.rewrap(Path(file), cipher) for file in files)
         for table, key, column in _SEALED_COLUMNS:
             last: Any = None
             while True:
@@ -1128,8 +1313,8 @@ class SqliteStore(Store):
         if self._cipher is None:
             return set()
         self._settle(None, None)  # the journal's blobs, once moved in, are counted with the rest
-        database_kid = None if self.path == ":memory:" else dbkey.kid(Path(self.path), self._cipher)
-        kids = {database_kid} if database_kid else set()
+        files = () if self.path == ":memory:" else (self.path, self.trail_path)
+        kids = {kid for file in files if (kid := dbkey.kid(Path(file), self._cipher))}
         for table, _key, column in _SEALED_COLUMNS:
             sql = f"SELECT DISTINCT substr({column}, 1, {MAX_HEADER_BYTES}) FROM {table} WHERE length({column}) > 0"
             kids.update(self._cipher.kid_of(bytes(row[0])) for row in self._conn().execute(sql))

@@ -1,5 +1,5 @@
 """What a serving process does for its store on a thread of its own, not in a request: the
-write-ahead log checkpointed, the trail's journal moved into the database.
+write-ahead logs checkpointed, the trail's events moved into its file.
 
 Checkpoints. SQLite copies the log into the database (a *checkpoint*) in the commit that takes the
 log past ``wal_autocheckpoint`` pages, a thousand by default. That commit then writes those pages
@@ -17,7 +17,8 @@ answer, yet the request whose event filled the batch used to do it, and a read's
 (45 → 90 ms, ``bench/README.md``). The store now wakes the thread for it (:meth:`Upkeep.wake`), and
 moves the journal itself only once it holds :data:`~storage.sqlite.journal.FALLBACK_BYTES`, so
 the journal stays bounded if the thread falls behind or stops. A read of the trail still moves
-what waits first, whoever runs it.
+what waits first, whoever runs it. The events of writes, kept in the main file with their writes,
+are moved by the same thread once a batch of them waits (``SqliteStore.create``).
 """
 
 from __future__ import annotations

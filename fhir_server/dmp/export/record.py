@@ -33,7 +33,7 @@ from fhirmodel.base64_chunks import compact_base64, decoded_chunks
 from fhirmodel.indexing import parse_reference
 from fhirmodel.rawjson import RawJson
 from storage.interface import Gone, NotFound, Stored
-from storage.query import Query
+from storage.query import Query, Watermark
 
 if TYPE_CHECKING:
     from fhir_server.fhir.service import FhirService
@@ -63,7 +63,7 @@ class RecordExport:
     record: PatientRecord
     parts: tuple[str, ...]
     generated: str  # the export's instant
-    watermark: int  # the record as it was when the export was asked for
+    watermark: Watermark  # the record as it was when the export was asked for
     omitted: list[dict[str, Any]] = field(default_factory=list)
 
     def members(self) -> Iterator[Member]:

@@ -34,7 +34,7 @@ from fhir_server.fhir.messages import FhirRequest, FhirResponse
 from fhirmodel.errors import bad_request
 from storage.interface import Stored
 from storage.query import EVERYTHING as NO_CONDITION
-from storage.query import Expr, Missing, Query, all_of, any_of
+from storage.query import Expr, Missing, Query, Watermark, all_of, any_of
 
 if TYPE_CHECKING:
     from fhir_server.fhir.service import FhirService
@@ -161,7 +161,7 @@ def _page(
     chosen: Selection,
     *,
     offset: int,
-    watermark: int | None,
+    watermark: Watermark | None,
     session_key: str | None,
 ) -> FhirResponse:
     req.checks.check_operation("Patient", "everything", chosen.types)

@@ -21,7 +21,7 @@ from fhir_server.fhir.summary import select_elements, summarize
 from fhirmodel.errors import FhirError, bad_request, operation_outcome
 from fhirmodel.rawjson import RawJson
 from storage.interface import Stored
-from storage.query import all_of
+from storage.query import Watermark, all_of
 
 
 def shape(
@@ -176,7 +176,7 @@ def page_url(svc: FhirService, key: str, count: int) -> Any:
 
 
 def _save_session(
-    svc: FhirService, req: FhirRequest, rtype: str, parsed: ParsedSearch, watermark: int, patient: str | None
+    svc: FhirService, req: FhirRequest, rtype: str, parsed: ParsedSearch, watermark: Watermark, patient: str | None
 ) -> str:
     state = {
         "kind": "search",
