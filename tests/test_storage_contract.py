@@ -1589,3 +1589,4 @@ def test_a_main_file_without_its_trail_s_file_is_refused(tmp_path: Path) -> None
         path.unlink()
     with pytest.raises(StoreError, match=r"the trail of .* is missing"):
         _sqlite(tmp_path)
+    assert not list(tmp_path.glob("store.sqlite3.trail*"))  # nor an empty one made, under a new key

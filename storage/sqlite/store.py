@@ -205,6 +205,9 @@ class SqliteStore(Store):
         self._journal = None if self.path == ":memory:" else Journal(f"{self.path}.journal", sync=synced)
         key: bytes | None = None
         trail_key: bytes | None = None
+        # What this open makes of the trail's file (an upgrade, or a new database): undone if refused.
+        trail_files = (Path(self.trail_path), dbkey.key_path(Path(self.trail_path)))
+        made = [] if self.path == ":memory:" else [path for path in trail_files if not path.exists()]
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             with self._writer:  # one process creates the keys or encrypts an old database
@@ -227,6 +230,9 @@ class SqliteStore(Store):
             self._check_keys()
         except (MasterKeyError, StoreError):
             self.close()
+            for path in made:  # no empty trail, under a new key, left beside a database it is not of
+                for suffix in ("", "-wal", "-shm"):
+                    path.with_name(path.name + suffix).unlink(missing_ok=True)
             raise
         self._settle(None, None)  # what a stopped server left in the journal
 
