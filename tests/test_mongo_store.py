@@ -25,9 +25,12 @@ from storage.interface import VersionConflict
 from storage.mongo.compiler import shard_hint
 from storage.mongo.connect import MongoUnavailable, StandaloneRefused, open_mongo_store
 from storage.mongo.layout import DIRECTORY_KEY, SEVERAL_PATIENTS
+from storage.mongo.migrate import Migration
 from storage.mongo.store import MongoStore
 from storage.query import OPEN_SCOPE, Query, Reference
-from storage.sqlite.schema import TRAIL_KEYS_FROM
+from storage.sqlite import dbkey
+from storage.sqlite.schema import TRAIL_KEYS_FROM, trail_file
+from storage.sqlite.store import SqliteStore
 from tests.dbfiles import open_database
 from tests.mongo_double import REAL_URI, DoubleClient, FakeSession, drop, mongo_url
 from tests.test_storage_contract import SERVED_TYPES, _index, _mongo, _param_type, doc, patient
@@ -260,6 +263,24 @@ def test_migrate_copies_everything_sealed_resumes_and_verifies(
         versions = "SELECT (SELECT COUNT(*) FROM main.version) + (SELECT COUNT(*) FROM trail.version)"
         assert conn.execute(versions).fetchone() == (12,)  # the source is untouched
     store.close()
+
+
+def test_a_source_with_events_not_moved_to_its_trail_s_file_is_refused(tmp_path: Path) -> None:
+    """A write's event waits in the main file, without index rows, until a store moves it to the
+    trail's file: a copy made past the store would give it no index. The command opens the
+    store first; a source written to since is refused, naming what to do."""
+    cipher = EnvelopeCipher(MasterKeys.load_or_create(tmp_path))
+    source = SqliteStore(tmp_path / "store.sqlite3", _index, _param_type, SERVED_TYPES, cipher)
+    source.create(patient("p1", "Martin"))
+    source.create(_trail_event("e1", "p1"))  # kept in the main file: nothing read the trail since
+    source.close()
+    database = tmp_path / "store.sqlite3"
+    keys = {"key": dbkey.load(database, cipher), "trail_key": dbkey.load(Path(trail_file(str(database))), cipher)}
+    target = _mongo(tmp_path)
+    assert isinstance(target, MongoStore)
+    with pytest.raises(ValueError, match="open it with a store first"):
+        Migration(database, target, **keys).run(lambda *_: None)
+    target.close()
 
 
 def test_a_search_naming_the_patient_is_routed_by_its_key_and_still_finds_everything(tmp_path: Path) -> None:

@@ -49,7 +49,8 @@ def _migrate_command(args: argparse.Namespace) -> int:
         print(f"dmp-server migrate: no SQLite store at {source}", file=sys.stderr)
         return 2
     config = Config.from_env()
-    # Opened once: what the trail's journal holds is moved into the database the copy reads.
+    # Opened once: what the trail's journal holds, and the writes' events, are moved into the
+    # trail's file the copy reads.
     create_service(dataclasses.replace(config, store_url=args.source)).store.close()
     service = create_service(dataclasses.replace(config, store_url=args.target))
     store = service.store
@@ -61,6 +62,9 @@ def _migrate_command(args: argparse.Namespace) -> int:
         if not args.verify_only:
             migration.run(_progress)
         expected, found = migration.source_tally(), migration.target_tally()
+    except ValueError as exc:  # a source a server wrote to since it was opened above
+        print(f"dmp-server migrate: {exc}", file=sys.stderr)
+        return 1
     finally:
         store.close()
     for kind, count in expected.counts.items():
