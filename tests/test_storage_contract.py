@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -1577,6 +1578,15 @@ def test_a_trail_in_the_main_file_moves_to_its_own_file_once(tmp_path: Path) -> 
         found = reopened.search(Query("DocumentReference", Reference("subject", "Patient", "p1")), OPEN_SCOPE)
         assert [s.id for s in found.matches] == ["d1"]
         reopened.close()
+
+
+def test_a_trail_s_file_under_another_key_is_refused_naming_it(tmp_path: Path) -> None:
+    store = _sqlite(tmp_path)
+    _trail_of_two_patients(store)
+    store.close()
+    shutil.copyfile(tmp_path / "store.sqlite3.key", tmp_path / "store.sqlite3.trail.key")  # the main file's
+    with pytest.raises(MasterKeyError, match=r"store\.sqlite3\.trail does not open with its database key"):
+        _sqlite(tmp_path)
 
 
 def test_a_main_file_without_its_trail_s_file_is_refused(tmp_path: Path) -> None:

@@ -117,8 +117,8 @@ def _attach(conn: Any, attached: Attached) -> None:
     """``attached`` attached to ``conn`` with its key, checked by a first read."""
     # SQLCipher attaches a file without a KEY clause under the main file's key: '' says plaintext.
     key_clause = f"x'{attached.key.hex()}'" if attached.key is not None else ""
-    conn.execute(f'ATTACH DATABASE ? AS {attached.name} KEY "{key_clause}"', (attached.path,))
     try:
+        conn.execute(f'ATTACH DATABASE ? AS {attached.name} KEY "{key_clause}"', (attached.path,))
         conn.execute(f"SELECT count(*) FROM {attached.name}.sqlite_master").fetchone()
     except DatabaseError:
         conn.close()
