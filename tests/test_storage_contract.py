@@ -460,6 +460,20 @@ def test_the_history_of_everything_holds_the_trail_newest_first_and_pages_stably
     assert all(page.total == 7 for page in pages)
 
 
+def test_a_watermark_of_one_number_bounds_the_main_file_and_reads_the_trail_s_now(tmp_path: Path) -> None:
+    """A paging link made before the trail had a file carries one number: it still pages, that
+    number bounding the main file's versions, the trail's read as they are (SQLite)."""
+    store = _sqlite(tmp_path)
+    store.create(patient("p1", "Martin"))
+    store.log([trail_event("e1", "p1", "R", "2024-01-01T10:00:00Z")])
+    store.create(patient("p2", "Later"))  # above the old link's number: not in its pages
+    everything = store.history(OPEN_SCOPE, watermark=1)
+    assert sorted(s.id for s in everything.entries) == ["e1", "p1"] and everything.total == 2
+    events = store.history(OPEN_SCOPE, "AuditEvent", watermark=1)
+    assert [s.id for s in events.entries] == ["e1"]
+    assert [s.id for s in store.search(Query("AuditEvent", watermark=1), OPEN_SCOPE).matches] == ["e1"]
+
+
 def test_a_search_for_housekeeping_also_finds_deleted_resources(store: Store) -> None:
     store.create(patient("p1", "Martin"))
     store.create(doc("live", "p1"))

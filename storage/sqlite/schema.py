@@ -36,6 +36,12 @@ TRAIL_SCHEMA = "trail"
 TRAIL_KEYS_FROM = 1 << 40
 
 
+def qualifier(schema: str) -> str:
+    """What a statement puts before a table's name to name it in ``schema``'s file (nothing for
+    the main file: the names the main file has are looked up there first)."""
+    return "" if schema == "main" else f"{schema}."
+
+
 def trail_file(database: str) -> str:
     """The trail's database file beside the main one (:data:`TRAIL_SCHEMA`)."""
     return database if database == ":memory:" else f"{database}.trail"
@@ -117,11 +123,15 @@ class IndexFamily:
 
     @property
     def _qualifier(self) -> str:
-        return "" if self.schema == "main" else f"{self.schema}."
+        return qualifier(self.schema)
+
+    def _own(self, kind: str) -> str:
+        """The table of ``kind`` as its file names it (``CREATE INDEX`` names it so)."""
+        return f"{self.prefix}_{kind}"
 
     def table(self, kind: str) -> str:
         """The table of ``kind``, named as a statement names it (with its file's name)."""
-        return f"{self._qualifier}{self.prefix}_{kind}"
+        return self._qualifier + self._own(kind)
 
     def probe_index(self, kind: str) -> str:
         """The ``(res, param)`` index of the table of ``kind``, named as ``INDEXED BY`` names it."""
@@ -161,13 +171,13 @@ class IndexFamily:
         """The statement creating the ``(res, param)`` index of the table of ``kind``."""
         probed = _PROBED_COLUMNS.get(kind) if self.covering else None
         columns = f"res, param, {probed}" if probed else "res, param"
-        index, table = self._qualifier + self.probe_index(kind), f"{self.prefix}_{kind}"
+        index, table = self._qualifier + self.probe_index(kind), self._own(kind)
         return f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns});\n"
 
     def value_indexes(self) -> str:
         """The statements creating a lean family's value indexes (:attr:`binding`, :attr:`keys`, dates)."""
         assert self.binding is not None
-        q, references = self._qualifier, f"{self.prefix}_reference"
+        q, references = self._qualifier, self._own("reference")
         where = f"WHERE param = '{self.binding}'"
         statements = [
             f"CREATE INDEX IF NOT EXISTS {q}{self.index('binding_target')} ON {references}"
@@ -175,11 +185,11 @@ class IndexFamily:
             f"CREATE INDEX IF NOT EXISTS {q}{self.index('binding_ident')} ON {references} (id_value, res) {where};",
         ]
         if self.dated:
-            search, dates = self.index("date_search"), f"{self.prefix}_date"
+            search, dates = self.index("date_search"), self._own("date")
             statements.append(f"CREATE INDEX IF NOT EXISTS {q}{search} ON {dates} (param, low, high, res);")
         for kind, param in self.keys:
             statements.append(
-                f"CREATE INDEX IF NOT EXISTS {q}{self.index(f'key_{param}')} ON {self.prefix}_{kind}"
+                f"CREATE INDEX IF NOT EXISTS {q}{self.index(f'key_{param}')} ON {self._own(kind)}"
                 f" ({_KEY_COLUMNS[kind]}) WHERE param = '{param}';"
             )
         return "\n".join(statements) + "\n"
@@ -275,7 +285,7 @@ def _resource_tables(schema: str) -> str:
     """The tables of one file's resources and their versions (``schema``: the file's name). The
     trail's keys count on (``AUTOINCREMENT``) from :data:`TRAIL_KEYS_FROM`, so that they are
     never reused and never those of the main file's resources."""
-    q = "" if schema == "main" else f"{schema}."
+    q = qualifier(schema)
     autoincrement = "" if schema == "main" else " AUTOINCREMENT"
     tables = f"""
 CREATE TABLE IF NOT EXISTS {q}meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -1009,7 +1009,7 @@ class SqliteStore(Store):
         rtype = query.resource_type
         self._settle(None, rtype)  # before the watermark: the events waiting are older than it
         expr = all_of(query.where, scope.filter(rtype))
-        marks = self._marks(query.watermark)
+        marks = self._marks(query.watermark, [SHARED, TRAIL], versions=False)
         family = family_of(rtype)
         resources, watermark = family.resources, marks[family.schema == TRAIL_SCHEMA]
         total: int | None = None
@@ -1040,18 +1040,24 @@ class SqliteStore(Store):
         included = self._includes(matches, query.includes, scope) if query.includes else []
         return SearchResult(matches, included, total, marks)
 
-    def _marks(self, watermark: Watermark | None) -> list[int]:
-        """A search's watermark: the last ``pk`` of each file, the main one's and the trail's, so
-        that one watermark serves the searches of every type that follow (``$everything``, an
-        export). A number (a link from before the trail had a file) bounds the main file's."""
+    def _marks(self, watermark: Watermark | None, families: list[IndexFamily], *, versions: bool) -> list[int]:
+        """A watermark per file of ``families``: the last ``pk`` of its resources (a search's: both
+        files, so that one watermark serves the searches of every type that follow, ``$everything``,
+        an export) or ``seq`` of its versions (a history's). A number (a link from before the trail
+        had a file) bounds the main file's; the trail's is read now."""
         if isinstance(watermark, list):
-            if len(watermark) != 2:
-                raise StoreError(f"a search's watermark has {len(watermark)} parts, not 2")
+            if len(watermark) != len(families):
+                raise StoreError(f"a watermark has {len(watermark)} parts, not {len(families)}")
             return [int(mark) for mark in watermark]
-        sql = "SELECT COALESCE(MAX(pk), 0) FROM {}"
-        conn = self._conn()
-        last = [int(conn.execute(sql.format(table)).fetchone()[0]) for table in ("resource", TRAIL.resources)]
-        return last if watermark is None else [watermark, last[1]]
+        conn, column = self._conn(), "seq" if versions else "pk"
+        marks = []
+        for family in families:
+            if isinstance(watermark, int) and family.schema == "main":
+                marks.append(watermark)
+                continue
+            table = family.versions if versions else family.resources
+            marks.append(int(conn.execute(f"SELECT COALESCE(MAX({column}), 0) FROM {table}").fetchone()[0]))
+        return marks
 
     def _includes(self, matches: list[Stored], includes: tuple[Include, ...], scope: AccessScope) -> list[Stored]:
         return follow_includes(matches, includes, lambda sources, inc: self._include_one(sources, inc, scope))
@@ -1129,13 +1135,7 @@ class SqliteStore(Store):
         conn = self._conn()
         self._settle(None, resource_type)  # before the watermark, as a search
         files = self._files(resource_type)
-        if watermark is None:
-            sql = "SELECT COALESCE(MAX(seq), 0) FROM {}"
-            marks = [int(conn.execute(sql.format(family.versions)).fetchone()[0]) for family, _ in files]
-        else:
-            marks = [watermark] if isinstance(watermark, int) else [int(mark) for mark in watermark]
-            if len(marks) != len(files):
-                raise StoreError(f"a history's watermark has {len(marks)} parts, not {len(files)}")
+        marks = self._marks(watermark, [family for family, _ in files], versions=True)
         compiler = self._compiler(scope)
         bases = []
         for (family, types), mark in zip(files, marks, strict=True):
