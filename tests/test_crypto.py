@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import secrets
 import stat
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from fhir_server.app import create_service
 from fhir_server.cli import main
 from fhir_server.runtime.config import Config
 from storage.crypto import (
+    DEFLATED_FORMAT,
+    FORMAT,
     DecryptionError,
     EnvelopeCipher,
     MasterKeyError,
@@ -24,6 +27,15 @@ from storage.secretfile import write_secret_file
 
 AAD = b"DocumentReference/d1/1"
 PLAINTEXT = b'{"resourceType":"DocumentReference","description":"compte rendu"}'
+#: Content that deflates well, as an AuditEvent does: JSON repeating its systems and references.
+REPETITIVE = (
+    b'{"resourceType":"AuditEvent","entity":['
+    + b",".join(
+        b'{"what":{"reference":"Patient/p%d","identifier":{"system":"urn:oid:1.2.250.1.213.1.4.8"}}}' % n
+        for n in range(20)
+    )
+    + b"]}"
+)
 
 
 @pytest.fixture
@@ -37,7 +49,7 @@ def cipher(keys: MasterKeys) -> EnvelopeCipher:
 
 
 def _offsets(blob: bytes) -> dict[str, int]:
-    """Where each part of a format-1 blob starts (see the layout in storage/crypto.py)."""
+    """Where each part of a blob starts (see the layout in storage/crypto.py)."""
     header_end = 6 + blob[5]
     return {
         "magic": 0,
@@ -70,6 +82,31 @@ def test_round_trip(cipher: EnvelopeCipher) -> None:
     assert cipher.open(cipher.seal(big, AAD), AAD) == big
 
 
+def test_deflated_content_is_shorter_and_opens_the_same(cipher: EnvelopeCipher) -> None:
+    plain, deflated = cipher.seal(REPETITIVE, AAD), cipher.seal(REPETITIVE, AAD, deflate=True)
+    assert (plain[4], deflated[4]) == (FORMAT, DEFLATED_FORMAT)
+    assert len(deflated) < len(plain) // 2
+    assert cipher.open(deflated, AAD) == REPETITIVE == cipher.open(plain, AAD)
+    assert b"Patient/p1" not in deflated
+
+
+def test_content_that_does_not_deflate_shorter_is_sealed_as_given(cipher: EnvelopeCipher) -> None:
+    noise = secrets.token_bytes(2000)
+    blob = cipher.seal(noise, AAD, deflate=True)
+    assert blob[4] == FORMAT and cipher.open(blob, AAD) == noise
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+def test_a_blob_does_not_open_under_the_other_format(cipher: EnvelopeCipher, deflate: bool) -> None:
+    """The format is authenticated (in the wrap's header and in the data's associated data): a
+    deflated blob cannot be passed off as a plain one, nor the reverse."""
+    blob = cipher.seal(REPETITIVE, AAD, deflate=deflate)
+    other = FORMAT if deflate else DEFLATED_FORMAT
+    with pytest.raises(DecryptionError):
+        cipher.open(blob[:4] + bytes([other]) + blob[5:], AAD)
+
+
+@pytest.mark.parametrize("deflate", [False, True])
 @pytest.mark.parametrize(
     "part",
     [
@@ -85,8 +122,9 @@ def test_round_trip(cipher: EnvelopeCipher) -> None:
         "tag",
     ],
 )
-def test_any_tampering_is_detected(cipher: EnvelopeCipher, part: str) -> None:
-    blob = cipher.seal(PLAINTEXT, AAD)
+def test_any_tampering_is_detected(cipher: EnvelopeCipher, part: str, deflate: bool) -> None:
+    blob = cipher.seal(REPETITIVE, AAD, deflate=deflate)
+    assert blob[4] == (DEFLATED_FORMAT if deflate else FORMAT)
     with pytest.raises(DecryptionError):
         cipher.open(_flip(blob, _offsets(blob)[part]), AAD)
 
@@ -128,16 +166,20 @@ def test_two_seals_of_the_same_plaintext_differ(cipher: EnvelopeCipher) -> None:
         assert first[at[start] : at[end]] != second[at[start] : at[end]], start
 
 
-def test_rewrap_changes_the_kid_and_keeps_the_ciphertext(keys: MasterKeys, cipher: EnvelopeCipher) -> None:
-    blob = cipher.seal(PLAINTEXT, AAD)
+@pytest.mark.parametrize("deflate", [False, True])
+def test_rewrap_changes_the_kid_and_keeps_the_ciphertext(
+    keys: MasterKeys, cipher: EnvelopeCipher, deflate: bool
+) -> None:
+    blob = cipher.seal(REPETITIVE, AAD, deflate=deflate)
     old = keys.active.kid
     new = keys.rotate()
     rewrapped = cipher.rewrap(blob)
     assert (cipher.kid_of(blob), cipher.kid_of(rewrapped)) == (old, new)
+    assert rewrapped[4] == blob[4]
     assert rewrapped[_offsets(rewrapped)["data nonce"] :] == blob[_offsets(blob)["data nonce"] :]
-    assert cipher.open(rewrapped, AAD) == PLAINTEXT
+    assert cipher.open(rewrapped, AAD) == REPETITIVE
     keys.retire(old, in_use=set())
-    assert cipher.open(rewrapped, AAD) == PLAINTEXT
+    assert cipher.open(rewrapped, AAD) == REPETITIVE
     with pytest.raises(DecryptionError, match="no master key"):
         cipher.open(blob, AAD)
 

@@ -68,7 +68,7 @@ from storage.mongo.layout import (
 )
 from storage.mongo.unit import UnitOfWork
 from storage.query import AccessScope, Everything, Include, Nothing, Query, SortKey, all_of
-from storage.sealing import check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
+from storage.sealing import DEFLATED_TYPES, check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
 from storage.stamp import stamp
 
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
@@ -123,20 +123,20 @@ class MongoStore(Store):
 
     # -- encryption --------------------------------------------------------------------------
 
-    def _seal(self, aad: str, plaintext: bytes) -> dict[str, Any]:
+    def _seal(self, aad: str, plaintext: bytes, deflate: bool) -> dict[str, Any]:
         """The fields of a sealed blob: the blob and its master key id."""
         if self._cipher is None:
             return {"blob": plaintext}
-        blob = self._cipher.seal(plaintext, aad.encode())
+        blob = self._cipher.seal(plaintext, aad.encode(), deflate=deflate)
         return {"blob": blob, "kid": self._cipher.kid_of(blob)}
 
     def _open(self, aad: str, blob: bytes) -> bytes:
         return open_blob(self._cipher, aad, blob, self._where)
 
-    def _sealed(self, field_name: str, aad: str, plaintext: bytes | None) -> dict[str, Any]:
+    def _sealed(self, field_name: str, aad: str, plaintext: bytes | None, *, deflate: bool = False) -> dict[str, Any]:
         if plaintext is None:
             return {field_name: None}
-        sealed = self._seal(aad, plaintext)
+        sealed = self._seal(aad, plaintext, deflate)
         return {field_name: sealed["blob"], **({"kid": sealed["kid"]} if "kid" in sealed else {})}
 
     def _stored(self, doc: dict[str, Any], version_doc: dict[str, Any] | None = None) -> Stored:
@@ -230,7 +230,7 @@ class MongoStore(Store):
         content, updated = stamp(resource, version)
         index = self._indexer(resource)
         key = patient_key(rtype, rid, index)
-        sealed = self._sealed("content", resource_aad(rtype, rid, version), content)
+        sealed = self._sealed("content", resource_aad(rtype, rid, version), content, deflate=rtype in DEFLATED_TYPES)
         doc = {**resource_document(pk, rtype, rid, version, updated, False, key, sealed), **index_document(index)}
         if before is None:
             self._insert(RESOURCES, doc)

@@ -60,7 +60,7 @@ from storage.interface import (
     Watermark,
 )
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
-from storage.sealing import check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
+from storage.sealing import DEFLATED_TYPES, check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
 from storage.sqlite import dbkey
 from storage.sqlite.compiled import CompiledFragments
 from storage.sqlite.compiler import KIND_OF_TYPE, ParamType, SqlCompiler
@@ -397,8 +397,8 @@ class SqliteStore(Store):
 
     # -- encryption --------------------------------------------------------------------------
 
-    def _seal(self, aad: str, plaintext: bytes) -> bytes:
-        return plaintext if self._cipher is None else self._cipher.seal(plaintext, aad.encode())
+    def _seal(self, aad: str, plaintext: bytes, *, deflate: bool = False) -> bytes:
+        return plaintext if self._cipher is None else self._cipher.seal(plaintext, aad.encode(), deflate=deflate)
 
     def _open(self, aad: str, blob: bytes) -> bytes:
         return open_blob(self._cipher, aad, blob, self.path)
@@ -590,7 +590,7 @@ class SqliteStore(Store):
             if self._taken(rtype, rid):
                 raise AlreadyExists(f"{rtype}/{rid} already exists")
             content, last_updated = stamp(resource, 1)
-            blob = self._seal(resource_aad(rtype, rid, 1), content)
+            blob = self._seal(resource_aad(rtype, rid, 1), content, deflate=rtype in DEFLATED_TYPES)
             family = family_of(rtype)
             if family.deferred:
                 pk, seq = self._insert_new(rtype, rid, last_updated, blob, method, SHARED)
@@ -633,7 +633,7 @@ class SqliteStore(Store):
         for resource in resources:
             rtype, rid = resource["resourceType"], resource["id"]
             content, last_updated = stamp(resource, 1)
-            blob = self._seal(resource_aad(rtype, rid, 1), content)
+            blob = self._seal(resource_aad(rtype, rid, 1), content, deflate=rtype in DEFLATED_TYPES)
             payloads.append(orjson.dumps([rtype, rid, last_updated]) + b"\n" + blob)
         size = journal.append(payloads)
         if size < DRAIN_BYTES:
@@ -797,7 +797,7 @@ class SqliteStore(Store):
                 raise VersionConflict(f"{rtype}/{rid} is at version {version}, not {expected_version}")
             new_version = version + 1
             content, last_updated = stamp(resource, new_version)
-            blob = self._seal(resource_aad(rtype, rid, new_version), content)
+            blob = self._seal(resource_aad(rtype, rid, new_version), content, deflate=rtype in DEFLATED_TYPES)
             family = family_of(rtype)
             self._keep_replaced(pk, version, family)
             self._conn().execute(
