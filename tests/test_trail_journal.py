@@ -295,6 +295,19 @@ def test_an_event_whose_id_is_taken_is_kept_aside_and_does_not_stop_the_others(
     assert "AuditEvent/taken" in caplog.text
 
 
+def test_of_two_events_of_one_id_moved_together_the_first_goes_in(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ids a move finds taken are looked up for the whole batch at once: one taken by an
+    earlier record of the same batch is found too."""
+    store.log([event("twice"), event("e2")])
+    store.log([event("twice", "U")])
+    with caplog.at_level(logging.ERROR, logger="storage.sqlite.journal"):
+        assert store.read("AuditEvent", "twice", OPEN_SCOPE).json()["action"] == "R"
+    assert store.read("AuditEvent", "e2", OPEN_SCOPE).id == "e2"
+    assert "AuditEvent/twice" in caplog.text
+
+
 @pytest.fixture
 def file_size_limit() -> Iterator[Callable[[int], None]]:
     """Limit the size of the files this process writes (``RLIMIT_FSIZE``), as a full disk would:

@@ -573,11 +573,23 @@ class SqliteStore(Store):
 
     def _taken(self, rtype: str, rid: str) -> bool:
         """Whether ``rtype/rid`` is stored: in its file, or, for the trail's, waiting in the main one."""
-        tables = {family_of(rtype).resources, "resource"}
-        conn = self._conn()
-        return any(
-            conn.execute(f"SELECT 1 FROM {t} WHERE type = ? AND id = ?", (rtype, rid)).fetchone() for t in tables
-        )
+        return bool(self._taken_of([(rtype, rid)]))
+
+    def _taken_of(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``keys`` (``(type, id)``) are stored, as :meth:`_taken` says, in one statement
+        per type and file: a move of the journal asks for hundreds at once."""
+        ids: dict[str, list[str]] = {}
+        for rtype, rid in keys:
+            ids.setdefault(rtype, []).append(rid)
+        conn, found = self._conn(), set[tuple[str, str]]()
+        for rtype, of_type in ids.items():
+            for table in {family_of(rtype).resources, "resource"}:
+                rows = conn.execute(
+                    f"SELECT id FROM {table} WHERE type = ? AND id IN (SELECT value FROM json_each(?))",
+                    (rtype, orjson.dumps(of_type).decode()),
+                ).fetchall()
+                found.update((rtype, rid) for (rid,) in rows)
+        return found
 
     def create(self, resource: dict[str, Any], *, method: str = "POST") -> Stored:
         """A new resource. One of the trail's (a write's event, in the write's transaction) is
@@ -743,15 +755,17 @@ class SqliteStore(Store):
 
     def _insert_logged(self, payloads: list[bytes]) -> None:
         """The rows of logged resources, their index rows written together per family."""
+        heads = [orjson.loads(payload.partition(b"\n")[0]) for payload in payloads]
+        taken = self._taken_of([(rtype, rid) for rtype, rid, _ in heads])
         indexed: list[tuple[str, int, dict[str, Any]]] = []
-        for payload in payloads:
-            head, _, blob = payload.partition(b"\n")
-            rtype, rid, last_updated = orjson.loads(head)
+        for payload, (rtype, rid, last_updated) in zip(payloads, heads, strict=True):
+            blob = payload.partition(b"\n")[2]
             resource = orjson.loads(self._open(resource_aad(rtype, rid, 1), blob))
-            if self._taken(rtype, rid):  # its id is taken: kept aside, sealed; the others go in
+            if (rtype, rid) in taken:  # its id is taken: kept aside, sealed; the others go in
                 assert self._journal is not None
                 self._journal.keep_aside(payload, f"{rtype}/{rid}: the id is taken")
                 continue
+            taken.add((rtype, rid))
             pk, _ = self._insert_new(rtype, rid, last_updated, blob, "POST", family_of(rtype))
             indexed.append((rtype, pk, self._index_rows(resource)))
             self._observed(rtype, None, resource)
