@@ -13,6 +13,7 @@ import pytest
 from fhir_server.app import create_service
 from fhir_server.cli import main
 from fhir_server.runtime.config import Config
+from storage import crypto
 from storage.crypto import (
     DEFLATED_FORMAT,
     FORMAT,
@@ -88,6 +89,19 @@ def test_deflated_content_is_shorter_and_opens_the_same(cipher: EnvelopeCipher) 
     assert len(deflated) < len(plain) // 2
     assert cipher.open(deflated, AAD) == REPETITIVE == cipher.open(plain, AAD)
     assert b"Patient/p1" not in deflated
+
+
+def test_a_blob_deflated_with_a_wider_window_opens(cipher: EnvelopeCipher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inflating takes any window: a blob whose matches reach back further than today's window
+    (zlib's default 32 KB, as the first deflated blobs were written) opens as it did."""
+    block = secrets.token_bytes(2000)
+    far = block + secrets.token_bytes(28_000) + block  # 30 KB back: past the first output buffer
+    monkeypatch.setattr(crypto, "_DEFLATE_WBITS", -15)
+    monkeypatch.setattr(crypto, "_DEFLATE_MEM_LEVEL", 8)
+    wide = cipher.seal(far, AAD, deflate=True)
+    monkeypatch.undo()
+    assert wide[4] == DEFLATED_FORMAT and len(wide) < len(far)
+    assert cipher.open(wide, AAD) == far
 
 
 def test_content_that_does_not_deflate_shorter_is_sealed_as_given(cipher: EnvelopeCipher) -> None:
