@@ -74,7 +74,7 @@ def measure(directory: Path, settings: SqliteSettings, patients: int) -> dict[st
     database = directory / "bench.sqlite3"
     store = SqliteStore(
         database,
-        lambda resource: extract_index(REGISTRY, resource, "http://127.0.0.1:8080/fhir"),
+        lambda resource, only=None: extract_index(REGISTRY, resource, "http://127.0.0.1:8080/fhir", only),
         _param_type,
         SERVED_TYPES,
         cipher,

@@ -76,7 +76,7 @@ def create_service(config: Config, gatekeeper: GatekeeperFactory = dmp_gatekeepe
     store = open_store(
         config.store_url,
         default_sqlite=config.sqlite_path,
-        indexer=lambda resource: extract_index(registry, resource, config.base_url),
+        indexer=lambda resource, only=None: extract_index(registry, resource, config.base_url, only),
         param_type=param_type,
         resource_types=SERVED_TYPES,
         cipher=cipher,

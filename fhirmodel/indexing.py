@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
@@ -268,21 +268,29 @@ def component_keys(value: IndexValue) -> list[str]:
     return []
 
 
+#: Which of a resource's parameters to index, by code and type (``None``: all of them).
+Only = Callable[[str, str], bool]
+
+
 def extract_index(
-    registry: SearchParamRegistry, resource: dict[str, Any], base_url: str | None
+    registry: SearchParamRegistry, resource: dict[str, Any], base_url: str | None, only: Only | None = None
 ) -> dict[str, list[IndexValue]]:
     """Every search parameter's index values for ``resource`` (parameters with none are left out),
-    and those of the contained resources its references point at (:func:`contained_name`)."""
-    index = _own_index(registry, resource, base_url)
-    index.update(_contained_index(registry, resource, resource, base_url, 1))
+    and those of the contained resources its references point at (:func:`contained_name`); with
+    ``only``, the resource's own parameters it accepts, and nothing of the contained resources."""
+    index = _own_index(registry, resource, base_url, only)
+    if only is None:
+        index.update(_contained_index(registry, resource, resource, base_url, 1))
     return index
 
 
 def _own_index(
-    registry: SearchParamRegistry, resource: dict[str, Any], base_url: str | None
+    registry: SearchParamRegistry, resource: dict[str, Any], base_url: str | None, only: Only | None = None
 ) -> dict[str, list[IndexValue]]:
     index: dict[str, list[IndexValue]] = {}
     for code, param in registry.for_type(resource["resourceType"]).items():
+        if only is not None and not only(code, param.type):
+            continue
         values = values_for(param, param.extractor(resource), base_url)
         if values:
             index[code] = values

@@ -27,7 +27,7 @@ from storage.mongo.connect import MongoUnavailable, StandaloneRefused, open_mong
 from storage.mongo.layout import DIRECTORY_KEY, SEVERAL_PATIENTS
 from storage.mongo.migrate import Migration
 from storage.mongo.store import MongoStore
-from storage.query import OPEN_SCOPE, Query, Reference
+from storage.query import ANY_SYSTEM, OPEN_SCOPE, Query, Reference, Token
 from storage.sqlite import dbkey
 from storage.sqlite.schema import TRAIL_KEYS_FROM, trail_file
 from storage.sqlite.store import SqliteStore
@@ -280,6 +280,31 @@ def test_a_source_with_events_not_moved_to_its_trail_s_file_is_refused(tmp_path:
     assert isinstance(target, MongoStore)
     with pytest.raises(ValueError, match="open it with a store first"):
         Migration(database, target, **keys).run(lambda *_: None)
+    target.close()
+
+
+def test_a_source_whose_trail_rows_are_not_all_written_is_refused_until_a_store_writes_them(tmp_path: Path) -> None:
+    """A trail's event moved in has only the rows that start a search; the others are written
+    when a statement reads them. A copy of the index tables as they are would lack them: the
+    command has the store write them all first (``complete_index``); a source without is refused."""
+    cipher = EnvelopeCipher(MasterKeys.load_or_create(tmp_path))
+    database = tmp_path / "store.sqlite3"
+    source = SqliteStore(database, _index, _param_type, SERVED_TYPES, cipher)
+    source.create(patient("p1", "Martin"))
+    source.log([{**_trail_event("e1", "p1"), "action": "E"}])  # the journal's
+    assert source.read("AuditEvent", "e1", OPEN_SCOPE).id == "e1"  # moved in; nothing else read
+    source.close()
+    keys = {"key": dbkey.load(database, cipher), "trail_key": dbkey.load(Path(trail_file(str(database))), cipher)}
+    target = _mongo(tmp_path)
+    assert isinstance(target, MongoStore)
+    with pytest.raises(ValueError, match="whose index is not written: open it with a store first"):
+        Migration(database, target, **keys).run(lambda *_: None)
+    source = SqliteStore(database, _index, _param_type, SERVED_TYPES, cipher)
+    source.complete_index()
+    source.close()
+    Migration(database, target, **keys).run(lambda *_: None)
+    found = target.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "E")), OPEN_SCOPE)
+    assert [s.id for s in found.matches] == ["e1"]
     target.close()
 
 

@@ -24,7 +24,7 @@ import pytest
 import storage.sqlite.store as sqlite_store
 from fhir_server.fhir.service import SERVED_TYPES
 from fhir_server.runtime.config import PROJECT_ROOT
-from fhirmodel.indexing import IndexValue, extract_index
+from fhirmodel.indexing import IndexValue, Only, extract_index
 from fhirmodel.searchparams import SearchParamRegistry
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError, MasterKeys
 from storage.interface import AlreadyExists, Gone, NotFound, Store, StoreError, VersionConflict
@@ -75,8 +75,8 @@ def _param_type(rtype: str, code: str) -> str | None:
     return param.type if param else None
 
 
-def _index(resource: dict[str, Any]) -> dict[str, list[IndexValue]]:
-    return extract_index(REGISTRY, resource, BASE)
+def _index(resource: dict[str, Any], only: Only | None = None) -> dict[str, list[IndexValue]]:
+    return extract_index(REGISTRY, resource, BASE, only)
 
 
 def _sqlite(tmp: Path, indexer: Indexer = _index) -> Store:
@@ -1344,9 +1344,11 @@ def test_the_events_writes_left_in_the_main_file_are_moved_by_the_next_store_ope
     conn = reopened._conn()
     assert _inboxed(reopened) == 0 and conn.execute("SELECT COUNT(*) FROM trail.resource").fetchone() == (4,)
     written = [_index_rows(conn, TRAIL.tables, _pk(conn, "AuditEvent", f"e{n}")) for n in range(3)]
-    assert min(written) > 5 and len(set(written)) == 1  # each event's rows, once
+    assert min(written) > 1 and len(set(written)) == 1  # each event's rows that start a search, once
     found = reopened.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "C")), OPEN_SCOPE)
     assert [s.id for s in found.matches] == ["waiting"]
+    completed = [_index_rows(conn, TRAIL.tables, _pk(conn, "AuditEvent", f"e{n}")) for n in range(3)]
+    assert min(completed) > 5 + min(written) and len(set(completed)) == 1  # the others, when read, once
     reopened.close()
 
 
@@ -1553,6 +1555,7 @@ def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_file_once(tmp_pat
     for _ in range(2):
         reopened = _sqlite(tmp_path)
         assert isinstance(reopened, SqliteStore)
+        reopened.complete_index()  # the rows that start no search are written when read
         conn = reopened._conn()
         event = _pk(conn, "AuditEvent", "e1")
         assert event > TRAIL_KEYS_FROM and _index_rows(conn, TRAIL.tables, event) == rows
@@ -1579,6 +1582,7 @@ def test_a_trail_in_the_main_file_moves_to_its_own_file_once(tmp_path: Path) -> 
     for _ in range(2):
         reopened = _sqlite(tmp_path)
         assert isinstance(reopened, SqliteStore)
+        reopened.complete_index()  # the rows that start no search are written when read
         conn = reopened._conn()
         event = _pk(conn, "AuditEvent", "e1")
         assert event > TRAIL_KEYS_FROM and _index_rows(conn, TRAIL.tables, event) == rows and _inboxed(reopened) == 0
@@ -1592,6 +1596,37 @@ def test_a_trail_in_the_main_file_moves_to_its_own_file_once(tmp_path: Path) -> 
         found = reopened.search(Query("DocumentReference", Reference("subject", "Patient", "p1")), OPEN_SCOPE)
         assert [s.id for s in found.matches] == ["d1"]
         reopened.close()
+
+
+def test_a_trail_of_schema_8_keeps_its_rows_and_lists_its_next_events_pending(tmp_path: Path) -> None:
+    """A schema 8 trail has every event's rows and no list of pending ones: opened, it gets the
+    list, its events are searched as they were, and the next ones moved in are listed."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    _trail_of_two_patients(store)
+    store.complete_index()
+    conn = store._conn()
+    conn.execute(f"DROP TABLE {TRAIL.pending}")
+    for meta in ("main.meta", "trail.meta"):
+        conn.execute(f"UPDATE {meta} SET value = '8' WHERE key = 'schema_version'")
+    store.close()
+    for _ in range(2):
+        reopened = _sqlite(tmp_path)
+        assert isinstance(reopened, SqliteStore)
+        conn = reopened._conn()
+        for meta in ("main.meta", "trail.meta"):
+            version = conn.execute(f"SELECT value FROM {meta} WHERE key = 'schema_version'").fetchone()
+            assert version == (str(SCHEMA_VERSION),)
+        found = reopened.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "C")), OPEN_SCOPE)
+        assert [s.id for s in found.matches] == ["e2"]
+        reopened.close()
+    reopened = _sqlite(tmp_path)
+    assert isinstance(reopened, SqliteStore)
+    reopened.log([trail_event("e4", "p1", "R", "2024-01-04T10:00:00Z")])
+    assert reopened.read("AuditEvent", "e4", OPEN_SCOPE).id == "e4"
+    listed = reopened._conn().execute(f"SELECT COUNT(*) FROM {TRAIL.pending}").fetchone()
+    assert listed == (1,)
+    reopened.close()
 
 
 def test_a_trail_s_file_under_another_key_is_refused_naming_it(tmp_path: Path) -> None:

@@ -23,8 +23,24 @@ import orjson
 import pytest
 
 from storage.crypto import DEFLATED_FORMAT, FORMAT, DecryptionError
-from storage.query import ANY_SYSTEM, OPEN_SCOPE, Has, Include, Query, Reference, Token
+from storage.interface import NotFound
+from storage.query import (
+    ANY_SYSTEM,
+    EVERYTHING,
+    OPEN_SCOPE,
+    Chain,
+    Expr,
+    Has,
+    Include,
+    Not,
+    Query,
+    Reference,
+    Token,
+    all_of,
+)
+from storage.sqlite.compiler import links_lazy
 from storage.sqlite.journal import DRAIN_BYTES, FALLBACK_BYTES, HEADER_BYTES, MAGIC, Journal, frame
+from storage.sqlite.schema import TRAIL
 from storage.sqlite.store import SqliteStore
 from tests.test_storage_contract import _sqlite, doc, patient, trail_event
 
@@ -443,3 +459,123 @@ def test_a_move_that_fails_does_not_fail_the_log_and_leaves_the_events_waiting(
         stale.unlink()  # the operator removes what does not belong: everything logged moves in
     assert store.read("AuditEvent", logged[-1], OPEN_SCOPE).id == logged[-1]
     assert all(in_database(store, eid) for eid in logged)
+
+
+# -- the rows written when read (IndexFamily.lazy) --------------------------------------------
+
+
+class _ReadsOfOnePatientScope:
+    """A caller who sees one patient's events that are reads: the binding the policy puts first,
+    and a filter on a row that starts no search."""
+
+    def filter(self, resource_type: str) -> Expr:
+        if resource_type != "AuditEvent":
+            return EVERYTHING
+        return all_of(Reference("patient", "Patient", "p1"), Token("action", ANY_SYSTEM, "R"))
+
+
+def pending(store: SqliteStore) -> set[str]:
+    """The ids of the events whose rows that start no search are not written yet."""
+    sql = f"SELECT r.id FROM {TRAIL.pending} p JOIN trail.resource r ON r.pk = p.res"
+    return {rid for (rid,) in store._conn().execute(sql).fetchall()}
+
+
+def test_a_moved_event_has_the_rows_that_start_a_search_and_a_search_writes_the_others_of_its_patient(
+    store: SqliteStore,
+) -> None:
+    """Moved in, an event gets its patient's and its dates' rows; a search bound to one patient
+    writes the others for that patient's events only, and finds by them."""
+    store.create(patient("p2", "Durand"))
+    store.log([event("e1"), trail_event("e2", "p2", "R", "2024-02-01T10:00:00Z")])
+    assert store.read("AuditEvent", "e1", OPEN_SCOPE).id == "e1"  # moved in, nothing read but the event
+    assert pending(store) == {"e1", "e2"}
+    assert _index_rows_of(store, "e1") == 4  # the patient's reference and identifier, two dates
+    updates = store.search(
+        Query("AuditEvent", all_of(Reference("patient", "Patient", "p1"), Token("action", ANY_SYSTEM, "U"))), OPEN_SCOPE
+    )
+    assert updates.matches == [] and pending(store) == {"e2"} and _index_rows_of(store, "e1") > 10
+    reads = store.search(
+        Query("AuditEvent", all_of(Reference("patient", "Patient", "p2"), Token("action", ANY_SYSTEM, "R"))), OPEN_SCOPE
+    )
+    assert [s.id for s in reads.matches] == ["e2"] and pending(store) == set()
+
+
+def _index_rows_of(store: SqliteStore, rid: str) -> int:
+    conn = store._conn()
+    (pk,) = conn.execute("SELECT pk FROM trail.resource WHERE type = 'AuditEvent' AND id = ?", (rid,)).fetchone()
+    return sum(
+        conn.execute(f"SELECT COUNT(*) FROM {table} WHERE res = ?", (pk,)).fetchone()[0] for table in TRAIL.tables
+    )
+
+
+def test_a_read_of_an_event_writes_the_rows_of_the_events_in_the_callers_scope_only(store: SqliteStore) -> None:
+    store.create(patient("p2", "Durand"))
+    store.log([event("e1"), event("e2", "U"), trail_event("e3", "p2", "R", "2024-02-01T10:00:00Z")])
+    assert store.read("AuditEvent", "e1", _ReadsOfOnePatientScope()).id == "e1"
+    assert pending(store) == {"e3"}
+    for hidden in ("e2", "e3"):
+        with pytest.raises(NotFound):
+            store.read("AuditEvent", hidden, _ReadsOfOnePatientScope())
+    assert pending(store) == {"e3"}
+
+
+def test_a_search_without_a_patient_writes_every_events_rows(store: SqliteStore) -> None:
+    store.create(patient("p2", "Durand"))
+    store.log([event("e1"), trail_event("e2", "p2", "U", "2024-02-01T10:00:00Z")])
+    found = store.search(Query("AuditEvent", Token("action", ANY_SYSTEM, "U")), OPEN_SCOPE)
+    assert [s.id for s in found.matches] == ["e2"] and pending(store) == set()
+
+
+def test_a_statement_that_may_read_other_events_rows_writes_them_all(store: SqliteStore) -> None:
+    """A search of one patient's trail whose filter follows a chain to the trail's own type reads
+    the rows of events that are not its candidates: every event's are written first."""
+    store.create(patient("p2", "Durand"))
+    store.log([event("e1"), trail_event("e2", "p2", "U", "2024-02-01T10:00:00Z")])
+    chained = Chain("entity", ("AuditEvent",), Token("action", ANY_SYSTEM, "U"))
+    store.search(Query("AuditEvent", all_of(Reference("patient", "Patient", "p1"), chained)), OPEN_SCOPE)
+    assert pending(store) == set()
+
+
+def test_what_links_to_the_rows_of_events() -> None:
+    def scope(rtype: str) -> Expr:
+        return Has("AuditEvent", "entity", EVERYTHING) if rtype == "Binary" else EVERYTHING
+
+    action = Token("action", ANY_SYSTEM, "R")
+    assert not links_lazy(all_of(Reference("patient", "Patient", "p1"), action), scope)
+    assert not links_lazy(Not(Chain("entity", ("DocumentReference",), action)), scope)
+    assert links_lazy(Not(Chain("entity", ("AuditEvent",), action)), scope)
+    assert not links_lazy(Not(Chain("entity", ("AuditEvent",), action)), scope, unscoped_only=True)
+    assert links_lazy(Not(Chain("entity", ("AuditEvent",), action, scoped=False)), scope, unscoped_only=True)
+    assert links_lazy(Has("AuditEvent", "entity", action), scope)
+    assert links_lazy(Chain("entity", ("Binary",), action), scope)  # the Binary's filter has one
+    assert not links_lazy(Chain("entity", ("Binary",), action, scoped=False), scope)
+
+
+def test_a_patients_look_at_their_trail_writes_their_events_rows_whatever_it_follows(store: SqliteStore) -> None:
+    """Bound to one patient by the scope, a statement completes that patient's events only, even
+    when it follows a chain to the trail's type (the chain's targets are in the scope too)."""
+    store.create(patient("p2", "Durand"))
+    store.log([event("e1"), event("e2", "U"), trail_event("e3", "p2", "U", "2024-02-01T10:00:00Z")])
+    chained = Chain("entity", ("AuditEvent",), Token("action", ANY_SYSTEM, "U"))
+    found = store.search(Query("AuditEvent", chained), _PatientScope("p1"))
+    assert found.matches == [] and pending(store) == {"e3"}
+    assert [s.id for s in store.history(_PatientScope("p1"), "AuditEvent").entries] == ["e2", "e1"]
+    assert pending(store) == {"e3"}
+
+
+class _PatientScope:
+    """A patient's view of the trail: their own events (as the policy binds it)."""
+
+    def __init__(self, pid: str) -> None:
+        self.pid = pid
+
+    def filter(self, resource_type: str) -> Expr:
+        return Reference("patient", "Patient", self.pid) if resource_type == "AuditEvent" else EVERYTHING
+
+
+def test_a_store_completes_every_event_for_a_copy_elsewhere(store: SqliteStore) -> None:
+    store.log([event("e1"), event("e2")])
+    assert store.read("AuditEvent", "e1", OPEN_SCOPE).id == "e1"  # moved in, nothing read but the event
+    assert pending(store) == {"e1", "e2"}
+    store.complete_index()
+    assert pending(store) == set()

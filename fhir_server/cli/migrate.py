@@ -40,6 +40,7 @@ def _migrate_command(args: argparse.Namespace) -> int:
     from storage.mongo.migrate import Migration
     from storage.mongo.store import MongoStore
     from storage.sqlite.schema import trail_file
+    from storage.sqlite.store import SqliteStore
 
     if not args.source.startswith("sqlite:///") or not args.target.startswith(("mongodb://", "mongodb+srv://")):
         print("dmp-server migrate: --from sqlite:///path --to mongodb://…", file=sys.stderr)
@@ -50,8 +51,13 @@ def _migrate_command(args: argparse.Namespace) -> int:
         return 2
     config = Config.from_env()
     # Opened once: what the trail's journal holds, and the writes' events, are moved into the
-    # trail's file the copy reads.
-    create_service(dataclasses.replace(config, store_url=args.source)).store.close()
+    # trail's file the copy reads, and the trail's rows left to be written when read are written.
+    opened = create_service(dataclasses.replace(config, store_url=args.source)).store
+    try:
+        assert isinstance(opened, SqliteStore)
+        opened.complete_index()
+    finally:
+        opened.close()
     service = create_service(dataclasses.replace(config, store_url=args.target))
     store = service.store
     assert isinstance(store, MongoStore)

@@ -53,6 +53,7 @@ from storage.sqlite.connection import Attached, connect_read_only
 from storage.sqlite.schema import (
     COLUMN_NAMES,
     PENDING_SINCE,
+    TRAIL,
     TRAIL_FILE_SINCE,
     TRAIL_SCHEMA,
     TRAIL_TYPES_SQL,
@@ -125,6 +126,9 @@ class Migration:
         if attached and conn.execute(f"SELECT 1 FROM main.resource WHERE type IN ({TRAIL_TYPES_SQL})").fetchone():
             conn.close()
             raise ValueError(f"{self._path} holds events not moved to its trail's file: open it with a store first")
+        if attached and _lazy_rows_left(conn):
+            conn.close()
+            raise ValueError(f"{self._path} holds trail events whose index is not written: open it with a store first")
         return conn
 
     def run(self, progress: Progress) -> None:
@@ -299,3 +303,14 @@ def _canonical(row: tuple[Any, ...]) -> bytes:
         raw = bytes(value) if isinstance(value, bytes | bytearray | memoryview) else repr(value).encode()
         out += len(raw).to_bytes(8, "big") + raw
     return bytes(out)
+
+
+def _lazy_rows_left(conn: sqlite3.Connection) -> bool:
+    """Whether the source's trail lists events whose rows that start no search are not written yet
+    (:attr:`~storage.sqlite.schema.IndexFamily.lazy`; a trail of schema 9 on)."""
+    listed = conn.execute(
+        "SELECT 1 FROM trail.sqlite_master WHERE type = 'table' AND name = ?", (f"{TRAIL.prefix}_pending",)
+    )
+    if listed.fetchone() is None:
+        return False
+    return conn.execute(f"SELECT 1 FROM {TRAIL.pending} LIMIT 1").fetchone() is not None

@@ -706,3 +706,32 @@ def _param_of(expr: Expr | _OneOf) -> str:
 def _by_selectivity(items: tuple[Expr, ...]) -> list[Expr]:
     """Order conjuncts so the likely most selective one drives the query."""
     return sorted(items, key=_rank)
+
+
+#: How deep :func:`links_lazy` follows the scope's filters of linked types before it assumes they do.
+_SCOPE_DEPTH = 3
+
+
+def links_lazy(expr: Expr, scope: ScopeFilter, *, unscoped_only: bool = False, depth: int = 0) -> bool:
+    """Whether a statement of ``expr`` may read the index rows of resources of a lazy family
+    (:attr:`IndexFamily.lazy`) through a link — a chain to one of its types, a ``_has`` from one —
+    here or in the scope's filter of a scoped link's types, which the statement holds too; with
+    ``unscoped_only``, through a link that is not scoped (the policy's own), which may read
+    resources beyond the caller's scope for their type."""
+    match expr:
+        case And(items) | Or(items):
+            return any(links_lazy(item, scope, unscoped_only=unscoped_only, depth=depth) for item in items)
+        case Not(item):
+            return links_lazy(item, scope, unscoped_only=unscoped_only, depth=depth)
+        case Chain(target_types=types, where=where, scoped=scoped) | Has(source_type=types, where=where, scoped=scoped):
+            linked = (types,) if isinstance(types, str) else types
+            if (not scoped or not unscoped_only) and any(family_of(rtype).lazy for rtype in linked):
+                return True
+            if links_lazy(where, scope, unscoped_only=unscoped_only, depth=depth):
+                return True
+            if not scoped:
+                return False
+            return depth >= _SCOPE_DEPTH or any(
+                links_lazy(scope(t), scope, unscoped_only=unscoped_only, depth=depth + 1) for t in linked
+            )
+    return False

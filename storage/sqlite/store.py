@@ -26,10 +26,10 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -38,6 +38,7 @@ from fhirmodel.indexing import (
     DateValue,
     IndexValue,
     NumberValue,
+    Only,
     QuantityValue,
     ReferenceValue,
     StringValue,
@@ -63,7 +64,7 @@ from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query
 from storage.sealing import DEFLATED_TYPES, check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
 from storage.sqlite import dbkey
 from storage.sqlite.compiled import CompiledFragments
-from storage.sqlite.compiler import KIND_OF_TYPE, ParamType, SqlCompiler
+from storage.sqlite.compiler import KIND_OF_TYPE, ParamType, SqlCompiler, links_lazy
 from storage.sqlite.connection import (
     DEFAULT_SETTINGS,
     SYNCED_LEVELS,
@@ -106,7 +107,18 @@ from storage.sqlite.upkeep import FALLBACK_PAGES, Upkeep
 from storage.sqlite.writer import WriterLock
 from storage.stamp import stamp
 
-Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
+
+class Indexer(Protocol):
+    """A resource's index values: of every parameter, or of those ``only`` accepts."""
+
+    def __call__(self, resource: dict[str, Any], only: Only | None = None, /) -> dict[str, list[IndexValue]]: ...
+
+
+#: What a statement reads, for :meth:`SqliteStore._reachable`: the caller's scope, and the type and
+#: condition of a search or a read (None for an include's or a history's: their scope's only).
+Reading = tuple[AccessScope, str | None, Expr | None]
+#: How many resources :meth:`SqliteStore._complete` reads and indexes at a time.
+COMPLETE_BATCH = 500
 #: Index rows copied per statement when an upgrade moves them to another family (:meth:`SqliteStore._refile`).
 REFILED_ROWS = 200_000
 
@@ -522,12 +534,15 @@ class SqliteStore(Store):
         if not fresh:
             for table in family.tables:
                 conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
+            if family.lazy:  # all its rows are written now
+                conn.execute(f"DELETE FROM {family.pending} WHERE res = ?", (pk,))
         self._insert_rows(family, [(pk, self._index_rows(resource))])
 
-    def _index_rows(self, resource: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
+    def _index_rows(self, resource: dict[str, Any], only: Only | None = None) -> dict[str, list[tuple[Any, ...]]]:
         """A resource's index values as rows of each kind of table: ``(param, *values)``."""
         rows: dict[str, list[tuple[Any, ...]]] = {}
-        for param, values in self._indexer(resource).items():
+        index = self._indexer(resource) if only is None else self._indexer(resource, only)
+        for param, values in index.items():
             for value in values:
                 rows.setdefault(TABLE_OF_VALUE[type(value)], []).append((param, *value))
         return rows
@@ -540,6 +555,8 @@ class SqliteStore(Store):
                 batches.setdefault(kind, []).extend((pk, *row) for row in kind_rows)
         conn = self._conn()
         for kind, batch in batches.items():
+            if not batch:
+                continue
             table, marks = family.table(kind), ", ".join("?" * len(batch[0]))
             conn.executemany(f"INSERT INTO {table} (res, param, {COLUMN_NAMES[kind]}) VALUES ({marks})", batch)
 
@@ -552,12 +569,14 @@ class SqliteStore(Store):
         for family, batch in by_family.items():
             self._insert_rows(family, batch)
 
-    def _settle(self, compiler: SqlCompiler | None, *types: str | None) -> None:
+    def _settle(self, compiler: SqlCompiler | None, *types: str | None, reading: Reading | None = None) -> None:
         """Before a statement runs: what the trail keeps aside — its events in the journal, the
         events of writes in the main file (:meth:`create`) — is moved into its file if the
         statement reads the index of a deferred family (``compiler``'s) or resources of one of
         ``types`` (``None``: of any type), so that it sees every resource stored before it, as
-        if all were written at once. Other statements (a document's read) leave both waiting."""
+        if all were written at once. Other statements (a document's read) leave both waiting.
+        Then the rows a lazy family left out are written for the resources the statement may read
+        (:meth:`_complete`, :meth:`_reachable`)."""
         reads_index = compiler is not None and any(family.deferred for family in compiler.families)
         if not reads_index and not any(t is None or t in self._logged for t in types):
             return
@@ -565,6 +584,9 @@ class SqliteStore(Store):
             self._drain()
         if self._inbox(1):
             self._move_inbox()
+        for family in compiler.families if compiler is not None else ():
+            if family.lazy:
+                self._complete(family, None if reading is None else self._reachable(family, *reading))
 
     def _inbox(self, limit: int) -> int:
         """How many of the trail's events wait in the main file, counted up to ``limit``."""
@@ -722,8 +744,72 @@ class SqliteStore(Store):
             number, blob = next(((n, b) for n, b in sealed if b is not None), (0, None))
             if blob is not None:
                 resource = orjson.loads(self._open(resource_aad(rtype, rid, number), blob))
-                indexed.append((rtype, int(new or 0), self._index_rows(resource)))
+                indexed.append(self._index_moved(rtype, int(new or 0), resource))
         self._insert_by_family(indexed)
+
+    def _index_moved(self, rtype: str, pk: int, resource: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
+        """The index rows a resource moved into its deferred family's file gets now (``(type, pk,
+        rows by kind)``): all of them, or a lazy family's rows that start a search, the resource
+        listed pending for the others (:meth:`_complete`)."""
+        family = family_of(rtype)
+        if not family.lazy:
+            return rtype, pk, self._index_rows(resource)
+        self._conn().execute(f"INSERT INTO {family.pending} (res) VALUES (?)", (pk,))
+        return rtype, pk, self._index_rows(resource, family.eager)
+
+    def _complete(self, family: IndexFamily, within: tuple[str, list[Any]] | None) -> None:
+        """Write the rows a lazy family left out (:attr:`IndexFamily.lazy`) of its resources listed
+        pending — those among the keys ``within`` selects (a statement and its numbered arguments),
+        or all of them — before a statement that may read them runs. A patient's look at their
+        trail completes their events; a statement that may read any event's (an include of every
+        type, a chain to the trail's types) completes them all, in batches, once."""
+        among, args = ("", []) if within is None else (f" WHERE p.res IN ({within[0]})", within[1])
+        listed = f"SELECT p.res FROM {family.pending} p{among}"
+        if self._conn().execute(f"{listed} LIMIT 1", args).fetchone() is None:
+            return
+        with self.transaction():  # the list read again inside: another process may have done it
+            conn = self._conn()  # the transaction's (a group commit's connection)
+            while True:
+                rows = conn.execute(
+                    f"SELECT pk, type, id, version, content FROM {family.resources}"
+                    f" WHERE pk IN ({listed} LIMIT {COMPLETE_BATCH})",
+                    args,
+                ).fetchall()
+                if not rows:
+                    return
+                indexed = []
+                for pk, rtype, rid, version, content in rows:
+                    resource = self._last_content(family, pk, rtype, rid, version, content)
+                    if resource is not None:
+                        made = self._index_rows(resource)
+                        left = {
+                            kind: [r for r in kind_rows if not family.eager(r[0], kind)]
+                            for kind, kind_rows in made.items()
+                        }
+                        indexed.append((pk, left))
+                self._insert_rows(family, indexed)
+                conn.executemany(f"DELETE FROM {family.pending} WHERE res = ?", [(row[0],) for row in rows])
+
+    def _last_content(
+        self, family: IndexFamily, pk: int, rtype: str, rid: str, version: int, content: bytes | None
+    ) -> dict[str, Any] | None:
+        """A resource's content as its index holds it: the current version's, or a deleted one's
+        last version that has content (None: none has)."""
+        if content is None:
+            row = (
+                self._conn()
+                .execute(
+                    f"SELECT version, content FROM {family.versions} WHERE res = ? AND content IS NOT NULL"
+                    " ORDER BY version DESC LIMIT 1",
+                    (pk,),
+                )
+                .fetchone()
+            )
+            if row is None:
+                return None
+            version, content = row
+        loaded: dict[str, Any] = orjson.loads(self._open(resource_aad(rtype, rid, version), content))
+        return loaded
 
     def _drain(self) -> None:
         """Move the journal into the trail's file, in one transaction (the caller's, if it is in one).
@@ -767,7 +853,7 @@ class SqliteStore(Store):
                 continue
             taken.add((rtype, rid))
             pk, _ = self._insert_new(rtype, rid, last_updated, blob, "POST", family_of(rtype))
-            indexed.append((rtype, pk, self._index_rows(resource)))
+            indexed.append(self._index_moved(rtype, pk, resource))
             self._observed(rtype, None, resource)
         self._insert_by_family(indexed)
 
@@ -928,6 +1014,37 @@ class SqliteStore(Store):
     def _compiler(self, scope: AccessScope) -> SqlCompiler:
         return SqlCompiler(self._param_type, scope.filter)
 
+    def _reachable(
+        self, family: IndexFamily, scope: AccessScope, rtype: str | None, expr: Expr | None
+    ) -> tuple[str, list[Any]] | None:
+        """A statement selecting the keys of ``family``'s resources whose rows a statement reading
+        ``reading`` may read (with its arguments); None: any of them.
+
+        Those within the caller's scope for the family's types: a search's candidates and a read's
+        resource are checked against that scope, a scoped chain's or include's targets too. Out of
+        it, a resource may be read but not found: the policy binds every search of a lazy family
+        to one patient (its filter starts with the binding, :meth:`SqlCompiler.driven`), so what
+        else a condition reads of an event of another patient cannot make it match. So a patient
+        looking at their trail completes their own events, whatever the query. Any of them: the
+        server's own statements (an open scope has no binding; a search of the family's type then
+        completes its own candidates), and a link the policy makes unscoped to one of the types."""
+        compiler, types = self._compiler(scope), [t for t in TRAIL_TYPES if family_of(t) is family]
+        held = [e for e in (expr, *map(scope.filter, types)) if e is not None]
+        if any(links_lazy(e, scope.filter, unscoped_only=True) for e in held):
+            return None
+        selects = []
+        for ftype in types:
+            within = scope.filter(ftype)
+            if isinstance(within, Nothing):
+                continue
+            driver = None if isinstance(within, Everything) else compiler.driven(within, ftype)[0]
+            if driver is None and ftype == rtype and expr is not None and not links_lazy(expr, scope.filter):
+                driver = compiler.driven(expr, ftype)[0]  # no binding in the scope: the statement's own
+            if driver is None:
+                return None
+            selects.append(driver)
+        return (" UNION ALL ".join(selects) or "SELECT NULL", compiler.args)
+
     def _visible(self, pk: int, rtype: str, scope: AccessScope) -> bool:
         scope_expr = scope.filter(rtype)
         if isinstance(scope_expr, Everything):
@@ -938,7 +1055,7 @@ class SqliteStore(Store):
             ("visible", rtype), scope_expr, scope, lambda c, skeleton: c.condition(skeleton, "r", rtype)
         )
         sql = f"SELECT 1 FROM {family_of(rtype).resources} r WHERE {cond} AND r.pk = {compiler.arg(pk)}"
-        self._settle(compiler)
+        self._settle(compiler, reading=(scope, rtype, scope_expr))
         return self._conn().execute(sql, compiler.args).fetchone() is not None
 
     def exists(self, resource_type: str, resource_id: str) -> int | None:
@@ -1035,7 +1152,7 @@ class SqliteStore(Store):
         condition_args = list(compiler.args)  # the page's own arguments come after
         matches: list[Stored] = []
         order = self._order(compiler, rtype, query.sort) if query.count > 0 else ""
-        self._settle(compiler)
+        self._settle(compiler, reading=(scope, rtype, expr))
         if query.count > 0:
             sql = (
                 f"SELECT {_CURRENT_COLUMNS} FROM {resources} r"
@@ -1110,8 +1227,16 @@ class SqliteStore(Store):
             )
         # A reverse include reads its sources' index (the compiler knows whose); a forward one reads
         # the resources its references name, of any type when it names none.
-        self._settle(compiler, *(() if inc.reverse else (inc.target_type,)))
+        self._settle(compiler, *(() if inc.reverse else (inc.target_type,)), reading=(scope, None, None))
         return [self._stored(row) for row in conn.execute(sql, compiler.args).fetchall()]
+
+    def complete_index(self) -> None:
+        """Write every row a lazy family left out (:meth:`_complete`): before a copy elsewhere reads
+        the index tables as they are (``dmp-server migrate``)."""
+        self._settle(None, None)
+        for family in FAMILY_OF_TYPE.values():
+            if family.lazy:
+                self._complete(family, None)
 
     def _files(self, resource_type: str | None) -> list[tuple[IndexFamily, list[str]]]:
         """Where resources of ``resource_type`` (None: of any type) are: per file, a family of it
@@ -1171,7 +1296,7 @@ class SqliteStore(Store):
             bases.append(
                 f"FROM {family.versions} v JOIN {family.resources} r ON r.pk = v.res WHERE " + " AND ".join(parts)
             )
-        self._settle(compiler)
+        self._settle(compiler, reading=(scope, resource_type, None))
         total_sql = "SELECT " + " + ".join(f"(SELECT COUNT(*) {base})" for base in bases)
         total = int(conn.execute(total_sql, compiler.args).fetchone()[0])
         # One file: by seq. Both: by time (the 6th column), then seq (the 2nd) within a file.
