@@ -459,10 +459,12 @@ def check_open_app(run: Run, big: BigPatient, target: Target, tokens: Tokens) ->
 
 
 def prewarm(data_dir: Path) -> None:
-    """Read the database once so the OS page cache holds it: separates index work from disk reads."""
+    """Read the database once so the OS page cache holds it: separates index work from disk reads.
+    The trail's file first: at ten million events it is larger than this machine's memory, and what
+    is read last stays — the documents', which every search reads (the trail's, its appends)."""
     started = time.perf_counter()
     total = 0
-    for name in ("dmp.sqlite3", "dmp.sqlite3-wal", "dmp.sqlite3.trail", "dmp.sqlite3.trail-wal"):
+    for name in ("dmp.sqlite3.trail", "dmp.sqlite3.trail-wal", "dmp.sqlite3", "dmp.sqlite3-wal"):
         path = data_dir / name
         if path.exists():
             with path.open("rb") as f:
