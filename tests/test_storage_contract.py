@@ -1517,6 +1517,15 @@ def test_a_database_of_a_newer_schema_is_refused_untouched(tmp_path: Path) -> No
         )
 
 
+def _reopened_with_every_row(tmp: Path) -> tuple[SqliteStore, sqlite3.Connection]:
+    """The store on ``tmp`` opened again (upgrading it), with the trail's rows that start no
+    search written too (they are written when read), and its connection."""
+    reopened = _sqlite(tmp)
+    assert isinstance(reopened, SqliteStore)
+    reopened.complete_index()
+    return reopened, reopened._conn()
+
+
 def _as_before_the_trail_file(store: SqliteStore, tmp: Path, schema: int) -> int:
     """The database as a server of ``schema`` (before 8) left it: the trail's events in the main
     file, their index rows in its shared tables (before 3) or in ``trail_*`` tables of its own
@@ -1553,10 +1562,7 @@ def test_a_trail_indexed_in_the_shared_tables_moves_to_its_own_file_once(tmp_pat
     rows = _as_before_the_trail_file(store, tmp_path, 2)
     assert rows > 10
     for _ in range(2):
-        reopened = _sqlite(tmp_path)
-        assert isinstance(reopened, SqliteStore)
-        reopened.complete_index()  # the rows that start no search are written when read
-        conn = reopened._conn()
+        reopened, conn = _reopened_with_every_row(tmp_path)
         event = _pk(conn, "AuditEvent", "e1")
         assert event > TRAIL_KEYS_FROM and _index_rows(conn, TRAIL.tables, event) == rows
         orphans = "SELECT COUNT(*) FROM {} WHERE res NOT IN (SELECT pk FROM resource)"
@@ -1580,10 +1586,7 @@ def test_a_trail_in_the_main_file_moves_to_its_own_file_once(tmp_path: Path) -> 
     _trail_of_two_patients(store)
     rows = _as_before_the_trail_file(store, tmp_path, 7)
     for _ in range(2):
-        reopened = _sqlite(tmp_path)
-        assert isinstance(reopened, SqliteStore)
-        reopened.complete_index()  # the rows that start no search are written when read
-        conn = reopened._conn()
+        reopened, conn = _reopened_with_every_row(tmp_path)
         event = _pk(conn, "AuditEvent", "e1")
         assert event > TRAIL_KEYS_FROM and _index_rows(conn, TRAIL.tables, event) == rows and _inboxed(reopened) == 0
         left = conn.execute("SELECT name FROM main.sqlite_schema WHERE name LIKE 'trail%' OR name LIKE 'index_p%'")

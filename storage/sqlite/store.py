@@ -1022,8 +1022,9 @@ class SqliteStore(Store):
     def _reachable(
         self, family: IndexFamily, scope: AccessScope, rtype: str | None, expr: Expr | None
     ) -> tuple[str, list[Any]] | None:
-        """A statement selecting the keys of ``family``'s resources whose rows a statement reading
-        ``reading`` may read (with its arguments); None: any of them.
+        """A statement selecting the keys of ``family``'s resources whose rows a statement may read
+        (with its arguments) — one of ``rtype`` on ``expr`` in ``scope``, or (no type, no condition)
+        an include's or a history's, within the scope only; None: any of them.
 
         Those within the caller's scope for the family's types: a search's candidates and a read's
         resource are checked against that scope, a scoped chain's or include's targets too. Out of
