@@ -29,7 +29,7 @@ from storage.mongo.migrate import Migration
 from storage.mongo.store import MongoStore
 from storage.query import ANY_SYSTEM, OPEN_SCOPE, Query, Reference, Token
 from storage.sqlite import dbkey
-from storage.sqlite.schema import TRAIL_KEYS_FROM, trail_file
+from storage.sqlite.schema import CLUSTERED_KEYS_FROM, trail_file
 from storage.sqlite.store import SqliteStore
 from tests.dbfiles import open_database
 from tests.mongo_double import REAL_URI, DoubleClient, FakeSession, drop, mongo_url
@@ -244,10 +244,11 @@ def test_migrate_copies_everything_sealed_resumes_and_verifies(
     assert store.vread("Patient", "p1", 1, OPEN_SCOPE).json()["name"][0]["family"] == "Martin"
     assert store.get_record("account", "1800175123456") == (b"scrypt hash", None)
     assert [m.payload for m in store.pending("alert")] == [b"to send"]
-    # the sequences go on from the source's highest: the trail's file's (its keys above the main file's)
-    assert store.create(patient("p9", "New")).pk == TRAIL_KEYS_FROM + 3
+    # the sequences go on from the source's highest: the documents' (their patient's block of keys,
+    # above the trail's file's, themselves above the main file's other resources)
+    assert store.create(patient("p9", "New")).pk == CLUSTERED_KEYS_FROM + 7
 
-    # Interrupted half-way (the copy goes in key order, the trail's file last): what is missing
+    # Interrupted half-way (the copy goes in key order, the documents' blocks last): what is missing
     # is copied again, and the verification passes.
     store.database["resources"].delete_many({"pk": {"$gte": 5}})
     store.database["versions"].delete_many({"res": {"$gte": 5}})

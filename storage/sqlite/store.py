@@ -81,6 +81,9 @@ from storage.sqlite.journal import DRAIN_BYTES, FALLBACK_BYTES, Journal
 from storage.sqlite.rekey import settle
 from storage.sqlite.schema import (
     ADDED_COLUMNS,
+    CLUSTER_SIZE,
+    CLUSTERED_KEYS_FROM,
+    CLUSTERS,
     COLUMN_NAMES,
     COVERED_KINDS,
     COVERING_SINCE,
@@ -180,6 +183,28 @@ def _page(count: int, offset: int = 0) -> str:
     run it (in-process, 10 of a patient's documents, a doctor's filter). The integers come from
     the parsed query, never from text."""
     return f"LIMIT {int(count)} OFFSET {int(offset)}"
+
+
+#: A search's watermark (:meth:`SqliteStore._marks`): the main file's last key, the trail's, and
+#: the main file's last version, which bounds a clustered family's resources by their first.
+_SEARCH_MARKS = ((SHARED, "pk"), (TRAIL, "pk"), (SHARED, "seq"))
+_FIRST_SEQ = 2
+
+
+def _binding_value(family: IndexFamily, references: Iterable[tuple[Any, ...]]) -> str:
+    """Whose a resource of a clustered family is: its binding's first reference as the binding
+    index has it (``Patient/{id}``, ``|{system}|{value}`` by identifier), or ``""``: the resources
+    of no patient share blocks of their own."""
+    for param, target_type, target_id, url, id_system, id_value in references:
+        if param != family.binding:
+            continue
+        if target_id is not None:
+            return f"{target_type}/{target_id}"
+        if id_value is not None:
+            return f"|{id_system or ''}|{id_value}"
+        if url is not None:
+            return url
+    return ""
 
 
 def _sort_value(compiler: SqlCompiler, family: IndexFamily, kind: str, column: str, agg: str, param: str) -> str:
@@ -526,16 +551,14 @@ class SqliteStore(Store):
             (pk, version),
         )
 
-    def _reindex(self, pk: int, resource: dict[str, Any], *, fresh: bool = False) -> None:
-        """Replace the index rows of ``pk``. A ``fresh`` row (just inserted) has none to delete:
-        they go with their resource (``ON DELETE CASCADE``), so a reused ``pk`` starts empty too,
-        and the seven deletes are skipped on every create."""
+    def _reindex(self, pk: int, resource: dict[str, Any]) -> None:
+        """Replace the index rows of ``pk``. (A create writes its rows without deleting any: they
+        go with their resource, ``ON DELETE CASCADE``, so a reused ``pk`` starts empty too.)"""
         conn, family = self._conn(), family_of(resource["resourceType"])
-        if not fresh:
-            for table in family.tables:
-                conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
-            if family.lazy:  # all its rows are written now
-                conn.execute(f"DELETE FROM {family.pending} WHERE res = ?", (pk,))
+        for table in family.tables:
+            conn.execute(f"DELETE FROM {table} WHERE res = ?", (pk,))
+        if family.lazy:  # all its rows are written now
+            conn.execute(f"DELETE FROM {family.pending} WHERE res = ?", (pk,))
         self._insert_rows(family, [(pk, self._index_rows(resource))])
 
     def _index_rows(self, resource: dict[str, Any], only: Only | None = None) -> dict[str, list[tuple[Any, ...]]]:
@@ -632,11 +655,13 @@ class SqliteStore(Store):
             blob = self._seal(resource_aad(rtype, rid, 1), content, deflate=rtype in DEFLATED_TYPES)
             family = family_of(rtype)
             if family.deferred:
-                pk, seq = self._insert_new(rtype, rid, last_updated, blob, method, SHARED)
+                pk, seq = self._insert_new(rtype, rid, last_updated, blob, method, SHARED, self._next_key())
                 self._inboxed += 1
             else:
-                pk, seq = self._insert_new(rtype, rid, last_updated, blob, method, family)
-                self._reindex(pk, resource, fresh=True)
+                rows = self._index_rows(resource)
+                key = self._cluster_key(family, rows) if family.clustered else self._next_key()
+                pk, seq = self._insert_new(rtype, rid, last_updated, blob, method, family, key)
+                self._insert_rows(family, [(pk, rows)])
             self._observed(rtype, None, resource)
         if self._inboxed >= INBOX_BATCH and self._upkeep is not None:
             # In a caller's transaction (a write's event) the thread may count before it commits,
@@ -646,15 +671,40 @@ class SqliteStore(Store):
         return Stored(pk, seq, rtype, rid, 1, last_updated, method, content)
 
     def _insert_new(
-        self, rtype: str, rid: str, last_updated: str, blob: bytes, method: str, family: IndexFamily
+        self, rtype: str, rid: str, last_updated: str, blob: bytes, method: str, family: IndexFamily, key: int | None
     ) -> tuple[int, int]:
-        """The rows of a new resource's first version in ``family``'s file, its index aside: ``(pk, seq)``."""
+        """The rows of a new resource's first version in ``family``'s file, its index aside: ``(pk, seq)``.
+        ``key``: its ``pk``, or None for the next of its file's (the trail's counts on by itself)."""
         cur = self._conn().execute(
-            f"INSERT INTO {family.resources} (type, id, version, last_updated, content) VALUES (?, ?, 1, ?, ?)",
-            (rtype, rid, last_updated, blob),
+            f"INSERT INTO {family.resources} (pk, type, id, version, last_updated, content) VALUES (?, ?, ?, 1, ?, ?)",
+            (key, rtype, rid, last_updated, blob),
         )
         pk = int(cur.lastrowid or 0)
         return pk, self._write_version(pk, 1, last_updated, method, family)
+
+    def _next_key(self) -> int:
+        """The main file's next key below the clustered ones (:data:`CLUSTERED_KEYS_FROM`): SQLite's
+        own would be above the highest, a clustered one."""
+        sql = "SELECT COALESCE(MAX(pk), 0) + 1 FROM resource WHERE pk < ?"
+        return int(self._conn().execute(sql, (CLUSTERED_KEYS_FROM,)).fetchone()[0])
+
+    def _cluster_key(self, family: IndexFamily, rows: dict[str, list[tuple[Any, ...]]]) -> int:
+        """The key of a new resource of a clustered family: the next of its patient's block
+        (:data:`CLUSTERS`), a new block when the patient has none or a full one."""
+        patient = _binding_value(family, rows.get("reference", ()))
+        conn = self._conn()
+        taken = conn.execute(
+            f"UPDATE {CLUSTERS} SET used = used + 1 WHERE key = ? AND used < {CLUSTER_SIZE} RETURNING home, used",
+            (patient,),
+        ).fetchone()
+        if taken is None:  # ``WHERE true``: SQLite's parser needs it before an upsert's ``ON CONFLICT``
+            taken = conn.execute(
+                f"INSERT INTO {CLUSTERS} (key, home, used) SELECT ?, COALESCE(MAX(home), -1) + 1, 1 FROM {CLUSTERS}"
+                " WHERE true ON CONFLICT (key) DO UPDATE SET home = excluded.home, used = 1 RETURNING home, used",
+                (patient,),
+            ).fetchone()
+        home, used = taken
+        return CLUSTERED_KEYS_FROM + int(home) * CLUSTER_SIZE + int(used) - 1
 
     def log(self, resources: list[dict[str, Any]]) -> None:
         """The trail's events go to the journal (:mod:`storage.sqlite.journal`): stamped and sealed
@@ -857,7 +907,7 @@ class SqliteStore(Store):
                 self._journal.keep_aside(payload, f"{rtype}/{rid}: the id is taken")
                 continue
             taken.add((rtype, rid))
-            pk, _ = self._insert_new(rtype, rid, last_updated, blob, "POST", family_of(rtype))
+            pk, _ = self._insert_new(rtype, rid, last_updated, blob, "POST", family_of(rtype), None)
             indexed.append(self._index_moved(rtype, pk, resource))
             self._observed(rtype, None, resource)
         self._insert_by_family(indexed)
@@ -1102,10 +1152,11 @@ class SqliteStore(Store):
         return self._stored(row)
 
     def _where(
-        self, scope: AccessScope, rtype: str, expr: Expr, watermark: int, deleted: bool
+        self, scope: AccessScope, rtype: str, expr: Expr, marks: list[int], deleted: bool
     ) -> tuple[SqlCompiler, str]:
         """The condition of a search (the query's and the scope's), compiled once per shape and
-        kept (:mod:`storage.sqlite.compiled`); the watermark, which changes, is bound after it."""
+        kept (:mod:`storage.sqlite.compiled`); the watermark (:data:`_SEARCH_MARKS`), which
+        changes, is bound after it."""
 
         def build(compiler: SqlCompiler, skeleton: Expr) -> str:
             driver, rest = compiler.driven(skeleton, rtype)
@@ -1124,7 +1175,11 @@ class SqliteStore(Store):
             return " AND ".join(parts)
 
         compiler, where = self._fragments.compile(("where", rtype, deleted), expr, scope, build)
-        return compiler, f"{where} AND r.pk <= {compiler.arg(watermark)}"
+        family = family_of(rtype)
+        if family.clustered:  # its keys are not in the order of creation: its first version's are
+            first = f"(SELECT MIN(seq) FROM {family.versions} WHERE res = r.pk)"
+            return compiler, f"{where} AND {first} <= {compiler.arg(marks[_FIRST_SEQ])}"
+        return compiler, f"{where} AND r.pk <= {compiler.arg(marks[family.schema == TRAIL_SCHEMA])}"
 
     def _order(self, compiler: SqlCompiler, rtype: str, sort: tuple[SortKey, ...]) -> str:
         keys: list[str] = []
@@ -1146,15 +1201,14 @@ class SqliteStore(Store):
         rtype = query.resource_type
         self._settle(None, rtype)  # before the watermark: the events waiting are older than it
         expr = all_of(query.where, scope.filter(rtype))
-        marks = self._marks(query.watermark, [SHARED, TRAIL], versions=False)
-        family = family_of(rtype)
-        resources, watermark = family.resources, marks[family.schema == TRAIL_SCHEMA]
+        marks = self._marks(query.watermark, _SEARCH_MARKS)
+        resources = family_of(rtype).resources
         total: int | None = None
         if isinstance(expr, Nothing):
             return SearchResult([], [], 0 if query.total else None, marks)
         # Compiled once for the count and the page: the policy's filter makes it the larger part
         # of a search's Python time. The page's own arguments are numbered after the condition's.
-        compiler, where = self._where(scope, rtype, expr, watermark, query.deleted)
+        compiler, where = self._where(scope, rtype, expr, marks, query.deleted)
         condition_args = list(compiler.args)  # the page's own arguments come after
         matches: list[Stored] = []
         order = self._order(compiler, rtype, query.sort) if query.count > 0 else ""
@@ -1177,22 +1231,26 @@ class SqliteStore(Store):
         included = self._includes(matches, query.includes, scope) if query.includes else []
         return SearchResult(matches, included, total, marks)
 
-    def _marks(self, watermark: Watermark | None, families: list[IndexFamily], *, versions: bool) -> list[int]:
-        """A watermark per file of ``families``: the last ``pk`` of its resources (a search's: both
-        files, so that one watermark serves the searches of every type that follow, ``$everything``,
-        an export) or ``seq`` of its versions (a history's). A number (a link from before the trail
-        had a file) bounds the main file's; the trail's is read now."""
-        if isinstance(watermark, list):
-            if len(watermark) != len(families):
-                raise StoreError(f"a watermark has {len(watermark)} parts, not {len(families)}")
-            return [int(mark) for mark in watermark]
-        conn, column = self._conn(), "seq" if versions else "pk"
-        marks = []
-        for family in families:
-            if isinstance(watermark, int) and family.schema == "main":
-                marks.append(watermark)
+    def _marks(self, watermark: Watermark | None, parts: tuple[tuple[IndexFamily, str], ...]) -> list[int]:
+        """A watermark: per part ``(family, column)``, the last ``pk`` of the family's file's
+        resources or ``seq`` of its versions. A search's (:data:`_SEARCH_MARKS`) has both files', so
+        that one watermark serves the searches of every type that follow (``$everything``, an
+        export); a history's, their versions'. The parts a watermark from an earlier version lacks
+        are read now: a number (a link from before the trail had a file) bounds the main file's
+        resources only, a list of two (before :attr:`IndexFamily.clustered`) not the first versions."""
+        if isinstance(watermark, int):
+            main = next((i for i, (family, _) in enumerate(parts) if family.schema == "main"), None)
+            given = {} if main is None else {main: watermark}
+        else:
+            given = dict(enumerate(watermark or []))
+            if len(given) > len(parts):
+                raise StoreError(f"a watermark has {len(given)} parts, not {len(parts)}")
+        conn, marks = self._conn(), []
+        for i, (family, column) in enumerate(parts):
+            if i in given:
+                marks.append(int(given[i]))
                 continue
-            table = family.versions if versions else family.resources
+            table = family.versions if column == "seq" else family.resources
             marks.append(int(conn.execute(f"SELECT COALESCE(MAX({column}), 0) FROM {table}").fetchone()[0]))
         return marks
 
@@ -1280,7 +1338,7 @@ class SqliteStore(Store):
         conn = self._conn()
         self._settle(None, resource_type)  # before the watermark, as a search
         files = self._files(resource_type)
-        marks = self._marks(watermark, [family for family, _ in files], versions=True)
+        marks = self._marks(watermark, tuple((family, "seq") for family, _ in files))
         compiler = self._compiler(scope)
         bases = []
         for (family, types), mark in zip(files, marks, strict=True):
