@@ -130,10 +130,12 @@ class IndexFamily:
     ``clustered``: a resource's key (``pk``) is taken from a block of keys of its binding's value,
     its patient (:data:`CLUSTERS`), so that one patient's resources sit together in the resource
     table and in every ``(res, param)`` index. Why: keys in the order of creation spread a
-    patient's ~20 documents over as many pages of each B-tree; at 1 000 000 documents a search by
-    patient read ~68 pages outside its connection's cache, each a system call and a page
-    decrypted, and cost 1.6 times its CPU at 10 000 documents. Its keys are no longer in the order
-    of creation: a search's watermark bounds them by the ``seq`` of their first version.
+    patient's ~20 documents over as many pages of each B-tree, and once the file is much larger
+    than a connection's cache each is a system call and a page decrypted: a search by patient on a
+    connection of its own read 146 pages at 100 000 documents, 50 this way (``bench/search_pages.py``).
+    The price is at the write: a document's rows land on its patient's pages, not at the B-trees'
+    ends (33 pages written per create, 26 before). Its keys are no longer in the order of creation:
+    a search's watermark bounds them by the ``seq`` of their first version.
     """
 
     prefix: str
