@@ -35,8 +35,6 @@ TRAIL_SCHEMA = "trail"
 #: keys of both files never meet (an ``_include`` keeps each resource once by its key; a copy to
 #: MongoDB keys its documents by them).
 TRAIL_KEYS_FROM = 1 << 40
-#: The first schema whose documents and submission sets are keyed by patient (:attr:`IndexFamily.clustered`).
-CLUSTERED_SINCE = 10
 #: A clustered family's keys are above this, in blocks of :data:`CLUSTER_SIZE`, one block a patient's
 #: (:data:`CLUSTERS`); the main file's other resources keep counting on below :data:`TRAIL_KEYS_FROM`.
 CLUSTERED_KEYS_FROM = 1 << 50
