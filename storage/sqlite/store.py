@@ -188,7 +188,7 @@ def _page(count: int, offset: int = 0) -> str:
 #: A search's watermark (:meth:`SqliteStore._marks`): the main file's last key, the trail's, and
 #: the main file's last version, which bounds a clustered family's resources by their first.
 _SEARCH_MARKS = ((SHARED, "pk"), (TRAIL, "pk"), (SHARED, "seq"))
-_FIRST_SEQ = 2
+_FIRST_SEQ = _SEARCH_MARKS.index((SHARED, "seq"))
 
 
 def _binding_value(family: IndexFamily, references: Iterable[tuple[Any, ...]]) -> str:
