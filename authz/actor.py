@@ -7,6 +7,8 @@ the corresponding power — deny by default — rather than guessing.
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +89,11 @@ def _organization(value: Any) -> tuple[str, str] | None:
     return (system, ident) if system and ident else None
 
 
+#: The grants of a scope string, shared (they are immutable) by the actors of every token that
+#: carries it: a worker keeps thousands of actors (:class:`authz.gate.DmpGatekeeper`), few scopes.
+_scopes = functools.lru_cache(maxsize=256)(Scopes.parse)
+
+
 def actor_from_claims(claims: dict[str, Any], known: Known) -> Actor:
     """Build the actor from verified claims; :class:`ActorError` when the role is not usable.
 
@@ -122,7 +129,7 @@ def actor_from_claims(claims: dict[str, Any], known: Known) -> Actor:
     idnatps = iua.get("national_provider_identifier")
     return Actor(
         role=role_codes[0],
-        issuer=str(claims["iss"]),
+        issuer=sys.intern(str(claims["iss"])),
         subject=str(claims["sub"]),
         name=iua.get("subject_name") if isinstance(iua.get("subject_name"), str) else None,
         idnatps=idnatps if isinstance(idnatps, str) and idnatps else None,
@@ -132,6 +139,6 @@ def actor_from_claims(claims: dict[str, Any], known: Known) -> Actor:
         purpose=purpose,
         patient=patient,
         client_id=str(claims.get("client_id") or claims.get("azp") or "") or None,
-        scopes=Scopes.parse(str(claims.get("scope", ""))),
+        scopes=_scopes(str(claims.get("scope", ""))),
         token_id=str(claims.get("jti", "")),
     )

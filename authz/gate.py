@@ -31,7 +31,7 @@ from authz.scopes import INTERACTION_PERMISSION
 from authz.settings import AccessSettings
 from authz.smart_scopes import READING_OPERATION, Criteria, letters_for, scope_condition
 from authz.state import PatientState, decision_of
-from authz.state_cache import AccessStates
+from authz.state_cache import STATES, AccessStates
 from authz.subscribers import forget, recall, remember
 from authz.terms import (
     ACCESS,
@@ -368,6 +368,9 @@ class DmpGatekeeper:
         known: Known,
         server_name: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        token_cache: int = VERIFIED_TOKENS,
+        state_cache: int = STATES,
     ):
         self.store = store
         self.trail = TrailWriter(store)  # one per gatekeeper, shared by its request threads
@@ -377,8 +380,8 @@ class DmpGatekeeper:
         self.server_name = server_name
         self.clock = clock
         self.criteria: Criteria | None = None  # granular SMART scopes grant nothing until set
-        self.states = AccessStates(store)
-        self.actors: Actors = Lru(VERIFIED_TOKENS)
+        self.states = AccessStates(store, state_cache)
+        self.actors: Actors = Lru(token_cache)  # one per token the verifier keeps
 
     def use_criteria(self, criteria: Criteria) -> None:
         """How the FHIR layer turns search parameters into a store condition: granular SMART
@@ -507,11 +510,19 @@ def server_verifier(settings: AccessSettings, store: Store) -> TokenVerifier:
     issuers = load_trusted_issuers(settings.trusted_issuers)
     revoked = DenyList(store).revoked
     return TokenVerifier.with_server_key(
-        key, own_issuer(settings.base_url), issuers, settings.base_url, revoked=revoked
+        key, own_issuer(settings.base_url), issuers, settings.base_url, revoked=revoked, cache_size=settings.token_cache
     )
 
 
 def build_gatekeeper(settings: AccessSettings, store: Store, terminology: Terminology) -> DmpGatekeeper:
     """The DMP gatekeeper of a server: its verifier, the authorisation matrix from ``ig/``."""
     policy = DmpPolicy(AuthorisationMatrix.load(settings.ig_dir), settings.retention_years)
-    return DmpGatekeeper(store, server_verifier(settings, store), policy, terminology.has_code, settings.base_url)
+    return DmpGatekeeper(
+        store,
+        server_verifier(settings, store),
+        policy,
+        terminology.has_code,
+        settings.base_url,
+        token_cache=settings.token_cache,
+        state_cache=settings.state_cache,
+    )

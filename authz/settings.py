@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from authz.state_cache import STATES
+from authz.tokens import VERIFIED_TOKENS
+
 
 @dataclass(frozen=True)
 class AccessSettings:
@@ -17,3 +20,5 @@ class AccessSettings:
     ig_dir: Path  # the conformance data; the authorisation matrix is read from it
     trusted_issuers: Path | None = None  # JSON file of trusted token issuers (CONTRACT §1)
     retention_years: int = 10  # how long a closed DMP may be reopened (R20)
+    token_cache: int = VERIFIED_TOKENS  # verified tokens (and their actors) each worker keeps
+    state_cache: int = STATES  # patients' access states each worker keeps

@@ -44,8 +44,9 @@ STAMP_KIND = "access-state-stamp"
 COMMON = "*"
 #: What :func:`authz.state.load_state` reads: a write of any other type changes no state.
 WATCHED_TYPES = frozenset({"Patient", "Consent"})
-#: States one worker keeps (a few hundred bytes each).
-STATES = 4096
+#: States one worker keeps by default (about 2 KB each; ``DMP_STATE_CACHE`` sets it). A state
+#: forgotten is read again (Patient and Consents, decrypted and parsed) at its patient's next request.
+STATES = 16384
 
 
 class AccessStates:

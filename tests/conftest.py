@@ -18,6 +18,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+import authz.tokens
 from authz.devtoken import make_dev_token
 from authz.keys import load_or_create_server_key
 from authz.tokens import own_issuer
@@ -57,6 +58,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run the tests of :data:`MONGO_API_MODULES` that build a server once per store backend."""
     if metafunc.module.__name__ in MONGO_API_MODULES and "store_url" in metafunc.fixturenames:
         metafunc.parametrize("store_url", ["sqlite", "mongodb"], indirect=True)
+
+
+@pytest.fixture
+def signatures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens whose signature got checked (each given to python-jose's ``jwt.decode``, the
+    call that checks it; the real function still runs)."""
+    seen: list[str] = []
+    real = authz.tokens.jose_jwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(authz.tokens.jose_jwt, "decode", counting)
+    return seen
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from authz.state_cache import COMMON, STAMP_KIND, AccessStates
 from authz.terms import ACCESS, BLOCK, IDNATPS_SYSTEM, REPRESENTATIVE
 from fhir_server.app import JOBS
 from fhir_server.dmp.jobs import JobContext, run_jobs
+from fhir_server.runtime.config import Config
 from fhir_server.runtime.mail import DisabledMailer
 from fhirmodel.dates import add_years
 from storage.query import OPEN_SCOPE
@@ -217,6 +218,32 @@ def test_the_states_kept_are_bounded(world: World, loads: list[tuple[str, str]])
     assert loads == []
     states.load(ins_of(INS_A))
     assert loads == [ins_of(INS_A)]  # forgotten, to keep two
+
+
+@pytest.mark.parametrize(("token_cache", "state_cache"), [("1", "1"), (None, None)])
+def test_the_server_keeps_as_many_tokens_and_states_as_configured(
+    tmp_path: Path,
+    loads: list[tuple[str, str]],
+    signatures: list[str],
+    token_cache: str | None,
+    state_cache: str | None,
+) -> None:
+    """``DMP_TOKEN_CACHE`` and ``DMP_STATE_CACHE`` reach the caches of the server the app factory
+    builds: one of each kept, a doctor going back to a first patient after a second has that
+    token's signature checked and that patient's state read again; by default, neither."""
+    env = {"DMP_TOKEN_CACHE": token_cache, "DMP_STATE_CACHE": state_cache}
+    config = Config.from_env({name: value for name, value in env.items() if value is not None})
+    world = World(tmp_path, token_cache=config.token_cache, state_cache=config.state_cache)
+    try:
+        pids = {ins: world.seed_granted(ins, DR) for ins in (INS_A, INS_B)}
+        doctors = {ins: world.doctor(DR, ins) for ins in (INS_A, INS_B)}
+        for ins in (INS_A, INS_B, INS_A):
+            assert reads_documents(doctors[ins], pids[ins])
+    finally:
+        world.close()
+    once = [ins_of(INS_A), ins_of(INS_B)]
+    assert loads == ([*once, ins_of(INS_A)] if token_cache else once)
+    assert len(signatures) == (3 if token_cache else 2)
 
 
 def test_a_state_seen_inside_a_rolled_back_transaction_is_not_kept(world: World) -> None:

@@ -9,7 +9,6 @@ python-jose's ``jwt.decode``, the call that checks it (the real function still r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -57,30 +56,16 @@ def verifier(clock: Clock, revoked: Revocations) -> TokenVerifier:
     return TokenVerifier([TrustedIssuer(iss=ISS, jwks=jwks)], BASE, leeway_seconds=LEEWAY, clock=clock, revoked=revoked)
 
 
-@pytest.fixture
-def checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The signatures checked (each token given to jose's ``jwt.decode``)."""
-    seen: list[str] = []
-    real = authz.tokens.jose_jwt.decode
-
-    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
-        seen.append(token)
-        return real(token, *args, **kwargs)
-
-    monkeypatch.setattr(authz.tokens.jose_jwt, "decode", counting)
-    yield seen
-
-
-def test_a_token_s_signature_is_checked_once(verifier: TokenVerifier, checks: list[str]) -> None:
+def test_a_token_s_signature_is_checked_once(verifier: TokenVerifier, signatures: list[str]) -> None:
     token = sign(KEY, "ES256", "k1", claims())
     first, second = verifier.verify(token), verifier.verify(token)
     assert first == second and first["sub"] == "user-1"
-    assert checks == [token]
+    assert signatures == [token]
     first["sub"] = "someone-else"  # what a caller does with its copy changes nothing remembered
     assert verifier.verify(token)["sub"] == "user-1"
 
 
-def test_a_remembered_token_still_expires(verifier: TokenVerifier, clock: Clock, checks: list[str]) -> None:
+def test_a_remembered_token_still_expires(verifier: TokenVerifier, clock: Clock, signatures: list[str]) -> None:
     token = sign(KEY, "ES256", "k1", claims(exp=int(NOW) + 100))
     assert verifier.verify(token)
     clock.now = NOW + 100 + LEEWAY - 1
@@ -90,7 +75,7 @@ def test_a_remembered_token_still_expires(verifier: TokenVerifier, clock: Clock,
         verifier.verify(token)
     with pytest.raises(InvalidToken, match="token expired"):
         verifier.verify(token)
-    assert len(checks) == 2  # forgotten once expired: the last attempt was verified again, and failed
+    assert len(signatures) == 2  # forgotten once expired: the last attempt was verified again, and failed
 
 
 def test_a_token_not_yet_valid_becomes_valid_at_its_nbf(verifier: TokenVerifier, clock: Clock) -> None:
@@ -102,14 +87,14 @@ def test_a_token_not_yet_valid_becomes_valid_at_its_nbf(verifier: TokenVerifier,
 
 
 def test_a_remembered_token_revoked_fails_at_the_next_use(
-    verifier: TokenVerifier, revoked: Revocations, checks: list[str]
+    verifier: TokenVerifier, revoked: Revocations, signatures: list[str]
 ) -> None:
     token = sign(KEY, "ES256", "k1", claims(jti="to-revoke"))
     assert verifier.verify(token)
     revoked.jtis.add("to-revoke")
     with pytest.raises(InvalidToken, match="revoked"):
         verifier.verify(token)
-    assert len(checks) == 1  # refused although remembered
+    assert len(signatures) == 1  # refused although remembered
 
 
 @pytest.mark.parametrize("part", [1, 2])
@@ -127,22 +112,18 @@ def test_a_tampered_token_is_not_taken_for_the_one_remembered(verifier: TokenVer
     assert verifier.verify(token)["sub"] == "user-1"
 
 
-def test_the_memory_is_bounded(
-    monkeypatch: pytest.MonkeyPatch,
-    clock: Clock,
-    checks: list[str],
-) -> None:
-    monkeypatch.setattr(authz.tokens, "VERIFIED_TOKENS", 3)
-    verifier = TokenVerifier([TrustedIssuer(iss=ISS, jwks={"keys": [public_jwk(KEY, "k1")]})], BASE, clock=clock)
+def test_the_memory_is_bounded(clock: Clock, signatures: list[str]) -> None:
+    jwks = {"keys": [public_jwk(KEY, "k1")]}
+    verifier = TokenVerifier([TrustedIssuer(iss=ISS, jwks=jwks)], BASE, clock=clock, cache_size=3)
     tokens = [sign(KEY, "ES256", "k1", claims(jti=f"j{n}")) for n in range(5)]
     for token in tokens:
         verifier.verify(token)
-    checks.clear()
+    signatures.clear()
     verifier.verify(tokens[4])
     verifier.verify(tokens[2])
-    assert checks == []  # the three used last are remembered
+    assert signatures == []  # the three used last are remembered
     verifier.verify(tokens[0])
-    assert checks == [tokens[0]]  # the oldest were forgotten to stay within three
+    assert signatures == [tokens[0]]  # the oldest were forgotten to stay within three
 
 
 def test_the_issuer_key_is_built_once(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:

@@ -107,6 +107,8 @@ class Config:
     subscription_allow_http: bool = False
     retention_years: int = 10  # how long a closed DMP is kept and may be reopened (R20)
     sqlite_cache_mb: int = 64  # SQLite page cache per connection (one connection per serving thread)
+    token_cache: int = AccessSettings.token_cache  # verified tokens (and their actors) a worker keeps
+    state_cache: int = AccessSettings.state_cache  # patients' access states a worker keeps
     sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk when acknowledged; NORMAL relaxes it
     master_key_file: Path | None = None  # the master keys elsewhere than data_dir/keys/master-keys.json
     portal_idle_seconds: int = 900  # a « Mon DMP » session untouched this long is over
@@ -118,7 +120,15 @@ class Config:
     @property
     def access(self) -> AccessSettings:
         """What access control needs of this configuration."""
-        return AccessSettings(self.base_url, self.data_dir, self.ig_dir, self.trusted_issuers, self.retention_years)
+        return AccessSettings(
+            self.base_url,
+            self.data_dir,
+            self.ig_dir,
+            self.trusted_issuers,
+            self.retention_years,
+            self.token_cache,
+            self.state_cache,
+        )
 
     @property
     def base_path(self) -> str:
@@ -151,6 +161,8 @@ class Config:
             subscription_allow_http=_flag(env, "DMP_SUBSCRIPTION_ALLOW_HTTP"),
             retention_years=_positive(env, "DMP_RETENTION_YEARS", defaults.retention_years),
             sqlite_cache_mb=_positive(env, "DMP_SQLITE_CACHE_MB", defaults.sqlite_cache_mb),
+            token_cache=_positive(env, "DMP_TOKEN_CACHE", defaults.token_cache),
+            state_cache=_positive(env, "DMP_STATE_CACHE", defaults.state_cache),
             sqlite_synchronous=(env.get("DMP_SQLITE_SYNCHRONOUS") or defaults.sqlite_synchronous).strip().upper(),
             master_key_file=Path(env["DMP_MASTER_KEY_FILE"]) if env.get("DMP_MASTER_KEY_FILE") else None,
             portal_idle_seconds=_positive(env, "DMP_PORTAL_IDLE_SECONDS", defaults.portal_idle_seconds),
