@@ -46,7 +46,7 @@ COMMON = "*"
 WATCHED_TYPES = frozenset({"Patient", "Consent"})
 #: States one worker keeps by default (about 2 KB each; ``DMP_STATE_CACHE`` sets it). A state
 #: forgotten is read again (Patient and Consents, decrypted and parsed) at its patient's next request.
-STATES = 16384
+STATES = 4096
 
 
 class AccessStates:

@@ -61,8 +61,8 @@ REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "scope")
 #: Verified tokens a verifier remembers by default (by their SHA-256), each until it expires: a
 #: client sends the same token with every request until it expires, and checking its signature
 #: again each time cost ~0.3 ms. A token forgotten only has its signature checked again; each one
-#: kept takes about 1 KB (``DMP_TOKEN_CACHE`` sets how many a server's workers keep).
-VERIFIED_TOKENS = 16384
+#: kept takes about 1.1 KB (``DMP_TOKEN_CACHE`` sets how many a server's workers keep).
+VERIFIED_TOKENS = 4096
 #: Issuer keys kept built (jose key objects), by algorithm and public key material.
 BUILT_KEYS = 64
 
