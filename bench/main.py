@@ -65,6 +65,8 @@ MASTER_KEYS = Path("keys") / "master-keys.json"
 READ_SAMPLE = 20_000
 DOCS_PER_PATIENT = 20
 META_FILE = "bench-meta.json"
+#: The read scenario's sample of a kept directory, as its load drew it (document id, patient).
+SAMPLE_FILE = "bench-sample.json"
 PREWARM_CHUNK = 16 * 1024 * 1024
 #: Patients searched to collect document ids when a directory is reused.
 ID_SAMPLING_SEARCHES = 200
@@ -181,8 +183,9 @@ def apply_meta(args: argparse.Namespace, meta: dict[str, Any]) -> None:
     args.load = "reuse"
 
 
-def write_meta(run: Run) -> None:
-    """Written only with --keep: what a later --reuse needs to generate matching requests."""
+def write_meta(run: Run, sample: IdSample) -> None:
+    """Written only with --keep: what a later --reuse needs to generate matching requests, and
+    the documents the read scenario draws from, so that it reads among as many patients then."""
     meta = {
         "documents": run.load.documents if run.load else run.args.docs,
         "patients": run.pop.patients,
@@ -191,6 +194,18 @@ def write_meta(run: Run) -> None:
         "load": run.load.as_dict() if run.load else None,
     }
     (run.data_dir / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    (run.data_dir / SAMPLE_FILE).write_text(json.dumps(sample.ids), encoding="utf-8")
+
+
+def read_sample(data_dir: Path, sample: IdSample) -> bool:
+    """The read sample kept with ``data_dir`` into ``sample``; False for a directory kept before
+    the samples were (then it is found by searching, see :func:`prepare_workload`)."""
+    path = data_dir / SAMPLE_FILE
+    if not path.exists():
+        return False
+    for doc_id, patient in json.loads(path.read_text(encoding="utf-8")):
+        sample.add((str(doc_id), int(patient)))
+    return True
 
 
 def population(patients: int) -> Population:
@@ -375,10 +390,13 @@ def prepare_workload(run: Run, port: int, sample: IdSample, tokens: Tokens) -> W
     target = Target(HOST, port, BASE_PATH)
     if args.load == "http":
         run.load = load_data(run, port, sample, tokens)
-    if args.load == "reuse":
+    if args.load == "reuse" and not read_sample(run.data_dir, sample):
+        # A directory kept before its sample was: searching fills the caches with exactly the
+        # patients the read then draws among, so that read keeps every token and state.
+        print(f"no {SAMPLE_FILE}: the read draws among {ID_SAMPLING_SEARCHES} patients found by searching", flush=True)
         sample_ids(target, run.pop, ID_SAMPLING_SEARCHES, random.Random(args.seed + 2), sample, tokens)
     if args.keep is not None:
-        write_meta(run)
+        write_meta(run, sample)
     run.size_after_load = db_size(run.data_dir)
     if run.load is not None:
         print(format_load(run.load), flush=True)
