@@ -479,7 +479,7 @@ class _Verified:
     life. The issuer key that verified it is kept to be looked up again at each use.
 
     The claims are kept as the signed JSON, parsed again at each use (6 µs) as the signature check
-    parsed it: parsed, they took 3.7 KB a token against 1 KB, and each use gets claims of its own."""
+    parsed it: parsed, they took 3.7 KB a token against 1.1 KB, and each use gets claims of its own."""
 
     payload: bytes
     iss: str

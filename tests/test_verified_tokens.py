@@ -65,6 +65,12 @@ def test_a_token_s_signature_is_checked_once(verifier: TokenVerifier, signatures
     assert verifier.verify(token)["sub"] == "user-1"
 
 
+def test_each_use_gets_claims_of_its_own_nested_ones_too(verifier: TokenVerifier) -> None:
+    token = sign(KEY, "ES256", "k1", claims(extensions={"ihe_iua": {"person_id": "p"}}))
+    verifier.verify(token)["extensions"]["ihe_iua"]["person_id"] = "someone-else"
+    assert verifier.verify(token)["extensions"] == {"ihe_iua": {"person_id": "p"}}
+
+
 def test_a_remembered_token_still_expires(verifier: TokenVerifier, clock: Clock, signatures: list[str]) -> None:
     token = sign(KEY, "ES256", "k1", claims(exp=int(NOW) + 100))
     assert verifier.verify(token)
