@@ -1,8 +1,9 @@
 """A patient's access state: what the patient decided (Consents) and the DMP's own state.
 
-Read from the store (two indexed queries) and kept per worker by :mod:`authz.state_cache`, which
-reads it again whenever a write changed it, so a decision the patient takes is in force for the
-very next request. The policy reads this; it never reads Consents itself.
+Read from the store (two indexed queries) by every write that can change it, and kept encoded
+(:func:`encode_state`) where :mod:`authz.state_cache` reads it at each request, so a decision the
+patient takes is in force for the very next request. The policy reads this; it never reads
+Consents itself.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
+
+import orjson
 
 from authz.terms import (
     ACCESS,
@@ -184,3 +187,34 @@ def load_state(store: Store, ins: Ident) -> PatientState | None:
         birth_date=record.get("birthDate"),
         decisions=decisions,
     )
+
+
+def encode_state(state: PatientState | None) -> bytes:
+    """The state as bytes that tell it whole: :func:`decode_state` gives it back. Facts only, as
+    the state holds them (the rules judge them at each request's own instant), so the bytes stay
+    true until a write changes the Patient or the Consents they were read from."""
+    if state is None:
+        return orjson.dumps(None)
+    decisions = [[d.category, d.permit, d.actors, d.start, d.end, d.purposes, d.consent_id] for d in state.decisions]
+    return orjson.dumps([state.ins, state.patient_ids, state.active, state.birth_date, decisions])
+
+
+def decode_state(data: bytes) -> PatientState | None:
+    """The state :func:`encode_state` encoded (ValueError: these bytes are not one)."""
+    try:
+        raw = orjson.loads(data)
+        if raw is None:
+            return None
+        (system, value), patient_ids, active, birth_date, decisions = raw
+        return PatientState(
+            ins=(system, value),
+            patient_ids=tuple(patient_ids),
+            active=active,
+            birth_date=birth_date,
+            decisions=tuple(
+                Decision(category, permit, tuple((a, b) for a, b in actors), start, end, tuple(purposes), consent_id)
+                for category, permit, actors, start, end, purposes, consent_id in decisions
+            ),
+        )
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"not an encoded access state: {exc}") from None

@@ -22,7 +22,7 @@ from fhir_server.dmp.alerts.job import alerts
 from fhir_server.dmp.documents.codes import DocumentCodes
 from fhir_server.dmp.documents.extension import documents_extensions
 from fhir_server.dmp.export.operation import EXPORT
-from fhir_server.dmp.jobs import Job, purge_expired_records
+from fhir_server.dmp.jobs import Job, encode_access_stamps, purge_expired_records
 from fhir_server.dmp.lifecycle.majority import majority_job
 from fhir_server.dmp.oauth.http import register_oauth_routes
 from fhir_server.dmp.oauth.token_status import register_token_status_routes
@@ -52,6 +52,7 @@ JOBS: dict[str, Job] = {
     "majority": majority_job,
     "alerts": alerts,
     "purge-records": purge_expired_records,
+    "access-stamps": encode_access_stamps,
 }
 
 #: Builds a server's access control from its configuration, store and terminology.

@@ -12,6 +12,7 @@ runs there with the cache (mongomock cannot share one database between two clien
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,14 +22,14 @@ import pytest
 
 import authz.state_cache
 from authz.consents import new_consent
-from authz.state import PatientState
-from authz.state_cache import COMMON, STAMP_KIND, AccessStates
+from authz.state import Decision, PatientState, decode_state, encode_state, load_state
+from authz.state_cache import COMMON, STAMP_KIND, STATE_TAG, AccessStates
 from authz.terms import ACCESS, BLOCK, IDNATPS_SYSTEM, REPRESENTATIVE
 from fhir_server.app import JOBS
 from fhir_server.dmp.jobs import JobContext, run_jobs
 from fhir_server.runtime.config import Config
 from fhir_server.runtime.mail import DisabledMailer
-from fhirmodel.dates import add_years
+from fhirmodel.dates import MAX_US, MIN_US, add_years
 from storage.query import OPEN_SCOPE
 from tests.dmp import INS_SYSTEM, As, World, closed, ins_of
 
@@ -183,7 +184,21 @@ def test_a_grant_ends_with_its_period_without_any_write(world: World) -> None:
 
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """The states read from the store (the real reading runs)."""
+    """The states a request made again, not finding them kept (the real making runs)."""
+    seen: list[tuple[str, str]] = []
+    real = AccessStates._fresh
+
+    def counting(self: AccessStates, ins: tuple[str, str], stamp: bytes | None) -> PatientState | None:
+        seen.append(ins)
+        return real(self, ins, stamp)
+
+    monkeypatch.setattr(AccessStates, "_fresh", counting)
+    return seen
+
+
+@pytest.fixture
+def store_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The states read from the Patient and the Consents, by a write or a request."""
     seen: list[tuple[str, str]] = []
     real = authz.state_cache.load_state
 
@@ -279,6 +294,61 @@ def test_a_dmp_stored_before_stamps_existed_is_kept_under_the_common_stamp(
     assert len(loads) == 3 and changed is not None and any(d.category == ACCESS for d in changed.decisions)
 
 
+def test_a_state_is_decoded_from_its_stamp_not_read_again(
+    world: World, loads: list[tuple[str, str]], store_reads: list[tuple[str, str]]
+) -> None:
+    """A worker that never kept the state (a first request about the patient) has it from the
+    stamp the write left, without the two searches; and it is the state the store holds."""
+    world.seed_granted(INS_A, DR)
+    world.seed_consent(BLOCK, INS_A, (IDNATPS_SYSTEM, "810000000002"))
+    store_reads.clear()
+    state = AccessStates(world.store).load(ins_of(INS_A))
+    assert loads == [ins_of(INS_A)] and store_reads == []
+    assert state is not None and {d.category for d in state.decisions} >= {ACCESS, BLOCK}
+    assert state == load_state(world.store, ins_of(INS_A))
+
+
+def test_a_state_encodes_whole() -> None:
+    state = PatientState(
+        ins=(INS_SYSTEM, INS_A),
+        patient_ids=("p1", "p2"),
+        active=False,
+        birth_date="2010-04-01",
+        decisions=(
+            Decision(ACCESS, True, ((IDNATPS_SYSTEM, DR),), MIN_US, MAX_US, (), "c1"),
+            Decision(BLOCK, False, ((IDNATPS_SYSTEM, DR), ("urn:x", "y")), 5, 10**15, ("a", "b"), "c2"),
+        ),
+    )
+    assert decode_state(encode_state(state)) == state
+    assert decode_state(encode_state(None)) is None
+    with pytest.raises(ValueError, match="not an encoded access state"):
+        decode_state(b'["only", "two"]')
+
+
+def test_a_random_stamp_of_an_older_server_reads_the_state_from_the_store(
+    world: World, loads: list[tuple[str, str]], store_reads: list[tuple[str, str]]
+) -> None:
+    world.seed_granted(INS_A, DR)
+    world.store.put_record(STAMP_KIND, f"{INS_SYSTEM}|{INS_A}", secrets.token_bytes(16))
+    store_reads.clear()
+    states = AccessStates(world.store)
+    first = states.load(ins_of(INS_A))
+    assert states.load(ins_of(INS_A)) is first
+    assert loads == store_reads == [ins_of(INS_A)]
+    assert first is not None and any(d.category == ACCESS for d in first.decisions)
+
+
+def test_a_stamp_that_does_not_decode_reads_the_state_from_the_store(
+    world: World, store_reads: list[tuple[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    world.seed_granted(INS_A, DR)
+    world.store.put_record(STAMP_KIND, f"{INS_SYSTEM}|{INS_A}", STATE_TAG + b"{damaged")
+    store_reads.clear()
+    state = AccessStates(world.store).load(ins_of(INS_A))
+    assert store_reads == [ins_of(INS_A)] and "does not decode" in caplog.text
+    assert state is not None and any(d.category == ACCESS for d in state.decisions)
+
+
 def test_a_consent_naming_the_patient_by_reference_changes_the_state(world: World) -> None:
     pid = world.seed_patient(INS_A)
     states = AccessStates(world.store)
@@ -289,3 +359,26 @@ def test_a_consent_naming_the_patient_by_reference_changes_the_state(world: Worl
     after = states.load(ins_of(INS_A))
     assert before is not None and after is not None
     assert {d.consent_id for d in after.decisions} - {d.consent_id for d in before.decisions} == {consent["id"]}
+
+
+def test_the_job_gives_the_patients_of_an_older_server_stamps_holding_their_state(
+    world: World, loads: list[tuple[str, str]], store_reads: list[tuple[str, str]]
+) -> None:
+    """After an upgrade, once: the random stamps an older server wrote, and the missing ones, are
+    made to hold the state; a first request about those patients then reads no Consent."""
+    for ins in (INS_A, INS_B):
+        world.seed_granted(ins, DR)
+    world.store.put_record(STAMP_KIND, f"{INS_SYSTEM}|{INS_A}", secrets.token_bytes(16))
+    world.store.delete_record(STAMP_KIND, f"{INS_SYSTEM}|{INS_B}")
+    run = JobContext(world.service, DisabledMailer(), world.clock)
+    assert run_jobs(run, JOBS, ["access-stamps"]) == {"access-stamps": 2}
+    store_reads.clear()
+    states = AccessStates(world.store)
+    for ins in (INS_A, INS_B):
+        state = states.load(ins_of(ins))
+        assert state is not None and any(
+            d.category == ACCESS and d.names((IDNATPS_SYSTEM, DR)) for d in state.decisions
+        )
+    assert loads == [ins_of(INS_A), ins_of(INS_B)] and store_reads == []
+    world.store.delete_record(STAMP_KIND, f"{INS_SYSTEM}|{INS_A}")
+    assert run_jobs(run, JOBS, ["access-stamps"]) == {"access-stamps": 0}  # done once, for good

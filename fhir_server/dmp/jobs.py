@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from authz.state_cache import encode_older_stamps
 from fhir_server.fhir.service import FhirService
 from fhir_server.runtime.mail import Mailer
 
@@ -45,6 +46,13 @@ def purge_expired_records(context: JobContext) -> int:
     replayed). Every reader already refuses them; without this the table would only grow (every
     backend token request adds one record)."""
     return context.service.store.purge_records(int(context.clock().timestamp()))
+
+
+def encode_access_stamps(context: JobContext) -> int:
+    """Once, after an upgrade: the access-state stamps an older server wrote made to hold their
+    patient's state (:func:`authz.state_cache.encode_older_stamps`), so that a first request
+    about a patient no longer reads it from their Patient and Consents."""
+    return encode_older_stamps(context.service.store)
 
 
 @contextmanager
