@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from jose import jwk as jose_jwk
-from jose import jwt as jose_jwt
 from jose.exceptions import JOSEError
 
 from authz.lru import Lru
@@ -67,19 +66,6 @@ VERIFIED_TOKENS = 4096
 BUILT_KEYS = 64
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-# Claims checked by this module, not by jose (time checks need the injectable clock).
-_JOSE_OPTIONS = {
-    "verify_signature": True,
-    "verify_aud": False,
-    "verify_iat": False,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_iss": False,
-    "verify_sub": False,
-    "verify_jti": False,
-    "verify_at_hash": False,
-}
-
 Fetcher = Callable[[str], dict[str, Any]]
 
 
@@ -455,19 +441,24 @@ def _key_from(source: JwksSource, kid: str | None, alg: str) -> dict[str, Any]:
 def verify_signature(token: str, alg: str, kid: str | None, source: JwksSource) -> dict[str, Any]:
     """The claims of ``token`` once its signature checks with the key ``kid`` names in ``source``,
     the algorithm pinned to ``alg`` (already vetted by :func:`check_header`)."""
-    return _signed_claims(token, alg, _key_from(source, kid, alg))
+    _check_signature(token, alg, _key_from(source, kid, alg))
+    return _decode_json_part(token.split(".")[1])
 
 
-def _signed_claims(token: str, alg: str, jwk: dict[str, Any]) -> dict[str, Any]:
-    """The claims of ``token`` once its signature checks with ``jwk``, the algorithm pinned to ``alg``."""
+def _check_signature(token: str, alg: str, jwk: dict[str, Any]) -> None:
+    """:class:`InvalidToken` unless the signature of ``token`` (a well-formed compact JWS) checks
+    with ``jwk``, the algorithm pinned to ``alg``. The jose key does the arithmetic over the JWS
+    signing input (RFC 7515 §5.2), called as jose's own decoding calls it; that decoding is not
+    used: it parsed the token twice more than this module had, and a new token's checks took
+    118 µs with it, 97 without (the ES256 arithmetic alone: 70-90)."""
     key = _construct_key(jwk, alg)
+    signing_input, _, signature = token.rpartition(".")
     try:
-        claims = jose_jwt.decode(token, key, algorithms=[alg], options=_JOSE_OPTIONS)
-    except JOSEError:
-        raise InvalidToken("signature verification failed") from None
-    if not isinstance(claims, dict):
-        raise InvalidToken("malformed token")
-    return claims
+        valid = key.verify(signing_input.encode("ascii"), _b64url_decode(signature))
+    except Exception:  # as jose's decoding: a key that cannot check this signature has not checked it
+        valid = False
+    if valid is not True:
+        raise InvalidToken("signature verification failed")
 
 
 # --- the verifier ----------------------------------------------------------------------------
@@ -564,16 +555,14 @@ class TokenVerifier:
 
     def _verify_signed(self, token: str) -> _Verified:
         """Everything about ``token`` that holds for its whole life: signature, issuer, claims, audience."""
-        header, unverified = split_jws(token)
+        header, claims = split_jws(token)
         alg, kid = check_header(header)
-        iss = unverified.get("iss")
+        iss = claims.get("iss")
         if not isinstance(iss, str) or iss not in self._sources:
             raise InvalidToken("untrusted issuer")
         jwk = _key_from(self._sources[iss], kid, alg)
-        claims = _signed_claims(token, alg, jwk)
-        if claims.get("iss") != iss:  # the signed payload is the one parsed above; belt and braces
-            raise InvalidToken("untrusted issuer")
+        _check_signature(token, alg, jwk)  # the claims are those just parsed: the payload it covers
         _check_claim_types(claims)
         _check_audience(claims["aud"], self.audience)
-        payload = _b64url_decode(token.split(".")[1])  # what the signature covers, and jose parsed
+        payload = _b64url_decode(token.split(".")[1])
         return _Verified(payload, sys.intern(iss), alg, kid, jwk)

@@ -427,6 +427,23 @@ def test_tampered_signature_is_refused(verifier: TokenVerifier, ec_key: ec.Ellip
         verifier.verify(f"{header}.{payload}.{b64(bytes(raw))}")
 
 
+def test_an_ecdsa_signature_in_der_rather_than_jws_form_is_refused(
+    verifier: TokenVerifier, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """RFC 7518 §3.4: an ES256 signature is R and S, 32 bytes each; the DER form OpenSSL makes
+    checks with the same key and the same message, and must not pass here."""
+    der = {"signing": lambda data: ec_key.sign(data, ec.ECDSA(hashes.SHA256()))}
+    with pytest.raises(InvalidToken, match="signature verification failed"):
+        verifier.verify(hand_made({"alg": "ES256", "kid": "ec-1", "typ": "JWT"}, claims(), **der))
+
+
+@pytest.mark.parametrize("signature", ["A", "AAAAA"])
+def test_a_signature_that_is_not_base64url_is_refused(verifier: TokenVerifier, signature: str) -> None:
+    header, payload, _ = hand_made({"alg": "ES256", "kid": "ec-1", "typ": "JWT"}, claims()).split(".")
+    with pytest.raises(InvalidToken, match="signature verification failed"):
+        verifier.verify(f"{header}.{payload}.{signature}")
+
+
 @pytest.mark.parametrize(
     "token",
     [
