@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from sys import intern
 from typing import Any
 
 import orjson
@@ -200,7 +201,8 @@ def encode_state(state: PatientState | None) -> bytes:
 
 
 def decode_state(data: bytes) -> PatientState | None:
-    """The state :func:`encode_state` encoded (ValueError: these bytes are not one)."""
+    """The state :func:`encode_state` encoded (ValueError: these bytes are not one). Codes and
+    systems, few and repeated in every state a worker keeps, are shared (``sys.intern``)."""
     try:
         raw = orjson.loads(data)
         if raw is None:
@@ -212,7 +214,15 @@ def decode_state(data: bytes) -> PatientState | None:
             active=active,
             birth_date=birth_date,
             decisions=tuple(
-                Decision(category, permit, tuple((a, b) for a, b in actors), start, end, tuple(purposes), consent_id)
+                Decision(
+                    intern(category),
+                    permit,
+                    tuple((intern(system), value) for system, value in actors),
+                    start,
+                    end,
+                    tuple(intern(p) for p in purposes),
+                    consent_id,
+                )
                 for category, permit, actors, start, end, purposes, consent_id in decisions
             ),
         )

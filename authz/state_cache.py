@@ -32,6 +32,7 @@ period, majority at 18, emergencies), so nothing that depends on time is frozen 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from contextlib import suppress
@@ -70,13 +71,15 @@ class AccessStates:
         store.observe(WATCHED_TYPES, self._written)
 
     def load(self, ins: Ident) -> PatientState | None:
-        """The access state of the DMP of ``ins`` as committed now (None: there is no such DMP)."""
+        """The access state of the DMP of ``ins`` as committed now (None: there is no such DMP).
+        A state is kept under a digest of its stamp: the stamp itself took 800 bytes an entry."""
         stamp = self._stamp(ins)
+        mark = None if stamp is None else hashlib.blake2b(stamp, digest_size=16).digest()
         kept = self._states.get(ins)
-        if kept is not None and kept[0] == stamp:
+        if kept is not None and kept[0] == mark:
             return kept[1]
         state = self._fresh(ins, stamp)
-        self._states.put(ins, (stamp, state))
+        self._states.put(ins, (mark, state))
         return state
 
     def _stamp(self, ins: Ident) -> bytes | None:
