@@ -15,8 +15,8 @@ The stamp *is* the state: the write reads it, inside its transaction, and stores
 state (a first request about them, or one forgotten to keep the cache bounded) decodes it from the
 stamp it has just read, about 15 µs, where reading it again from the Patient and the Consents took
 300 µs at a million documents (``bench/README.md``). And a state kept is used only while the stamp
-holds the very bytes it was decoded from: equal bytes, equal states, whatever happened between —
-a stamp read inside a transaction later rolled back included.
+holds the very bytes it was decoded from (compared by their BLAKE2b digest): equal bytes, equal
+states, whatever happened between — a stamp read inside a transaction later rolled back included.
 
 A stamp without the tag is a random one, written by a server older than this encoding: the state
 of its patient is read from the store, as then, and kept under that stamp. A patient without a
