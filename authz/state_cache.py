@@ -13,7 +13,7 @@ committed through one worker is seen by every other worker's next request.
 The stamp *is* the state: the write reads it, inside its transaction, and stores it encoded
 (:data:`STATE_TAG`, :func:`authz.state.encode_state`). So a worker that has not kept a patient's
 state (a first request about them, or one forgotten to keep the cache bounded) decodes it from the
-stamp it has just read, about 15 µs, where reading it again from the Patient and the Consents took
+stamp it has just read, about 7 µs, where reading it again from the Patient and the Consents took
 300 µs at a million documents (``bench/README.md``). And a state kept is used only while the stamp
 holds the very bytes it was decoded from (compared by their BLAKE2b digest): equal bytes, equal
 states, whatever happened between — a stamp read inside a transaction later rolled back included.
