@@ -72,7 +72,7 @@ class AccessStates:
 
     def load(self, ins: Ident) -> PatientState | None:
         """The access state of the DMP of ``ins`` as committed now (None: there is no such DMP).
-        A state is kept under a digest of its stamp: the stamp itself took 800 bytes an entry."""
+        A state is kept under a digest of its stamp: keeping the stamp itself took 850 bytes more an entry."""
         stamp = self._stamp(ins)
         mark = None if stamp is None else hashlib.blake2b(stamp, digest_size=16).digest()
         kept = self._states.get(ins)
