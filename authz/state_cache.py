@@ -111,7 +111,13 @@ class AccessStates:
             return
         touched = _patients(store, resource_type, before) | _patients(store, resource_type, after)
         for ins in sorted(touched):
-            store.put_record(STAMP_KIND, _key(ins), STATE_TAG + encode_state(load_state(store, ins)))
+            _restamp(store, ins)
+
+
+def _restamp(store: Store, ins: Ident) -> None:
+    """The patient's stamp made to hold their state as the store holds it now (in the caller's
+    transaction)."""
+    store.put_record(STAMP_KIND, _key(ins), STATE_TAG + encode_state(load_state(store, ins)))
 
 
 def encode_older_stamps(store: Store) -> int:
@@ -143,7 +149,7 @@ def _encode_stamp(store: Store, ins: Ident) -> int:
     found = store.get_record(STAMP_KIND, _key(ins))
     if found is not None and found[0].startswith(STATE_TAG):
         return 0
-    store.put_record(STAMP_KIND, _key(ins), STATE_TAG + encode_state(load_state(store, ins)))
+    _restamp(store, ins)
     return 1
 
 
