@@ -12,7 +12,8 @@ from fhir_server.fhir.invariants import Invariant, InvariantSet, elements_by_typ
 from fhir_server.fhir.service import FhirService
 from tests.conftest import Fhir
 from tests.dmp import World
-from tests.paths import ROOT, SHARED_DATA
+from tests.invariant_examples import examples
+from tests.paths import ROOT
 
 INVARIANTS = ROOT / "ig" / "invariants" / "r4-invariants.json"
 INS_A = "180017512345660"
@@ -152,48 +153,8 @@ def _fully_evaluated(invariants: InvariantSet, resource: dict[str, Any]) -> list
     return sorted(broken)
 
 
-def _examples() -> list[dict[str, Any]]:
-    """The reference data's FHIR resources (HL7, IHE, ANS examples), and resources made to break
-    or reach what the shortcuts skip: primitive extensions, contained resources, Bundle entries."""
-    found = []
-    for path in sorted(SHARED_DATA.rglob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and isinstance(data.get("resourceType"), str):
-            found.append(data)
-    backwards = {"start": "2024-02-01", "end": "2024-01-01"}
-    found += [
-        _patient(contact=[{"name": {"family": "X"}, "period": backwards}]),
-        {"resourceType": "Patient", "contact": [{"gender": "female"}]},  # pat-1, read at Patient.contact
-        {"resourceType": "List", "status": "current", "mode": "working", "meta": {"versionId": "1"}},
-        _patient(_birthDate={"extension": [{"url": "http://example.org/x"}]}, birthDate="2000-01-01"),
-        _patient(extension=[{"url": "http://example.org/a", "extension": [{"url": "b", "valueAge": {"value": -1}}]}]),
-        {
-            "resourceType": "DocumentReference",
-            "status": "current",
-            "contained": [{"resourceType": "Patient", "id": "p", "meta": {"versionId": "2"}}],
-            "content": [{"attachment": {"data": "aGVsbG8="}}],
-            "context": {"period": backwards},
-        },
-        {"resourceType": "List", "status": "current", "mode": "working", "emptyReason": {"text": "none"}},
-        {
-            "resourceType": "List",
-            "status": "current",
-            "mode": "snapshot",
-            "emptyReason": {"text": "none"},
-            "entry": [{"item": {"reference": "Patient/p"}, "deleted": True, "date": "2024-01-01"}],
-        },
-        {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "total": 1,
-            "entry": [{"fullUrl": "urn:uuid:1", "resource": _patient(telecom=[{"value": "0600000000"}])}],
-        },
-    ]
-    return found
-
-
 def test_the_elements_by_type_are_those_fhirpathpy_walks_to() -> None:
-    for resource in _examples():
+    for resource in examples():
         mine = {
             name: sorted(json.dumps(node.data, sort_keys=True) for node in nodes)
             for name, nodes in elements_by_type(resource).items()
@@ -208,7 +169,7 @@ def test_an_invariant_is_skipped_only_where_full_evaluation_agrees(service: Fhir
     invariants = service.validator.invariants
     assert isinstance(invariants, InvariantSet)
     broken_somewhere = set()
-    for resource in _examples():
+    for resource in examples():
         fast = sorted(message.split(":")[0] for _, _, message in invariants.broken(resource))
         assert fast == _fully_evaluated(invariants, resource), resource.get("id")
         broken_somewhere.update(fast)

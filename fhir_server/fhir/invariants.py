@@ -4,7 +4,8 @@ Why: R4 validity is more than structure — a Period ends after it starts (``per
 with data says its type (``att-1``), an extension has a value or sub-extensions (``ext-1``), a
 contained resource is referenced (``dom-3``)... The invariants are data, extracted from the R4
 StructureDefinitions into ``ig/invariants/r4-invariants.json`` by ``ig/tools/build_invariants.py``
-(which says which were left out and why), and compiled once at start with fhirpathpy.
+(which says which were left out and why), and compiled once at start: into Python closures where
+:mod:`fhir_server.fhir.invariant_compiler` can, with fhirpathpy for the rest.
 
 Each applies at its context: the resource itself, an element path of it (``Consent.provision``:
 every such element must meet it), or a datatype (every element of that type, wherever it is).
@@ -22,6 +23,9 @@ from typing import Any
 from fhirpathpy import compile as compile_fhirpath
 from fhirpathpy.engine.nodes import ResourceNode as _Node
 from fhirpathpy.models import models
+
+from fhir_server.fhir.invariant_compiler import Compiled, Failed, Unsupported, holds, items_of
+from fhir_server.fhir.invariant_compiler import compile_fhirpath as compile_expression
 
 _R4 = models["r4"]
 
@@ -50,30 +54,49 @@ class Invariant:
     def applies_to(self, resource_type: str) -> bool:
         return self.datatype or self.context.split(".")[0] == resource_type
 
+    @property
+    def evaluated(self) -> str:
+        """The expression evaluated on a resource (on the elements of a datatype's, for a
+        datatype invariant): true where it holds at every place of its context."""
+        if self.datatype:
+            return f"all({self.expression})"
+        if "." in self.context:
+            return f"{self.context}.all({self.expression})"
+        return self.expression
+
 
 def compile_invariant(invariant: Invariant) -> Check:
     """A function telling whether a resource meets ``invariant`` at every place it applies."""
-    options = {"traceFn": _silent, "userInvocationTable": _FHIR_FUNCTIONS}
-    if invariant.datatype:
-        expression = f"all({invariant.expression})"  # over the elements of that datatype
-    elif "." in invariant.context:
-        expression = f"{invariant.context}.all({invariant.expression})"
-    else:
-        expression = invariant.expression
-    compiled = compile_fhirpath(expression, _R4, options)
+    expression = invariant.evaluated
+    compiled = with_fhirpathpy(expression)
+    try:
+        fast: Compiled | None = compile_expression(expression)
+    except Unsupported:
+        fast = None
 
     def check(resource: dict[str, Any], by_type: dict[str, list[Any]] | None = None) -> bool:
-        env = {"resource": resource, "rootResource": resource}
+        start: Any = resource
         if invariant.datatype:
-            nodes = (by_type if by_type is not None else elements_by_type(resource)).get(invariant.context)
-            if not nodes:
+            start = (by_type if by_type is not None else elements_by_type(resource)).get(invariant.context)
+            if not start:
                 return True  # no element of that type here
-            result = compiled(nodes, env)  # type: ignore[arg-type]  # fhirpathpy also takes a node list
-        else:
-            result = compiled(resource, env)
+        if fast is not None:
+            try:
+                return holds(fast(items_of(start), resource))
+            except Failed:
+                raise  # where fhirpathpy fails too
+            except Exception:  # Unsupported, or anything unforeseen: fhirpathpy decides
+                pass
+        result = compiled(start, {"resource": resource, "rootResource": resource})
         return result == [True] or result == []
 
     return check
+
+
+def with_fhirpathpy(expression: str) -> Callable[[Any, dict[str, Any]], list[Any]]:
+    """``expression`` compiled by fhirpathpy, with FHIR's additions it lacks: the reference the
+    compiled closures are held to, and what evaluates the rest."""
+    return compile_fhirpath(expression, _R4, {"traceFn": _silent, "userInvocationTable": _FHIR_FUNCTIONS})
 
 
 def elements_by_type(resource: dict[str, Any], types: frozenset[str] | None = None) -> dict[str, list[Any]]:
