@@ -368,7 +368,8 @@ def _inequality(node: dict[str, Any]) -> Compiled:
     left, right = (_expression(child) for child in node["children"])
 
     def compare(focus: list[Item], resource: dict[str, Any]) -> list[Item]:
-        if not left(focus, resource) or not right(focus, resource):
+        a, b = left(focus, resource), right(focus, resource)  # both, as fhirpathpy
+        if not a or not b:
             return []
         raise Unsupported("an ordering of two values")
 
