@@ -56,6 +56,13 @@ def test_a_write_breaking_an_invariant_is_refused_naming_it(fhir: Fhir) -> None:
     assert response.status_code == 422 and any("pat-1" in i["diagnostics"] for i in _issues(response))
     ok = _patient(contact=[{"name": {"family": "X"}, "period": {"start": "2024-01-01", "end": "2024-02-01"}}])
     assert fhir.request("POST", "Patient", ok).status_code == 201
+    # 10:00 at +02:00 is 08:00 UTC: the Period ends after it starts (fhirpathpy alone refused it)
+    zones = {"start": "2024-01-01T10:00:00+02:00", "end": "2024-01-01T09:00:00Z"}
+    across = _patient(contact=[{"name": {"family": "X"}, "period": zones}])
+    assert fhir.request("POST", "Patient", across).status_code == 201
+    reversed_zones = {"start": "2024-01-01T10:00:00Z", "end": "2024-01-01T09:00:00+02:00"}
+    response = fhir.request("POST", "Patient", _patient(contact=[{"name": {"family": "X"}, "period": reversed_zones}]))
+    assert response.status_code == 422 and any("per-1" in i["diagnostics"] for i in _issues(response))
 
 
 def test_validate_at_type_and_instance_level(fhir: Fhir) -> None:

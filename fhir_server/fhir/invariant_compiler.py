@@ -4,23 +4,30 @@ Why: fhirpathpy interprets its parse tree node by node, with its machinery aroun
 invariant as plain as ``contained.meta.security.empty()`` cost 35-50 µs a resource, and the
 invariants were 10 % of an ITI-65 Bundle's CPU (its Bundle's ``bdl-*`` alone about 1 ms). Nearly all
 of them use a small part of FHIRPath — paths, ``exists()``, ``empty()``, ``where()``, ``all()``,
-``=``, the boolean operators — which compiles here, from fhirpathpy's own parse tree, into closures
-that do the same steps on the JSON. ``tests/test_invariant_compiler.py`` holds the two to the same
-answer on the reference data.
+``=``, the boolean operators, the order of two dates — which compiles here, from fhirpathpy's own
+parse tree, into closures that do the same steps on the JSON. ``tests/test_invariant_compiler.py``
+holds the two to the same answer on the reference data.
 
 The answer to match is fhirpathpy's, quirks included (a primitive's ``_name`` extension is an item
 of its own, a ``where`` keeps an item whose criterion gives any element), since the invariants
-were chosen on what it says (``ig/tools/build_invariants.py``). What is compiled is only what
-mirrors it exactly; anything else raises :class:`Unsupported`: at compile time (``descendants()``,
-``as()``, ``|``...: the invariant is left to fhirpathpy) or while evaluating (an ordering
-comparison of two values, a Quantity compared: that resource's verdict is left to fhirpathpy).
+were chosen on what it says (``ig/tools/build_invariants.py``) — with one exception, on purpose:
+two dateTimes with different offsets are ordered as instants, as FHIRPath says, where fhirpathpy
+2.2.4 compares their clock fields and so held a valid Period (``10:00+02:00`` to ``09:00Z``) broken.
+
+What is compiled is only what mirrors it exactly; anything else raises :class:`Unsupported`: at
+compile time (``descendants()``, ``as()``, ``|``...: the invariant is left to fhirpathpy) or while
+evaluating (dates of different precisions ordered, a Quantity compared: that resource's verdict
+is left to fhirpathpy).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import operator
+import re
 from collections.abc import Callable
+from datetime import date, datetime
 from typing import Any
 
 from fhirpathpy.engine.nodes import ResourceNode
@@ -362,16 +369,43 @@ def _equality(node: dict[str, Any]) -> Compiled:
     return equal
 
 
+#: The orderings compiled: two dates, or two dateTimes to the second with a zone (``per-1`` on a
+#: Period with both ends). Of the same precision, FHIRPath compares them as instants; anything
+#: else (precisions that differ, fractions of a second, quantities, numbers) is fhirpathpy's.
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SECONDS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:Z|[+-]\d{2}:\d{2})")
+_ORDERINGS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _instant(item: Item) -> date | datetime:
+    data, path = item
+    if path in ("date", "dateTime") and isinstance(data, str):
+        if _DATE.fullmatch(data):
+            return date.fromisoformat(data)
+        if path == "dateTime" and _SECONDS.fullmatch(data):
+            return datetime.fromisoformat(data.replace("Z", "+00:00"))
+    raise Unsupported("an ordering of values other than two dates or two dateTimes to the second")
+
+
 def _inequality(node: dict[str, Any]) -> Compiled:
-    """Only the case where an operand is empty (``[]``, as fhirpathpy): an ordering of two values
-    (dates of different precisions, quantities) is left to fhirpathpy."""
+    ordering = _ORDERINGS[node["terminalNodeText"][0]]
     left, right = (_expression(child) for child in node["children"])
 
     def compare(focus: list[Item], resource: dict[str, Any]) -> list[Item]:
         a, b = left(focus, resource), right(focus, resource)  # both, as fhirpathpy
         if not a or not b:
             return []
-        raise Unsupported("an ordering of two values")
+        if len(a) > 1 or len(b) > 1:
+            raise Unsupported("an ordering of collections")
+        first, second = _instant(a[0]), _instant(b[0])
+        if type(first) is not type(second):
+            raise Unsupported("a date ordered against a dateTime")
+        return [(ordering(first, second), None)]
 
     return compare
 
