@@ -8,7 +8,8 @@ from typing import Any
 from tests.paths import SHARED_DATA
 
 
-def _patient(**elements: Any) -> dict[str, Any]:
+def patient(**elements: Any) -> dict[str, Any]:
+    """A valid Patient with ``elements`` added."""
     return {"resourceType": "Patient", "name": [{"family": "Martin"}], **elements}
 
 
@@ -22,11 +23,11 @@ def examples() -> list[dict[str, Any]]:
             found.append(data)
     backwards = {"start": "2024-02-01", "end": "2024-01-01"}
     found += [
-        _patient(contact=[{"name": {"family": "X"}, "period": backwards}]),
+        patient(contact=[{"name": {"family": "X"}, "period": backwards}]),
         {"resourceType": "Patient", "contact": [{"gender": "female"}]},  # pat-1, read at Patient.contact
         {"resourceType": "List", "status": "current", "mode": "working", "meta": {"versionId": "1"}},
-        _patient(_birthDate={"extension": [{"url": "http://example.org/x"}]}, birthDate="2000-01-01"),
-        _patient(extension=[{"url": "http://example.org/a", "extension": [{"url": "b", "valueAge": {"value": -1}}]}]),
+        patient(_birthDate={"extension": [{"url": "http://example.org/x"}]}, birthDate="2000-01-01"),
+        patient(extension=[{"url": "http://example.org/a", "extension": [{"url": "b", "valueAge": {"value": -1}}]}]),
         {
             "resourceType": "DocumentReference",
             "status": "current",
@@ -46,7 +47,7 @@ def examples() -> list[dict[str, Any]]:
             "resourceType": "Bundle",
             "type": "transaction",
             "total": 1,
-            "entry": [{"fullUrl": "urn:uuid:1", "resource": _patient(telecom=[{"value": "0600000000"}])}],
+            "entry": [{"fullUrl": "urn:uuid:1", "resource": patient(telecom=[{"value": "0600000000"}])}],
         },
     ]
     return found

@@ -12,15 +12,11 @@ from fhir_server.fhir.invariants import Invariant, InvariantSet, elements_by_typ
 from fhir_server.fhir.service import FhirService
 from tests.conftest import Fhir
 from tests.dmp import World
-from tests.invariant_examples import examples
+from tests.invariant_examples import examples, patient
 from tests.paths import ROOT
 
 INVARIANTS = ROOT / "ig" / "invariants" / "r4-invariants.json"
 INS_A = "180017512345660"
-
-
-def _patient(**elements: Any) -> dict[str, Any]:
-    return {"resourceType": "Patient", "name": [{"family": "Martin"}], **elements}
 
 
 def _issues(response: Any) -> list[dict[str, Any]]:
@@ -41,39 +37,39 @@ def test_the_invariants_file_is_what_the_server_checks(service: FhirService) -> 
 
 
 def test_a_write_breaking_an_invariant_is_refused_naming_it(fhir: Fhir) -> None:
-    backwards = _patient(contact=[{"name": {"family": "X"}, "period": {"start": "2024-02-01", "end": "2024-01-01"}}])
+    backwards = patient(contact=[{"name": {"family": "X"}, "period": {"start": "2024-02-01", "end": "2024-01-01"}}])
     response = fhir.request("POST", "Patient", backwards)
     assert response.status_code == 422
     assert any("per-1" in i["diagnostics"] for i in _issues(response))
-    empty_extension = _patient(extension=[{"url": "http://example.org/x"}])
+    empty_extension = patient(extension=[{"url": "http://example.org/x"}])
     response = fhir.request("POST", "Patient", empty_extension)
     assert response.status_code == 422 and any("ext-1" in i["diagnostics"] for i in _issues(response))
-    nested = _patient(contained=[{"resourceType": "Patient", "id": "c", "contained": [{"resourceType": "Patient"}]}])
+    nested = patient(contained=[{"resourceType": "Patient", "id": "c", "contained": [{"resourceType": "Patient"}]}])
     response = fhir.request("POST", "Patient", nested)
     assert response.status_code in (400, 422)
-    contactless = _patient(contact=[{"gender": "female"}])  # pat-1: a contact names someone
+    contactless = patient(contact=[{"gender": "female"}])  # pat-1: a contact names someone
     response = fhir.request("POST", "Patient", contactless)
     assert response.status_code == 422 and any("pat-1" in i["diagnostics"] for i in _issues(response))
-    ok = _patient(contact=[{"name": {"family": "X"}, "period": {"start": "2024-01-01", "end": "2024-02-01"}}])
+    ok = patient(contact=[{"name": {"family": "X"}, "period": {"start": "2024-01-01", "end": "2024-02-01"}}])
     assert fhir.request("POST", "Patient", ok).status_code == 201
     # 10:00 at +02:00 is 08:00 UTC: the Period ends after it starts (fhirpathpy alone refused it)
     zones = {"start": "2024-01-01T10:00:00+02:00", "end": "2024-01-01T09:00:00Z"}
-    across = _patient(contact=[{"name": {"family": "X"}, "period": zones}])
+    across = patient(contact=[{"name": {"family": "X"}, "period": zones}])
     assert fhir.request("POST", "Patient", across).status_code == 201
     reversed_zones = {"start": "2024-01-01T10:00:00Z", "end": "2024-01-01T09:00:00+02:00"}
-    response = fhir.request("POST", "Patient", _patient(contact=[{"name": {"family": "X"}, "period": reversed_zones}]))
+    response = fhir.request("POST", "Patient", patient(contact=[{"name": {"family": "X"}, "period": reversed_zones}]))
     assert response.status_code == 422 and any("per-1" in i["diagnostics"] for i in _issues(response))
 
 
 def test_validate_at_type_and_instance_level(fhir: Fhir) -> None:
-    good = fhir.request("POST", "Patient/$validate", _patient())
+    good = fhir.request("POST", "Patient/$validate", patient())
     assert good.status_code == 200 and [i["severity"] for i in _issues(good)] == ["information"]
-    bad = _patient(contact=[{"gender": "female"}])
+    bad = patient(contact=[{"gender": "female"}])
     wrapped = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": bad}]}
     answer = fhir.request("POST", "Patient/$validate", wrapped)
     assert answer.status_code == 200 and any("pat-1" in i["diagnostics"] for i in _issues(answer))
     assert fhir.request("GET", "Patient/$validate").status_code == 400  # nothing to validate
-    created = fhir.request("POST", "Patient", _patient()).get_json()
+    created = fhir.request("POST", "Patient", patient()).get_json()
     stored = fhir.request("GET", f"Patient/{created['id']}/$validate")
     assert stored.status_code == 200 and _issues(stored)[0]["severity"] == "information"
     assert fhir.request("GET", "Patient/none/$validate").status_code == 404
@@ -96,7 +92,7 @@ def test_validate_with_a_profile_and_unknown_profiles(fhir: Fhir) -> None:
     unknown = "http://example.org/StructureDefinition/nobody-knows"
     answer = fhir.request("POST", f"DocumentReference/$validate?profile={unknown}", doc)
     assert any(i["code"] == "not-supported" and i["severity"] == "error" for i in _issues(answer))
-    declared = _patient(meta={"profile": [unknown]})
+    declared = patient(meta={"profile": [unknown]})
     answer = fhir.request("POST", "Patient/$validate", declared)
     warnings = [i for i in _issues(answer) if i["severity"] == "warning"]
     assert warnings and "not known" in warnings[0]["diagnostics"]

@@ -56,8 +56,8 @@ class Invariant:
 
     @property
     def evaluated(self) -> str:
-        """The expression evaluated on a resource (on the elements of a datatype's, for a
-        datatype invariant): true where it holds at every place of its context."""
+        """The expression as it is evaluated: over the elements of its datatype (a datatype
+        invariant), over every element at its context's path, or on the resource itself."""
         if self.datatype:
             return f"all({self.expression})"
         if "." in self.context:
