@@ -1,0 +1,122 @@
+"""Where a write's CPU goes: the named parts of a create or of an ITI-65 Bundle, timed in-process.
+
+``python bench/write_parts.py DATA_DIR [--scenario create|iti65-1doc] [--requests N]`` copies a
+data directory made by ``bench/run.py --keep`` to a temporary one, serves the copy in this process
+(Flask's test client, one thread), sends the scenario's requests (``bench/scenarios.py``, the
+doctor's tokens) and prints each part's CPU per request, timed at its outermost call (a part that
+calls itself is counted once), beside the whole request's. The parts nest (a create's index rows
+are inside the create): the table reads as a tree, not as a sum. Timing wraps each part in a
+Python function, which adds about a microsecond a call. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.auth import Tokens  # noqa: E402  (needs the path fix above)
+from bench.datagen import Population  # noqa: E402
+from bench.scenarios import Workload, create_scenario, iti65_scenario  # noqa: E402
+from fhir_server.app import create_app, create_service  # noqa: E402
+from fhir_server.runtime.config import Config  # noqa: E402
+
+#: (label, where the part is: ``module:Qualified.name``), in the order printed; indentation shows nesting.
+PARTS = (
+    ("the request, in the FHIR service", "fhir_server.fhir.service:FhirService.process"),
+    ("  ITI-65: the checks before the transaction", "fhir_server.dmp.documents.mhd:ProvideBundle.check_resources"),
+    ("    the CDA parsed, its header read", "fhir_server.dmp.documents.mhd:parse_cda"),
+    ("  R4 structure and invariants", "fhir_server.fhir.validation:ResourceValidator.validate"),
+    ("    the invariants", "fhir_server.fhir.invariants:InvariantSet.broken"),
+    ("  the token and the access decision", "authz.gate:DmpGatekeeper.guard"),
+    ("  the guard's checks of a write", "authz.gate:DmpGuard.check_write"),
+    ("  ITI-65: references rewritten", "fhir_server.fhir.interactions.bundle:_rewrite"),
+    ("    conditional references resolved", "fhir_server.fhir.interactions.bundle:_resolve_reference"),
+    ("  the store's creates", "storage.sqlite.store:SqliteStore.create"),
+    ("    their index rows", "storage.sqlite.store:SqliteStore._index_rows"),
+    ("    their sealing", "storage.sqlite.store:SqliteStore._seal"),
+    ("  the store's searches", "storage.sqlite.store:SqliteStore.search"),
+    ("  the response's resources presented", "authz.gate:DmpGuard.present"),
+    ("  the COMMIT", "storage.sqlite.group:GroupCommit._close"),
+    ("  the request's AuditEvent", "authz.gate:DmpGuard.record"),
+)
+
+
+def _timed(spent: defaultdict[str, float], calls: Counter[str], where: str) -> None:
+    """Replace the part at ``where`` by a wrapper adding its CPU to ``spent`` at its outermost call."""
+    module_name, _, qualified = where.partition(":")
+    owner: Any = importlib.import_module(module_name)
+    *path, name = qualified.split(".")
+    for step in path:
+        owner = getattr(owner, step)
+    original: Callable[..., Any] = getattr(owner, name)
+    depth = [0]
+
+    def part(*args: Any, **kwargs: Any) -> Any:
+        depth[0] += 1
+        started = time.process_time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+            if depth[0] == 0:
+                spent[where] += time.process_time() - started
+                calls[where] += 1
+
+    setattr(owner, name, part)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--scenario", choices=("create", "iti65-1doc"), default="iti65-1doc")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=5)
+    args = parser.parse_args(argv)
+    meta = json.loads((args.data_dir / "bench-meta.json").read_text())
+    base = (args.data_dir / "server-base-url").read_text().strip()
+    with tempfile.TemporaryDirectory(prefix="write-parts-") as tmp:
+        data = Path(tmp) / "data"
+        shutil.copytree(args.data_dir, data)
+        spent, calls = defaultdict[str, float](float), Counter[str]()
+        for _, where in PARTS:  # before the app is made: it keeps some of them bound (its metrics)
+            _timed(spent, calls, where)
+        client = create_app(service=create_service(Config(data_dir=data, base_url=base))).test_client()
+        pop = Population(patients=int(meta["patients"]), practitioners=int(meta["load"]["practitioners"]))
+        workload = Workload("/" + base.split("//", 1)[1].split("/", 1)[1], pop, Tokens.for_data_dir(data, base), [])
+        scenario = create_scenario(workload) if args.scenario == "create" else iti65_scenario(workload, 1)
+        rng = random.Random(args.seed)
+        requests = [scenario.make(rng) for _ in range(args.warmup + args.requests)]
+        started = time.process_time()
+        for index, (method, path, body, headers) in enumerate(requests):
+            if index == args.warmup:
+                spent.clear()
+                calls.clear()
+                started = time.process_time()
+            answer = client.open(path, method=method, data=body, headers=headers)
+            if answer.status_code not in (200, 201):
+                raise SystemExit(f"{method} {path}: HTTP {answer.status_code} {answer.get_data(as_text=True)[:300]}")
+        whole = (time.process_time() - started) / args.requests
+    print(f"{args.scenario} on {args.data_dir}: {args.requests} requests, {1e3 * whole:.2f} ms of CPU each")
+    print(f"{'part':<48} {'ms/request':>10} {'calls':>6}")
+    for label, where in PARTS:
+        if calls[where]:
+            print(f"{label:<48} {1e3 * spent[where] / args.requests:>10.3f} {calls[where] / args.requests:>6.1f}")
+
+
+if __name__ == "__main__":
+    main()
