@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from flask import Response, g, request
 
@@ -87,9 +87,9 @@ class JsonLines(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def log_as_json_lines(level: int = logging.INFO) -> None:
-    """Send the process's log records to stderr as JSON lines (``dmp-server serve``)."""
-    handler = logging.StreamHandler()
+def log_as_json_lines(level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """Send the process's log records to ``stream`` (stderr) as JSON lines (``dmp-server serve``)."""
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonLines())
     root = logging.getLogger()
     root.handlers[:] = [handler]

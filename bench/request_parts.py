@@ -1,11 +1,13 @@
-"""Where a write's CPU goes: the named parts of a create or of an ITI-65 Bundle, timed in-process.
+"""Where a request's CPU goes: the named parts of a read, an ITI-67 search, a create or an ITI-65
+Bundle, timed in-process.
 
-``python bench/write_parts.py DATA_DIR [--scenario create|iti65-1doc] [--requests N]`` copies a
-data directory made by ``bench/run.py --keep`` to a temporary one, serves the copy in this process
-(Flask's test client, one thread), sends the scenario's requests (``bench/scenarios.py``, the
-doctor's tokens) and prints each part's CPU per request, timed at its outermost call (a part that
-calls itself is counted once), beside the whole request's. The parts nest (a create's index rows
-are inside the create): the table reads as a tree, not as a sum. Timing wraps each part in a
+``python bench/request_parts.py DATA_DIR [--scenario read|iti67-identifier|create|iti65-1doc]
+[--requests N]`` copies a data directory made by ``bench/run.py --keep`` to a temporary one,
+serves the copy in this process (Flask's test client, one thread), sends the scenario's requests
+(``bench/scenarios.py``, the doctor's tokens; the read draws from the directory's
+``bench-sample.json``) and prints each part's CPU per request, timed at its outermost call (a part
+that calls itself is counted once), beside the whole request's. The parts nest (a create's index
+rows are inside the create): the table reads as a tree, not as a sum. Timing wraps each part in a
 Python function, which adds about a microsecond a call. Nothing is asserted.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import random
 import shutil
 import sys
@@ -30,18 +33,32 @@ if str(ROOT) not in sys.path:
 
 from bench.auth import Tokens  # noqa: E402  (needs the path fix above)
 from bench.datagen import Population  # noqa: E402
-from bench.scenarios import Workload, create_scenario, iti65_scenario  # noqa: E402
-from fhir_server.app import create_app, create_service  # noqa: E402
+from bench.loader import IdSample  # noqa: E402
+from bench.main import READ_SAMPLE, read_sample  # noqa: E402
+from bench.scenarios import (  # noqa: E402
+    Scenario,
+    Workload,
+    create_scenario,
+    iti65_scenario,
+    iti67_identifier_scenario,
+    read_scenario,
+)
+from fhir_server.fhir.ops import MULTIPROC_ENV  # noqa: E402
 from fhir_server.runtime.config import Config  # noqa: E402
 
 #: (label, where the part is: ``module:Qualified.name``), in the order printed; indentation shows nesting.
 PARTS = (
+    ("the request, in Flask", "flask.app:Flask.wsgi_app"),
+    ("  its FHIR view", "fhir_server.fhir.http:_dispatch"),
+    ("  the request's log line and metrics", "fhir_server.fhir.ops.install:finish"),
     ("the request, in the FHIR service", "fhir_server.fhir.service:FhirService.process"),
     ("  ITI-65: the checks before the transaction", "fhir_server.dmp.documents.mhd:ProvideBundle.check_resources"),
     ("    the CDA parsed, its header read", "fhir_server.dmp.documents.mhd:parse_cda"),
     ("  R4 structure and invariants", "fhir_server.fhir.validation:ResourceValidator.validate"),
     ("    the invariants", "fhir_server.fhir.invariants:InvariantSet.broken"),
     ("  the token and the access decision", "authz.gate:DmpGatekeeper.guard"),
+    ("    the token verified", "authz.tokens:TokenVerifier.verify"),
+    ("      its revocation looked up", "authz.authserver.revocation:DenyList.revoked"),
     ("  the guard's checks of a write", "authz.gate:DmpGuard.check_write"),
     ("  ITI-65: references rewritten", "fhir_server.fhir.interactions.bundle:_rewrite"),
     ("    conditional references resolved", "fhir_server.fhir.interactions.bundle:_resolve_reference"),
@@ -49,10 +66,25 @@ PARTS = (
     ("    their index rows", "storage.sqlite.store:SqliteStore._index_rows"),
     ("    their sealing", "storage.sqlite.store:SqliteStore._seal"),
     ("  the store's searches", "storage.sqlite.store:SqliteStore.search"),
+    ("  the store's reads", "storage.sqlite.store:SqliteStore.read"),
+    ("    the policy's filter built", "authz.gate:DmpScope.filter"),
+    ("    the filter's SQL found", "storage.sqlite.compiled:CompiledFragments.compile"),
+    ("    content opened", "storage.sqlite.store:SqliteStore._open"),
     ("  the response's resources presented", "authz.gate:DmpGuard.present"),
     ("  the COMMIT", "storage.sqlite.group:GroupCommit._close"),
     ("  the request's AuditEvent", "authz.gate:DmpGuard.record"),
+    ("    appended to the trail's journal", "storage.sqlite.journal:Journal.append"),
+    ("    moved into the trail (a batch)", "storage.sqlite.store:SqliteStore._move_aside"),
 )
+
+
+#: The scenarios measured, by name (those of ``bench/run.py``).
+SCENARIOS: dict[str, Callable[[Workload], Scenario]] = {
+    "read": read_scenario,
+    "iti67-identifier": iti67_identifier_scenario,
+    "create": create_scenario,
+    "iti65-1doc": lambda workload: iti65_scenario(workload, 1),
+}
 
 
 def _timed(spent: defaultdict[str, float], calls: Counter[str], where: str) -> None:
@@ -82,23 +114,32 @@ def _timed(spent: defaultdict[str, float], calls: Counter[str], where: str) -> N
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
-    parser.add_argument("--scenario", choices=("create", "iti65-1doc"), default="iti65-1doc")
+    parser.add_argument("--scenario", choices=tuple(SCENARIOS), default="iti65-1doc")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args(argv)
     meta = json.loads((args.data_dir / "bench-meta.json").read_text())
     base = (args.data_dir / "server-base-url").read_text().strip()
-    with tempfile.TemporaryDirectory(prefix="write-parts-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="request-parts-") as tmp, open(Path(tmp) / "log", "w") as log:
         data = Path(tmp) / "data"
         shutil.copytree(args.data_dir, data)
+        # As ``dmp-server serve`` runs: metrics shared by its workers, one JSON log line a request.
+        os.environ[MULTIPROC_ENV] = str(Path(tmp))  # before the app's modules import prometheus_client
+        from fhir_server.app import create_app, create_service
+        from fhir_server.fhir.ops.access_log import log_as_json_lines
+
+        log_as_json_lines(stream=log)
         spent, calls = defaultdict[str, float](float), Counter[str]()
         for _, where in PARTS:  # before the app is made: it keeps some of them bound (its metrics)
             _timed(spent, calls, where)
         client = create_app(service=create_service(Config(data_dir=data, base_url=base))).test_client()
         pop = Population(patients=int(meta["patients"]), practitioners=int(meta["load"]["practitioners"]))
-        workload = Workload("/" + base.split("//", 1)[1].split("/", 1)[1], pop, Tokens.for_data_dir(data, base), [])
-        scenario = create_scenario(workload) if args.scenario == "create" else iti65_scenario(workload, 1)
+        sample = IdSample(READ_SAMPLE, random.Random(args.seed))
+        if args.scenario == "read" and not read_sample(args.data_dir, sample):
+            raise SystemExit(f"{args.data_dir} has no bench-sample.json to read documents from")
+        path = "/" + base.split("//", 1)[1].split("/", 1)[1]
+        scenario = SCENARIOS[args.scenario](Workload(path, pop, Tokens.for_data_dir(data, base), sample.ids))
         rng = random.Random(args.seed)
         requests = [scenario.make(rng) for _ in range(args.warmup + args.requests)]
         started = time.process_time()
