@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterator
-from typing import Any
 
 from lxml import etree
 
@@ -22,8 +20,8 @@ _CLINICAL_DOCUMENT = f"{{{V3}}}ClinicalDocument"
 MAX_BYTES = 20 * 1024 * 1024
 #: Real CI-SIS documents stay below 20 levels; libxml2 itself stops at 256 without huge_tree.
 MAX_DEPTH = 128
-#: The pull parser is fed this much at a time, so that depth and root checks stop early.
-_CHUNK = 64 * 1024
+#: Whether an element is nested deeper than MAX_DEPTH (XPath steps from the document node).
+_TOO_DEEP = etree.XPath("boolean(" + "/*" * (MAX_DEPTH + 1) + ")")
 
 # No DTD is ever loaded or entity resolved; PIs (xml-stylesheet, oxygen) and comments are noise.
 _PARSER_OPTIONS: dict[str, bool] = {
@@ -77,7 +75,7 @@ def parse_root(data: bytes, max_bytes: int) -> etree._Element:
     declaration = _XML_DECLARATION.match(text)
     if declaration:
         text = "\n" * declaration.group().count("\n") + text[declaration.end() :]
-    root = _pull_parse(text.encode("utf-8"))
+    root = _parsed(text.encode("utf-8"))
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise CdaError("DOCTYPE and ENTITY declarations are not allowed in a CDA")
@@ -119,38 +117,24 @@ def _detect_encoding(data: bytes) -> str:
     return encoding
 
 
-def _pull_parse(payload: bytes) -> etree._Element:
-    """Parse in chunks, counting depth and checking the root as elements open, so that a hostile
-    document is stopped early rather than after it has been built."""
-    parser = etree.XMLPullParser(events=("start", "end"), **_PARSER_OPTIONS)
-    depth = 0
+def _parsed(payload: bytes) -> etree._Element:
+    """The document's root, checked. libxml2 builds the tree in one call and, with ``huge_tree``
+    off, stops reading at the 257th level of nesting; the tighter depth CDA allows and the root's
+    name are checked on the tree. (An event-driven parse checked both as elements opened: it cost
+    2.7 times as much, 480 µs against 180 for the bench's 10 KB CDA, to stop early only a document
+    of the wrong kind or one nested 129 to 256 levels, whose parse costs no more than that of a
+    valid document of its size.)"""
     try:
-        for offset in range(0, len(payload), _CHUNK):
-            parser.feed(payload[offset : offset + _CHUNK])
-            depth = _follow(parser.read_events(), depth)
-        root = parser.close()
-        _follow(parser.read_events(), depth)
-    except CdaError:
-        raise
+        root = etree.fromstring(payload, etree.XMLParser(**_PARSER_OPTIONS))
     except etree.XMLSyntaxError as exc:
         raise _syntax_error(exc) from exc
     except (etree.LxmlError, ValueError) as exc:
         raise CdaError("the CDA could not be parsed as XML") from exc
+    if root.tag != _CLINICAL_DOCUMENT:
+        raise NotClinicalDocument(f"the root element is {shorten(str(root.tag))}, not ClinicalDocument in {V3}")
+    if _TOO_DEEP(root):
+        raise CdaError(f"the CDA is nested deeper than {MAX_DEPTH} levels")
     return root
-
-
-def _follow(events: Iterator[tuple[str, Any]], depth: int) -> int:
-    """Track the nesting depth over parser events; refuse too deep or non-CDA documents."""
-    for event, element in events:
-        if event == "end":
-            depth -= 1
-            continue
-        depth += 1
-        if depth > MAX_DEPTH:
-            raise CdaError(f"the CDA is nested deeper than {MAX_DEPTH} levels")
-        if depth == 1 and element.tag != _CLINICAL_DOCUMENT:
-            raise NotClinicalDocument(f"the root element is {shorten(str(element.tag))}, not ClinicalDocument in {V3}")
-    return depth
 
 
 def _syntax_error(exc: etree.XMLSyntaxError) -> CdaError:
