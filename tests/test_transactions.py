@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from fhir_server.fhir.service import FhirService
 from tests.conftest import Fhir
 from tests.document_codes import dmp_codes
 from tests.paths import EXAMPLES, example_transaction_bundles
@@ -236,6 +237,38 @@ def test_conditional_reference_must_match_exactly_one(fhir: Fhir) -> None:
     )
     assert missing.status_code == 412
     assert fhir.search("DocumentReference")["total"] == 1
+
+
+def test_a_conditional_reference_is_searched_once_per_transaction(
+    fhir: Fhir, service: FhirService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Named in three places, the patient is looked for once: every conditional reference is
+    resolved before anything is written, so one search answers them all."""
+    patient = fhir.create(INS_PATIENT)["id"]
+    searched: list[str] = []
+    search = service.store.search
+
+    def counted(query: Any, *args: Any, **kwargs: Any) -> Any:
+        searched.append(query.resource_type)
+        return search(query, *args, **kwargs)
+
+    monkeypatch.setattr(service.store, "search", counted)
+    ins = "Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|123456789012345"
+    response = fhir.request(
+        "POST",
+        "",
+        _tx(
+            *(
+                {"resource": _doc(ins, context={"sourcePatientInfo": {"reference": ins}}), "request": post}
+                for post in ({"method": "POST", "url": "DocumentReference"},) * 2
+            )
+        ),
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert searched.count("Patient") == 1
+    for location in (e["response"]["location"] for e in response.get_json()["entry"]):
+        doc = fhir.request("GET", f"DocumentReference/{location.split('/')[-3]}").get_json()
+        assert doc["subject"]["reference"] == doc["context"]["sourcePatientInfo"]["reference"] == f"Patient/{patient}"
 
 
 def test_if_none_exist_in_a_transaction_maps_the_full_url_to_the_match(fhir: Fhir) -> None:

@@ -232,9 +232,10 @@ def _transaction(
     with_resource = req.prefer.get("return") == "representation"
     with svc.store.transaction():
         mapping = _assign_identities(svc, req, entries)
+        resolved: dict[str, str] = {}  # conditional references: each searched once, all before any write
         for entry in entries:
             if entry.resource is not None:
-                entry.resource = _rewrite(svc, req, entry, entry.resource, mapping)
+                entry.resource = _rewrite(svc, req, entry, entry.resource, mapping, resolved)
         for submission in submissions:
             submission.validate(req)
         left: list[tuple[_Entry, list[Callable[[], None]]]] = []
@@ -348,31 +349,41 @@ def _assign_identities(svc: FhirService, req: FhirRequest, entries: list[_Entry]
     return mapping
 
 
-def _rewrite(svc: FhirService, req: FhirRequest, entry: _Entry, node: Any, mapping: dict[str, str]) -> Any:
-    """Replace references to Bundle entries (and conditional references) with real ones."""
+def _rewrite(
+    svc: FhirService, req: FhirRequest, entry: _Entry, node: Any, mapping: dict[str, str], resolved: dict[str, str]
+) -> Any:
+    """Replace references to Bundle entries (and conditional references, each found once in
+    ``resolved``) with real ones."""
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
-                out[key] = _resolve_reference(svc, req, entry, value, mapping)
+                out[key] = _resolve_reference(svc, req, entry, value, mapping, resolved)
             elif key == "div" and isinstance(value, str):
                 for full_url, target in mapping.items():
                     value = value.replace(f'"{full_url}"', f'"{svc.config.base_url}/{target}"')
                 out[key] = value
             else:
-                out[key] = _rewrite(svc, req, entry, value, mapping)
+                out[key] = _rewrite(svc, req, entry, value, mapping, resolved)
         return out
     if isinstance(node, list):
-        return [_rewrite(svc, req, entry, v, mapping) for v in node]
+        return [_rewrite(svc, req, entry, v, mapping, resolved) for v in node]
     if isinstance(node, str) and node in mapping:
         # uri/url elements naming an entry (e.g. an attachment's url): the new absolute URL.
         return f"{svc.config.base_url}/{mapping[node]}"
     return node
 
 
-def _resolve_reference(svc: FhirService, req: FhirRequest, entry: _Entry, ref: str, mapping: dict[str, str]) -> str:
+def _resolve_reference(
+    svc: FhirService, req: FhirRequest, entry: _Entry, ref: str, mapping: dict[str, str], resolved: dict[str, str]
+) -> str:
+    """The reference ``ref`` stands for. A conditional one is searched once per transaction: all
+    are resolved before any entry is written, so the same query finds the same resource (an ITI-65
+    Bundle names its patient by INS in eight places)."""
     if ref in mapping:
         return mapping[ref]
+    if ref in resolved:
+        return resolved[ref]
     rtype, sep, query = ref.partition("?")
     if sep and is_resource_type(rtype) and "/" not in rtype:
         svc.resource_type(rtype)
@@ -383,5 +394,6 @@ def _resolve_reference(svc: FhirService, req: FhirRequest, entry: _Entry, ref: s
                 f"Bundle.entry[{entry.index}]: conditional reference '{ref}' matches {len(found)} resources",
                 "not-found" if not found else "multiple-matches",
             )
-        return f"{rtype}/{found[0].id}"
+        resolved[ref] = f"{rtype}/{found[0].id}"
+        return resolved[ref]
     return ref
