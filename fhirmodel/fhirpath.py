@@ -304,6 +304,51 @@ def _static_fields(resource_type: str, steps: list[_Step]) -> tuple[tuple[str, .
     return tuple(keys), ntype
 
 
+#: ``iif(<path>.exists(), <path>[.first()], true|false)``: a value, or a default when it is absent
+#: (the DMP's ``archived``, false unless the patient archived the document).
+_IIF = re.compile(r"iif\((?P<args>.*)\)", re.DOTALL)
+_EXISTS, _FIRST = ".exists()", ".first()"
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _compile_iif(resource_type: str, expr: str) -> Extractor | None:
+    """``iif(criterion, result, otherwise)`` whose criterion is a simple path's ``exists()``, its
+    result a simple path (or its ``first()``) and its otherwise a boolean; ``None`` for any other."""
+    matched = _IIF.fullmatch(_strip_parens(expr))
+    args = _arguments(matched["args"]) if matched else []
+    if len(args) != 3 or not args[0].endswith(_EXISTS) or args[2] not in _BOOLEANS:
+        return None
+    first = args[1].endswith(_FIRST)
+    criterion = _compile_path(resource_type, args[0][: -len(_EXISTS)])
+    result = _compile_path(resource_type, args[1][: -len(_FIRST)] if first else args[1])
+    if criterion is None or result is None:
+        return None
+    otherwise: list[Typed] = [(_BOOLEANS[args[2]], "boolean")]
+
+    def extract(resource: dict[str, Any]) -> list[Typed]:
+        if not criterion(resource):
+            return otherwise
+        found = result(resource)
+        return found[:1] if first else found
+
+    return extract
+
+
+def _arguments(text: str) -> list[str]:
+    """A function's arguments, split on the commas outside parentheses and quotes."""
+    parts: list[str] = []
+    depth, start, quoted = 0, 0, False
+    for i, ch in enumerate(text):
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in "()":
+            depth += 1 if ch == "(" else -1
+        elif not quoted and ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return [*parts, text[start:].strip()]
+
+
 def _compile_fhirpath(expr: str) -> Extractor:
     import fhirpathpy  # imported lazily: only the rare complex expressions need it
     from fhirpathpy.models import models
@@ -355,7 +400,7 @@ def compile_expression(resource_type: str, expression: str) -> Extractor | None:
         return None
     extractors: list[Extractor] = []
     for member in members:
-        simple = _compile_path(resource_type, member)
+        simple = _compile_path(resource_type, member) or _compile_iif(resource_type, member)
         extractors.append(simple or _compile_fhirpath(member))
     if len(extractors) == 1:
         return extractors[0]

@@ -16,7 +16,7 @@ import pytest
 from fhir_server.fhir.service import SERVED_TYPES
 from fhir_server.runtime.config import PROJECT_ROOT
 from fhirmodel.dates import MAX_US, MIN_US, DateFormatError, date_range, us_to_instant
-from fhirmodel.fhirpath import Typed
+from fhirmodel.fhirpath import Typed, _compile_fhirpath
 from fhirmodel.indexing import (
     DateValue,
     IndexValue,
@@ -486,6 +486,33 @@ def test_mhd_extension_parameters(registry: SearchParamRegistry) -> None:
     assert index["designationType"] == [TokenValue("http://snomed.info/sct", "721914005", None)]
     assert index["sourceId"] == [TokenValue("urn:ietf:rfc:3986", "urn:oid:1.2.3", None)]
     assert index["targetCommunityIdList"] == [UriValue("urn:oid:1.2.250.1.213")]
+
+
+ARCHIVED = "https://dmp.example.org/fhir/StructureDefinition/dmp-archived"
+
+
+@pytest.mark.parametrize(
+    ("extensions", "archived"),
+    [
+        ([{"url": ARCHIVED, "valueBoolean": True}], "true"),
+        ([{"url": ARCHIVED, "valueBoolean": False}], "false"),
+        ([], "false"),  # absent: not archived, so that archived=false finds it
+        ([{"url": "http://example.org/other", "valueBoolean": True}], "false"),
+        ([{"url": ARCHIVED, "valueBoolean": True}, {"url": ARCHIVED, "valueBoolean": False}], "true"),  # first()
+    ],
+)
+def test_an_iif_is_indexed_without_fhirpathpy_as_fhirpathpy_would(
+    registry: SearchParamRegistry, extensions: list[dict[str, Any]], archived: str
+) -> None:
+    """The DMP's ``archived`` is ``iif(<extension>.exists(), <extension>.value.first(), false)``:
+    compiled to a path walk (fhirpathpy took a sixth of a document's indexing), which must find
+    what fhirpathpy finds."""
+    param = registry.get("DocumentReference", "archived")
+    assert param is not None and "_compile_iif" in param.extractor.__qualname__
+    document = {"resourceType": "DocumentReference", "status": "current", "extension": extensions}
+    compiled = values_for(param, param.extractor(document), BASE)
+    assert compiled == [TokenValue(None, archived, None)]
+    assert values_for(param, _compile_fhirpath(param.expression)(document), BASE) == compiled
 
 
 # -- values_for, type by type ----------------------------------------------------------------
