@@ -323,11 +323,11 @@ def _compile_iif(resource_type: str, expr: str) -> Extractor | None:
     result = _compile_path(resource_type, args[1][: -len(_FIRST)] if first else args[1])
     if criterion is None or result is None:
         return None
-    otherwise: list[Typed] = [(_BOOLEANS[args[2]], "boolean")]
+    otherwise = _BOOLEANS[args[2]]
 
     def extract(resource: dict[str, Any]) -> list[Typed]:
         if not criterion(resource):
-            return otherwise
+            return [(otherwise, "boolean")]
         found = result(resource)
         return found[:1] if first else found
 

@@ -162,6 +162,18 @@ def test_errors_are_logged_and_counted_too(world: World, access_log: pytest.LogC
     assert unmatched["status"] == 404 and unmatched["interaction"] == "unmatched"
 
 
+def test_a_log_line_holds_any_field_and_every_character() -> None:
+    """A field JSON has no type for is written as its text, a key that is no string as one; the
+    line stays one line, accents as they are."""
+    record = logging.LogRecord("dmp_server.jobs", logging.WARNING, __file__, 1, "échec %s", ("job",), None)
+    record.fields = {"path": Path("/data/dmp"), 7: "seven", "note": "première\nligne"}
+    line = JsonLines().format(record)
+    assert "\n" not in line and "échec" in line
+    parsed = json.loads(line)
+    assert parsed["message"] == "échec job" and parsed["level"] == "warning" and parsed["logger"] == "dmp_server.jobs"
+    assert parsed["path"] == "/data/dmp" and parsed["7"] == "seven" and parsed["note"] == "première\nligne"
+
+
 # -- trusted proxies -------------------------------------------------------------------------------
 
 

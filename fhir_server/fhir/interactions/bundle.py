@@ -379,7 +379,7 @@ def _resolve_reference(
 ) -> str:
     """The reference ``ref`` stands for. A conditional one is searched once per transaction: all
     are resolved before any entry is written, so the same query finds the same resource (an ITI-65
-    Bundle names its patient by INS in eight places)."""
+    Bundle names its patient by INS in its List and in each DocumentReference)."""
     if ref in mapping:
         return mapping[ref]
     if ref in resolved:
