@@ -354,8 +354,10 @@ def test_search_counts_and_pages_inside_the_filter(store: Store) -> None:
     assert first.total == 4 and [s.id for s in first.matches] == ["d0", "d2"]
     second = store.search(Query(query.resource_type, query.where, query.sort, offset=2, count=2), scope)
     assert [s.id for s in second.matches] == ["d4", "d6"]
-    # the total of a page that is not full, past the end, of nothing, of a count-only query
-    for offset, count, ids in ((3, 2, ["d6"]), (0, 10, ["d0", "d2", "d4", "d6"]), (4, 2, []), (9, 2, []), (0, 0, [])):
+    # the total of a page that is not full, exactly full to the end, past the end, of nothing,
+    # of a count-only query
+    pages = ((3, 2, ["d6"]), (0, 10, ["d0", "d2", "d4", "d6"]), (0, 4, ["d0", "d2", "d4", "d6"]), (2, 2, ["d4", "d6"]))
+    for offset, count, ids in (*pages, (4, 2, []), (9, 2, []), (0, 0, [])):
         page = store.search(Query(query.resource_type, query.where, query.sort, offset=offset, count=count), scope)
         assert ([s.id for s in page.matches], page.total) == (ids, 4), (offset, count)
     nothing = Query("DocumentReference", Reference("subject", "Patient", "nobody"), count=2)
@@ -886,6 +888,26 @@ def test_each_kind_of_index_value_is_its_table_s_value_columns_in_order() -> Non
     for value_type, kind in TABLE_OF_VALUE.items():
         fields = [field.replace("identifier_", "id_") for field in value_type._fields]
         assert fields == COLUMN_NAMES[kind].split(", "), value_type
+
+
+def test_a_page_that_ends_the_results_is_not_counted_again(tmp_path: Path) -> None:
+    """SQLite asks for one row past the page: when none comes, the total is the page's end, and
+    the matches are not counted again through the filter; when one comes, they are."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    store.create(patient("p1", "Martin"))
+    for n in range(4):
+        store.create(doc(f"d{n}", "p1"))
+    conn, statements = store._conn(), []
+    conn.set_trace_callback(statements.append)
+    for count, total, counted in ((4, 4, False), (3, 4, True), (5, 4, False)):
+        statements.clear()
+        query = Query("DocumentReference", Reference("subject", "Patient", "p1"), count=count)
+        found = store.search(query, OPEN_SCOPE)
+        assert (len(found.matches), found.total) == (min(count, total), total)
+        assert any(s.startswith("SELECT COUNT(*)") for s in statements) == counted, (count, statements)
+    conn.set_trace_callback(None)
+    store.close()
 
 
 def test_a_sorted_search_reads_each_match_s_sort_key_from_its_own_index_rows(tmp_path: Path) -> None:

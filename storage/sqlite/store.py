@@ -1213,17 +1213,21 @@ class SqliteStore(Store):
         matches: list[Stored] = []
         order = self._order(compiler, rtype, query.sort) if query.count > 0 else ""
         self._settle(compiler, reading=(scope, rtype, expr))
+        ends = False  # whether the page is known to end the results
         if query.count > 0:
+            # With a total, one row past the page is asked for: when none comes, the page ends the
+            # results, and the total is known without counting them again through the filter
+            # (about half of the searches by patient; a result exactly one page long among them).
+            asked = query.count + 1 if query.total else query.count
             sql = (
                 f"SELECT {_CURRENT_COLUMNS} FROM {resources} r"
-                f" WHERE {where} ORDER BY {order} {_page(query.count, query.offset)}"
+                f" WHERE {where} ORDER BY {order} {_page(asked, query.offset)}"
             )
             rows = conn.execute(sql, compiler.args).fetchall()
-            matches = [self._stored(row) for row in rows]
+            ends = len(rows) <= query.count
+            matches = [self._stored(row) for row in rows[: query.count]]
         if query.total:
-            if query.count > 0 and len(matches) < query.count and (matches or query.offset == 0):
-                # A page that is not full ends the results: the total is known without counting
-                # them again through the filter (about half of the searches by patient).
+            if ends and (matches or query.offset == 0):
                 total = query.offset + len(matches)
             else:
                 count_sql = f"SELECT COUNT(*) FROM {resources} r WHERE {where}"
