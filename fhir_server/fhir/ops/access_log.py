@@ -10,6 +10,7 @@ else made here, and always echoed in the answer.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -17,7 +18,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import orjson
 from flask import Response, g, request
 
 from fhir_server.fhir.ops.metrics import count_request
@@ -72,9 +72,9 @@ def finish(response: Response, served_types: tuple[str, ...], *, metrics: bool) 
 
 
 class JsonLines(logging.Formatter):
-    """Every log record as one JSON object on one line (what log collectors parse). Written by
-    orjson: ``json.dumps`` took 6 of the 16 µs a request's line cost; a value it cannot write
-    is written as its ``str``."""
+    """Every log record as one JSON object on one line (what log collectors parse), spaced as
+    ``json.dumps`` spaces it (operators' searches of the log count on it: orjson, compact, would
+    save 4 of the 16 µs a line costs); a value JSON has no type for is written as its ``str``."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -86,7 +86,7 @@ class JsonLines(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        return json.dumps(line, ensure_ascii=False, default=str)
 
 
 def log_as_json_lines(level: int = logging.INFO, stream: TextIO | None = None) -> None:
