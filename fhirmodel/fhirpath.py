@@ -78,21 +78,26 @@ _TOKEN = re.compile(
 
 def split_union(expression: str) -> list[str]:
     """Split ``a | b | (c | d)`` on its top-level bars."""
+    return [part for part in _split_outside(expression, "|") if part]
+
+
+def _split_outside(text: str, separator: str) -> list[str]:
+    """``text`` split on the ``separator`` characters outside parentheses and quotes, each part stripped."""
     parts: list[str] = []
     depth, start = 0, 0
     in_str = False
-    for i, ch in enumerate(expression):
+    for i, ch in enumerate(text):
         if ch == "'":
             in_str = not in_str
         elif not in_str and ch == "(":
             depth += 1
         elif not in_str and ch == ")":
             depth -= 1
-        elif not in_str and ch == "|" and depth == 0:
-            parts.append(expression[start:i].strip())
+        elif not in_str and ch == separator and depth == 0:
+            parts.append(text[start:i].strip())
             start = i + 1
-    parts.append(expression[start:].strip())
-    return [p for p in parts if p]
+    parts.append(text[start:].strip())
+    return parts
 
 
 def _strip_parens(expr: str) -> str:
@@ -315,7 +320,7 @@ def _compile_iif(resource_type: str, expr: str) -> Extractor | None:
     """``iif(criterion, result, otherwise)`` whose criterion is a simple path's ``exists()``, its
     result a simple path (or its ``first()``) and its otherwise a boolean; ``None`` for any other."""
     matched = _IIF.fullmatch(_strip_parens(expr))
-    args = _arguments(matched["args"]) if matched else []
+    args = _split_outside(matched["args"], ",") if matched else []
     if len(args) != 3 or not args[0].endswith(_EXISTS) or args[2] not in _BOOLEANS:
         return None
     first = args[1].endswith(_FIRST)
@@ -332,21 +337,6 @@ def _compile_iif(resource_type: str, expr: str) -> Extractor | None:
         return found[:1] if first else found
 
     return extract
-
-
-def _arguments(text: str) -> list[str]:
-    """A function's arguments, split on the commas outside parentheses and quotes."""
-    parts: list[str] = []
-    depth, start, quoted = 0, 0, False
-    for i, ch in enumerate(text):
-        if ch == "'":
-            quoted = not quoted
-        elif not quoted and ch in "()":
-            depth += 1 if ch == "(" else -1
-        elif not quoted and ch == "," and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    return [*parts, text[start:].strip()]
 
 
 def _compile_fhirpath(expr: str) -> Extractor:

@@ -242,7 +242,7 @@ def test_conditional_reference_must_match_exactly_one(fhir: Fhir) -> None:
 def test_a_conditional_reference_is_searched_once_per_transaction(
     fhir: Fhir, service: FhirService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Named in three places, the patient is looked for once: every conditional reference is
+    """Named in four places, the patient is looked for once: every conditional reference is
     resolved before anything is written, so one search answers them all."""
     patient = fhir.create(INS_PATIENT)["id"]
     searched: list[str] = []
