@@ -288,12 +288,12 @@ def _own_index(
     registry: SearchParamRegistry, resource: dict[str, Any], base_url: str | None, only: Only | None = None
 ) -> dict[str, list[IndexValue]]:
     index: dict[str, list[IndexValue]] = {}
-    for code, param in registry.for_type(resource["resourceType"]).items():
-        if only is not None and not only(code, param.type):
-            continue
+    rtype = resource["resourceType"]
+    params = registry.for_type(rtype).values() if only is None else registry.accepted(rtype, only)
+    for param in params:
         values = values_for(param, param.extractor(resource), base_url)
         if values:
-            index[code] = values
+            index[param.code] = values
     return index
 
 

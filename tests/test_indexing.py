@@ -461,6 +461,24 @@ def test_consent_and_audit_event(registry: SearchParamRegistry) -> None:
     assert audit["agent"] == [ReferenceValue("Patient", "p1", None), ReferenceValue("Practitioner", "pr1", None)]
 
 
+def test_an_index_limited_to_some_parameters_asks_which_once_per_type(registry: SearchParamRegistry) -> None:
+    """``only`` (a lazy index family's eager rows) is judged once per parameter of a type, then
+    the same parameters are indexed for every resource of it, and only them."""
+    asked: list[str] = []
+
+    def dates_only(code: str, param_type: str) -> bool:
+        asked.append(code)
+        return param_type == "date"
+
+    event = {"resourceType": "AuditEvent", "id": "a1", "recorded": "2024-03-01T10:00:00Z"}
+    event["agent"] = [{"who": {"reference": "Patient/p1"}}]
+    first = extract_index(registry, event, BASE, dates_only)
+    second = extract_index(registry, {**event, "recorded": "2025-01-01"}, BASE, dates_only)
+    assert set(first) == set(second) == {"date"}
+    assert second["date"] == [DateValue(*date_range("2025-01-01"))]
+    assert sorted(asked) == sorted(registry.for_type("AuditEvent"))
+
+
 def test_mhd_extension_parameters(registry: SearchParamRegistry) -> None:
     mhd = "https://profiles.ihe.net/ITI/MHD/StructureDefinition"
     index = index_of(
