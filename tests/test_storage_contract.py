@@ -910,33 +910,6 @@ def test_a_page_that_ends_the_results_is_not_counted_again(tmp_path: Path) -> No
     store.close()
 
 
-def test_a_read_checks_its_scope_in_the_statement_that_finds_it(tmp_path: Path) -> None:
-    """A read or vread under a filter is one statement on the resources (SQLite): the row, found by
-    its type and id, and the filter on it, together; what the filter hides is not found."""
-    store = _sqlite(tmp_path)
-    assert isinstance(store, SqliteStore)
-    store.create(patient("p1", "Martin"))
-    store.create(doc("shown", "p1"))
-    store.create(doc("hidden", "p1", "superseded"))
-    scope = Scope({"DocumentReference": Token("status", ANY_SYSTEM, "current")})
-    conn, statements = store._conn(), []
-    conn.set_trace_callback(statements.append)
-    for read in (
-        lambda: store.read("DocumentReference", "shown", scope),
-        lambda: store.vread("DocumentReference", "shown", 1, scope),
-    ):
-        statements.clear()
-        assert read().id == "shown"
-        found = [sql for sql in statements if " FROM resource r" in sql]
-        assert len(found) == 1 and "r.type = " in found[0] and "param = 'status'" in found[0], statements
-    with pytest.raises(NotFound):
-        store.read("DocumentReference", "hidden", scope)
-    conn.set_trace_callback(None)
-    plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {found[0]}")]  # the trace's, values written
-    assert not any(step.startswith("SCAN r") for step in plan), plan
-    store.close()
-
-
 def test_a_sorted_search_reads_each_match_s_sort_key_from_its_own_index_rows(tmp_path: Path) -> None:
     """``_sort`` probes a match's values through the ``(res, param)`` index (SQLite). Left to itself,
     the planner read the sort key from the covering value index, walking every row of the parameter

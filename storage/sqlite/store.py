@@ -26,7 +26,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -171,16 +171,6 @@ _SEALED_COLUMNS = (
     ("outbox", "id", "payload"),
     ("record", "rowid", "value"),
 )
-
-
-def _numbered(args: list[Any]) -> Callable[[Any], str]:
-    """Bind values in ``args`` as numbered parameters (``?1``, ``?2``...), as :class:`SqlCompiler` does."""
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"?{len(args)}"
-
-    return arg
 
 
 def _page(count: int, offset: int = 0) -> str:
@@ -1111,44 +1101,34 @@ class SqliteStore(Store):
             selects.append(driver)
         return (" UNION ALL ".join(selects) or "SELECT NULL", compiler.args)
 
-    def _visible_row(
-        self, rtype: str, scope: AccessScope, select: Callable[[Callable[[Any], str]], str]
-    ) -> tuple[Any, ...] | None:
-        """The row ``select`` finds (written with ``arg`` binding each value; ``r``, the resource),
-        if ``scope`` lets the caller see that resource (None: none, or not visible, alike). The
-        scope's condition is in the same statement, as a search's is: a statement of its own,
-        checking the row found by its key, cost a read one more statement (0.1 ms of SQL)."""
+    def _visible(self, pk: int, rtype: str, scope: AccessScope) -> bool:
         scope_expr = scope.filter(rtype)
-        if isinstance(scope_expr, Nothing):
-            return None
         if isinstance(scope_expr, Everything):
-            self._settle(None, rtype)
-            args: list[Any] = []
-            row: tuple[Any, ...] | None = self._conn().execute(select(_numbered(args)), args).fetchone()
-            return row
+            return True
+        if isinstance(scope_expr, Nothing):
+            return False
         compiler, cond = self._fragments.compile(
             ("visible", rtype), scope_expr, scope, lambda c, skeleton: c.condition(skeleton, "r", rtype)
         )
-        sql = f"{select(compiler.arg)} AND {cond}"
-        self._settle(compiler, rtype, reading=(scope, rtype, scope_expr))
-        row = self._conn().execute(sql, compiler.args).fetchone()
-        return row
+        sql = f"SELECT 1 FROM {family_of(rtype).resources} r WHERE {cond} AND r.pk = {compiler.arg(pk)}"
+        self._settle(compiler, reading=(scope, rtype, scope_expr))
+        return self._conn().execute(sql, compiler.args).fetchone() is not None
 
     def exists(self, resource_type: str, resource_id: str) -> int | None:
         current = self._current(resource_type, resource_id)
         return current[1] if current else None
 
     def read(self, resource_type: str, resource_id: str, scope: AccessScope) -> Stored:
-        table = family_of(resource_type).resources
-        row = self._visible_row(
-            resource_type,
-            scope,
-            lambda arg: (
-                f"SELECT {_CURRENT_COLUMNS} FROM {table} r"
-                f" WHERE r.type = {arg(resource_type)} AND r.id = {arg(resource_id)}"
-            ),
+        self._settle(None, resource_type)
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {_CURRENT_COLUMNS} FROM {family_of(resource_type).resources} r WHERE r.type = ? AND r.id = ?",
+                (resource_type, resource_id),
+            )
+            .fetchone()
         )
-        if row is None:
+        if row is None or not self._visible(row[0], resource_type, scope):
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         stored = self._stored(row)
         if stored.deleted:
@@ -1156,16 +1136,18 @@ class SqliteStore(Store):
         return stored
 
     def vread(self, resource_type: str, resource_id: str, version: int, scope: AccessScope) -> Stored:
+        self._settle(None, resource_type)
         family = family_of(resource_type)
-        row = self._visible_row(
-            resource_type,
-            scope,
-            lambda arg: (
+        row = (
+            self._conn()
+            .execute(
                 f"SELECT {_STORED_COLUMNS} FROM {family.resources} r JOIN {family.versions} v ON v.res = r.pk"
-                f" WHERE r.type = {arg(resource_type)} AND r.id = {arg(resource_id)} AND v.version = {arg(version)}"
-            ),
+                " WHERE r.type = ? AND r.id = ? AND v.version = ?",
+                (resource_type, resource_id, version),
+            )
+            .fetchone()
         )
-        if row is None:
+        if row is None or not self._visible(row[0], resource_type, scope):
             raise NotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
         return self._stored(row)
 
