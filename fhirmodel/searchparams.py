@@ -77,6 +77,10 @@ class SearchParam:
         return MODIFIERS.get(self.type, frozenset())
 
 
+#: How many (type, predicate) answers a registry keeps (:meth:`SearchParamRegistry.accepted`).
+ACCEPTED_KEPT = 256
+
+
 class SearchParamRegistry:
     """All supported search parameters, per resource type and code."""
 
@@ -96,13 +100,14 @@ class SearchParamRegistry:
         """The parameters of ``resource_type`` that ``accept`` takes (by code and type), found once
         per type and predicate: the registry does not change once loaded, and the trail's move
         asks for every event it moves (the 25 AuditEvent parameters judged again: 7.5 µs an event).
-        ``accept`` is one of a few long-lived predicates (a store's index families'), not a new
-        function each call, which would only fill this."""
+        ``accept`` is meant to be one of a few long-lived predicates (a store's index families');
+        past :data:`ACCEPTED_KEPT` answers, new ones are found each time and not kept."""
         key = (resource_type, accept)
         found = self._accepted.get(key)
         if found is None:
-            params = self.for_type(resource_type).values()
-            found = self._accepted[key] = tuple(p for p in params if accept(p.code, p.type))
+            found = tuple(p for p in self.for_type(resource_type).values() if accept(p.code, p.type))
+            if len(self._accepted) < ACCEPTED_KEPT:
+                self._accepted[key] = found
         return found
 
     def types(self) -> list[str]:

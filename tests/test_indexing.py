@@ -32,7 +32,7 @@ from fhirmodel.indexing import (
     parse_reference,
     values_for,
 )
-from fhirmodel.searchparams import SearchParam, SearchParamRegistry
+from fhirmodel.searchparams import ACCEPTED_KEPT, SearchParam, SearchParamRegistry
 
 BASE = "http://127.0.0.1:8080/fhir"
 INS = "urn:oid:1.2.250.1.213.1.4.8"
@@ -477,6 +477,14 @@ def test_an_index_limited_to_some_parameters_asks_which_once_per_type(registry: 
     assert set(first) == set(second) == {"date"}
     assert second["date"] == [DateValue(*date_range("2025-01-01"))]
     assert sorted(asked) == sorted(registry.for_type("AuditEvent"))
+
+
+def test_a_registry_keeps_a_bounded_number_of_predicates_answers(registry: SearchParamRegistry) -> None:
+    """A new predicate each call (not how the stores call it) is answered, not kept past the bound."""
+    fresh = SearchParamRegistry(p for rtype in registry.types() for p in registry.for_type(rtype).values())
+    for n in range(ACCEPTED_KEPT + 10):
+        assert [p.code for p in fresh.accepted("AuditEvent", lambda code, _type, n=n: code == "date")] == ["date"]
+    assert len(fresh._accepted) == ACCEPTED_KEPT
 
 
 def test_mhd_extension_parameters(registry: SearchParamRegistry) -> None:
