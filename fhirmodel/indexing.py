@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from fhirmodel.dates import MAX_US, MIN_US, DateFormatError, date_range
 from fhirmodel.fhirpath import Typed
 from fhirmodel.schema import is_resource_type
-from fhirmodel.searchparams import SearchParam, SearchParamRegistry
+from fhirmodel.searchparams import Only, SearchParam, SearchParamRegistry
 
 # Index values are named tuples rather than dataclasses: a resource's index is tens of them, each
 # made, hashed (to drop duplicates) and turned into a table row per write, and a tuple does each
@@ -266,10 +266,6 @@ def component_keys(value: IndexValue) -> list[str]:
         case UriValue(value=uri):
             return [uri]
     return []
-
-
-#: Which of a resource's parameters to index, by code and type (``None``: all of them).
-Only = Callable[[str, str], bool]
 
 
 def extract_index(

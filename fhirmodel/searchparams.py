@@ -77,6 +77,8 @@ class SearchParam:
         return MODIFIERS.get(self.type, frozenset())
 
 
+#: Which of a resource's parameters to index, by code and type (``None``: all of them).
+Only = Callable[[str, str], bool]
 #: How many (type, predicate) answers a registry keeps (:meth:`SearchParamRegistry.accepted`).
 ACCEPTED_KEPT = 256
 
@@ -86,7 +88,7 @@ class SearchParamRegistry:
 
     def __init__(self, params: Iterable[SearchParam]):
         self._by_type: dict[str, dict[str, SearchParam]] = {}
-        self._accepted: dict[tuple[str, Callable[[str, str], bool]], tuple[SearchParam, ...]] = {}
+        self._accepted: dict[tuple[str, Only], tuple[SearchParam, ...]] = {}
         for param in params:
             self._by_type.setdefault(param.resource_type, {})[param.code] = param
 
@@ -96,7 +98,7 @@ class SearchParamRegistry:
     def for_type(self, resource_type: str) -> dict[str, SearchParam]:
         return self._by_type.get(resource_type, {})
 
-    def accepted(self, resource_type: str, accept: Callable[[str, str], bool]) -> tuple[SearchParam, ...]:
+    def accepted(self, resource_type: str, accept: Only) -> tuple[SearchParam, ...]:
         """The parameters of ``resource_type`` that ``accept`` takes (by code and type), found once
         per type and predicate: the registry does not change once loaded, and the trail's move
         asks for every event it moves (the 25 AuditEvent parameters judged again: 7.5 µs an event).
