@@ -9,8 +9,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from storage.crypto import EnvelopeCipher, MasterKeys
+from storage.secretfile import write_secret_file
 from storage.sqlite import dbkey
-from storage.sqlite.connection import Attached, SqliteSettings, connect
+from storage.sqlite.connection import PAGE_HMACS, Attached, DatabaseKey, SqliteSettings, connect, key_opens
 from storage.sqlite.schema import TRAIL_SCHEMA, trail_file
 
 
@@ -27,8 +28,10 @@ def open_database(database: Path, data_dir: Path | None = None) -> sqlite3.Conne
     return connect(str(database), dbkey.load(database, cipher), SqliteSettings(), attached)
 
 
-_PAGE = 4096  # SQLCipher 4 defaults: 4 KiB pages ending in a 16-byte IV and a 64-byte HMAC
-_RESERVE = 80
+_PAGE = 4096  # SQLCipher 4 defaults: 4 KiB pages ending in a 16-byte IV and the page's HMAC
+_IV = 16
+#: The bytes of each HMAC a page ends with.
+_HMAC_BYTES = {"HMAC_SHA256": 32, "HMAC_SHA512": 64}
 _SALT = 16
 _WAL_HEADER, _FRAME_HEADER = 32, 24
 
@@ -49,7 +52,23 @@ def decrypted_bytes(database: Path, data_dir: Path | None = None) -> bytes:
     return b"".join(pages)
 
 
-def _decrypt_page(key: bytes, page: bytes, first: bool) -> bytes:
-    iv = page[_PAGE - _RESERVE : _PAGE - _RESERVE + 16]
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-    return decryptor.update(page[_SALT if first else 0 : _PAGE - _RESERVE]) + decryptor.finalize()
+def _decrypt_page(key: DatabaseKey, page: bytes, first: bool) -> bytes:
+    reserve = _IV + _HMAC_BYTES[key.hmac]
+    iv = page[_PAGE - reserve : _PAGE - reserve + _IV]
+    decryptor = Cipher(algorithms.AES(key.raw), modes.CBC(iv)).decryptor()
+    return decryptor.update(page[_SALT if first else 0 : _PAGE - reserve]) + decryptor.finalize()
+
+
+def write_key_file(database: Path, cipher: EnvelopeCipher, payload: bytes) -> None:
+    """``database``'s key file holding ``payload``, wrapped as :mod:`storage.sqlite.dbkey` wraps
+    it: 32 bytes alone are an earlier version's key (pages authenticated by HMAC-SHA512)."""
+    write_secret_file(dbkey.key_path(database), cipher.seal(payload, b"sqlite-database-key"), replace=True)
+
+
+def page_hmac(database: Path, cipher: EnvelopeCipher) -> str:
+    """The HMAC that authenticates the pages of ``database``, found by opening it with each, and
+    checked against what its key file names."""
+    key = dbkey.load(database, cipher)
+    opening = [hmac for hmac in PAGE_HMACS if key_opens(database, DatabaseKey(key.raw, hmac))]
+    assert opening == [key.hmac], f"{database} opens with {opening}, its key file names {key.hmac}"
+    return key.hmac

@@ -19,7 +19,7 @@ from storage.sqlite import dbkey
 from storage.sqlite.connection import key_opens
 from storage.sqlite.encrypt import copy_in_place
 from storage.sqlite.schema import trail_file
-from tests.dbfiles import decrypted_bytes
+from tests.dbfiles import decrypted_bytes, page_hmac, write_key_file
 from tests.support import open_gatekeeper
 from tests.test_storage_contract import patient, trail_event
 
@@ -69,6 +69,29 @@ def test_the_database_is_rewritten_under_a_new_key(config: Config) -> None:
     store = create_service(config, gatekeeper=open_gatekeeper).store
     assert _events(store) == ["e1"]
     store.close()
+
+
+def test_a_database_of_an_earlier_version_is_rewritten_under_hmac_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier version's files (key files of the key's 32 bytes alone: HMAC-SHA512) come out of
+    a re-key under the HMAC new files have (tests/test_database_files.py says why)."""
+    monkeypatch.setenv("DMP_DATA_DIR", str(tmp_path / "data"))
+    config = Config.from_env()
+    database, cipher = config.sqlite_path, _cipher(config)
+    files = (database, Path(trail_file(str(database))))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        write_key_file(file, cipher, os.urandom(32))
+    store = create_service(config, gatekeeper=open_gatekeeper).store
+    store.create(patient("p1", "Zabrowskiewicz"))
+    store.create(trail_event("e1", "p1", "R", "2024-01-01T10:00:00Z"))
+    assert _events(store) == ["e1"]
+    store.close()
+    assert [page_hmac(file, cipher) for file in files] == ["HMAC_SHA512"] * 2
+    assert main(["rekey-database"]) == 0
+    assert [page_hmac(file, cipher) for file in files] == ["HMAC_SHA256"] * 2
+    assert _family(config) == "Zabrowskiewicz"
 
 
 def test_refused_while_a_server_holds_the_data_directory(config: Config, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,9 +12,12 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.runtime.config import Config
+
+if TYPE_CHECKING:
+    from storage.sqlite.connection import DatabaseKey
 
 _BAR = 30
 
@@ -83,7 +86,7 @@ def _migrate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database_key(source: Path, config: Config) -> bytes | None:
+def _database_key(source: Path, config: Config) -> DatabaseKey | None:
     """The key of a SQLite database file, unwrapped by the master keys (None for a file of a
     version that did not encrypt the database as a whole)."""
     from storage.crypto import EnvelopeCipher, MasterKeys

@@ -49,7 +49,7 @@ from storage.mongo.layout import (
     version_document,
 )
 from storage.mongo.store import MongoStore
-from storage.sqlite.connection import Attached, connect_read_only
+from storage.sqlite.connection import Attached, DatabaseKey, connect_read_only
 from storage.sqlite.schema import (
     COLUMN_NAMES,
     PENDING_SINCE,
@@ -100,8 +100,8 @@ class Migration:
         sqlite_path: Path,
         target: MongoStore,
         *,
-        key: bytes | None = None,
-        trail_key: bytes | None = None,
+        key: DatabaseKey | None = None,
+        trail_key: DatabaseKey | None = None,
         batch: int = 500,
     ):
         self._path = sqlite_path

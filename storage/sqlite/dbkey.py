@@ -7,6 +7,10 @@ needs every server stopped (SQLCipher cannot re-key a database in WAL mode). The
 (``dmp.sqlite3.key``, mode 0600) is an envelope blob of :mod:`storage.crypto`: without the
 master keys it is worth nothing, so it travels with the database (in a backup too) while the
 master keys are kept apart.
+
+The file also names the HMAC that authenticates the database's pages (SQLCipher writes it
+nowhere): the 32 bytes of the key, then the HMAC's name. A key file of 32 bytes alone is of an
+earlier version, whose database is authenticated by HMAC-SHA512; it stays so until re-keyed.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from pathlib import Path
 
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError
 from storage.secretfile import fsync_dir, write_secret_file
+from storage.sqlite.connection import DatabaseKey
 
 _KEY_BYTES = 32
+#: The HMAC of a database whose key file names none (an earlier version's).
+_EARLIER_HMAC = "HMAC_SHA512"
 #: What the wrapped key is bound to: a content blob moved into the key file does not open as a key.
 _AAD = b"sqlite-database-key"
 
@@ -27,11 +34,16 @@ def key_path(database: Path) -> Path:
     return database.with_name(database.name + ".key")
 
 
-def create(database: Path, cipher: EnvelopeCipher) -> bytes:
+def create(database: Path, cipher: EnvelopeCipher) -> DatabaseKey:
     """A new database key, written wrapped; a concurrent first start's key wins if it was first."""
-    key = secrets.token_bytes(_KEY_BYTES)
-    write_secret_file(key_path(database), cipher.seal(key, _AAD), replace=False)
+    write_secret_file(key_path(database), _sealed(cipher), replace=False)
     return load(database, cipher)
+
+
+def _sealed(cipher: EnvelopeCipher) -> bytes:
+    """A new key, with the HMAC of a new file, wrapped."""
+    key = DatabaseKey(secrets.token_bytes(_KEY_BYTES))
+    return cipher.seal(key.raw + key.hmac.encode(), _AAD)
 
 
 def pending_path(database: Path) -> Path:
@@ -39,18 +51,18 @@ def pending_path(database: Path) -> Path:
     return database.with_name(database.name + ".key.pending")
 
 
-def load(database: Path, cipher: EnvelopeCipher) -> bytes:
+def load(database: Path, cipher: EnvelopeCipher) -> DatabaseKey:
     """The database key; :class:`MasterKeyError` if its file is missing or the master keys do not open it."""
     return _unwrap(database, key_path(database), cipher)
 
 
-def stage(database: Path, cipher: EnvelopeCipher) -> bytes:
+def stage(database: Path, cipher: EnvelopeCipher) -> DatabaseKey:
     """A new key for ``database``, written wrapped as the pending key (replacing an older one)."""
-    write_secret_file(pending_path(database), cipher.seal(secrets.token_bytes(_KEY_BYTES), _AAD), replace=True)
+    write_secret_file(pending_path(database), _sealed(cipher), replace=True)
     return load_pending(database, cipher)
 
 
-def load_pending(database: Path, cipher: EnvelopeCipher) -> bytes:
+def load_pending(database: Path, cipher: EnvelopeCipher) -> DatabaseKey:
     return _unwrap(database, pending_path(database), cipher)
 
 
@@ -60,18 +72,20 @@ def promote(database: Path) -> None:
     fsync_dir(database.parent)
 
 
-def _unwrap(database: Path, path: Path, cipher: EnvelopeCipher) -> bytes:
+def _unwrap(database: Path, path: Path, cipher: EnvelopeCipher) -> DatabaseKey:
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
         raise MasterKeyError(f"{database} is encrypted but its key file {path} is missing") from None
     try:
-        key = cipher.open(blob, _AAD)
+        payload = cipher.open(blob, _AAD)
     except DecryptionError as exc:
         raise MasterKeyError(f"{path} does not open with the master keys of {cipher.master_keys.path}: {exc}") from None
-    if len(key) != _KEY_BYTES:
-        raise MasterKeyError(f"{path} does not hold a 256-bit key")
-    return key
+    hmac = payload[_KEY_BYTES:].decode("ascii", "replace") or _EARLIER_HMAC
+    try:
+        return DatabaseKey(payload[:_KEY_BYTES], hmac)
+    except ValueError as exc:
+        raise MasterKeyError(f"{path} does not hold a database key: {exc}") from None
 
 
 def kid(database: Path, cipher: EnvelopeCipher) -> str | None:

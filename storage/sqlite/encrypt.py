@@ -13,11 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlcipher3 import dbapi2 as sqlcipher
-
 from storage.crypto import MasterKeyError
 from storage.secretfile import fsync_dir
-from storage.sqlite.connection import PLAINTEXT_HEADER, SIDE_FILES
+from storage.sqlite.connection import PLAINTEXT_HEADER, SIDE_FILES, Attached, DatabaseKey, attach, connect_untuned
 
 _CHUNK = 1 << 20
 
@@ -31,7 +29,7 @@ def is_plaintext(database: Path) -> bool:
         return False
 
 
-def encrypt_in_place(database: Path, key: bytes) -> None:
+def encrypt_in_place(database: Path, key: DatabaseKey) -> None:
     """Replace the plaintext ``database`` with an encrypted copy under ``key``.
 
     Refused while another process has it open (its checkpoint cannot complete): a server of the
@@ -40,21 +38,19 @@ def encrypt_in_place(database: Path, key: bytes) -> None:
     copy_in_place(database, None, key)
 
 
-def copy_in_place(database: Path, key: bytes | None, new_key: bytes) -> None:
+def copy_in_place(database: Path, key: DatabaseKey | None, new_key: DatabaseKey) -> None:
     """Replace ``database`` (opened with ``key``, or plaintext) by a copy of it under ``new_key``,
     then overwrite the old file with zeros. :class:`MasterKeyError` while another process has it
     open: its next write would go to the replaced file."""
     staging = database.with_name(database.name + ".encrypting")
     staging.unlink(missing_ok=True)
     os.close(os.open(staging, os.O_RDWR | os.O_CREAT, 0o600))
-    source = sqlcipher.connect(str(database), isolation_level=None)
+    source = connect_untuned(database, key)
     try:
-        if key is not None:
-            source.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
         busy, _log, _done = source.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
             raise MasterKeyError(f"{database} is in use by another process: stop it first")
-        source.execute(f"ATTACH DATABASE ? AS encrypted KEY \"x'{new_key.hex()}'\"", (str(staging),))
+        attach(source, Attached("encrypted", str(staging), new_key, 1.0))
         source.execute("SELECT sqlcipher_export('encrypted')")
         source.execute("DETACH DATABASE encrypted")
     finally:

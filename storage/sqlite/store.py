@@ -69,10 +69,12 @@ from storage.sqlite.connection import (
     DEFAULT_SETTINGS,
     SYNCED_LEVELS,
     Attached,
+    DatabaseKey,
     OperationalError,
     SqliteSettings,
     ThreadConnections,
     connect,
+    defaults_of,
     restrict_files,
 )
 from storage.sqlite.encrypt import encrypt_in_place, is_plaintext
@@ -240,8 +242,8 @@ class SqliteStore(Store):
         self._logged = frozenset(TRAIL_TYPES)
         synced = settings.synchronous in SYNCED_LEVELS
         self._journal = None if self.path == ":memory:" else Journal(f"{self.path}.journal", sync=synced)
-        key: bytes | None = None
-        trail_key: bytes | None = None
+        key: DatabaseKey | None = None
+        trail_key: DatabaseKey | None = None
         # What this open makes of the trail's file (an upgrade, or a new database): undone if refused.
         trail_files = (Path(self.trail_path), dbkey.key_path(Path(self.trail_path)))
         made = [] if self.path == ":memory:" else [path for path in trail_files if not path.exists()]
@@ -255,7 +257,7 @@ class SqliteStore(Store):
         self._upkeep: Upkeep | None = None
         #: Events this process kept in the main file since it last woke the upkeep thread for them.
         self._inboxed = 0
-        self._trail_key, self._settings = trail_key, settings  # a backup copies the trail's file alone
+        self._key, self._trail_key, self._settings = key, trail_key, settings  # a backup copies each file
         attached = Attached(TRAIL_SCHEMA, self.trail_path, trail_key, TRAIL_CACHE_SHARE)
         self._connections = ThreadConnections(lambda: self._tuned(connect(self.path, key, settings, attached)))
         conn = self._conn()
@@ -273,7 +275,7 @@ class SqliteStore(Store):
             raise
         self._settle(None, None)  # what a stopped server left in the journal
 
-    def _database_key(self, database: Path) -> bytes:
+    def _database_key(self, database: Path) -> DatabaseKey:
         """A file's key: created with a new file, loaded for an encrypted one; a plaintext
         database of an earlier version is encrypted now, once (:mod:`storage.sqlite.encrypt`)."""
         assert self._cipher is not None
@@ -1058,9 +1060,11 @@ class SqliteStore(Store):
         # The trail's file through a connection of its own: SQLCipher writes a copy of an attached
         # file under the main file's key.
         with closing(connect(self.trail_path, self._trail_key, self._settings)) as trail:
-            for conn, copy in ((self._conn(), target), (trail, Path(trail_file(str(target))))):
+            copies = ((self._conn(), self._key, target), (trail, self._trail_key, Path(trail_file(str(target)))))
+            for conn, key, copy in copies:
                 os.close(os.open(copy, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))  # empty: VACUUM INTO fills it
-                conn.execute("VACUUM INTO ?", (str(copy),))
+                with defaults_of(conn, key):  # the copy takes SQLCipher's defaults, not the file's
+                    conn.execute("VACUUM INTO ?", (str(copy),))
                 with open(copy, "rb+") as handle:
                     os.fsync(handle.fileno())
 
