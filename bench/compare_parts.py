@@ -1,9 +1,11 @@
 """Two revisions' request parts side by side, each part's least CPU over alternating rounds.
 
-``python bench/compare_parts.py DATA_DIR REV_A REV_B [--scenario S] [--rounds N] [--requests N]``
-checks out each git revision in a temporary worktree and runs that revision's own
+``python bench/compare_parts.py DATA_DIR REV_A REV_B [--data-b DIR] [--scenario S] [--rounds N]
+[--requests N]`` checks out each git revision in a temporary worktree and runs that revision's own
 ``bench/request_parts.py`` on DATA_DIR, A then B, then B then A, and so on; it prints, per part,
-the least CPU per request each revision took over the rounds, and B's change.
+the least CPU per request each revision took over the rounds, and B's change. With ``--data-b``,
+B runs on that directory instead: the same revision twice compares two directories (the same
+records written two ways).
 
 Why the least: on this shared machine the same build's CPU per request moves by a third between
 runs a minute apart (other tenants, frequency), which hides any change under a tenth. Interference
@@ -66,16 +68,14 @@ def worktrees(revisions: list[str]) -> Iterator[dict[str, Path]]:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
 
 
-def least_parts(
-    trees: dict[str, Path], data_dir: Path, scenario: str, rounds: int, requests: int
-) -> dict[str, dict[str, float]]:
-    """Per revision, each part's least CPU per request over ``rounds`` runs, alternating A B, B A..."""
-    least: dict[str, dict[str, float]] = {rev: {} for rev in trees}
-    revisions = list(trees)
+def least_parts(runs: list[tuple[Path, Path]], scenario: str, rounds: int, requests: int) -> list[dict[str, float]]:
+    """Per run (a revision's tree, a data directory), each part's least CPU per request over
+    ``rounds`` runs, alternating A B, B A..."""
+    least: list[dict[str, float]] = [{} for _ in runs]
     for round_ in range(rounds):
-        for rev in revisions if round_ % 2 == 0 else revisions[::-1]:
-            for label, ms in _measure(trees[rev], data_dir, scenario, requests).items():
-                least[rev][label] = min(least[rev].get(label, ms), ms)
+        for which in range(len(runs)) if round_ % 2 == 0 else reversed(range(len(runs))):
+            for label, ms in _measure(*runs[which], scenario, requests).items():
+                least[which][label] = min(least[which].get(label, ms), ms)
         print(f"round {round_ + 1} of {rounds} done", file=sys.stderr, flush=True)
     return least
 
@@ -84,14 +84,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("revisions", nargs=2, metavar="REV")
+    parser.add_argument("--data-b", type=Path, help="the directory B runs on (default: DATA_DIR)")
     parser.add_argument("--scenario", default="iti65-1doc")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args(argv)
-    with worktrees(args.revisions) as trees:
-        least = least_parts(trees, args.data_dir.resolve(), args.scenario, args.rounds, args.requests)
-    a, b = (least[rev] for rev in args.revisions)
-    print(f"{args.scenario} on {args.data_dir}: least CPU per request (ms), {args.rounds} rounds of {args.requests}")
+    dirs = (args.data_dir.resolve(), (args.data_b or args.data_dir).resolve())
+    with worktrees(sorted(set(args.revisions))) as trees:
+        runs = [(trees[rev], data) for rev, data in zip(args.revisions, dirs, strict=True)]
+        a, b = least_parts(runs, args.scenario, args.rounds, args.requests)
+    on = str(dirs[0]) if args.data_b is None else f"{dirs[0]} (A) and {dirs[1]} (B)"
+    print(f"{args.scenario} on {on}: least CPU per request (ms), {args.rounds} rounds of {args.requests}")
     print(f"{'part':<48} {args.revisions[0][:12]:>12} {args.revisions[1][:12]:>12} {'change':>8}")
     for label in a:  # in the order printed, the whole request first
         if label in b:

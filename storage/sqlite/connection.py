@@ -164,7 +164,9 @@ def defaults_of(conn: Any, key: DatabaseKey | None) -> Iterator[None]:
     """SQLCipher's process-wide page HMAC set to ``key``'s while the block runs, for the files
     that take no connection's settings: one attached (``ATTACH``, ``sqlcipher_export``'s target)
     or written by ``VACUUM INTO``. Every such opening in the process goes through here, one at a
-    time, and the default is SQLCipher's own again after."""
+    time, and the default is SQLCipher's own again after. A connection's main file sets its own
+    HMAC after its key (:func:`_keyed`), so it never depends on the default. A backup's copy holds
+    the lock while it writes: in the backup command's process, where nothing else waits on it."""
     if key is None:
         yield
         return
