@@ -1,14 +1,15 @@
-"""Where a request's CPU goes: the named parts of a read, an ITI-67 search, a create or an ITI-65
-Bundle, timed in-process.
+"""Where a request's CPU goes: the named parts of a read, an ITI-67 search, a create, an ITI-65
+Bundle or a search of the big patient's documents, timed in-process.
 
-``python bench/request_parts.py DATA_DIR [--scenario read|iti67-identifier|create|iti65-1doc]
-[--requests N]`` copies a data directory made by ``bench/run.py --keep`` to a temporary one,
-serves the copy in this process (Flask's test client, one thread), sends the scenario's requests
-(``bench/scenarios.py``, the doctor's tokens; the read draws from the directory's
-``bench-sample.json``) and prints each part's CPU per request, timed at its outermost call (a part
-that calls itself is counted once), beside the whole request's. The parts nest (a create's index
-rows are inside the create): the table reads as a tree, not as a sum. Timing wraps each part in a
-Python function, which adds about a microsecond a call. Nothing is asserted.
+``python bench/request_parts.py DATA_DIR [--scenario S] [--requests N]`` (S: read,
+iti67-identifier, create, iti65-1doc, big-search-doctor, big-search-nurse) copies a data directory
+made by ``bench/run.py --keep`` to a temporary one, serves the copy in this process (Flask's test
+client, one thread), sends the scenario's requests (``bench/scenarios.py``, the doctor's tokens but
+for the nurse's search; the read draws from the directory's ``bench-sample.json``) and prints each
+part's CPU per request, timed at its outermost call (a part that calls itself is counted once),
+beside the whole request's. The parts nest (a create's index rows are inside the create): the
+table reads as a tree, not as a sum. Timing wraps each part in a Python function, which adds about
+a microsecond a call. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.auth import Tokens  # noqa: E402  (needs the path fix above)
-from bench.datagen import Population  # noqa: E402
+from bench.auth import DOCTOR, NURSE, Tokens  # noqa: E402  (needs the path fix above)
+from bench.datagen import BigPatient, Population  # noqa: E402
 from bench.loader import IdSample  # noqa: E402
 from bench.main import READ_SAMPLE, read_sample  # noqa: E402
 from bench.scenarios import (  # noqa: E402
     Scenario,
     Workload,
+    big_search_scenario,
     create_scenario,
     iti65_scenario,
     iti67_identifier_scenario,
@@ -85,7 +87,16 @@ SCENARIOS: dict[str, Callable[[Workload], Scenario]] = {
     "iti67-identifier": iti67_identifier_scenario,
     "create": create_scenario,
     "iti65-1doc": lambda workload: iti65_scenario(workload, 1),
+    # The first page of the big patient's documents (``bench/run.py --big-patient``), as each professional.
+    "big-search-doctor": lambda workload: big_search_scenario(workload, _big(workload), DOCTOR, "doctor"),
+    "big-search-nurse": lambda workload: big_search_scenario(workload, _big(workload), NURSE, "nurse"),
 }
+
+
+def _big(workload: Workload) -> BigPatient:
+    if workload.big is None:
+        raise SystemExit("the directory has no big patient (bench/run.py --big-patient)")
+    return workload.big
 
 
 def _timed(spent: defaultdict[str, float], calls: Counter[str], where: str) -> None:
@@ -142,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.scenario == "read" and not read_sample(args.data_dir, sample):
             raise SystemExit(f"{args.data_dir} has no bench-sample.json to read documents from")
         path = "/" + base.split("//", 1)[1].split("/", 1)[1]
-        scenario = SCENARIOS[args.scenario](Workload(path, pop, Tokens.for_data_dir(data, base), sample.ids))
+        big = BigPatient(pop.patients, int(meta["big_patient"])) if meta.get("big_patient") else None
+        workload = Workload(path, pop, Tokens.for_data_dir(data, base), sample.ids, big)
+        scenario = SCENARIOS[args.scenario](workload)
         rng = random.Random(args.seed)
         requests = [scenario.make(rng) for _ in range(args.warmup + args.requests)]
         started = time.process_time()
