@@ -389,12 +389,14 @@ def test_a_query_asked_again_under_another_scope_answers_for_that_scope(store: S
 def test_a_type_filter_matches_whole_pairs_only(store: Store) -> None:
     """A set of (system, code) pairs as a filter (the profession's readable types): a stored
     coding matches only as one whole pair of the set, whatever characters its values hold."""
-    allowed = TokenIn("type", frozenset({("urn:a", "c1"), ("urn:b", "c2")}))
+    allowed = TokenIn("type", frozenset({("urn:a", "c1"), ("urn:a", "c3"), ("urn:b", "c2")}))
     codings = {
         "ok": ("urn:b", "c2"),
         "crossed": ("urn:a", "c2"),  # the system of one pair, the code of another
         "straddling": ("urn:a\x1fc1\x1eurn:b", "c2"),  # spells two pairs with separators
         "split": ("urn:a\x1fc1", ""),
+        "spanning": ("urn:a", "c1\x1ec3"),  # spells two codes of a system with a separator
+        "prefixed": ("urn:a", "c"),  # the start of a code of the set
     }
     store.create(patient("p1", "Martin"))
     for did, (system, code) in codings.items():
@@ -403,7 +405,7 @@ def test_a_type_filter_matches_whole_pairs_only(store: Store) -> None:
     assert [s.id for s in store.search(Query("DocumentReference", EVERYTHING), scope).matches] == ["ok"]
     assert [s.id for s in store.search(Query("DocumentReference", allowed), OPEN_SCOPE).matches] == ["ok"]
     assert store.read("DocumentReference", "ok", scope).id == "ok"
-    for did in ("crossed", "straddling", "split"):
+    for did in ("crossed", "straddling", "split", "spanning", "prefixed"):
         with pytest.raises(NotFound):
             store.read("DocumentReference", did, scope)
 
