@@ -8,9 +8,10 @@ derivation (256 000 rounds of PBKDF2-HMAC-SHA512, 0.2 s of CPU here): it is alre
 bits.
 
 Pages are authenticated by HMAC-SHA256 in files made since 2026-12 (SHA-256 is done in hardware
-here: a page read from the disk cost 6.0 µs of CPU against 9.3), by HMAC-SHA512, SQLCipher 4's
-default, in older ones. SQLCipher writes neither the key nor the HMAC into the file: both are
-in its key file (:class:`DatabaseKey`, :mod:`storage.sqlite.dbkey`).
+here: a page read from the OS's cache costs 7.4–7.9 µs of CPU against 11.0–11.2,
+``bench/sqlite_cost.py``), by HMAC-SHA512, SQLCipher 4's default, in older ones. SQLCipher
+writes neither the key nor the HMAC into the file: both are in its key file
+(:class:`DatabaseKey`, :mod:`storage.sqlite.dbkey`).
 
 Why a connection closes with its thread: a server making one thread per request (the
 development server) would otherwise keep one connection (two descriptors and its page cache)
