@@ -1,15 +1,16 @@
 """Where a request's CPU goes: the named parts of a read, an ITI-67 search, a create, an ITI-65
 Bundle or a search of the big patient's documents, timed in-process.
 
-``python bench/request_parts.py DATA_DIR [--scenario S] [--requests N]`` (S: read,
+``python bench/request_parts.py DATA_DIR [--scenario S] [--requests N] [--in-place]`` (S: read,
 iti67-identifier, create, iti65-1doc, big-search-doctor, big-search-nurse) copies a data directory
-made by ``bench/run.py --keep`` to a temporary one, serves the copy in this process (Flask's test
-client, one thread), sends the scenario's requests (``bench/scenarios.py``, the doctor's tokens but
-for the nurse's search; the read draws from the directory's ``bench-sample.json``) and prints each
-part's CPU per request, timed at its outermost call (a part that calls itself is counted once),
-beside the whole request's. The parts nest (a create's index rows are inside the create): the
-table reads as a tree, not as a sum. Timing wraps each part in a Python function, which adds about
-a microsecond a call. Nothing is asserted.
+made by ``bench/run.py --keep`` to a temporary one (with ``--in-place``, serves the directory
+itself: one too large to copy), serves it in this process (Flask's test client, one thread),
+sends the scenario's requests (``bench/scenarios.py``, the doctor's tokens but for the nurse's
+search; the read draws from the directory's ``bench-sample.json``) and prints each part's CPU per
+request, timed at its outermost call (a part that calls itself is counted once), beside the whole
+request's. The parts nest (a create's index rows are inside the create): the table reads as a
+tree, not as a sum. Timing wraps each part in a Python function, which adds about a microsecond a
+call. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -132,12 +133,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument(
+        "--in-place",
+        action="store_true",
+        help="serve DATA_DIR itself, not a copy (one too large to copy: its trail grows)",
+    )
     args = parser.parse_args(argv)
     meta = json.loads((args.data_dir / "bench-meta.json").read_text())
     base = (args.data_dir / "server-base-url").read_text().strip()
     with tempfile.TemporaryDirectory(prefix="request-parts-") as tmp, open(Path(tmp) / "log", "w") as log:
-        data = Path(tmp) / "data"
-        shutil.copytree(args.data_dir, data)
+        data = args.data_dir if args.in_place else Path(tmp) / "data"
+        if not args.in_place:
+            shutil.copytree(args.data_dir, data)
         # As ``dmp-server serve`` runs: metrics shared by its workers, one JSON log line a request.
         os.environ[MULTIPROC_ENV] = str(Path(tmp))  # before the app's modules import prometheus_client
         from fhir_server.app import create_app, create_service
