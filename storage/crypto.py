@@ -347,22 +347,11 @@ def _parse_header(blob: bytes) -> str:
         raise DecryptionError("corrupt master key id in encrypted blob") from None
 
 
-#: Data keys an :class:`EnvelopeCipher` keeps opened, by their wrapped form (emptied when full).
-OPENED_KEYS = 4096
-
-
 class EnvelopeCipher:
-    """Seals and opens blobs with per-blob data keys wrapped by :class:`MasterKeys`.
-
-    A data key once unwrapped is kept, ready to decrypt, by the exact bytes that wrap it (the
-    blob's header, the wrap's nonce and the wrapped key): a page of search results opens twenty
-    blobs, each an unwrap under the master key and a cipher to set up, and a clinician lists a
-    record's documents, then reads them. What the data key decrypts is still authenticated at
-    every open, and the master key that wrapped it must still be known."""
+    """Seals and opens blobs with per-blob data keys wrapped by :class:`MasterKeys`."""
 
     def __init__(self, master_keys: MasterKeys):
         self.master_keys = master_keys
-        self._opened: dict[bytes, AESGCM] = {}
 
     def seal(self, plaintext: bytes, aad: bytes, *, deflate: bool = False) -> bytes:
         """Encrypt ``plaintext`` under a fresh data key, authenticating ``aad`` with it; with
@@ -381,11 +370,11 @@ class EnvelopeCipher:
     def open(self, blob: bytes, aad: bytes) -> bytes:
         """The plaintext of ``blob``; :class:`DecryptionError` unless it opens with exactly ``aad``."""
         parsed = _parse(blob)
-        data_aead = self._data_aead(blob, parsed)
+        data_key = self._unwrap(blob, parsed)
         view = memoryview(blob)  # no copy of a megabyte-sized ciphertext
         nonce = view[parsed.body_start : parsed.body_start + _NONCE_BYTES]
         try:
-            plaintext = data_aead.decrypt(
+            plaintext = AESGCM(data_key).decrypt(
                 nonce, view[parsed.body_start + _NONCE_BYTES :], _data_aad(parsed.format, aad)
             )
         except InvalidTag:
@@ -411,27 +400,11 @@ class EnvelopeCipher:
         nonce = secrets.token_bytes(_NONCE_BYTES)
         return header + nonce + master.aead.encrypt(nonce, data_key, header)
 
-    def _data_aead(self, blob: bytes, parsed: _Parsed) -> AESGCM:
-        """The cipher of ``blob``'s data key, kept from an earlier open of the same wrap or made now."""
-        wrapped = blob[: parsed.body_start]
-        aead = self._opened.get(wrapped)
-        if aead is None:
-            aead = AESGCM(self._unwrap(blob, parsed))
-            if len(self._opened) >= OPENED_KEYS:
-                self._opened.clear()
-            self._opened[wrapped] = aead
-        else:
-            self._master(parsed.kid)  # a master key no longer known opens nothing, kept or not
-        return aead
-
-    def _master(self, kid: str) -> MasterKey:
+    def _unwrap(self, blob: bytes, parsed: _Parsed) -> bytes:
         try:
-            return self.master_keys.get(kid)
+            master = self.master_keys.get(parsed.kid)
         except UnknownMasterKey as exc:
             raise DecryptionError(str(exc)) from None
-
-    def _unwrap(self, blob: bytes, parsed: _Parsed) -> bytes:
-        master = self._master(parsed.kid)
         header, nonce_end = blob[: parsed.header_end], parsed.header_end + _NONCE_BYTES
         nonce, wrapped = blob[parsed.header_end : nonce_end], blob[nonce_end : parsed.body_start]
         try:
