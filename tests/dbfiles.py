@@ -62,7 +62,7 @@ def _decrypt_page(key: DatabaseKey, page: bytes, first: bool) -> bytes:
 def write_key_file(database: Path, cipher: EnvelopeCipher, payload: bytes) -> None:
     """``database``'s key file holding ``payload``, wrapped as :mod:`storage.sqlite.dbkey` wraps
     it: 32 bytes alone are an earlier version's key (pages authenticated by HMAC-SHA512)."""
-    write_secret_file(dbkey.key_path(database), cipher.seal(payload, b"sqlite-database-key"), replace=True)
+    write_secret_file(dbkey.key_path(database), cipher.seal(payload, dbkey.KEY_FILE_AAD), replace=True)
 
 
 def page_hmac(database: Path, cipher: EnvelopeCipher) -> str:

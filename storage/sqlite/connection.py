@@ -56,7 +56,8 @@ PLAINTEXT_HEADER = b"SQLite format 3\x00"
 SIDE_FILES = ("-wal", "-shm")
 #: The HMACs that authenticate a file's pages: a new file's, then SQLCipher 4's default (older files').
 PAGE_HMACS = ("HMAC_SHA256", "HMAC_SHA512")
-_SQLCIPHER_DEFAULT_HMAC = "HMAC_SHA512"
+#: SQLCipher 4's own default, hence the HMAC of every file made before :data:`PAGE_HMACS` (2026-12).
+SQLCIPHER_DEFAULT_HMAC = PAGE_HMACS[1]
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ def defaults_of(conn: Any, key: DatabaseKey | None) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(f"PRAGMA cipher_default_hmac_algorithm = {_SQLCIPHER_DEFAULT_HMAC}")
+            conn.execute(f"PRAGMA cipher_default_hmac_algorithm = {SQLCIPHER_DEFAULT_HMAC}")
 
 
 def _tune(conn: Any, schema: str, synchronous: str, cache_mb: int) -> None:

@@ -21,13 +21,11 @@ from pathlib import Path
 
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError
 from storage.secretfile import fsync_dir, write_secret_file
-from storage.sqlite.connection import DatabaseKey
+from storage.sqlite.connection import SQLCIPHER_DEFAULT_HMAC, DatabaseKey
 
 _KEY_BYTES = 32
-#: The HMAC of a database whose key file names none (an earlier version's).
-_EARLIER_HMAC = "HMAC_SHA512"
 #: What the wrapped key is bound to: a content blob moved into the key file does not open as a key.
-_AAD = b"sqlite-database-key"
+KEY_FILE_AAD = b"sqlite-database-key"
 
 
 def key_path(database: Path) -> Path:
@@ -43,7 +41,7 @@ def create(database: Path, cipher: EnvelopeCipher) -> DatabaseKey:
 def _sealed(cipher: EnvelopeCipher) -> bytes:
     """A new key, with the HMAC of a new file, wrapped."""
     key = DatabaseKey(secrets.token_bytes(_KEY_BYTES))
-    return cipher.seal(key.raw + key.hmac.encode(), _AAD)
+    return cipher.seal(key.raw + key.hmac.encode(), KEY_FILE_AAD)
 
 
 def pending_path(database: Path) -> Path:
@@ -78,10 +76,10 @@ def _unwrap(database: Path, path: Path, cipher: EnvelopeCipher) -> DatabaseKey:
     except FileNotFoundError:
         raise MasterKeyError(f"{database} is encrypted but its key file {path} is missing") from None
     try:
-        payload = cipher.open(blob, _AAD)
+        payload = cipher.open(blob, KEY_FILE_AAD)
     except DecryptionError as exc:
         raise MasterKeyError(f"{path} does not open with the master keys of {cipher.master_keys.path}: {exc}") from None
-    hmac = payload[_KEY_BYTES:].decode("ascii", "replace") or _EARLIER_HMAC
+    hmac = payload[_KEY_BYTES:].decode("ascii", "replace") or SQLCIPHER_DEFAULT_HMAC  # none named: an earlier version's
     try:
         return DatabaseKey(payload[:_KEY_BYTES], hmac)
     except ValueError as exc:
