@@ -4,6 +4,7 @@ watermark still keeps later pages to what the first one saw."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,42 @@ def test_a_later_page_leaves_out_a_document_created_since_the_first_though_its_k
         OPEN_SCOPE,
     )
     assert [s.id for s in older.matches] == ["d2", "d4"] and older.total == 6
+    store.close()
+
+
+def test_a_page_and_its_total_read_one_state_and_a_first_page_asks_no_watermark_of_its_candidates(
+    tmp_path: Path,
+) -> None:
+    """A document another request takes out of the results between a page and its count is
+    still counted: both read one snapshot. The first page's statements look up no document's
+    first version (its snapshot holds nothing newer than its watermark); a later page's do."""
+    store = _store(tmp_path)
+    store.create(patient("p1", "Martin"))
+    for did in ("d0", "d1", "d2"):
+        store.create(doc(did, "p1"))
+    conn, statements = store._conn(), list[str]()
+
+    def meanwhile(statement: str) -> None:
+        statements.append(statement)
+        if statement.startswith("SELECT COUNT(*)") and len(statements) < 50:
+            writer = threading.Thread(target=store.update, args=(doc("d2", "p1", "superseded"),))
+            writer.start()  # another request's connection, committed before the count goes on
+            writer.join()
+
+    query = Query("DocumentReference", Token("status", ANY_SYSTEM, "current"), count=2, sort=(SortKey("_id"),))
+    conn.set_trace_callback(meanwhile)
+    first = store.search(query, OPEN_SCOPE)
+    conn.set_trace_callback(None)
+    assert store.read("DocumentReference", "d2", OPEN_SCOPE).json()["status"] == "superseded"
+    assert [s.id for s in first.matches] == ["d0", "d1"] and first.total == 3
+    assert any(s.startswith("SELECT COUNT(*)") for s in statements)
+    assert not any("MIN(seq)" in s for s in statements), statements
+    statements.clear()
+    conn.set_trace_callback(statements.append)
+    later = store.search(Query("DocumentReference", query.where, watermark=first.watermark), OPEN_SCOPE)
+    conn.set_trace_callback(None)
+    assert [s.id for s in later.matches] == ["d0", "d1"] and later.total == 2
+    assert any("MIN(seq)" in s for s in statements), statements
     store.close()
 
 
