@@ -168,9 +168,14 @@ def _self_url(svc: FhirService, path: str, parsed: ParsedSearch, key: str | None
     return f"{svc.config.base_url}/{path}" + (f"?{query}" if query else "")
 
 
-def page_url(svc: FhirService, key: str, count: int) -> Any:
+def page_url(svc: FhirService, key: str, count: int) -> Callable[[int], str]:
+    """The link to a page of session ``key`` by its offset. The key, a sealed state of a few
+    hundred characters, is encoded once for the three or four links of a page."""
+    head = f"{svc.config.base_url}?{urlencode({'_getpages': key})}&_getpagesoffset="
+    tail = f"&{urlencode({'_count': count})}"
+
     def url(offset: int) -> str:
-        return f"{svc.config.base_url}?" + urlencode({"_getpages": key, "_getpagesoffset": offset, "_count": count})
+        return f"{head}{offset}{tail}"
 
     return url
 
