@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -909,6 +910,34 @@ def test_a_page_that_ends_the_results_is_not_counted_again(tmp_path: Path) -> No
         assert (len(found.matches), found.total) == (min(count, total), total)
         assert any(s.startswith("SELECT COUNT(*)") for s in statements) == counted, (count, statements)
     conn.set_trace_callback(None)
+    store.close()
+
+
+def test_a_history_page_and_its_total_read_one_state(tmp_path: Path) -> None:
+    """A resource expunged by another request between a history's total and its page is still
+    listed, as it is counted: both read one snapshot (SQLite)."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    for n in range(3):
+        store.create(patient(f"p{n}", "Martin"))
+
+    def expunge() -> None:
+        with store.transaction():
+            store.expunge("Patient", "p2")
+
+    def meanwhile(statement: str) -> None:
+        if "ORDER BY v.seq DESC" in statement:
+            writer = threading.Thread(target=expunge)
+            writer.start()  # another request's connection, committed before the page is read
+            writer.join()
+
+    conn = store._conn()
+    conn.set_trace_callback(meanwhile)
+    page = store.history(OPEN_SCOPE, "Patient")
+    conn.set_trace_callback(None)
+    with pytest.raises(NotFound):
+        store.read("Patient", "p2", OPEN_SCOPE)
+    assert page.total == 3 and [s.id for s in page.entries] == ["p2", "p1", "p0"]
     store.close()
 
 

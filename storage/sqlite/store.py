@@ -1374,7 +1374,6 @@ class SqliteStore(Store):
     ) -> HistoryPage:
         """A type's or a resource's history is in its file, newest first by ``seq``; the
         system's is in both, newest first by time, and its watermark is one ``seq`` per file."""
-        conn = self._conn()
         self._settle(None, resource_type)  # before the watermark, as a search
         files = self._files(resource_type)
         marks = self._marks(watermark, tuple((family, "seq") for family, _ in files))
@@ -1401,11 +1400,12 @@ class SqliteStore(Store):
             )
         self._settle(compiler, reading=(scope, resource_type, None))
         total_sql = "SELECT " + " + ".join(f"(SELECT COUNT(*) {base})" for base in bases)
-        total = int(conn.execute(total_sql, compiler.args).fetchone()[0])
         # One file: by seq. Both: by time (the 6th column), then seq (the 2nd) within a file.
         order = "v.seq DESC" if len(bases) == 1 else "6 DESC, 2 DESC"
         selects = " UNION ALL ".join(f"SELECT {_STORED_COLUMNS} {base}" for base in bases)
-        rows = conn.execute(f"{selects} ORDER BY {order} {_page(count, offset)}", compiler.args).fetchall()
+        with self._snapshot() as conn:  # the total counts what the pages list, as a search's
+            total = int(conn.execute(total_sql, compiler.args).fetchone()[0])
+            rows = conn.execute(f"{selects} ORDER BY {order} {_page(count, offset)}", compiler.args).fetchall()
         return HistoryPage([self._stored(row) for row in rows], total, marks[0] if len(marks) == 1 else marks)
 
     def save_session(self, data: bytes, ttl_seconds: int) -> str:
