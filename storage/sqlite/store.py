@@ -1284,14 +1284,14 @@ class SqliteStore(Store):
             given = dict(enumerate(watermark or []))
             if len(given) > len(parts):
                 raise StoreError(f"a watermark has {len(given)} parts, not {len(parts)}")
-        conn, marks = self._conn(), []
-        for i, (family, column) in enumerate(parts):
-            if i in given:
-                marks.append(int(given[i]))
-                continue
-            table = family.versions if column == "seq" else family.resources
-            marks.append(int(conn.execute(f"SELECT COALESCE(MAX({column}), 0) FROM {table}").fetchone()[0]))
-        return marks
+        missing = [i for i in range(len(parts)) if i not in given]
+        if missing:  # in one statement: a search's first page asks for three
+            lasts = (
+                f"(SELECT COALESCE(MAX({column}), 0) FROM {family.versions if column == 'seq' else family.resources})"
+                for family, column in (parts[i] for i in missing)
+            )
+            given.update(zip(missing, self._conn().execute(f"SELECT {', '.join(lasts)}").fetchone(), strict=True))
+        return [int(given[i]) for i in range(len(parts))]
 
     def _includes(self, matches: list[Stored], includes: tuple[Include, ...], scope: AccessScope) -> list[Stored]:
         return follow_includes(matches, includes, lambda sources, inc: self._include_one(sources, inc, scope))
