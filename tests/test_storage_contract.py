@@ -1433,6 +1433,32 @@ def test_the_upkeep_thread_moves_the_writes_events_once_a_batch_waits(tmp_path: 
     store.close()
 
 
+def test_a_move_takes_the_events_waiting_when_it_starts_and_leaves_those_written_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events written while a move runs wait for the next batch. A move that took them too
+    chased the writes: under a steady flow of them it went on moving one or two at a time, with
+    two commits each."""
+    store = _sqlite(tmp_path)
+    assert isinstance(store, SqliteStore)
+    store.create(patient("p1", "Martin"))
+    for n in range(3):
+        store.create(trail_event(f"e{n}", "p1", "R", "2024-01-01T10:00:00Z"))
+    copy, written = store._copy_inboxed, []
+
+    def copy_while_a_write_comes(rows: list[tuple[Any, ...]]) -> None:
+        copy(rows)
+        if not written:  # a write's event, after those the move found
+            written.append(store.create(trail_event("late", "p1", "C", "2024-01-02T10:00:00Z")))
+
+    monkeypatch.setattr(store, "_copy_inboxed", copy_while_a_write_comes)
+    store._move_inbox()
+    conn = store._conn()
+    assert written and conn.execute("SELECT id FROM main.resource WHERE type = 'AuditEvent'").fetchall() == [("late",)]
+    assert sorted(row[0] for row in conn.execute("SELECT id FROM trail.resource")) == ["e0", "e1", "e2"]
+    store.close()
+
+
 def test_a_move_interrupted_between_its_two_commits_leaves_each_event_once(tmp_path: Path) -> None:
     """A write's event is committed with the write, in the main file, then copied to the trail's
     and deleted from the main one in two commits (one per file). A crash between them leaves the

@@ -758,15 +758,20 @@ class SqliteStore(Store):
         deleted from the main file in a transaction of its own: the two files' commits are not
         atomic together, and a crash between them leaves events in both, which the next move
         recognises by their ids and deletes without copying them again. In a caller's transaction
-        the copy is made and the delete left to the next move outside one."""
+        the copy is made and the delete left to the next move outside one.
+
+        Only the events there when it starts are moved: those written meanwhile wait for the next
+        batch. A move that took them too chased the writes — under a steady flow of them it went
+        on moving one or two events at a time, two commits each (0.38 ms of every create)."""
+        (end,) = self._conn().execute(f"SELECT MAX(pk) FROM resource WHERE type IN ({TRAIL_TYPES_SQL})").fetchone()
         last = 0
-        while True:
+        while end is not None:
             with self.transaction():
                 conn = self._conn()
                 rows = conn.execute(
                     "SELECT pk, type, id, version, last_updated, deleted, content FROM resource"
-                    f" WHERE type IN ({TRAIL_TYPES_SQL}) AND pk > ? ORDER BY pk {_page(INBOX_BATCH * 8)}",
-                    (last,),
+                    f" WHERE type IN ({TRAIL_TYPES_SQL}) AND pk > ? AND pk <= ? ORDER BY pk {_page(INBOX_BATCH * 8)}",
+                    (last, end),
                 ).fetchall()
                 if not rows:
                     return
