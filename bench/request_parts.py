@@ -27,6 +27,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -158,28 +159,29 @@ def main(argv: list[str] | None = None) -> None:
         for _, where in PARTS:  # before the app is made: it keeps some of them bound (its metrics)
             _timed(spent, calls, where)
         service = create_service(Config(data_dir=data, base_url=base))
-        client = serving(create_app(service=service)).test_client()
-        pop = Population(patients=int(meta["patients"]), practitioners=int(meta["load"]["practitioners"]))
-        sample = IdSample(READ_SAMPLE, random.Random(args.seed))
-        if args.scenario == "read" and not read_sample(args.data_dir, sample):
-            raise SystemExit(f"{args.data_dir} has no bench-sample.json to read documents from")
-        path = "/" + base.split("//", 1)[1].split("/", 1)[1]
-        big = BigPatient(pop.patients, int(meta["big_patient"])) if meta.get("big_patient") else None
-        workload = Workload(path, pop, Tokens.for_data_dir(data, base), sample.ids, big)
-        scenario = SCENARIOS[args.scenario](workload)
-        rng = random.Random(args.seed)
-        requests = [scenario.make(rng) for _ in range(args.warmup + args.requests)]
-        started = time.process_time()
-        for index, (method, path, body, headers) in enumerate(requests):
-            if index == args.warmup:
-                spent.clear()
-                calls.clear()
-                started = time.process_time()
-            answer = client.open(path, method=method, data=body, headers=headers)
-            if answer.status_code not in (200, 201):
-                raise SystemExit(f"{method} {path}: HTTP {answer.status_code} {answer.get_data(as_text=True)[:300]}")
-        whole = (time.process_time() - started) / args.requests
-        service.store.close()  # its upkeep thread stopped before the directory and the log go
+        with closing(service.store):  # its upkeep thread stopped before the directory and the log go
+            client = serving(create_app(service=service)).test_client()
+            pop = Population(patients=int(meta["patients"]), practitioners=int(meta["load"]["practitioners"]))
+            sample = IdSample(READ_SAMPLE, random.Random(args.seed))
+            if args.scenario == "read" and not read_sample(args.data_dir, sample):
+                raise SystemExit(f"{args.data_dir} has no bench-sample.json to read documents from")
+            path = "/" + base.split("//", 1)[1].split("/", 1)[1]
+            big = BigPatient(pop.patients, int(meta["big_patient"])) if meta.get("big_patient") else None
+            workload = Workload(path, pop, Tokens.for_data_dir(data, base), sample.ids, big)
+            scenario = SCENARIOS[args.scenario](workload)
+            rng = random.Random(args.seed)
+            requests = [scenario.make(rng) for _ in range(args.warmup + args.requests)]
+            started = time.process_time()
+            for index, (method, path, body, headers) in enumerate(requests):
+                if index == args.warmup:
+                    spent.clear()
+                    calls.clear()
+                    started = time.process_time()
+                answer = client.open(path, method=method, data=body, headers=headers)
+                if answer.status_code not in (200, 201):
+                    failed = answer.get_data(as_text=True)[:300]
+                    raise SystemExit(f"{method} {path}: HTTP {answer.status_code} {failed}")
+            whole = (time.process_time() - started) / args.requests
     print(f"{args.scenario} on {args.data_dir}: {args.requests} requests, {1e3 * whole:.2f} ms of CPU each")
     print(f"{'part':<48} {'ms/request':>10} {'calls':>6}")
     for label, where in PARTS:

@@ -761,8 +761,9 @@ class SqliteStore(Store):
         the copy is made and the delete left to the next move outside one.
 
         Only the events there when it starts are moved: those written meanwhile wait for the next
-        batch. A move that took them too chased the writes — under a steady flow of them it went
-        on moving one or two events at a time, two commits each (0.38 ms of every create)."""
+        batch. A move that took them too chased the writes: under a steady flow of them it went
+        on moving one or two events at a time, two commits each (for one client creating alone,
+        0.38 ms of every create, ``bench/README.md``)."""
         (end,) = self._conn().execute(f"SELECT MAX(pk) FROM resource WHERE type IN ({TRAIL_TYPES_SQL})").fetchone()
         last = 0
         while end is not None:
@@ -1229,8 +1230,8 @@ class SqliteStore(Store):
         A later page (``query.watermark``) sees only what was stored when the first was read. A
         first page sees its snapshot whole, and its watermark is read in it: every resource it
         finds was stored by then, so no watermark is asked of its candidates (for a clustered
-        family, a look-up of each one's first version: about 7 % of a search of a thousand
-        documents, ``bench/README.md``)."""
+        family, a look-up of each one's first version: 8 % of the CPU of a first page of a
+        thousand documents, in-process, ``bench/README.md``)."""
         rtype = query.resource_type
         self._settle(None, rtype)  # before the watermark: the events waiting are older than it
         expr = all_of(query.where, scope.filter(rtype))
