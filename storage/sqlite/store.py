@@ -1247,7 +1247,7 @@ class SqliteStore(Store):
             marks = self._marks(query.watermark, _SEARCH_MARKS)
             where += self._within(compiler, rtype, marks)
         condition_args = list(compiler.args)  # the page's own arguments come after
-        matches: list[Stored] = []
+        rows: list[tuple[Any, ...]] = []
         order = self._order(compiler, rtype, query.sort) if query.count > 0 else ""
         self._settle(compiler, reading=(scope, rtype, expr))  # it may write: before the snapshot
         with self._snapshot() as conn:
@@ -1266,13 +1266,14 @@ class SqliteStore(Store):
                 )
                 rows = conn.execute(sql, compiler.args).fetchall()
                 ends = len(rows) <= query.count
-                matches = [self._stored(row) for row in rows[: query.count]]
+                rows = rows[: query.count]
             if query.total:
-                if ends and (matches or query.offset == 0):
-                    total = query.offset + len(matches)
+                if ends and (rows or query.offset == 0):
+                    total = query.offset + len(rows)
                 else:
                     count_sql = f"SELECT COUNT(*) FROM {resources} r WHERE {where}"
                     total = int(conn.execute(count_sql, condition_args).fetchone()[0])
+        matches = [self._stored(row) for row in rows]  # opened once the snapshot is let go
         included = self._includes(matches, query.includes, scope) if query.includes else []
         return SearchResult(matches, included, total, marks)
 
