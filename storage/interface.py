@@ -252,6 +252,13 @@ class Store(ABC):
         """A record's value and expiry, expired or not, or None."""
 
     @abstractmethod
+    def record_mark(self, kind: str, key: str) -> bytes | None:
+        """A digest of the record's value as stored (sealed), or None: there is no record. Each
+        write seals the value anew (a new nonce), so the mark changes with every write (without
+        encryption, with every new value): a reader that kept what it decoded from a value can
+        tell it still holds without opening it again."""
+
+    @abstractmethod
     def delete_record(self, kind: str, key: str) -> bool:
         """Forget a record; True if there was one."""
 

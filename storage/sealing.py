@@ -7,6 +7,8 @@ ever being used to re-seal it.
 
 from __future__ import annotations
 
+import hashlib
+
 from storage.crypto import DecryptionError, EnvelopeCipher, MasterKeyError, is_sealed
 
 #: The types whose content is deflated before it is sealed (:data:`storage.crypto.DEFLATED_FORMAT`).
@@ -34,6 +36,12 @@ def record_aad(kind: str, key: str) -> str:
 def session_aad(key: str) -> str:
     """A paging state is bound to its key: another session's state does not open under this one."""
     return f"search_session/{key}"
+
+
+def sealed_mark(blob: bytes) -> bytes:
+    """What tells one stored blob from another without opening it: a digest of its bytes (each
+    seal draws a new nonce, so a value written again is another blob)."""
+    return hashlib.blake2b(blob, digest_size=16).digest()
 
 
 def check_keys(newest: bytes | None, cipher: EnvelopeCipher | None, where: str) -> None:

@@ -649,6 +649,27 @@ def test_private_records(backend: Callable[..., Store], tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_a_record_s_mark_changes_with_each_write_and_only_then(backend: Callable[..., Store], tmp_path: Path) -> None:
+    """What lets a worker keep a patient's access state without opening its stamp at each request."""
+    store = backend(tmp_path)
+    assert store.record_mark("stamp", "a") is None
+    store.put_record("stamp", "a", b"state")
+    store.put_record("stamp", "b", b"state")
+    first = store.record_mark("stamp", "a")
+    assert first is not None and store.record_mark("stamp", "a") == first  # read twice, one mark
+    assert store.record_mark("stamp", "b") != first  # the same value under another key
+    store.put_record("stamp", "a", b"state")  # written again with the same value: sealed anew
+    again = store.record_mark("stamp", "a")
+    assert again is not None and again != first
+    with pytest.raises(RuntimeError), store.transaction():
+        store.put_record("stamp", "a", b"rolled back")
+        raise RuntimeError("rolled back")
+    assert store.record_mark("stamp", "a") == again
+    store.delete_record("stamp", "a")
+    assert store.record_mark("stamp", "a") is None
+    store.close()
+
+
 def test_reindex_applies_new_search_parameters(backend: Callable[..., Store], tmp_path: Path) -> None:
     blind = backend(tmp_path, lambda resource: {})  # a store whose parameters index nothing
     blind.create(patient("a", "Martin"))

@@ -68,7 +68,16 @@ from storage.mongo.layout import (
 )
 from storage.mongo.unit import UnitOfWork
 from storage.query import AccessScope, Everything, Include, Nothing, Query, SortKey, all_of
-from storage.sealing import DEFLATED_TYPES, check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
+from storage.sealing import (
+    DEFLATED_TYPES,
+    check_keys,
+    open_blob,
+    outbox_aad,
+    record_aad,
+    resource_aad,
+    sealed_mark,
+    session_aad,
+)
 from storage.stamp import stamp
 
 Indexer = Callable[[dict[str, Any]], dict[str, list[IndexValue]]]
@@ -583,6 +592,10 @@ class MongoStore(Store):
     def get_record(self, kind: str, key: str) -> tuple[bytes, int | None] | None:
         doc = self._record(kind, key)
         return (self._open(record_aad(kind, key), doc["value"]), doc["expires"]) if doc else None
+
+    def record_mark(self, kind: str, key: str) -> bytes | None:
+        doc = self._db[RECORDS].find_one({"_id": record_key(kind, key)}, {"value": 1}, session=self._session)
+        return None if doc is None else sealed_mark(doc["value"])
 
     def delete_record(self, kind: str, key: str) -> bool:
         with self.transaction():

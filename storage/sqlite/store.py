@@ -61,7 +61,16 @@ from storage.interface import (
     Watermark,
 )
 from storage.query import AccessScope, Everything, Expr, Include, Nothing, Query, SortKey, all_of
-from storage.sealing import DEFLATED_TYPES, check_keys, open_blob, outbox_aad, record_aad, resource_aad, session_aad
+from storage.sealing import (
+    DEFLATED_TYPES,
+    check_keys,
+    open_blob,
+    outbox_aad,
+    record_aad,
+    resource_aad,
+    sealed_mark,
+    session_aad,
+)
 from storage.sqlite import dbkey
 from storage.sqlite.compiled import CompiledFragments
 from storage.sqlite.compiler import KIND_OF_TYPE, ParamType, SqlCompiler, links_lazy
@@ -1496,6 +1505,10 @@ class SqliteStore(Store):
             self._conn().execute("SELECT value, expires FROM record WHERE kind = ? AND key = ?", (kind, key)).fetchone()
         )
         return (self._open(record_aad(kind, key), row[0]), row[1]) if row else None
+
+    def record_mark(self, kind: str, key: str) -> bytes | None:
+        row = self._conn().execute("SELECT value FROM record WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return None if row is None else sealed_mark(row[0])
 
     def delete_record(self, kind: str, key: str) -> bool:
         with self.transaction():

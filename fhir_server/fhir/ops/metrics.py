@@ -53,7 +53,7 @@ AUDIT = Histogram("dmp_audit_write_duration_seconds", "Time to write a request's
 STORE_OPERATIONS = (
     "create", "update", "delete", "expunge", "read", "vread", "search", "history", "exists", "reindex",
     "save_session", "load_session", "enqueue", "pending", "acknowledge", "defer", "put_record", "add_record",
-    "get_record", "delete_record", "record_keys", "purge_records",
+    "get_record", "record_mark", "delete_record", "record_keys", "purge_records",
 )  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
