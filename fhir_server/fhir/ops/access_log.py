@@ -67,7 +67,10 @@ def finish(response: Response, served_types: tuple[str, ...], *, metrics: bool) 
         "duration_ms": round(duration * 1000, 1),
         "client": request.remote_addr,
     }
-    log.info("request", extra={"fields": fields})
+    if log.isEnabledFor(logging.INFO):
+        # ``log.info`` without its search of the stack for the caller's file and line, which no
+        # line of this log prints: about 6 µs of every request.
+        log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": fields}))
     return response
 
 
@@ -86,7 +89,12 @@ class JsonLines(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return _ENCODER.encode(line)
+
+
+#: ``json.dumps(ensure_ascii=False, default=str)``, built once: ``dumps`` builds an encoder per call
+#: when given any option.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 def log_as_json_lines(level: int = logging.INFO, stream: TextIO | None = None) -> None:
