@@ -178,6 +178,8 @@ def test_two_seals_of_the_same_plaintext_differ(cipher: EnvelopeCipher) -> None:
     assert first != second
     for start, end in (("wrap nonce", "wrapped key"), ("wrapped key", "data nonce"), ("data nonce", "ciphertext")):
         assert first[at[start] : at[end]] != second[at[start] : at[end]], start
+    # drawn together, the two nonces of one seal are two draws, not one used twice
+    assert first[at["wrap nonce"] : at["wrapped key"]] != first[at["data nonce"] : at["ciphertext"]]
 
 
 @pytest.mark.parametrize("deflate", [False, True])

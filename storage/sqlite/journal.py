@@ -113,36 +113,39 @@ class Journal:
         self._fd: int | None = None
         self._pid = 0
 
-    def _live(self) -> int:
-        """The live file, opened anew if it was detached since (or the process forked)."""
-        if self._fd is not None and self._pid == os.getpid():
-            if self._is_live(self._fd):
-                return self._fd
-            os.close(self._fd)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        self._pid = os.getpid()
+    def _opened(self) -> int:
+        """The file this process appends to, opened if it has none (or forked since): maybe a
+        detached one, which :meth:`_locked` finds out once it holds the lock."""
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            self._pid = os.getpid()
         return self._fd
 
-    def _is_live(self, fd: int) -> bool:
+    def _live_size(self, fd: int) -> int | None:
+        """The size of the file ``fd`` opens if it is the live one (None: detached since)."""
         try:
-            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            opened = os.fstat(fd)
+            return opened.st_size if os.stat(self.path).st_ino == opened.st_ino else None
         except FileNotFoundError:
-            return False
+            return None
 
     @contextmanager
-    def _locked(self) -> Iterator[int]:
-        """The live file, locked. Checked again once locked: another process may have detached
-        the file while this one waited for its lock, and what is appended to a detached file
-        after it was read would be lost."""
+    def _locked(self) -> Iterator[tuple[int, int]]:
+        """The live file, locked, and its size. Checked once locked: another process may have
+        detached the file before or while this one waited for its lock, and what is appended to a
+        detached file after it was read would be lost."""
         with self._threads:
             while True:
-                fd = self._live()
+                fd = self._opened()
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                if self._is_live(fd):
+                size = self._live_size(fd)
+                if size is not None:
                     break
                 fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                self._fd = None
             try:
-                yield fd
+                yield fd, size
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -150,8 +153,7 @@ class Journal:
         """Append ``payloads`` and return once they are on disk (with ``sync``); all of them or,
         on an error, none. Returns the live file's size after them."""
         data = b"".join(frame(p) for p in payloads)
-        with self._locked() as fd:
-            start = os.fstat(fd).st_size
+        with self._locked() as (fd, start):
             if start == 0:
                 data = MAGIC + os.urandom(GENERATION_BYTES) + data
             try:
@@ -184,8 +186,8 @@ class Journal:
 
     def detach(self) -> None:
         """Take the live file off appends (if it holds records): the next append starts a new one."""
-        with self._locked() as fd:
-            size, header = os.fstat(fd).st_size, os.pread(fd, HEADER_BYTES, 0)
+        with self._locked() as (fd, size):
+            header = os.pread(fd, HEADER_BYTES, 0)
             if size and not header.startswith(MAGIC):  # a first append torn by a crash
                 _reject(self.path, os.pread(fd, size, 0), "no journal header", self.aside)
                 os.ftruncate(fd, 0)
