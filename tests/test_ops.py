@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 
 from authz.keys import server_key_path
 from fhir_server.fhir.ops.access_log import JsonLines
@@ -109,6 +110,20 @@ def test_metrics_count_requests_by_interaction_and_status_with_timings(world: Wo
     assert grew("dmp_store_operation_duration_seconds_count", 1, operation="search")
     assert grew("dmp_audit_write_duration_seconds_count", 2)  # the read's and the search's AuditEvents
     assert INS not in after and pid not in after  # labels hold no record
+
+
+def test_a_guard_handed_out_again_is_timed_once(client: FlaskClient) -> None:
+    """The open gatekeeper (the FHIR core's) hands every request the same guard: each request's
+    trail is still timed once, not once more per request before it (which ended, after a
+    thousand requests, in a RecursionError and a 500 for every request)."""
+    created = client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "Martin"}]})
+    assert created.status_code == 201
+    path = created.headers["Location"].split("/fhir/", 1)[1].split("/_history")[0]
+    before = _sample(client.get("/metrics").get_data(as_text=True), "dmp_audit_write_duration_seconds_count")
+    for _ in range(3):
+        assert client.get(f"/fhir/{path}").status_code == 200
+    after = _sample(client.get("/metrics").get_data(as_text=True), "dmp_audit_write_duration_seconds_count")
+    assert after - before == 3
 
 
 def test_metrics_can_be_switched_off(tmp_path: Path) -> None:
