@@ -74,7 +74,7 @@ class AccessStates:
         """The access state of the DMP of ``ins`` as committed now (None: there is no such DMP).
 
         A state is kept under its stamp's mark (:meth:`Store.record_mark`, a digest of the sealed
-        value): a kept state is used on the mark alone, without opening the stamp (about 25 µs a
+        value): a kept state is used on the mark alone, without opening the stamp (about 20 µs a
         request). Otherwise the stamp is read after its mark, so the state kept is at least as new
         as the mark it is kept under; a mark never comes back, since every write seals anew."""
         own = self._store.record_mark(STAMP_KIND, _key(ins))
